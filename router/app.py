@@ -1,0 +1,148 @@
+"""Composition root: build the router from config, start and stop it in order.
+
+Start: load config (a bad one stops start-up with FILE:LINE errors), build the first
+snapshot, listen, start admin and the config watcher. Stop (SIGTERM): stop accepting,
+fail readiness, let in-flight requests finish within the drain deadline, cancel the rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from .config.model import Config
+from .config.values import parse_hostport
+from .control.reload import ConfigSource, Reloader
+from .core.choice import effective_weights
+from .core.snapshot import build_snapshot
+from .dataplane.context import ProxyContext
+from .dataplane.server import serve
+from .obs.admin import AdminServer, read_token
+from .obs.metrics import Metrics
+
+log = logging.getLogger("router")
+
+
+class RouterApp:
+    def __init__(self, paths: list[str], listen: str | None = None, admin: str | None = None,
+                 watch_interval_s: float = 1.0, metrics: Metrics | None = None, run_admin: bool = True,
+                 listen_sock: socket.socket | None = None, reuse_port: bool = False):
+        self.source = ConfigSource(paths)
+        self.config: Config = self.source.load()
+        self.listen = parse_hostport(listen or self.config.router.listen)
+        self.admin_addr = parse_hostport(admin or self.config.router.admin)
+        self.watch_interval_s = watch_interval_s
+        self.metrics = metrics or Metrics()
+        self.run_admin = run_admin
+        self.listen_sock = listen_sock
+        self.reuse_port = reuse_port
+        self.version = 0
+        self.ctx: ProxyContext | None = None
+        self.server = None
+        self.admin: AdminServer | None = None
+        self.port = self.admin_port = 0
+        self.accepting = False
+        self.tasks: set[asyncio.Task] = set()
+        self.stopped = asyncio.Event()
+        self.reloader = Reloader(self.source, self.apply, lambda r: self.metrics.reloads.labels(r).inc())
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.version = 1
+        self.ctx = ProxyContext(loop, build_snapshot(self.config, self.version), self.metrics)
+        self.metrics.config_version.set(self.version)
+        if self.run_admin:
+            token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
+            self.admin = AdminServer(self.metrics.registry, self.state, self.ready,
+                                     {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
+                                     token)
+            self.admin_port = await self.admin.start(*self.admin_addr)
+        self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.accepting = True
+        if self.watch_interval_s > 0:
+            self._spawn(self.reloader.watch(self.watch_interval_s))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: self._spawn(self.stop()))
+        loop.add_signal_handler(signal.SIGINT, lambda: self._spawn(self.stop()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reloader.reload("SIGHUP")))
+
+    async def stop(self) -> None:
+        """Stop accepting, fail readiness, drain in-flight requests within the deadline."""
+        if not self.accepting and self.stopped.is_set():
+            return
+        self.accepting = False
+        deadline_s = self.config.router.timeouts.drain_s
+        if self.server is not None:
+            self.server.close()
+        self.ctx.start_drain()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while self.ctx.connections and loop.time() < end:
+            await asyncio.sleep(0.02)
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        if self.ctx.connections:
+            log.warning("drain deadline passed with %d connections open", len(self.ctx.connections))
+        self.ctx.pool.close_all()
+        for task in list(self.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        self.stopped.set()
+
+    # --- reload / drain -----------------------------------------------------------------
+    def apply(self, config: Config) -> None:
+        self.version += 1
+        snapshot = build_snapshot(config, self.version)
+        self.config = config
+        self.ctx.swap(snapshot)
+
+    async def drain(self) -> dict:
+        self.ctx.start_drain()
+        return {"ok": True, "draining": True}
+
+    def ready(self) -> bool:
+        return self.accepting and not self.ctx.draining
+
+    def state(self) -> dict:
+        ctx = self.ctx
+        now = ctx.clock()
+        snap = ctx.snapshot
+        clusters = {c.name: {"endpoint": str(c.endpoint), "labels": dict(c.labels),
+                             "health": ctx.health.describe(c.name, now)} for c in snap.config.clusters}
+        routes = []
+        for split in snap.config.splits:
+            route = snap.route_for(split.hosts[0] if split.hosts else "", split.path_prefix)
+            eff = effective_weights(route, ctx.health, now) if route else {}
+            total = sum(b.weight for b in split.backends) or 1.0
+            routes.append({"name": split.name, "kind": split.kind, "hosts": list(split.hosts),
+                           "pathPrefix": split.path_prefix, "maxRTT_s": split.max_rtt_s,
+                           "source": split.source,
+                           "clusters": {b.cluster: {"configured_weight": b.weight,
+                                                    "configured_percent": round(b.weight / total * 100, 2),
+                                                    "effective_percent": round(eff.get(b.cluster, 0.0), 2),
+                                                    "healthy": ctx.health.is_healthy(b.cluster, now)}
+                                        for b in split.backends}})
+        return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
+                "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
+                "clusters": clusters, "routes": routes}
+
+
+async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
+    app = RouterApp(paths, listen, admin)
+    await app.start()
+    app.install_signals()
+    log.info("serving on %s:%d, admin on %s:%d", app.listen[0], app.port, app.admin_addr[0], app.admin_port)
+    await app.stopped.wait()
+    return 0

@@ -1,0 +1,67 @@
+"""edge-router command line: serve | validate | demo. Thin: parse, then call the app."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-router", description="Multi-cluster latency-aware edge router")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the router")
+    s.add_argument("--config", required=True, action="append", help="config file or directory (repeatable)")
+    s.add_argument("--listen", help="HOST:PORT for traffic (overrides the Router document)")
+    s.add_argument("--admin", help="HOST:PORT for the admin server")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    s.add_argument("--log-level", default="info")
+    v = sub.add_parser("validate", help="check config files; exit 2 on errors")
+    v.add_argument("paths", nargs="+")
+    d = sub.add_parser("demo", help="run three local regional backends behind the seed split")
+    d.add_argument("--requests", type=int, default=2000)
+    d.add_argument("--config", default=None, help="TrafficSplit file (default: the seed in config/)")
+    args = parser.parse_args(argv)
+
+    if args.command == "validate":
+        return validate(args.paths)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "demo":
+        from .demo import run_demo
+        return run_demo(args.requests, args.config)
+    return 2
+
+
+def validate(paths: list[str]) -> int:
+    from .config.loader import load_config
+    try:
+        config = load_config(*paths)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(f"ok: {len(config.files)} file(s), {len(config.clusters)} cluster(s), {len(config.splits)} split(s)")
+    return 0
+
+
+def serve(args) -> int:
+    from .obs.admin import AdminError
+    try:
+        if args.workers > 1:
+            from .workers import run_workers
+            return run_workers(args.config, args.listen, args.admin, args.workers)
+        import uvloop
+        from .app import run
+        return uvloop.run(run(args.config, args.listen, args.admin))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except (AdminError, OSError) as exc:
+        print(f"edge-router: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,306 @@
+"""Per-kind document readers. Each turns one YAML document into model pieces,
+reporting problems (file, line, field) instead of raising, so all errors surface together.
+
+Accepted kinds:
+  edge.router/v1alpha1 Cluster, Router, TrafficSplit
+  networking.knative.dev/v1alpha1 TrafficSplit (the seed format)
+  split.smi-spec.io/v1alpha1..v1alpha4 TrafficSplit
+  gateway.networking.k8s.io/v1, v1beta1 HTTPRoute
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import Problems
+from .model import ClusterConfig, KubernetesRef, Limits, RouterSettings, Timeouts
+from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_quantity,
+                     parse_selector, parse_size, parse_weight)
+from .yamlsrc import Node
+
+
+@dataclass
+class PendingEntry:
+    """A split entry before its Clusters are resolved: by selector, or by name."""
+    label: str
+    weight: float
+    selector: tuple[tuple[str, str], ...] | None
+    cluster_name: str | None
+    node: Node
+
+
+@dataclass
+class PendingSplit:
+    name: str
+    kind: str
+    hosts: tuple[str, ...]
+    path_prefix: str
+    entries: list[PendingEntry]
+    algorithm: str
+    max_rtt_s: float | None
+    node: Node
+
+
+class Doc:
+    """Helpers bound to one document for field checks with line numbers."""
+
+    def __init__(self, root: Node, problems: Problems):
+        self.root, self.problems = root, problems
+
+    def error(self, node: Node, message: str) -> None:
+        self.problems.add(node.file, node.line, node.path, message)
+
+    def fields(self, node: Node | None, allowed: set[str], required: set[str] = frozenset()) -> bool:
+        if node is None:
+            return False
+        if node.kind != "map":
+            self.error(node, "expected a mapping")
+            return False
+        for key, child in node.children.items():
+            if key not in allowed:
+                self.error(child, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        for key in sorted(required - set(node.children)):
+            self.error(node, f"missing required field {node.child_path(key)!r}")
+        return True
+
+    def value(self, node: Node | None, key: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
+        child = node.get(key) if node is not None and node.kind == "map" else None
+        if child is None:
+            return default
+        try:
+            return parse(child.value)
+        except ValueError as exc:
+            self.error(child, str(exc))
+            return default
+
+    def string(self, node: Node | None, key: str, default: str | None = None) -> str | None:
+        def check(v: Any) -> str:
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"expected a non-empty string, got {v!r}")
+            return v
+        return self.value(node, key, check, default)
+
+    def seq(self, node: Node | None, key: str) -> list[Node]:
+        child = node.get(key) if node is not None and node.kind == "map" else None
+        if child is None:
+            return []
+        if child.kind != "seq":
+            self.error(child, "expected a list")
+            return []
+        return child.items
+
+    def name(self) -> str:
+        meta = self.root.get("metadata")
+        if self.fields(meta, {"name", "namespace", "labels", "annotations", "uid", "resourceVersion",
+                              "generation", "creationTimestamp", "managedFields"}, {"name"}):
+            return self.string(meta, "name", "") or ""
+        if meta is None:
+            self.error(self.root, "missing required field 'metadata.name'")
+        return ""
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _path_prefix(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError(f"path must start with '/', got {v!r}")
+    return v
+
+
+def read_cluster(doc: Doc) -> ClusterConfig | None:
+    name = doc.name()
+    meta = doc.root.get("metadata")
+    labels: dict[str, str] = {}
+    lab = meta.get("labels") if meta is not None and meta.kind == "map" else None
+    if lab is not None:
+        if lab.kind != "map":
+            doc.error(lab, "expected a mapping of label: value")
+        else:
+            labels = {str(k): str(c.value) for k, c in lab.children.items()}
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"endpoint", "kubernetes", "probe"}, {"endpoint"}):
+        if spec is None:
+            doc.error(doc.root, "missing required field 'spec'")
+        return None
+    endpoint = doc.value(spec, "endpoint", parse_endpoint)
+    kube = None
+    knode = spec.get("kubernetes")
+    if doc.fields(knode, {"kubeconfig", "context", "inCluster"}):
+        kube = KubernetesRef(doc.string(knode, "kubeconfig"), doc.string(knode, "context"),
+                             doc.value(knode, "inCluster", _bool, False))
+    probe_path = "/"
+    pnode = spec.get("probe")
+    if doc.fields(pnode, {"path"}):
+        probe_path = doc.value(pnode, "path", _path_prefix, "/")
+    if not name or endpoint is None:
+        return None
+    return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
+                         f"{doc.root.file}:{doc.root.line}")
+
+
+def read_router(doc: Doc) -> RouterSettings | None:
+    doc.name()
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
+                             "serverTiming", "via"}):
+        return RouterSettings()
+    d = RouterSettings()
+    hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
+    token_env, token_file = d.admin_token_env, None
+    tnode = spec.get("adminToken")
+    if doc.fields(tnode, {"env", "file"}):
+        token_env = doc.string(tnode, "env", token_env)
+        token_file = doc.string(tnode, "file")
+    proxies = []
+    for item in doc.seq(spec, "trustedProxies"):
+        try:
+            proxies.append(ipaddress.ip_network(str(item.value), strict=False))
+        except ValueError:
+            doc.error(item, f"not a CIDR: {item.value!r}")
+    lim, dl = spec.get("limits"), Limits()
+    limits = dl
+    if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered"}):
+        limits = Limits(doc.value(lim, "maxRequestLine", parse_size, dl.max_request_line_bytes),
+                        doc.value(lim, "maxHeaderBytes", parse_size, dl.max_header_bytes),
+                        doc.value(lim, "maxHeaders", parse_size, dl.max_header_count),
+                        doc.value(lim, "maxBody", parse_size, dl.max_body_bytes),
+                        doc.value(lim, "maxBuffered", parse_size, dl.max_buffered_bytes))
+    tim, dt = spec.get("timeouts"), Timeouts()
+    timeouts = dt
+    if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain"}):
+        timeouts = Timeouts(doc.value(tim, "headerRead", parse_duration, dt.header_read_s),
+                            doc.value(tim, "idle", parse_duration, dt.idle_s),
+                            doc.value(tim, "connect", parse_duration, dt.connect_s),
+                            doc.value(tim, "upstreamHeader", parse_duration, dt.upstream_header_s),
+                            doc.value(tim, "upstreamIdle", parse_duration, dt.upstream_idle_s),
+                            doc.value(tim, "drain", parse_duration, dt.drain_s))
+    return RouterSettings(listen=doc.value(spec, "listen", hostport, d.listen),
+                          admin=doc.value(spec, "admin", hostport, d.admin),
+                          admin_token_env=token_env, admin_token_file=token_file,
+                          trusted_proxies=tuple(proxies), limits=limits, timeouts=timeouts,
+                          server_timing=doc.value(spec, "serverTiming", _bool, False),
+                          via=doc.string(spec, "via", d.via))
+
+
+def _hosts(doc: Doc, nodes: list[Node]) -> tuple[str, ...]:
+    out = []
+    for item in nodes:
+        try:
+            out.append(normalise_host(item.value))
+        except ValueError as exc:
+            doc.error(item, str(exc))
+    return tuple(out)
+
+
+def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
+    """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
+    name = doc.name()
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix"}, {"clusters"}):
+        if spec is None:
+            doc.error(doc.root, "missing required field 'spec'")
+        return None
+    entries = []
+    for item in doc.seq(spec, "clusters"):
+        if not doc.fields(item, {"name", "weight", "selector"}, {"weight"}):
+            continue
+        label = doc.string(item, "name") or ""
+        selector = doc.value(item, "selector", parse_selector)
+        if item.get("selector") is None and not label:
+            doc.error(item, "entry needs a selector or a name")
+            continue
+        weight = doc.value(item, "weight", parse_weight)
+        if weight is None:
+            continue
+        entries.append(PendingEntry(label or str(item.get("selector").value), weight, selector,
+                                    None if item.get("selector") is not None else label, item))
+    algorithm, max_rtt = "latency-aware", None
+    strat = spec.get("strategy")
+    if doc.fields(strat, {"algorithm", "params"}):
+        algorithm = doc.value(strat, "algorithm", _algorithm, algorithm)
+        params = strat.get("params")
+        if doc.fields(params, {"maxRTT"}):
+            max_rtt = doc.value(params, "maxRTT", _positive_duration)
+    hosts = _hosts(doc, doc.seq(spec, "hosts"))
+    if spec.get("service") is not None:
+        hosts += _hosts(doc, [spec.get("service")])
+    prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
+    return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root)
+
+
+def _algorithm(v: Any) -> str:
+    if v not in ("latency-aware", "weighted"):
+        raise ValueError(f"algorithm must be 'latency-aware' or 'weighted', got {v!r}")
+    return v
+
+
+def _positive_duration(v: Any) -> float:
+    d = parse_duration(v)
+    if d <= 0:
+        raise ValueError(f"duration must be positive, got {v!r}")
+    return d
+
+
+def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
+    name = doc.name()
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"service", "backends", "matches"}, {"service", "backends"}):
+        if spec is None:
+            doc.error(doc.root, "missing required field 'spec'")
+        return None
+    parse = parse_quantity if version == "v1alpha1" else parse_weight
+    entries = []
+    for item in doc.seq(spec, "backends"):
+        if not doc.fields(item, {"service", "weight"}, {"service", "weight"}):
+            continue
+        cluster, weight = doc.string(item, "service"), doc.value(item, "weight", parse)
+        if cluster and weight is not None:
+            entries.append(PendingEntry(cluster, weight, None, cluster, item))
+    hosts = _hosts(doc, [spec.get("service")]) if spec.get("service") is not None else ()
+    return PendingSplit(name, f"smi/{version}", hosts, "/", entries, "weighted", None, doc.root)
+
+
+def _gateway_weight(v: Any) -> float:
+    w = parse_weight(v)
+    if w != int(w) or w > 1_000_000:
+        raise ValueError(f"weight must be an integer 0..1000000, got {v!r}")
+    return w
+
+
+def read_httproute(doc: Doc) -> list[PendingSplit]:
+    """Each rule becomes one split; a rule's first PathPrefix match scopes it."""
+    name = doc.name()
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
+        if spec is None:
+            doc.error(doc.root, "missing required field 'spec'")
+        return []
+    hosts = _hosts(doc, doc.seq(spec, "hostnames"))
+    splits = []
+    for i, rule in enumerate(doc.seq(spec, "rules")):
+        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"}, {"backendRefs"}):
+            continue
+        prefix = "/"
+        for m in doc.seq(rule, "matches")[:1]:
+            path = m.get("path") if m.kind == "map" else None
+            if path is not None and doc.fields(path, {"type", "value"}):
+                if doc.string(path, "type", "PathPrefix") != "PathPrefix":
+                    doc.error(path, "only PathPrefix path matches are supported")
+                prefix = doc.value(path, "value", _path_prefix, "/")
+        entries = []
+        for ref in doc.seq(rule, "backendRefs"):
+            if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
+                              {"name"}):
+                continue
+            cluster = doc.string(ref, "name")
+            weight = doc.value(ref, "weight", _gateway_weight, 1.0)
+            if cluster and weight is not None:
+                entries.append(PendingEntry(cluster, weight, None, cluster, ref))
+        splits.append(PendingSplit(f"{name}/rule{i}", "httproute", hosts, prefix, entries, "weighted",
+                                   None, rule))
+    return splits

@@ -1,0 +1,133 @@
+"""Load config from files or directories into a validated, frozen `Config`.
+
+Two passes: read every document (clusters, router settings, pending splits), then
+resolve split entries to Clusters and check the degenerate cases. Every problem is
+collected; `load_config` raises one ConfigError listing them all.
+"""
+from __future__ import annotations
+
+from .errors import ConfigError, Problems
+from .kinds import (Doc, PendingSplit, read_cluster, read_httproute, read_native_split, read_router,
+                    read_smi_split)
+from .model import Backend, ClusterConfig, Config, RouterSettings, SplitConfig
+from .yamlsrc import Node, config_files, read_documents
+
+EDGE = "edge.router/v1alpha1"
+SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
+GATEWAY_VERSIONS = ("v1", "v1beta1")
+
+
+def load_config(*paths: str) -> Config:
+    problems = Problems()
+    clusters: list[ClusterConfig] = []
+    routers: list[tuple[RouterSettings, Node]] = []
+    pending: list[PendingSplit] = []
+    files: list[str] = []
+    for path in paths:
+        for file in config_files(path):
+            files.append(file)
+            try:
+                docs = list(read_documents(file))
+            except ConfigError as exc:
+                problems.items.extend(exc.problems)
+                continue
+            for root in docs:
+                _dispatch(Doc(root, problems), clusters, routers, pending)
+    if not files:
+        problems.add(paths[0] if paths else "-", 0, "", "no .yaml or .yml files found")
+    router = _one_router(routers, problems)
+    _check_unique([(c.name, c.source) for c in clusters], "Cluster", problems)
+    splits = _resolve(pending, clusters, problems)
+    problems.raise_if_any()
+    return Config(router, tuple(clusters), tuple(splits), tuple(files))
+
+
+def _dispatch(doc: Doc, clusters, routers, pending) -> None:
+    root = doc.root
+    if root.kind != "map":
+        doc.error(root, "a document must be a mapping with apiVersion and kind")
+        return
+    api, kind = root.value.get("apiVersion"), root.value.get("kind")
+    if not isinstance(api, str) or not isinstance(kind, str):
+        doc.error(root, "document needs apiVersion and kind")
+        return
+    doc.fields(root, {"apiVersion", "kind", "metadata", "spec", "status"})
+    group, _, version = api.rpartition("/")
+    if api == EDGE and kind == "Cluster":
+        c = read_cluster(doc)
+        if c:
+            clusters.append(c)
+    elif api == EDGE and kind == "Router":
+        r = read_router(doc)
+        if r:
+            routers.append((r, root))
+    elif kind == "TrafficSplit" and api in (EDGE, "networking.knative.dev/v1alpha1"):
+        s = read_native_split(doc, "trafficsplit")
+        if s:
+            pending.append(s)
+    elif kind == "TrafficSplit" and group == "split.smi-spec.io" and version in SMI_VERSIONS:
+        s = read_smi_split(doc, version)
+        if s:
+            pending.append(s)
+    elif kind == "HTTPRoute" and group == "gateway.networking.k8s.io" and version in GATEWAY_VERSIONS:
+        pending.extend(read_httproute(doc))
+    else:
+        line_node = root.get("kind") or root
+        doc.problems.add(root.file, line_node.line, "kind", f"unknown kind {kind!r} in apiVersion {api!r}")
+
+
+def _one_router(routers, problems: Problems) -> RouterSettings:
+    for extra, node in routers[1:]:
+        problems.add(node.file, node.line, "kind", "more than one Router document")
+    return routers[0][0] if routers else RouterSettings()
+
+
+def _check_unique(names: list[tuple[str, str]], what: str, problems: Problems) -> None:
+    seen: dict[str, str] = {}
+    for name, source in names:
+        if name in seen:
+            file, _, line = source.rpartition(":")
+            problems.add(file, int(line or 0), "metadata.name",
+                         f"duplicate {what} name {name!r} (first at {seen[name]})")
+        else:
+            seen[name] = source
+
+
+def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], problems: Problems) -> list[SplitConfig]:
+    by_name = {c.name: c for c in clusters}
+    _check_unique([(p.name, f"{p.node.file}:{p.node.line}") for p in pending], "TrafficSplit", problems)
+    routes: dict[tuple[str, str], PendingSplit] = {}
+    out = []
+    for p in pending:
+        for key in [(h, p.path_prefix) for h in p.hosts] or [("", p.path_prefix)]:
+            if key in routes:
+                first = routes[key].node
+                what = f"host {key[0]!r}" if key[0] else "default route"
+                problems.add(p.node.file, p.node.line, "spec",
+                             f"{what} path {key[1]!r} already routed by {routes[key].name!r} "
+                             f"({first.file}:{first.line})")
+            routes[key] = p
+        weights: dict[str, float] = {}
+        for e in p.entries:
+            if e.selector is not None:
+                matched = [c for c in clusters if all(c.label(k) == v for k, v in e.selector)]
+                if not matched:
+                    sel = ",".join(f"{k}={v}" for k, v in e.selector)
+                    problems.add(e.node.file, e.node.get("selector").line, e.node.child_path("selector"),
+                                 f"selector {sel!r} matches no Cluster")
+            else:
+                matched = [by_name[e.cluster_name]] if e.cluster_name in by_name else []
+                if not matched:
+                    field = "name" if e.node.get("name") is not None else "service"
+                    node = e.node.get(field) or e.node
+                    problems.add(e.node.file, node.line, node.path, f"no Cluster named {e.cluster_name!r}")
+            for c in matched:  # an entry's weight is shared by the clusters it selects
+                weights[c.name] = weights.get(c.name, 0.0) + e.weight / len(matched)
+        if p.entries and all(e.weight == 0 for e in p.entries):
+            problems.add(p.node.file, p.node.line, p.node.path or "spec", "all weights are zero")
+        elif not p.entries:
+            problems.add(p.node.file, p.node.line, p.node.path or "spec", "no backends")
+        out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
+                               tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
+                               f"{p.node.file}:{p.node.line}"))
+    return out

@@ -1,0 +1,107 @@
+"""Frozen configuration model. Loaders normalise every accepted format into these types.
+
+A `Config` is immutable and validated: every split names existing clusters with
+non-negative weights, at least one of them positive.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str  # http | https
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class KubernetesRef:
+    kubeconfig: str | None
+    context: str | None
+    in_cluster: bool
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    endpoint: Endpoint
+    probe_path: str = "/"
+    kubernetes: KubernetesRef | None = None
+    source: str = ""
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+
+@dataclass(frozen=True)
+class Backend:
+    cluster: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    name: str
+    kind: str  # which format it came from, for /debug/state
+    hosts: tuple[str, ...]  # empty: default route
+    path_prefix: str
+    backends: tuple[Backend, ...]
+    algorithm: str = "weighted"
+    max_rtt_s: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_line_bytes: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_buffered_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    header_read_s: float = 10.0
+    idle_s: float = 60.0
+    connect_s: float = 2.0
+    upstream_header_s: float = 30.0
+    upstream_idle_s: float = 30.0
+    drain_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    listen: str = "0.0.0.0:8080"
+    admin: str = "127.0.0.1:9901"
+    admin_token_env: str = "EDGE_ROUTER_ADMIN_TOKEN"
+    admin_token_file: str | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    server_timing: bool = False
+    via: str = "edge-router"
+
+
+@dataclass(frozen=True)
+class Config:
+    router: RouterSettings
+    clusters: tuple[ClusterConfig, ...]
+    splits: tuple[SplitConfig, ...]
+    files: tuple[str, ...] = ()
+
+    def cluster(self, name: str) -> ClusterConfig:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)

@@ -1,0 +1,118 @@
+"""Scalar parsers shared by the loaders: durations, weights, quantities, selectors, URLs.
+
+Each returns the parsed value or raises ValueError with a message fit for an operator.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from .model import Endpoint
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Go-style duration ("200ms", "1.5s", "1m30s") to seconds. Bare 0 is allowed."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 200ms or 1.5s, got {value!r}")
+    if isinstance(value, (int, float)) and value == 0:
+        return 0.0
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a duration like 200ms or 1.5s, got {value!r}")
+    pos, total = 0, 0.0
+    while pos < len(value):
+        m = _DURATION_PART.match(value, pos)
+        if not m:
+            raise ValueError(f"bad duration {value!r}: expected a duration like 200ms or 1.5s")
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def parse_weight(value: object) -> float:
+    """A plain non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"weight must be a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"weight must not be negative, got {value}")
+    return float(value)
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|Ki|Mi|Gi)?$")
+_SUFFIX = {None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3}
+
+
+def parse_quantity(value: object) -> float:
+    """Kubernetes Quantity ("100m", "1", "2k") as used by SMI v1alpha1 weights."""
+    if isinstance(value, bool):
+        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+    if isinstance(value, (int, float)):
+        return parse_weight(value)
+    if not isinstance(value, str):
+        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+    m = _QUANTITY.match(value.strip())
+    if not m:
+        if value.strip().startswith("-"):
+            raise ValueError(f"weight must not be negative, got {value!r}")
+        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+def parse_size(value: object) -> int:
+    """Byte sizes: 1024, "64Ki", "10Mi"."""
+    q = parse_quantity(value)
+    if q != int(q):
+        raise ValueError(f"size must be a whole number of bytes, got {value!r}")
+    return int(q)
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
+
+
+def parse_selector(value: object) -> tuple[tuple[str, str], ...]:
+    """`key=value[,key=value]` (Kubernetes equality selector)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"selector must be key=value[,key=value], got {value!r}")
+    pairs = []
+    for part in value.split(","):
+        key, sep, val = part.strip().partition("=")
+        key, val = key.strip(), val.strip()
+        if val.startswith("="):  # tolerate the `==` spelling Kubernetes also accepts
+            val = val[1:].strip()
+        if not sep or not _LABEL.match(key) or (val and not _LABEL.match(val)):
+            raise ValueError(f"selector must be key=value[,key=value], got {value!r}")
+        pairs.append((key, val))
+    return tuple(pairs)
+
+
+def parse_endpoint(value: object) -> Endpoint:
+    if not isinstance(value, str):
+        raise ValueError(f"endpoint must be a URL like http://host:port, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"endpoint is not a URL: {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"endpoint is not an http(s) URL: {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"endpoint must be scheme://host[:port] only, got {value!r}")
+    return Endpoint(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
+
+
+def parse_hostport(value: object) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def normalise_host(value: object) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in " /\t"):
+        raise ValueError(f"host must be a DNS name such as api.example.com or *.example.com, got {value!r}")
+    return value.lower().rstrip(".")

@@ -1,0 +1,78 @@
+"""Config reload: build the new config off the loop, then swap; a bad one is refused.
+
+`ConfigSource` remembers the files a config came from and their mtimes, so a polling
+watcher can notice edits, new files in a watched directory, and deletions.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Awaitable, Callable
+
+from ..config.errors import ConfigError
+from ..config.loader import load_config
+from ..config.model import Config
+from ..config.yamlsrc import config_files
+
+log = logging.getLogger("router.reload")
+
+
+class ConfigSource:
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple:
+        out = []
+        for path in self.paths:
+            for f in config_files(path):
+                try:
+                    st = os.stat(f)
+                    out.append((f, st.st_mtime_ns, st.st_size))
+                except OSError:
+                    out.append((f, None, None))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        new = self._stamp()
+        if new != self.stamp:
+            self.stamp = new
+            return True
+        return False
+
+    def load(self) -> Config:
+        return load_config(*self.paths)
+
+
+class Reloader:
+    """Serialises reloads; `apply` swaps a good config in, `on_error` records a bad one."""
+
+    def __init__(self, source: ConfigSource, apply: Callable[[Config], None],
+                 count: Callable[[str], None]):
+        self.source, self.apply, self.count = source, apply, count
+        self.lock = asyncio.Lock()
+        self.last_error: str | None = None
+
+    async def reload(self, trigger: str) -> dict:
+        async with self.lock:
+            try:
+                config = await asyncio.to_thread(self.source.load)
+            except ConfigError as exc:
+                self.last_error = str(exc)
+                self.count("error")
+                for line in str(exc).splitlines():
+                    log.error("config reload (%s) refused, keeping the last good config: %s", trigger, line)
+                return {"ok": False, "errors": str(exc).splitlines()}
+            self.apply(config)
+            self.last_error = None
+            self.count("success")
+            log.info("config reloaded (%s) from %s", trigger, ", ".join(config.files))
+            return {"ok": True, "files": list(config.files)}
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            changed = await asyncio.to_thread(self.source.changed)
+            if changed:
+                await self.reload("file change")

@@ -1,0 +1,71 @@
+"""Passive outlier state per cluster (pure: `now` is passed in).
+
+A connect failure ejects a cluster at once (nothing was sent, the next request must
+not pay for it again); 5xx answers eject after `consecutive_5xx` in a row. Ejection
+lasts base × n (n = times ejected, decaying while healthy), capped at max_s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OutlierPolicy:
+    consecutive_5xx: int = 5
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+
+
+@dataclass
+class ClusterHealthState:
+    consecutive_5xx: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    last_reason: str = ""
+
+
+@dataclass
+class HealthState:
+    policy: OutlierPolicy = field(default_factory=OutlierPolicy)
+    clusters: dict[str, ClusterHealthState] = field(default_factory=dict)
+
+    def _get(self, cluster: str) -> ClusterHealthState:
+        st = self.clusters.get(cluster)
+        if st is None:
+            st = self.clusters[cluster] = ClusterHealthState()
+        return st
+
+    def is_healthy(self, cluster: str, now: float) -> bool:
+        st = self.clusters.get(cluster)
+        return st is None or st.ejected_until <= now
+
+    def on_connect_failure(self, cluster: str, now: float, reason: str = "connect") -> None:
+        self._eject(self._get(cluster), now, reason)
+
+    def on_response(self, cluster: str, status: int, now: float) -> None:
+        st = self._get(cluster)
+        if status >= 500:
+            st.consecutive_5xx += 1
+            if st.consecutive_5xx >= self.policy.consecutive_5xx:
+                self._eject(st, now, f"{st.consecutive_5xx} consecutive 5xx")
+        else:
+            st.consecutive_5xx = 0
+            # A long healthy stretch forgives one past ejection (Envoy's decay of n).
+            if st.ejections and now - st.ejected_until > self.policy.base_ejection_s:
+                st.ejections -= 1
+                st.ejected_until = now
+
+    def _eject(self, st: ClusterHealthState, now: float, reason: str) -> None:
+        if st.ejected_until > now:
+            return
+        st.ejections += 1
+        st.consecutive_5xx = 0
+        st.last_reason = reason
+        st.ejected_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
+
+    def describe(self, cluster: str, now: float) -> dict:
+        st = self._get(cluster)
+        healthy = st.ejected_until <= now
+        return {"healthy": healthy, "ejections": st.ejections,
+                "ejected_for_s": 0.0 if healthy else round(st.ejected_until - now, 3),
+                "last_reason": st.last_reason}

@@ -1,0 +1,83 @@
+"""RoutingSnapshot: the immutable view a request reads once.
+
+Built from a Config by the reconcile task and swapped in whole; maps (Host, path)
+to a Route (the split's backends with their endpoints).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config.model import Config, Endpoint, SplitConfig
+
+
+@dataclass(frozen=True)
+class RouteBackend:
+    cluster: str
+    weight: float
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    path_prefix: str
+    backends: tuple[RouteBackend, ...]
+    max_rtt_s: float | None
+    algorithm: str
+
+
+@dataclass(frozen=True)
+class RoutingSnapshot:
+    version: int
+    config: Config
+    exact: dict  # host -> tuple[Route] (longest prefix first)
+    wildcard: tuple  # (suffix, tuple[Route]) longest suffix first
+    default: tuple  # tuple[Route]
+
+    def route_for(self, host: str, path: str) -> Route | None:
+        routes = self.exact.get(host)
+        if routes is None:
+            for suffix, candidates in self.wildcard:
+                if host.endswith(suffix) and len(host) > len(suffix):
+                    routes = candidates
+                    break
+        for candidates in (routes or (), self.default):
+            for route in candidates:
+                if _prefix_match(path, route.path_prefix):
+                    return route
+        return None
+
+
+def _prefix_match(path: str, prefix: str) -> bool:
+    if prefix == "/" or path == prefix:
+        return True
+    return path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
+    endpoints = {c.name: c.endpoint for c in config.clusters}
+
+    def route(split: SplitConfig) -> Route:
+        backends = tuple(RouteBackend(b.cluster, b.weight, endpoints[b.cluster]) for b in split.backends)
+        return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm)
+
+    exact: dict[str, list[Route]] = {}
+    wildcard: dict[str, list[Route]] = {}
+    default: list[Route] = []
+    for split in config.splits:
+        r = route(split)
+        if not split.hosts:
+            default.append(r)
+        for host in split.hosts:
+            if host.startswith("*."):
+                wildcard.setdefault(host[1:], []).append(r)
+            else:
+                exact.setdefault(host, []).append(r)
+
+    def order(routes: list[Route]) -> tuple[Route, ...]:
+        return tuple(sorted(routes, key=lambda r: -len(r.path_prefix)))
+
+    return RoutingSnapshot(
+        version, config, {h: order(rs) for h, rs in exact.items()},
+        tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
+        order(default))

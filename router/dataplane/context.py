@@ -1,0 +1,44 @@
+"""ProxyContext: what every connection of one worker shares.
+
+The snapshot attribute is replaced whole on reload (build, then swap); a request reads
+it once when its head is complete.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from ..config.model import RouterSettings
+from ..core.health import HealthState
+from ..core.snapshot import RoutingSnapshot
+from ..obs.metrics import Metrics
+from .upstream import UpstreamPool
+
+
+class ProxyContext:
+    def __init__(self, loop: asyncio.AbstractEventLoop, snapshot: RoutingSnapshot, metrics: Metrics,
+                 health: HealthState | None = None, rng: random.Random | None = None):
+        self.loop = loop
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.health = health or HealthState()
+        self.rng = rng or random.Random()
+        self.settings: RouterSettings = snapshot.config.router
+        self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
+        self.connections: set = set()
+        self.draining = False
+        self.via = self.settings.via.encode()
+        self.clock = time.monotonic
+
+    def swap(self, snapshot: RoutingSnapshot) -> None:
+        self.snapshot = snapshot
+        self.settings = snapshot.config.router
+        self.via = self.settings.via.encode()
+        self.metrics.config_version.set(snapshot.version)
+
+    def start_drain(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.on_drain()

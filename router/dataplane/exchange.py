@@ -1,0 +1,378 @@
+"""Exchange: one request's trip through the proxy (choose, connect, stream both ways).
+
+It executes core decisions (`choose_backend`) and reports outcomes back into health.
+The client connection feeds it request events; the upstream connection feeds it
+response events. Response framing toward the client is the proxy's own: Content-Length
+when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from urllib.parse import urlsplit
+
+from ..core.choice import Reject, choose_backend
+from .headers import HttpReject, is_trusted, response_head, simple_response, upstream_request_head
+from .upstream import UpstreamConnection
+
+REPLAY_LIMIT = 64 * 1024
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+PAUSE_UPSTREAM = 2  # mirrors server.PAUSE_UPSTREAM
+
+
+class Request:
+    __slots__ = ("method", "url", "version", "headers", "facts", "keep_alive", "upgrade", "body", "body_len",
+                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "t0")
+
+    def __init__(self):
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: deque[bytes] = deque()
+        self.body_len = 0
+        self.complete = self.head_done = self.upgrade = False
+        self.keep_alive = True
+        self.reject: HttpReject | None = None
+        self.tunnel_bytes = b""
+        self.head_size = 0
+        self.method = b""
+        self.version = "1.1"
+        self.facts: dict = {}
+        self.t0 = 0.0
+
+
+class Exchange:
+    def __init__(self, conn, req: Request):
+        self.conn, self.req, self.ctx = conn, req, conn.ctx
+        self.upstream: UpstreamConnection | None = None
+        self.backend = None
+        self.route = None
+        self.tried: set[str] = set()
+        self.streaming = False  # body chunks go straight upstream
+        self.kept: list[bytes] | None = []  # body sent so far, for a retry on a stale pooled connection
+        self.kept_len = 0
+        self.stale_retried = False
+        self.resp_started = self.finished = self.upstream_paused = False
+        self.resp_chunked = self.resp_close_delimited = False
+        self.status = 0
+        self.keep_alive = req.keep_alive
+        self.header_timer = None
+        self.task = None
+
+    # --- start: route, choose, connect ----------------------------------------------------
+    def start(self) -> None:
+        req = self.req
+        url = req.url
+        if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            parts = urlsplit(url.decode("latin-1"))
+            req.url = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
+        path = req.url.partition(b"?")[0].decode("latin-1")
+        self.route = self.ctx.snapshot.route_for(req.facts["host"], path)
+        if self.route is None:
+            self.respond_error(404, f"no route for host {req.facts['host']!r}", cluster="-")
+            return
+        self._choose()
+
+    def _choose(self) -> None:
+        ctx = self.ctx
+        decision = choose_backend(self.route, ctx.health, ctx.clock(), ctx.rng, frozenset(self.tried))
+        if isinstance(decision, Reject):
+            self.respond_error(decision.status, decision.reason, cluster="-")
+            return
+        self.backend = decision.backend
+        conn = ctx.pool.take_idle(self.backend.endpoint)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.task = ctx.loop.create_task(self._connect(self.backend))
+
+    async def _connect(self, backend) -> None:
+        ctx = self.ctx
+        t = ctx.clock()
+        try:
+            conn = await ctx.pool.connect(backend.endpoint, ctx.settings.timeouts.connect_s)
+        except (OSError, asyncio.TimeoutError) as exc:
+            ctx.metrics.connect_failures.labels(backend.cluster).inc()
+            ctx.health.on_connect_failure(backend.cluster, ctx.clock(),
+                                          "connect timeout" if isinstance(exc, asyncio.TimeoutError) else "connect refused")
+            if self.finished:
+                return
+            self.tried.add(backend.cluster)
+            ctx.metrics.retries.labels("connect").inc()
+            self._choose()
+            return
+        finally:
+            self.task = None
+        ctx.metrics.connect_duration.labels(backend.cluster).observe(ctx.clock() - t)
+        if self.finished:
+            ctx.pool.release(conn)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        req, ctx = self.req, self.ctx
+        conn.exchange = self
+        self.upstream = conn
+        trusted = is_trusted(self.conn.client_ip, ctx.settings.trusted_proxies)
+        parts = upstream_request_head(req.method, req.url, req.headers, req.facts, self.conn.client_ip, trusted,
+                                      ctx.via, req.upgrade)
+        if req.facts["chunked"]:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif req.facts["content_length"] is not None:
+            parts += [b"Content-Length: ", str(req.facts["content_length"]).encode(), b"\r\n"]
+        parts.append(b"\r\n")
+        conn.write(b"".join(parts))
+        chunks = (self.kept or []) + self.conn.take_buffered(req)
+        self.kept, self.kept_len = [], 0
+        for chunk in chunks:
+            self._write_body(chunk)
+        self.streaming = True
+        if req.complete:
+            self.on_request_end()
+        self.header_timer = ctx.loop.call_later(ctx.settings.timeouts.upstream_header_s, self._on_header_timeout)
+
+    # --- request body -------------------------------------------------------------------
+    def send_body(self, data: bytes) -> None:
+        self._write_body(data)
+
+    def _write_body(self, data: bytes) -> None:
+        if self.kept is not None:
+            self.kept_len += len(data)
+            if self.kept_len <= REPLAY_LIMIT:
+                self.kept.append(data)
+            else:
+                self.kept = None
+        if self.req.facts["chunked"]:
+            self.upstream.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.upstream.write(data)
+
+    def on_request_end(self) -> None:
+        if self.upstream is not None and self.req.facts["chunked"] and not self.finished:
+            self.upstream.write(b"0\r\n\r\n")
+
+    def on_request_rejected(self, reject: HttpReject) -> None:
+        """The client's request broke a limit mid-body (413) or its framing went bad."""
+        self.keep_alive = False
+        if self.resp_started:
+            self._abort_both()
+        else:
+            self.respond_error(reject.status, reject.reason, cluster=self.backend.cluster if self.backend else "-")
+
+    # --- response -----------------------------------------------------------------------
+    def on_response_head(self, status: int, headers: list, upgrade: bool) -> None:
+        req = self.req
+        if 100 <= status < 200 and status != 101:
+            if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        self._cancel_header_timer()
+        self.status = status
+        if status == 101 and not req.upgrade:
+            self.on_upstream_error("upstream switched protocols without an Upgrade request")
+            return
+        if req.upgrade and status != 101:
+            self.keep_alive = False  # the client parser stopped at the Upgrade request
+        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        cl = None
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                cl = value
+        framing: list[bytes] = []
+        if status == 101:
+            pass
+        elif no_body:
+            if cl is not None and req.method == b"HEAD":
+                framing = [b"Content-Length: ", cl, b"\r\n"]
+        elif cl is not None:
+            framing = [b"Content-Length: ", cl, b"\r\n"]
+        elif req.version == "1.1":
+            self.resp_chunked = True
+            framing = [b"Transfer-Encoding: chunked\r\n"]
+        else:
+            self.keep_alive = False
+        if not self.upstream.parser.should_keep_alive() and cl is None and not no_body and not self._upstream_chunked(headers):
+            self.resp_close_delimited = True
+        if self.ctx.draining or self.conn.stopped and not req.complete:
+            self.keep_alive = False
+        parts = response_head(status, b"", headers, self.backend.cluster.encode(), self.ctx.via, status == 101)
+        parts += framing
+        if self.ctx.settings.server_timing:
+            parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
+        if status != 101:
+            if not self.keep_alive:
+                parts.append(b"Connection: close\r\n")
+            elif req.version == "1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
+        self.resp_started = True
+        if no_body and status != 101:
+            if req.method == b"HEAD":
+                self.upstream.reset_parser()
+            self.on_response_end()
+
+    @staticmethod
+    def _upstream_chunked(headers) -> bool:
+        return any(n.lower() == b"transfer-encoding" for n, _ in headers)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.resp_chunked:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def on_response_end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_header_timer()
+        if self.resp_chunked:
+            self.conn.write(b"0\r\n\r\n")
+        ctx, up = self.ctx, self.upstream
+        self.upstream = None
+        if up is not None:
+            if self.upstream_paused:
+                up.transport.resume_reading()
+            if self.req.complete and not self.resp_close_delimited:
+                ctx.pool.release(up)
+            else:
+                up.exchange = None
+                up.close()
+        if not self.req.complete:
+            self.keep_alive = False  # answered before the body finished: the rest is not worth reading
+        now = ctx.clock()
+        ctx.health.on_response(self.backend.cluster, self.status, now)
+        ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
+        self.conn.exchange_done(self.keep_alive)
+
+    # --- failures -----------------------------------------------------------------------
+    def on_upstream_lost(self, exc) -> None:
+        up, self.upstream = self.upstream, None
+        if self.finished:
+            return
+        if (not self.resp_started and up is not None and up.reused and not self.stale_retried
+                and self.kept is not None and self.req.method in IDEMPOTENT):
+            # A pooled connection the upstream had already closed: nothing was processed, try a fresh one.
+            self.stale_retried = True
+            self.streaming = False
+            self._cancel_header_timer()
+            self.ctx.metrics.retries.labels("stale_connection").inc()
+            self.task = self.ctx.loop.create_task(self._connect(self.backend))
+            return
+        if self.conn.tunnel is self:
+            self.finished = True
+            self.conn.close()
+            return
+        if self.resp_started:
+            if self.resp_close_delimited:
+                self.on_response_end()
+            else:
+                self._truncated("upstream closed the connection mid-response")
+            return
+        self.respond_error(502, "upstream closed the connection before responding")
+
+    def on_upstream_error(self, reason: str) -> None:
+        self.upstream = None
+        if self.finished:
+            return
+        if self.resp_started:
+            self._truncated(reason)
+        else:
+            self.respond_error(502, reason)
+
+    def _on_header_timeout(self) -> None:
+        self.header_timer = None
+        if not self.finished and not self.resp_started:
+            self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
+
+    def _truncated(self, reason: str) -> None:
+        """Never let a cut-short body look complete: abort the client connection."""
+        self.finished = True
+        self._cancel_header_timer()
+        cluster = self.backend.cluster if self.backend else "-"
+        self.ctx.health.on_response(cluster, 502, self.ctx.clock())
+        self.ctx.metrics.count_request(cluster, 502, self.ctx.clock() - self.req.t0)
+        self.conn.abort()
+
+    def respond_error(self, status: int, reason: str, cluster: str | None = None) -> None:
+        self.finished = True
+        self._cancel_header_timer()
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.exchange = None
+            up.abort()
+        if cluster is None:
+            cluster = self.backend.cluster if self.backend else "-"
+            if status in (502, 504) and cluster != "-":
+                self.ctx.health.on_response(cluster, status, self.ctx.clock())
+        keep = self.keep_alive and self.req.complete and not self.ctx.draining
+        extra = [("x-router-cluster", cluster)] if cluster != "-" else []
+        if status == 503:
+            extra.append(("Retry-After", "1"))
+        self.ctx.metrics.count_request(cluster, status, self.ctx.clock() - self.req.t0)
+        self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
+        self.conn.exchange_done(keep)
+
+    def on_client_lost(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if not self.finished:
+            self.finished = True
+            self._cancel_header_timer()
+            cluster = self.backend.cluster if self.backend else "-"
+            self.ctx.metrics.count_request(cluster, 499, self.ctx.clock() - self.req.t0)
+        self._abort_upstream()
+
+    def _abort_both(self) -> None:
+        self.finished = True
+        self._abort_upstream()
+        self.conn.abort()
+
+    def _abort_upstream(self) -> None:
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.exchange = None
+            up.abort()
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    # --- flow control -------------------------------------------------------------------
+    def on_client_pause_writing(self) -> None:
+        if self.upstream is not None and not self.upstream_paused:
+            self.upstream_paused = True
+            self.upstream.transport.pause_reading()
+
+    def on_client_resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream_paused:
+            self.upstream_paused = False
+            self.upstream.transport.resume_reading()
+
+    def on_upstream_pause_writing(self) -> None:
+        self.conn.pause(PAUSE_UPSTREAM)
+
+    def on_upstream_resume_writing(self) -> None:
+        self.conn.resume(PAUSE_UPSTREAM)
+
+    # --- upgrade tunnel -----------------------------------------------------------------
+    def on_upgraded(self, rest: bytes) -> None:
+        if self.finished or self.status != 101:
+            return
+        if rest:
+            self.conn.write(rest)
+        self.conn.start_tunnel(self)
+        if self.req.tunnel_bytes:
+            self.upstream.write(self.req.tunnel_bytes)
+            self.req.tunnel_bytes = b""
+        self.ctx.metrics.count_request(self.backend.cluster, 101, self.ctx.clock() - self.req.t0)
+
+    def on_client_tunnel_data(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.conn.write(data)

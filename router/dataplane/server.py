@@ -1,0 +1,288 @@
+"""Downstream side: one ClientConnection per accepted socket.
+
+Parses requests with httptools (llhttp, strict) plus the checks in headers.py, enforces the
+header deadline, size limits and idle timeout, queues pipelined requests, and runs one
+Exchange at a time so responses leave in request order. Reading pauses while the
+upstream cannot take more body or too much is buffered.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import httptools
+
+from .context import ProxyContext
+from .exchange import Exchange, Request
+from .headers import HttpReject, simple_response, validate_request
+
+PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED = 1, 2, 4
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, ctx: ProxyContext):
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.req: Request | None = None  # the request being parsed
+        self.queue: deque[Request] = deque()
+        self.active: Exchange | None = None
+        self.tunnel: Exchange | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
+        self.buffered = 0
+        self.paused = 0
+        self.stopped = False  # no more requests are parsed on this connection
+        self.closed = False
+        self.reject: HttpReject | None = None
+        self.timer_kind = ""
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.ctx.connections.add(self)
+        self.ctx.metrics.open_connections.inc()
+        self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.ctx.connections.discard(self)
+        self.ctx.metrics.open_connections.dec()
+        self._cancel_timer()
+        for ex in (self.active, self.tunnel):
+            if ex is not None:
+                ex.on_client_lost()
+        self.active = self.tunnel = None
+        self.queue.clear()
+
+    def data_received(self, data: bytes):
+        if self.tunnel is not None:
+            self.tunnel.on_client_tunnel_data(data)
+            return
+        if self.stopped:
+            return
+        if self.req is None or not self.req.head_done:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._stop()
+            if self.req is not None and self.req.head_done:
+                self.req.tunnel_bytes = data[exc.args[0]:] if exc.args else b""
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(self.reject or HttpReject(400, f"malformed request: {exc}"))
+        except httptools.HttpParserError as exc:
+            self._fail(HttpReject(400, f"malformed request: {exc}"))
+        else:
+            limits = self.ctx.settings.limits
+            if (self.req is not None and not self.req.head_done
+                    and self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes):
+                self._fail(HttpReject(431, "request header section too large"))
+
+    def pause_writing(self):
+        ex = self.active or self.tunnel
+        if ex is not None:
+            ex.on_client_pause_writing()
+
+    def resume_writing(self):
+        ex = self.active or self.tunnel
+        if ex is not None:
+            ex.on_client_resume_writing()
+
+    # --- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self):
+        self.req = Request()
+        if self.timer is None or self.timer_kind == "idle":
+            self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+
+    def on_url(self, url: bytes):
+        req = self.req
+        req.url += url
+        if len(req.url) > self.ctx.settings.limits.max_request_line_bytes:
+            self._raise(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes):
+        req = self.req
+        req.headers.append((name, value))
+        req.head_size += len(name) + len(value) + 4
+        limits = self.ctx.settings.limits
+        if len(req.headers) > limits.max_header_count:
+            self._raise(431, f"more than {limits.max_header_count} header fields")
+        if req.head_size > limits.max_header_bytes:
+            self._raise(431, "request header section too large")
+
+    def on_headers_complete(self):
+        req, p = self.req, self.parser
+        req.head_done = True
+        self.head_bytes = 0
+        self._cancel_timer()
+        req.method = p.get_method()
+        req.version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive()
+        req.upgrade = p.should_upgrade()
+        if req.method == b"CONNECT":
+            self._raise(405, "CONNECT is not supported")
+        try:
+            req.facts = validate_request(req.version, req.headers)
+        except HttpReject as exc:
+            self.reject = exc
+            raise
+        cl = req.facts["content_length"]
+        if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
+            self._raise(413, "request body larger than the limit")
+        req.t0 = self.ctx.clock()
+        self.queue.append(req)
+        if self.active is None:
+            self._start_next()
+
+    def on_body(self, body: bytes):
+        req = self.req
+        req.body_len += len(body)
+        if req.body_len > self.ctx.settings.limits.max_body_bytes:
+            self._raise(413, "request body larger than the limit")
+        ex = self.active
+        if ex is not None and ex.req is req and ex.streaming:
+            ex.send_body(body)
+            return
+        req.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > self.ctx.settings.limits.max_buffered_bytes:
+            self.pause(PAUSE_BUFFER)
+
+    def on_message_complete(self):
+        req = self.req
+        req.complete = True
+        if not req.keep_alive:
+            self._stop()
+        ex = self.active
+        if ex is not None and ex.req is req:
+            ex.on_request_end()
+
+    # --- used by the exchange -----------------------------------------------------------
+    def take_buffered(self, req: Request) -> list[bytes]:
+        chunks = list(req.body)
+        req.body.clear()
+        self.buffered -= sum(len(c) for c in chunks)
+        if self.buffered <= self.ctx.settings.limits.max_buffered_bytes:
+            self.resume(PAUSE_BUFFER)
+        return chunks
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self.active = None
+        self.resume(PAUSE_UPSTREAM)
+        if self.closed:
+            return
+        if not keep_alive or (self.ctx.draining and not self.queue):
+            self.close()
+            return
+        if self.queue:
+            self._start_next()
+        elif self.req is None or self.req.complete:
+            self._set_timer(self.ctx.settings.timeouts.idle_s, self._on_idle, "idle")
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self.tunnel, self.active = ex, None
+        self._cancel_timer()
+        self.paused = 0
+        self.transport.resume_reading()
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        was = self.paused
+        self.paused &= ~reason
+        if was and not self.paused and not self.closed:
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def on_drain(self) -> None:
+        if self.active is None and self.tunnel is None and not self.queue and (self.req is None or self.req.complete):
+            self.close()
+
+    # --- internals ----------------------------------------------------------------------
+    def _start_next(self) -> None:
+        req = self.queue.popleft()
+        if req.reject is not None:
+            self._answer_reject(req.reject)
+            return
+        self.active = Exchange(self, req)
+        self.active.start()
+
+    def _raise(self, status: int, reason: str):
+        self.reject = HttpReject(status, reason)
+        raise self.reject
+
+    def _fail(self, reject: HttpReject) -> None:
+        """Stop parsing; answer `reject` after any response still owed, then close."""
+        self._stop()
+        req = self.req
+        ex = self.active
+        if ex is not None and ex.req is req:
+            ex.on_request_rejected(reject)
+            return
+        if req is not None and req in self.queue:
+            self.queue.remove(req)
+        marker = req or Request()
+        marker.reject = reject
+        self.queue.append(marker)
+        if self.active is None:
+            self._start_next()
+
+    def _answer_reject(self, reject: HttpReject) -> None:
+        self.ctx.metrics.rejected.labels(str(reject.status), reject.reason.split(":")[0][:40]).inc()
+        self.write(simple_response(reject.status, reject.reason, close=True))
+        self.close()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self._cancel_timer()
+        self.pause(PAUSE_STOPPED)
+
+    def _set_timer(self, delay: float, cb, kind: str = "header") -> None:
+        self._cancel_timer()
+        self.timer = self.ctx.loop.call_later(delay, cb)
+        self.timer_kind = kind
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_header_deadline(self) -> None:
+        self.timer = None
+        if self.req is not None and not self.req.head_done:
+            self._fail(HttpReject(408, "request headers not received in time"))
+        elif self.active is None and not self.queue:
+            self.close()  # a connection that never sent a byte is closed silently
+
+    def _on_idle(self) -> None:
+        self.timer = None
+        if self.active is None and not self.queue:
+            self.close()
+
+
+async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False) -> asyncio.base_events.Server:
+    if sock is not None:
+        return await ctx.loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=1024)
+    return await ctx.loop.create_server(lambda: ClientConnection(ctx), host, port, backlog=1024,
+                                        reuse_port=reuse_port)

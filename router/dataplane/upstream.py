@@ -1,0 +1,180 @@
+"""Upstream side: one protocol per connection to a cluster endpoint, and a keep-alive pool.
+
+An UpstreamConnection parses responses with httptools and hands events to the exchange
+currently attached to it (`on_response_head`, `on_response_body`, `on_response_end`,
+`on_upstream_lost`). Idle connections wait in the pool, closed after the idle timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+import httptools
+
+from ..config.model import Endpoint
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
+                 "idle_handle", "tunnel", "_paused_by_client", "_writable", "_head_only", "keep_alive")
+
+    def __init__(self, pool_key: Endpoint):
+        self.pool_key = pool_key
+        self.transport: asyncio.Transport | None = None
+        self.exchange = None
+        self.closed = False
+        self.reused = False
+        self.idle_handle = None
+        self.tunnel = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._head_only = False
+        self.keep_alive = True
+        self.headers: list = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    # asyncio.Protocol
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.exchange is not None:
+                self.exchange.on_tunnel_data(data)
+            return
+        if self.exchange is None:  # bytes on an idle connection: it is no longer usable
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.tunnel = True
+            rest = data[exc.args[0]:] if exc.args else b""
+            self.exchange.on_upgraded(rest)
+        except httptools.HttpParserError as exc:
+            ex, self.exchange = self.exchange, None
+            self.close()
+            if ex is not None:
+                ex.on_upstream_error(f"invalid response from upstream: {exc}")
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.idle_handle:
+            self.idle_handle.cancel()
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.on_upstream_lost(exc)
+
+    def pause_writing(self):
+        if self.exchange is not None:
+            self.exchange.on_upstream_pause_writing()
+
+    def resume_writing(self):
+        if self.exchange is not None:
+            self.exchange.on_upstream_resume_writing()
+
+    # httptools callbacks
+    def on_message_begin(self):
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes):
+        self.headers.append((name, value))
+
+    def on_headers_complete(self):
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.exchange is not None:
+            self.exchange.on_response_head(self.parser.get_status_code(), self.headers,
+                                           self.parser.should_upgrade())
+
+    def on_body(self, body: bytes):
+        if self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self):
+        if self.exchange is not None:
+            self.exchange.on_response_end()
+
+    # used by the exchange
+    def reset_parser(self) -> None:
+        """After a response without a body that the parser cannot know about (HEAD)."""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def write(self, data) -> None:
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections per endpoint, LIFO so hot connections stay hot."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout_s: float, max_idle_per_endpoint: int = 256):
+        self.loop = loop
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle = max_idle_per_endpoint
+        self.idle: dict[Endpoint, deque[UpstreamConnection]] = {}
+        self._ssl = None
+
+    def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        conns = self.idle.get(endpoint)
+        while conns:
+            conn = conns.pop()
+            if conn.idle_handle:
+                conn.idle_handle.cancel()
+                conn.idle_handle = None
+            if not conn.closed and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self, endpoint: Endpoint, timeout_s: float) -> UpstreamConnection:
+        kwargs = {}
+        if endpoint.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            kwargs = {"ssl": self._ssl, "server_hostname": endpoint.host}
+        _, conn = await asyncio.wait_for(
+            self.loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port,
+                                        **kwargs), timeout_s)
+        conn.transport.set_write_buffer_limits(high=256 * 1024)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.exchange = None
+        if conn.closed or not conn.keep_alive or conn.tunnel:
+            conn.close()
+            return
+        conns = self.idle.setdefault(conn.pool_key, deque())
+        if len(conns) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_handle = self.loop.call_later(self.idle_timeout_s, self._expire, conn)
+        conns.append(conn)
+
+    def _expire(self, conn: UpstreamConnection) -> None:
+        conn.idle_handle = None
+        conns = self.idle.get(conn.pool_key)
+        if conns is not None:
+            try:
+                conns.remove(conn)
+            except ValueError:
+                pass
+        conn.close()
+
+    def close_all(self) -> None:
+        for conns in self.idle.values():
+            while conns:
+                c = conns.pop()
+                if c.idle_handle:
+                    c.idle_handle.cancel()
+                c.close()

@@ -1,0 +1,105 @@
+"""Admin HTTP server (aiohttp): /metrics /healthz /readyz /debug/state, POST /admin/*.
+
+POST endpoints need `Authorization: Bearer TOKEN`. Binding to a non-loopback address
+without a token configured is refused at start.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+class AdminError(Exception):
+    pass
+
+
+def read_token(env_name: str | None, file: str | None) -> str | None:
+    if file:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError as exc:
+            raise AdminError(f"cannot read admin token file {file}: {exc.strerror}") from None
+    return (os.environ.get(env_name) or None) if env_name else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminServer:
+    def __init__(self, registry, state: Callable[[], dict], ready: Callable[[], bool],
+                 actions: dict[str, Callable[[], Awaitable[dict]]], token: str | None, collect=None):
+        self.registry, self.state, self.ready = registry, state, ready
+        self.actions, self.token = actions, token
+        self.collect = collect  # optional: returns metrics text (merged across workers)
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/debug/state", self.debug_state)
+        for name in self.actions:
+            app.router.add_post(f"/admin/{name}", self.action)
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        if not is_loopback(host) and not self.token:
+            raise AdminError(f"refusing to bind the admin server to {host}:{port} without a token: "
+                             "set the token environment variable or adminToken.file, or bind to 127.0.0.1")
+        self.runner = web.AppRunner(self.app(), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self.collect() if self.collect else generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def debug_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state(), dumps=_dumps)
+
+    async def action(self, request: web.Request) -> web.Response:
+        if not self.token:
+            return web.json_response({"error": "admin token not configured; POST /admin/* is disabled"},
+                                     status=403)
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        name = request.path.rsplit("/", 1)[1]
+        result = await self.actions[name]()
+        return web.json_response(result, status=200 if result.get("ok", True) else 400, dumps=_dumps)
+
+
+def _dumps(obj) -> str:
+    import json
+    return json.dumps(obj, indent=2, sort_keys=True)

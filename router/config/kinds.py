@@ -40,6 +40,8 @@ class PendingSplit:
     algorithm: str
     max_rtt_s: float | None
     node: Node
+    at: Node | None = None  # where weight problems are reported (the list of entries)
+    declared: int = 0  # entries written, valid or not
 
 
 class Doc:
@@ -230,7 +232,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     if spec.get("service") is not None:
         hosts += _hosts(doc, [spec.get("service")])
     prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
-    return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root)
+    return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
+                        len(doc.seq(spec, "clusters")))
 
 
 def _algorithm(v: Any) -> str:
@@ -262,7 +265,8 @@ def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
         if cluster and weight is not None:
             entries.append(PendingEntry(cluster, weight, None, cluster, item))
     hosts = _hosts(doc, [spec.get("service")]) if spec.get("service") is not None else ()
-    return PendingSplit(name, f"smi/{version}", hosts, "/", entries, "weighted", None, doc.root)
+    return PendingSplit(name, f"smi/{version}", hosts, "/", entries, "weighted", None, doc.root,
+                        spec.get("backends"), len(doc.seq(spec, "backends")))
 
 
 def _gateway_weight(v: Any) -> float:
@@ -302,5 +306,5 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             if cluster and weight is not None:
                 entries.append(PendingEntry(cluster, weight, None, cluster, ref))
         splits.append(PendingSplit(f"{name}/rule{i}", "httproute", hosts, prefix, entries, "weighted",
-                                   None, rule))
+                                   None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs"))))
     return splits

@@ -23,6 +23,7 @@ def load_config(*paths: str) -> Config:
     routers: list[tuple[RouterSettings, Node]] = []
     pending: list[PendingSplit] = []
     files: list[str] = []
+    cluster_names: list[tuple[str, str]] = []  # Clusters that failed to load
     for path in paths:
         for file in config_files(path):
             files.append(file)
@@ -32,17 +33,19 @@ def load_config(*paths: str) -> Config:
                 problems.items.extend(exc.problems)
                 continue
             for root in docs:
-                _dispatch(Doc(root, problems), clusters, routers, pending)
+                _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names)
     if not files:
         problems.add(paths[0] if paths else "-", 0, "", "no .yaml or .yml files found")
     router = _one_router(routers, problems)
-    _check_unique([(c.name, c.source) for c in clusters], "Cluster", problems)
+    _check_unique(sorted([(c.name, c.source) for c in clusters] + cluster_names,
+                         key=lambda ns: (ns[1].rpartition(":")[0], int(ns[1].rpartition(":")[2]))),
+                  "Cluster", problems)
     splits = _resolve(pending, clusters, problems)
     problems.raise_if_any()
     return Config(router, tuple(clusters), tuple(splits), tuple(files))
 
 
-def _dispatch(doc: Doc, clusters, routers, pending) -> None:
+def _dispatch(doc: Doc, clusters, routers, pending, cluster_names) -> None:
     root = doc.root
     if root.kind != "map":
         doc.error(root, "a document must be a mapping with apiVersion and kind")
@@ -57,6 +60,10 @@ def _dispatch(doc: Doc, clusters, routers, pending) -> None:
         c = read_cluster(doc)
         if c:
             clusters.append(c)
+        else:  # still take part in the duplicate-name check
+            name = root.value.get("metadata", {}).get("name") if isinstance(root.value.get("metadata"), dict) else None
+            if isinstance(name, str):
+                cluster_names.append((name, f"{root.file}:{root.line}"))
     elif api == EDGE and kind == "Router":
         r = read_router(doc)
         if r:
@@ -123,10 +130,11 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], problem
                     problems.add(e.node.file, node.line, node.path, f"no Cluster named {e.cluster_name!r}")
             for c in matched:  # an entry's weight is shared by the clusters it selects
                 weights[c.name] = weights.get(c.name, 0.0) + e.weight / len(matched)
+        at = p.at or p.node
         if p.entries and all(e.weight == 0 for e in p.entries):
-            problems.add(p.node.file, p.node.line, p.node.path or "spec", "all weights are zero")
-        elif not p.entries:
-            problems.add(p.node.file, p.node.line, p.node.path or "spec", "no backends")
+            problems.add(at.file, at.line, at.path, "all weights are zero")
+        elif not p.declared:
+            problems.add(at.file, at.line, at.path or "spec", "no backends")
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}"))

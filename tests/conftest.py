@@ -1,0 +1,180 @@
+"""Shared fixtures: local backends, config files, a running router, raw socket helpers.
+
+Everything binds 127.0.0.1 on ephemeral ports and is torn down by the fixture.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+
+import pytest
+from aiohttp import web
+
+from router.app import RouterApp
+
+
+async def wait_for(cond, timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"):
+    """Poll `cond` (sync or async) until truthy or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while True:
+        value = cond()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+class Backend:
+    """An aiohttp server standing in for a cluster ingress; records what it received."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.seen: list[web.Request] = []
+        self.bodies: list[bytes] = []
+        self.runner = None
+        self.port = 0
+        self.delay_s = 0.0
+        self.status = 200
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(request)
+        self.bodies.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return web.Response(status=self.status, text=f"{self.name}:{len(body)}")
+
+    async def start(self, app: web.Application | None = None) -> "Backend":
+        if app is None:
+            app = web.Application(client_max_size=1 << 30)
+            app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def cluster_docs(ports: dict[str, int]) -> str:
+    return "".join(textwrap.dedent(f"""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Cluster
+        metadata:
+          name: {name}
+          labels: {{region: {name}}}
+        spec:
+          endpoint: http://127.0.0.1:{port}
+        """) for name, port in ports.items())
+
+
+def split_doc(weights: dict[str, float], name: str = "split", hosts: list[str] | None = None) -> str:
+    entries = "".join(f"  - name: {n}\n    weight: {w}\n    selector: region={n}\n" for n, w in weights.items())
+    host_line = f"  hosts: [{', '.join(hosts)}]\n" if hosts else ""
+    return (f"---\napiVersion: networking.knative.dev/v1alpha1\nkind: TrafficSplit\nmetadata:\n  name: {name}\n"
+            f"spec:\n{host_line}  clusters:\n{entries}")
+
+
+def router_doc(**spec) -> str:
+    import yaml
+    return "---\n" + yaml.safe_dump({"apiVersion": "edge.router/v1alpha1", "kind": "Router",
+                                     "metadata": {"name": "edge"}, "spec": spec})
+
+
+@pytest.fixture
+async def backends():
+    made: list[Backend] = []
+
+    async def make(*names: str) -> list[Backend]:
+        out = [await Backend(n).start() for n in names]
+        made.extend(out)
+        return out
+
+    yield make
+    for b in made:
+        await b.stop()
+
+
+@pytest.fixture
+async def router(tmp_path):
+    """start(config_text) -> running RouterApp (admin on an ephemeral port)."""
+    apps: list[RouterApp] = []
+
+    async def start(text: str, watch_interval_s: float = 0, **kw) -> RouterApp:
+        path = tmp_path / "config"
+        path.mkdir(exist_ok=True)
+        (path / "router.yaml").write_text(text)
+        app = RouterApp([str(path)], "127.0.0.1:0", "127.0.0.1:0", watch_interval_s=watch_interval_s, **kw)
+        await app.start()
+        apps.append(app)
+        app.config_dir = path
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop()
+
+
+async def raw_request(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes or the deadline passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            left = end - loop.time()
+            if left <= 0:
+                break
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    """Read one Content-Length or chunked response from a keep-alive connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        body = b"".join(p[:-2] for p in parts)
+    else:
+        body = b""
+    return status, headers, body
+
+
+def pytest_collection_modifyitems(items):
+    os.environ.pop("EDGE_ROUTER_ADMIN_TOKEN", None)

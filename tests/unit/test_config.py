@@ -1,0 +1,228 @@
+"""Config loading: every accepted format normalises to the same model; every error names FILE:LINE: field."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from router.config.errors import ConfigError
+from router.config.loader import load_config
+from router.config.values import parse_duration, parse_quantity
+
+CLUSTERS = textwrap.dedent("""\
+    apiVersion: edge.router/v1alpha1
+    kind: Cluster
+    metadata: {name: us-west, labels: {region: us-west}}
+    spec: {endpoint: "http://10.0.0.1:80"}
+    ---
+    apiVersion: edge.router/v1alpha1
+    kind: Cluster
+    metadata: {name: eu-central, labels: {region: eu-central}}
+    spec: {endpoint: "http://10.0.0.2"}
+    ---
+    apiVersion: edge.router/v1alpha1
+    kind: Cluster
+    metadata: {name: ap-east, labels: {region: ap-east, zone: ap-east}}
+    spec: {endpoint: "https://ap.example.com:8443"}
+    """)
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def errors_of(*paths):
+    with pytest.raises(ConfigError) as exc:
+        load_config(*paths)
+    return [str(p) for p in exc.value.problems]
+
+
+def test_seed_trafficsplit_verbatim(tmp_path):
+    write(tmp_path, CLUSTERS, "clusters.yaml")
+    (tmp_path / "seed.yaml").write_text(open("config/trafficsplit.yaml").read())
+    cfg = load_config(str(tmp_path))
+    (split,) = cfg.splits
+    assert split.name == "global-split" and split.hosts == ()
+    assert {b.cluster: b.weight for b in split.backends} == {"us-west": 45, "eu-central": 35, "ap-east": 20}
+    assert split.max_rtt_s == pytest.approx(0.2)
+    assert split.algorithm == "latency-aware"
+    assert cfg.cluster("eu-central").endpoint.port == 80
+    assert cfg.cluster("ap-east").endpoint.scheme == "https"
+
+
+def test_shipped_config_dir_is_valid():
+    cfg = load_config("config")
+    assert [c.name for c in cfg.clusters] == ["us-west", "eu-central", "ap-east"]
+
+
+def test_selector_matching_several_clusters_shares_the_weight(tmp_path):
+    text = CLUSTERS.replace("region: eu-central}", "region: eu-central, tier: a}").replace(
+        "zone: ap-east}", "zone: ap-east, tier: a}") + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: s}
+        spec:
+          clusters:
+          - {selector: tier=a, weight: 50}
+          - {name: us-west, weight: 50}
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert {b.cluster: b.weight for b in cfg.splits[0].backends} == {"eu-central": 25, "ap-east": 25, "us-west": 50}
+
+
+@pytest.mark.parametrize("version,weights,expected", [
+    ("v1alpha1", ["500m", "250m", "250m"], [0.5, 0.25, 0.25]),
+    ("v1alpha2", [50, 25, 25], [50, 25, 25]),
+    ("v1alpha3", [50, 25, 25], [50, 25, 25]),
+    ("v1alpha4", [1, 0, 3], [1, 0, 3]),
+])
+def test_smi_trafficsplit(tmp_path, version, weights, expected):
+    backends = "".join(f"  - service: {n}\n    weight: {w}\n"
+                       for n, w in zip(["us-west", "eu-central", "ap-east"], weights))
+    text = CLUSTERS + f"---\napiVersion: split.smi-spec.io/{version}\nkind: TrafficSplit\nmetadata:\n  name: smi\n" \
+                      f"spec:\n  service: api.example.com\n  backends:\n{backends}"
+    cfg = load_config(write(tmp_path, text))
+    (split,) = cfg.splits
+    assert split.hosts == ("api.example.com",)
+    assert [b.weight for b in split.backends] == pytest.approx(expected)
+
+
+def test_httproute_weights_default_one_and_path_prefix(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          hostnames: [Web.Example.com]
+          rules:
+          - matches: [{path: {type: PathPrefix, value: /api}}]
+            backendRefs:
+            - {name: us-west, port: 80}
+            - {name: eu-central, port: 80, weight: 3}
+          - backendRefs:
+            - {name: ap-east, weight: 1000000}
+        """)
+    cfg = load_config(write(tmp_path, text))
+    api, rest = cfg.splits
+    assert api.hosts == ("web.example.com",) and api.path_prefix == "/api"
+    assert {b.cluster: b.weight for b in api.backends} == {"us-west": 1, "eu-central": 3}
+    assert rest.path_prefix == "/" and rest.backends[0].weight == 1_000_000
+
+
+def test_router_document(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Router
+        metadata: {name: edge}
+        spec:
+          listen: 0.0.0.0:8443
+          trustedProxies: [10.0.0.0/8, "::1/128"]
+          limits: {maxBody: 1Mi, maxHeaders: 50}
+          timeouts: {headerRead: 5s, connect: 250ms}
+        """)
+    r = load_config(write(tmp_path, text)).router
+    assert r.listen == "0.0.0.0:8443" and len(r.trusted_proxies) == 2
+    assert r.limits.max_body_bytes == 1 << 20 and r.limits.max_header_count == 50
+    assert r.timeouts.header_read_s == 5 and r.timeouts.connect_s == 0.25
+
+
+SPLIT_AT_LINE_16 = CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s}\nspec:\n  clusters:\n"
+
+
+@pytest.mark.parametrize("entries,extra,expected", [
+    ("  - {name: us-west, weight: -1}\n", "", ":21: spec.clusters[0].weight: weight must not be negative"),
+    ("  - {name: us-west, weight: 0}\n  - {name: ap-east, weight: 0}\n", "", ":20: spec.clusters: all weights are zero"),
+    ("  - {selector: region=mars, weight: 1}\n", "", ":21: spec.clusters[0].selector: selector 'region=mars' matches no Cluster"),
+    ("  - {name: pluto, weight: 1}\n", "", ":21: spec.clusters[0].name: no Cluster named 'pluto'"),
+    ("  - {name: us-west, weight: 1, color: red}\n", "", ":21: spec.clusters[0].color: unknown field"),
+    ("  - {name: us-west, weight: 1}\n", "  strategy: {params: {maxRTT: 200 ms}}\n",
+     ":22: spec.strategy.params.maxRTT: bad duration '200 ms'"),
+    ("  - {name: us-west, weight: 1}\n", "  strategy: {params: {maxRTT: -1s}}\n",
+     ":22: spec.strategy.params.maxRTT: bad duration '-1s'"),
+    ("  - {name: us-west, weight: ten}\n", "", ":21: spec.clusters[0].weight: weight must be a number"),
+])
+def test_split_errors_name_file_line_field(tmp_path, entries, extra, expected):
+    path = write(tmp_path, SPLIT_AT_LINE_16 + entries + extra)
+    errs = errors_of(path)
+    assert any(e.startswith(path + expected) for e in errs), errs
+
+
+def test_cluster_errors(tmp_path):
+    text = textwrap.dedent("""\
+        apiVersion: edge.router/v1alpha1
+        kind: Cluster
+        metadata: {name: a}
+        spec: {endpoint: "not a url"}
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Cluster
+        metadata: {name: b}
+        spec: {endpoint: "http://b:80"}
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Cluster
+        metadata: {name: b}
+        spec: {endpoint: "ftp://b"}
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Gizmo
+        metadata: {name: g}
+        """)
+    path = write(tmp_path, text)
+    errs = errors_of(path)
+    assert f"{path}:4: spec.endpoint: endpoint is not an http(s) URL: 'not a url'" in errs
+    assert f"{path}:14: spec.endpoint: endpoint is not an http(s) URL: 'ftp://b'" in errs
+    assert any(e.startswith(f"{path}:11: metadata.name: duplicate Cluster name 'b'") for e in errs), errs
+    assert f"{path}:17: kind: unknown kind 'Gizmo' in apiVersion 'edge.router/v1alpha1'" in errs
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    path = write(tmp_path, "apiVersion: v1\nkind: [unclosed\nmetadata: {}\n")
+    (err,) = errors_of(path)
+    assert err.startswith(f"{path}:") and "YAML syntax" in err
+    assert int(err.split(":")[1]) in (2, 3, 4)
+
+
+def test_duplicate_default_route_and_split_names(tmp_path):
+    split = "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s}\nspec:\n  clusters: [{name: us-west, weight: 1}]\n"
+    errs = errors_of(write(tmp_path, CLUSTERS + split + split))
+    assert any("duplicate TrafficSplit name 's'" in e for e in errs)
+    assert any("default route path '/' already routed by 's'" in e for e in errs)
+
+
+def test_all_errors_reported_together(tmp_path):
+    path = write(tmp_path, SPLIT_AT_LINE_16 + "  - {name: us-west, weight: -1}\n  - {name: nowhere, weight: 2}\n")
+    assert len(errors_of(path)) == 2
+
+
+@pytest.mark.parametrize("text,seconds", [("200ms", 0.2), ("1.5s", 1.5), ("1m30s", 90), ("250us", 0.00025), (0, 0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["200 ms", "-1s", "5", "1d", "", "s", True, 5])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_quantities():
+    assert parse_quantity("100m") == pytest.approx(0.1)
+    assert parse_quantity("2k") == 2000
+    for bad in ("-100m", "1x", "m", True):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "router", "validate", "config"], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    bad_path = write(tmp_path, SPLIT_AT_LINE_16 + "  - {name: us-west, weight: -1}\n")
+    bad = subprocess.run([sys.executable, "-m", "router", "validate", bad_path], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"{bad_path}:21: spec.clusters[0].weight: weight must not be negative, got -1"

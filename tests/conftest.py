@@ -178,3 +178,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]
 
 def pytest_collection_modifyitems(items):
     os.environ.pop("EDGE_ROUTER_ADMIN_TOKEN", None)
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """The router runs on uvloop in production; test it there."""
+    import uvloop
+    return {"uvloop": uvloop.new_event_loop}

@@ -206,9 +206,9 @@ class Exchange:
         parts.append(b"\r\n")
         self.conn.write(b"".join(parts))
         self.resp_started = True
-        if no_body and status != 101:
-            if req.method == b"HEAD":
-                self.upstream.reset_parser()
+        if req.method == b"HEAD" and status != 101:
+            # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
+            self.upstream.reset_parser()
             self.on_response_end()
 
     @staticmethod

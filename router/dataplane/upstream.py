@@ -17,7 +17,7 @@ from ..config.model import Endpoint
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
-                 "idle_handle", "tunnel", "_paused_by_client", "_writable", "_head_only", "keep_alive")
+                 "idle_handle", "tunnel", "keep_alive", "interim")
 
     def __init__(self, pool_key: Endpoint):
         self.pool_key = pool_key
@@ -27,9 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_handle = None
         self.tunnel = False
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._head_only = False
+        self.interim = False
         self.keep_alive = True
         self.headers: list = []
         self.parser = httptools.HttpResponseParser(self)
@@ -82,16 +80,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        # 100 Continue and 103 Early Hints: the real response follows; 101: the tunnel follows.
+        self.interim = 100 <= status < 200
         self.keep_alive = self.parser.should_keep_alive()
         if self.exchange is not None:
-            self.exchange.on_response_head(self.parser.get_status_code(), self.headers,
-                                           self.parser.should_upgrade())
+            self.exchange.on_response_head(status, self.headers, self.parser.should_upgrade())
 
     def on_body(self, body: bytes):
         if self.exchange is not None:
             self.exchange.on_response_body(body)
 
     def on_message_complete(self):
+        if self.interim:
+            self.interim = False
+            return
         if self.exchange is not None:
             self.exchange.on_response_end()
 

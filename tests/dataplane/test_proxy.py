@@ -1,0 +1,274 @@
+"""The proxy on real sockets: split, failover, headers, framing, streaming, upgrades, timeouts."""
+import asyncio
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import Backend, cluster_docs, raw_request, read_response, router_doc, split_doc, wait_for
+
+
+def free_port_refusing() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def keepalive_get(port, n, host="x", path="/"):
+    """n GETs on one keep-alive connection; returns the list of (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    try:
+        for _ in range(n):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            out.append(await read_response(reader))
+    finally:
+        writer.close()
+    return out
+
+
+async def test_split_over_10000_requests_within_two_points(backends, router):
+    bs = await backends("us-west", "eu-central", "ap-east")
+    app = await router(cluster_docs({b.name: b.port for b in bs}) +
+                       split_doc({"us-west": 45, "eu-central": 35, "ap-east": 20}))
+    results = await asyncio.gather(*[keepalive_get(app.port, 1250) for _ in range(8)])
+    counts = {}
+    for status, headers, _ in (r for rs in results for r in rs):
+        assert status == 200
+        counts[headers["x-router-cluster"]] = counts.get(headers["x-router-cluster"], 0) + 1
+    assert sum(counts.values()) == 10_000
+    for name, want in {"us-west": 45, "eu-central": 35, "ap-east": 20}.items():
+        assert abs(counts[name] / 100 - want) <= 2, counts
+    assert {b.name: len(b.seen) for b in bs} == counts
+
+
+async def test_refused_cluster_is_retried_then_gets_no_traffic(backends, router):
+    (good,) = await backends("eu-central")
+    dead = free_port_refusing()
+    app = await router(cluster_docs({"us-west": dead, "eu-central": good.port}) +
+                       split_doc({"us-west": 90, "eu-central": 10}))
+    results = await keepalive_get(app.port, 200)
+    assert all(s == 200 and h["x-router-cluster"] == "eu-central" for s, h, _ in results)
+    failures = app.metrics.connect_failures.labels("us-west")._value.get()
+    assert failures == 1, "the refusing cluster must be ejected after its first failure"
+    assert not app.ctx.health.is_healthy("us-west", app.ctx.clock())
+
+
+async def test_every_cluster_down_is_a_prompt_502(router):
+    app = await router(cluster_docs({"a": free_port_refusing(), "b": free_port_refusing()}) +
+                       split_doc({"a": 1, "b": 1}))
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    for _ in range(3):
+        (status, headers, body), = await keepalive_get(app.port, 1)
+        assert status == 502 and b"no healthy cluster" in body
+    assert loop.time() - t < 2.0
+
+
+async def test_headers_hop_by_hop_forwarding_and_via(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    req = (b"GET /p?q=1 HTTP/1.1\r\nHost: Api.Example.com\r\nConnection: keep-alive, X-Secret\r\n"
+           b"X-Secret: drop-me\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
+           b"X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\n"
+           b"X-Keep: yes\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(req)
+    status, headers, body = await read_response(reader)
+    writer.close()
+    assert status == 200 and headers["x-router-cluster"] == "a" and "edge-router" in headers["via"]
+    seen = b.seen[-1].headers
+    for gone in ("X-Secret", "Keep-Alive", "Proxy-Connection", "TE"):
+        assert gone not in seen, gone
+    assert seen["X-Keep"] == "yes" and b.seen[-1].path_qs == "/p?q=1"
+    assert seen["X-Forwarded-For"] == "127.0.0.1"  # untrusted client: replaced, not appended
+    assert seen["X-Forwarded-Host"] == "Api.Example.com" and seen["X-Forwarded-Proto"] == "http"
+    assert seen["Forwarded"].startswith("for=127.0.0.1;proto=http")
+    assert "edge-router" in seen["Via"]
+
+
+async def test_trusted_proxy_headers_are_appended(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(trustedProxies=["127.0.0.0/8"]))
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.9\r\n"
+                                      b"X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200")
+    seen = b.seen[-1].headers
+    assert seen["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1" and seen["X-Forwarded-Proto"] == "https"
+
+
+async def test_chunked_upload_and_streamed_download(backends, router):
+    async def stream(request):
+        data = await request.read()
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(5):
+            await resp.write(data[:3] + str(i).encode())
+        await resp.write_eof()
+        return resp
+    wa = web.Application()
+    wa.router.add_post("/s", stream)
+    b = await Backend("a").start(wa)
+    try:
+        app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+        async def gen():
+            for part in (b"abc", b"def", b"ghi"):
+                yield part
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{app.port}/s", data=gen()) as r:
+                assert r.status == 200 and r.headers["Transfer-Encoding"] == "chunked"
+                assert await r.read() == b"abc0abc1abc2abc3abc4"
+    finally:
+        await b.stop()
+
+
+async def test_expect_100_continue(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(b"hello")
+    status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    assert status == 200 and body == b"a:5"
+
+
+async def test_websocket_upgrade_relays_both_ways(router):
+    async def ws_handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+    wa = web.Application()
+    wa.router.add_get("/ws", ws_handler)
+    b = await Backend("a").start(wa)
+    try:
+        app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(f"http://127.0.0.1:{app.port}/ws") as ws:
+                assert ws._response.headers["x-router-cluster"] == "a"
+                for i in range(3):
+                    await ws.send_str(f"m{i}")
+                    assert (await ws.receive(timeout=5)).data == f"echo:m{i}"
+    finally:
+        await b.stop()
+
+
+async def test_head_and_204_keep_the_connection_usable(router):
+    async def head(request):
+        return web.Response(body=b"x" * 100)
+    async def empty(request):
+        return web.Response(status=204)
+    wa = web.Application()
+    wa.router.add_get("/h", head)
+    wa.router.add_get("/e", empty)
+    b = await Backend("a").start(wa)
+    try:
+        app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n")
+        head_bytes = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Content-Length: 100" in head_bytes
+        writer.write(b"GET /e HTTP/1.1\r\nHost: h\r\n\r\nGET /h HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(reader), 5))[0] == 204
+        status, _, body = await asyncio.wait_for(read_response(reader), 5)
+        assert status == 200 and body == b"x" * 100
+        writer.close()
+    finally:
+        await b.stop()
+
+
+async def test_upstream_header_timeout_is_504(backends, router):
+    (b,) = await backends("a")
+    b.delay_s = 3
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(timeouts={"upstreamHeader": "300ms"}))
+    (status, headers, body), = await keepalive_get(app.port, 1)
+    assert status == 504 and b"did not answer within 0.3s" in body
+
+
+async def test_unknown_host_without_default_route_is_404(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}, hosts=["api.example.com"]))
+    (status, _, body), = await keepalive_get(app.port, 1, host="other.org")
+    assert status == 404 and b"no route" in body
+    (status, headers, _), = await keepalive_get(app.port, 1, host="API.example.com:8080")
+    assert status == 200 and headers["x-router-cluster"] == "a"
+
+
+async def test_stale_pooled_connection_is_retried(router):
+    """An upstream that closes each keep-alive connection after one response."""
+    count = 0
+
+    async def handle(reader, writer):
+        nonlocal count
+        await reader.readuntil(b"\r\n\r\n")
+        count += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        for _ in range(5):
+            (status, _, body), = await keepalive_get(app.port, 1)
+            assert status == 200 and body == b"ok"
+            await wait_for(lambda: all(c.closed for q in app.ctx.pool.idle.values() for c in q), what="close")
+        assert count == 5
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_body_cut_short_aborts_the_client(router):
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"Content-Length: 100" in head and len(body) < 100  # the client can tell it is short
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"garbage\r\n\r\n",
+])
+async def test_upstream_broken_framing_is_502(router, response):
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout_s=3)
+        # Either a 502, or (framing broke after the head went out) a response the client can see is cut short.
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 502") or (
+            head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
+            and not body.endswith(b"0\r\n\r\n")), raw
+    finally:
+        server.close()
+        await server.wait_closed()

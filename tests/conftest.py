@@ -184,3 +184,19 @@ def pytest_asyncio_loop_factories(config, item):
     """The router runs on uvloop in production; test it there."""
     import uvloop
     return {"uvloop": uvloop.new_event_loop}
+
+
+def statuses_of(raw: bytes) -> list[int]:
+    """Status codes of the Content-Length-framed responses in `raw`, in order."""
+    out = []
+    while raw.startswith(b"HTTP/1.1 "):
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        out.append(int(head.split(b" ", 2)[1]))
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        raw = rest[length:]
+    return out

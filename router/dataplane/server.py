@@ -17,6 +17,8 @@ from .exchange import Exchange, Request
 from .headers import HttpReject, simple_response, validate_request
 
 PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED = 1, 2, 4
+LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
+LINGER_MAX_BYTES = 4 * 1024 * 1024
 
 
 class ClientConnection(asyncio.Protocol):
@@ -37,6 +39,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.reject: HttpReject | None = None
         self.timer_kind = ""
+        self.lingering = 0  # bytes discarded since the final response, or 0 when not lingering
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -60,6 +63,11 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes):
+        if self.lingering:
+            self.lingering += len(data)
+            if self.lingering > LINGER_MAX_BYTES:
+                self.abort()
+            return
         if self.tunnel is not None:
             self.tunnel.on_client_tunnel_data(data)
             return
@@ -206,6 +214,24 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
+        """Send what is buffered, half-close, and discard further input for a while.
+
+        Closing with unread input makes the kernel send RST, which can destroy the final
+        response before the client reads it (a 413 sent while the client is still uploading).
+        """
+        if self.closed or self.lingering:
+            return
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.lingering = 1
+            self.tunnel = self.active = None
+            self.transport.write_eof()
+            self.paused = 0
+            self.transport.resume_reading()
+            self._set_timer(LINGER_S, self._close_now, "linger")
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if not self.closed:
             self.closed = True
             self.transport.close()

@@ -1,0 +1,171 @@
+"""Hostile HTTP/1.1 input on raw sockets: the right 4xx, a closed connection, nothing upstream."""
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.conftest import cluster_docs, raw_request, router_doc, split_doc, statuses_of, wait_for
+
+H = b"Host: h\r\n"
+
+
+@pytest.fixture
+async def proxy(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(timeouts={"headerRead": "1s"}, limits={"maxBody": "1Mi"}))
+    app.backend = b
+    return app
+
+
+CASES = {
+    "cl-and-te": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te-and-cl": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+    "duplicate-cl-identical": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    "duplicate-cl-different": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+    "cl-list": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
+    "cl-plus": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +5\r\n\r\nhello", 400),
+    "cl-minus": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
+    "cl-hex": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 0x5\r\n\r\nhello", 400),
+    "cl-underscore": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1_0\r\n\r\n0123456789", 400),
+    "te-gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", (400, 501)),
+    "te-chunked-then-gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n", (400, 501)),
+    "te-on-http10": (b"POST / HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "bad-chunk-size": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    "chunk-size-overflow": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 400),
+    "bad-chunk-ext": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5;a=\"b\r\nhello\r\n0\r\n\r\n", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\r\n  folded\r\n\r\n", 400),
+    "space-before-colon": (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400),
+    "control-char": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x01b\r\n\r\n", 400),
+    "nul": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400),
+    "bare-cr": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\rb\r\n\r\n", 400),
+    "bare-lf": (b"GET / HTTP/1.1\nHost: h\n\n", 400),
+    "bare-lf-header": (b"GET / HTTP/1.1\r\nHost: h\nX-A: b\r\n\r\n", 400),
+    "no-host-11": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "connection-names-host": (b"GET / HTTP/1.1\r\n" + H + b"Connection: host\r\n\r\n", 400),
+    "connection-names-cl": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nConnection: Content-Length\r\n\r\nx", 400),
+    "connection-names-xff": (b"GET / HTTP/1.1\r\n" + H + b"Connection: keep-alive, X-Forwarded-For\r\n\r\n", 400),
+    "too-many-headers": (b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+    "header-section-too-large": (b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * (65 * 1024) + b"\r\n\r\n", 431),
+    "request-line-too-long": (b"GET /" + b"a" * (9 * 1024) + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+    "body-over-limit-cl": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2000000\r\n\r\n", 413),
+    "connect-method": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+    "bad-version": (b"GET / HTTP/9.9\r\n" + H + b"\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_hostile_request_is_refused_and_closed(proxy, name):
+    data, expected = CASES[name]
+    raw = await raw_request(proxy.port, data, timeout_s=5)
+    status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+    assert status in (expected if isinstance(expected, tuple) else (expected,)), raw[:200]
+    assert b"Connection: close" in raw.partition(b"\r\n\r\n")[0]
+    assert proxy.backend.seen == [], "a hostile request reached the upstream"
+
+
+async def test_chunked_body_over_limit_while_streaming(proxy):
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+    raw = await raw_request(proxy.port, b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 20)
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 413") or raw == b"", raw[:200]
+    assert all(len(body) <= 1 << 20 for body in proxy.backend.bodies)
+
+
+async def test_slow_headers_get_408_at_the_deadline(proxy):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        for byte in b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: " + b"a" * 100:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            try:
+                got = await asyncio.wait_for(reader.read(1024), 0.25)  # one byte per 250 ms
+            except asyncio.TimeoutError:
+                continue
+            break
+        rest = await asyncio.wait_for(reader.read(), 5)
+        raw = got + rest
+    finally:
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 408"), raw
+    assert 0.9 <= loop.time() - t0 <= 2.5
+    assert proxy.backend.seen == []
+
+
+async def test_idle_connection_without_bytes_is_closed_silently(proxy):
+    raw = await raw_request(proxy.port, b"", timeout_s=3)
+    assert raw == b""
+
+
+def te_variants() -> list[bytes]:
+    """At least 50 ways of spelling Transfer-Encoding: chunked that parsers disagree on."""
+    values = [b"chunked", b"Chunked", b"CHUNKED", b" chunked", b"chunked ", b"\tchunked", b"chunked\t",
+              b"chunked,", b", chunked", b"identity, chunked", b"chunked, identity", b"chunked;q=1",
+              b"\x0bchunked", b"\x0cchunked", b"chunked\x0b", b"chunk", b"chunkedx", b"xchunked", b"chu nked",
+              b'"chunked"', b"chunked\x00", b"\x00chunked", b"chunked\r", b"ch\x85unked", b"cHuNkEd",
+              b"chunked, chunked", b"gzip, chunked", b"deflate", b"chunked\x01", b"\x7fchunked"]
+    names = [b"Transfer-Encoding", b"transfer-encoding", b"TRANSFER-ENCODING", b"Transfer-Encoding ",
+             b"Transfer_Encoding", b" Transfer-Encoding", b"Transfer-Encoding\t", b"X-Transfer-Encoding"]
+    out = [b"%s: %s" % (b"Transfer-Encoding", v) for v in values]
+    out += [b"%s: chunked" % n for n in names]
+    out += [b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+            b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked",
+            b"Transfer-Encoding:\r\n chunked", b"Transfer-Encoding: \r\n\tchunked",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 4", b"Content-Length: 4\r\nTransfer-Encoding: chunked",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 0", b"Content-Length: 4\r\nTransfer-Encoding: xchunked",
+            b"Transfer-Encoding: chunked\r\nConnection: Transfer-Encoding",
+            b"Transfer-Encoding: chunked \r\nContent-Length: 4"]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["with-content-length", "te-only"])
+@pytest.mark.parametrize("te", te_variants(), ids=lambda b: b.decode("latin-1").encode("unicode_escape").decode())
+async def test_te_obfuscation_never_desynchronises(proxy, te, mode):
+    """Router and upstream always agree on where each request ends.
+
+    The body hides a second request after a chunked terminator. If it reaches the upstream
+    as a request of its own, the router must have seen (and answered) it as one too.
+    """
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    head = b"POST /first HTTP/1.1\r\nHost: h\r\n" + te + b"\r\n"
+    if mode == "with-content-length" and b"Content-Length" not in te:
+        head += b"Content-Length: %d\r\n" % len(body)
+    second = b"GET /second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    raw = await raw_request(proxy.port, head + b"\r\n" + body + second, timeout_s=3)
+    statuses = statuses_of(raw)
+    assert statuses, raw
+    paths = [r.path for r in proxy.backend.seen]
+    answered = [s for s in statuses if s < 400]
+    assert len(paths) == len(answered), (paths, statuses)  # nothing upstream the router did not answer
+    if mode == "with-content-length":
+        assert "/smuggled" not in paths, (paths, raw[:300])
+    if paths:
+        assert paths[0] == "/first"
+    if statuses[0] >= 400:
+        assert paths == []
+
+
+async def test_pipelined_requests_answered_in_order(proxy):
+    reqs = b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(5))
+    raw = await raw_request(proxy.port, reqs + b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert statuses_of(raw) == [200] * 6
+    assert [r.path for r in proxy.backend.seen] == ["/0", "/1", "/2", "/3", "/4", "/last"]
+
+
+async def test_bad_request_after_good_one_gets_both_answers(proxy):
+    raw = await raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost : h\r\n\r\n")
+    assert statuses_of(raw) == [200, 400], raw
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=600))
+async def test_random_bytes_never_kill_the_worker_or_leak(proxy, data):
+    await raw_request(proxy.port, data, timeout_s=0.3)
+    await wait_for(lambda: not proxy.ctx.connections, timeout_s=3, what="connection cleanup")
+    ok = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")

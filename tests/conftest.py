@@ -111,13 +111,13 @@ async def router(tmp_path):
     """start(config_text) -> running RouterApp (admin on an ephemeral port)."""
     apps: list[RouterApp] = []
 
-    async def start(text: str, watch_interval_s: float = 0, **kw) -> RouterApp:
+    async def start(text: str, watch_interval_s: float = 0, admin_override: str = "127.0.0.1:0", **kw) -> RouterApp:
         path = tmp_path / "config"
         path.mkdir(exist_ok=True)
         (path / "router.yaml").write_text(text)
-        app = RouterApp([str(path)], "127.0.0.1:0", "127.0.0.1:0", watch_interval_s=watch_interval_s, **kw)
-        await app.start()
+        app = RouterApp([str(path)], "127.0.0.1:0", admin_override, watch_interval_s=watch_interval_s, **kw)
         apps.append(app)
+        await app.start()
         app.config_dir = path
         return app
 
@@ -199,4 +199,19 @@ def statuses_of(raw: bytes) -> list[int]:
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         raw = rest[length:]
+    return out
+
+
+async def keepalive_text(port: int, n: int, host: str = "h") -> list[str]:
+    """n GETs on one connection; the x-router-cluster of each (all must be 200)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    try:
+        for _ in range(n):
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            status, headers, body = await read_response(reader)
+            assert status == 200, (status, body)
+            out.append(headers["x-router-cluster"])
+    finally:
+        writer.close()
     return out

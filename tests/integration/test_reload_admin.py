@@ -1,0 +1,170 @@
+"""Reload (admin, file change, SIGHUP), admin endpoints and tokens, drain on SIGTERM."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from router.obs.admin import AdminError
+from tests.conftest import cluster_docs, keepalive_text, router_doc, split_doc, wait_for
+
+TOKEN = "s3cret-token"
+
+
+async def admin(app, method, path, token=TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, f"http://127.0.0.1:{app.admin_port}{path}", headers=headers) as r:
+            return r.status, await r.text()
+
+
+@pytest.fixture
+def token_env(monkeypatch):
+    monkeypatch.setenv("EDGE_ROUTER_ADMIN_TOKEN", TOKEN)
+
+
+async def test_admin_reload_swaps_good_config_and_refuses_bad(backends, router, token_env):
+    a, b = await backends("a", "b")
+    clusters = cluster_docs({"a": a.port, "b": b.port})
+    app = await router(clusters + split_doc({"a": 1, "b": 0}))
+    assert {h for h in await keepalive_text(app.port, 20)} == {"a"}
+    cfg = app.config_dir / "router.yaml"
+
+    cfg.write_text(clusters + split_doc({"a": 0, "b": 1}))
+    status, body = await admin(app, "POST", "/admin/reload")
+    assert status == 200 and '"ok": true' in body
+    assert {h for h in await keepalive_text(app.port, 20)} == {"b"}
+
+    cfg.write_text(clusters + split_doc({"a": 0, "b": -5}))
+    status, body = await admin(app, "POST", "/admin/reload")
+    assert status == 400 and f"{cfg}:" in body and "weight must not be negative" in body
+    assert {h for h in await keepalive_text(app.port, 20)} == {"b"}, "the last good config keeps serving"
+    _, metrics = await admin(app, "GET", "/metrics", token=None)
+    assert 'router_config_reloads_total{result="error"} 1.0' in metrics
+    assert 'router_config_reloads_total{result="success"} 1.0' in metrics
+    _, state = await admin(app, "GET", "/debug/state", token=None)
+    assert "weight must not be negative" in state
+
+
+async def test_file_change_reloads_without_failing_requests(backends, router):
+    a, b = await backends("a", "b")
+    clusters = cluster_docs({"a": a.port, "b": b.port})
+    app = await router(clusters + split_doc({"a": 1, "b": 0}), watch_interval_s=0.05)
+    cfg = app.config_dir / "router.yaml"
+    stop = asyncio.Event()
+    seen: list[tuple[int, str]] = []
+
+    async def load():
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        from tests.conftest import read_response
+        while not stop.is_set():
+            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, _ = await read_response(reader)
+            seen.append((status, headers.get("x-router-cluster")))
+        writer.close()
+
+    tasks = [asyncio.create_task(load()) for _ in range(4)]
+    for i in range(6):
+        weights = {"a": 0, "b": 1} if i % 2 == 0 else {"a": 1, "b": 0}
+        cfg.write_text(clusters + split_doc(weights) + f"# {i}\n")
+        want = app.version + 1
+        await wait_for(lambda: app.version >= want, timeout_s=5, what="reload")
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert seen and all(s == 200 for s, _ in seen)
+    assert {c for _, c in seen} == {"a", "b"}
+
+
+async def test_admin_actions_need_the_bearer_token(backends, router, token_env):
+    (a,) = await backends("a")
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
+    assert (await admin(app, "POST", "/admin/reload", token=None))[0] == 401
+    assert (await admin(app, "POST", "/admin/reload", token="wrong"))[0] == 401
+    assert (await admin(app, "GET", "/readyz", token=None))[0] == 200
+    assert (await admin(app, "POST", "/admin/drain"))[0] == 200
+    status, _ = await admin(app, "GET", "/readyz", token=None)
+    assert status == 503
+    _, state = await admin(app, "GET", "/debug/state", token=None)
+    assert '"configured_weight": 1.0' in state and '"effective_percent": 100.0' in state
+
+
+async def test_admin_refuses_public_bind_without_token(backends, router):
+    (a,) = await backends("a")
+    with pytest.raises(AdminError, match="without a token"):
+        await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}) + router_doc(admin="0.0.0.0:0"),
+                     admin_override="0.0.0.0:0")
+
+
+def _serve(config_dir, extra=()):
+    env = dict(os.environ, EDGE_ROUTER_ADMIN_TOKEN=TOKEN)
+    return subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config_dir),
+                             "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+async def _ports(proc) -> tuple[int, int]:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 15
+    while loop.time() < end:
+        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
+        if "serving on" in line:
+            parts = line.strip().split()
+            traffic = int(parts[parts.index("on") + 1].rsplit(":", 1)[1].rstrip(","))
+            return traffic, int(parts[-1].rsplit(":", 1)[1])
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("router did not start")
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_zero(backends, tmp_path):
+    (a,) = await backends("a")
+    a.delay_s = 1.0
+    (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
+    proc = _serve(tmp_path)
+    try:
+        port, admin_port = await _ports(proc)
+        async with aiohttp.ClientSession() as s:
+            slow = [asyncio.create_task(s.get(f"http://127.0.0.1:{port}/slow")) for _ in range(3)]
+            await wait_for(lambda: len(a.seen) == 3, timeout_s=5, what="requests upstream")
+            proc.send_signal(signal.SIGTERM)
+
+            async def not_ready():
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+                        return r.status == 503
+                except aiohttp.ClientError:
+                    return True
+            await wait_for(not_ready, timeout_s=2, what="readiness to fail")
+            for t in slow:
+                r = await t
+                assert r.status == 200 and await r.text() == "a:0"
+        rc = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
+        assert rc == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+async def test_sighup_reloads(backends, tmp_path):
+    a, b = await backends("a", "b")
+    clusters = cluster_docs({"a": a.port, "b": b.port})
+    (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 1, "b": 0}))
+    proc = _serve(tmp_path)
+    try:
+        port, _ = await _ports(proc)
+        assert set(await keepalive_text(port, 5)) == {"a"}
+        (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 0, "b": 1}))
+        proc.send_signal(signal.SIGHUP)
+
+        async def moved():
+            return set(await keepalive_text(port, 5)) == {"b"}
+        await wait_for(moved, timeout_s=5, interval_s=0.1, what="SIGHUP reload")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

@@ -57,6 +57,7 @@ class Exchange:
         self.keep_alive = req.keep_alive
         self.header_timer = None
         self.task = None
+        self.head_mark = None  # (cork buffer, index) while the response head is still unsent
 
     # --- start: route, choose, connect ----------------------------------------------------
     def start(self) -> None:
@@ -120,11 +121,11 @@ class Exchange:
         elif req.facts["content_length"] is not None:
             parts += [b"Content-Length: ", str(req.facts["content_length"]).encode(), b"\r\n"]
         parts.append(b"\r\n")
-        conn.write(b"".join(parts))
         chunks = (self.kept or []) + self.conn.take_buffered(req)
         self.kept, self.kept_len = [], 0
         for chunk in chunks:
-            self._write_body(chunk)
+            parts += self._framed(chunk)
+        conn.write(b"".join(parts))  # head and buffered body in one send
         self.streaming = True
         if req.complete:
             self.on_request_end()
@@ -135,6 +136,10 @@ class Exchange:
         self._write_body(data)
 
     def _write_body(self, data: bytes) -> None:
+        self.upstream.write(b"".join(self._framed(data)))
+
+    def _framed(self, data: bytes) -> list[bytes]:
+        """Keep the chunk for a possible retry and frame it for the upstream."""
         if self.kept is not None:
             self.kept_len += len(data)
             if self.kept_len <= REPLAY_LIMIT:
@@ -142,9 +147,8 @@ class Exchange:
             else:
                 self.kept = None
         if self.req.facts["chunked"]:
-            self.upstream.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.upstream.write(data)
+            return [b"%x\r\n" % len(data), data, b"\r\n"]
+        return [data]
 
     def on_request_end(self) -> None:
         if self.upstream is not None and self.req.facts["chunked"] and not self.finished:
@@ -204,6 +208,8 @@ class Exchange:
             elif req.version == "1.0":
                 parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
+        corked = self.conn.corked
+        self.head_mark = (corked, len(corked)) if corked is not None else None
         self.conn.write(b"".join(parts))
         self.resp_started = True
         if req.method == b"HEAD" and status != 101:
@@ -277,6 +283,10 @@ class Exchange:
         self.upstream = None
         if self.finished:
             return
+        mark = self.head_mark
+        if self.resp_started and mark is not None and mark[0] is self.conn.corked:
+            del mark[0][mark[1]:]  # the head has not left yet: take it back and answer 502 instead
+            self.resp_started = self.resp_chunked = False
         if self.resp_started:
             self._truncated(reason)
         else:

@@ -40,6 +40,7 @@ class ClientConnection(asyncio.Protocol):
         self.reject: HttpReject | None = None
         self.timer_kind = ""
         self.lingering = 0  # bytes discarded since the final response, or 0 when not lingering
+        self.corked: list[bytes] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -210,8 +211,24 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        if self.corked is not None:
+            self.corked.append(data)
+        else:
             self.transport.write(data)
+
+    def cork(self) -> bool:
+        """Collect writes until uncork(): head and body of a response leave in one send."""
+        if self.corked is None:
+            self.corked = []
+            return True
+        return False
+
+    def uncork(self) -> None:
+        out, self.corked = self.corked, None
+        if out and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """Send what is buffered, half-close, and discard further input for a while.
@@ -221,6 +238,8 @@ class ClientConnection(asyncio.Protocol):
         """
         if self.closed or self.lingering:
             return
+        if self.corked:
+            self.uncork()
         if self.transport.can_write_eof() and not self.transport.is_closing():
             self.lingering = 1
             self.tunnel = self.active = None
@@ -232,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
         self._close_now()
 
     def _close_now(self) -> None:
+        if self.corked:
+            self.uncork()
         if not self.closed:
             self.closed = True
             self.transport.close()

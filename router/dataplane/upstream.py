@@ -44,6 +44,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is None:  # bytes on an idle connection: it is no longer usable
             self.close()
             return
+        client = self.exchange.conn
+        corked = client.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -55,6 +57,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             if ex is not None:
                 ex.on_upstream_error(f"invalid response from upstream: {exc}")
+        finally:
+            if corked:
+                client.uncork()
 
     def connection_lost(self, exc) -> None:
         self.closed = True

@@ -1,0 +1,243 @@
+"""Proxy overhead: edge-router vs nginx, HAProxy and the backend direct, side by side in one run.
+
+Each proxy is pinned to core 0 (one worker / one thread); the backend (an nginx worker
+serving fixed bodies) and wrk share core 1. Cases: 64 connections with a 64-byte body
+(throughput), 1 connection (added latency), 64 connections with a 1 MiB body.
+
+    python bench/proxy.py [--duration 10] [--out FILE.json]
+
+Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
+This is a benchmark, not a test: it prints measured numbers and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [("c64_64B", 64, "/small"), ("c1_64B", 1, "/small"), ("c64_1MiB", 64, "/big")]
+
+
+def ensure_tools() -> None:
+    missing = [p for p, b in (("nginx-light", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"))
+               if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}")]
+    if missing:
+        print(f"installing {' '.join(missing)} from Debian ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        for svc in ("nginx", "haproxy"):  # the packages start system services; we run our own
+            subprocess.run(["service", svc, "stop"], check=False, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def nginx_conf(work: str, body: str) -> str:
+    return f"""daemon off; worker_processes 1; pid {work}/nginx-%s.pid; error_log {work}/nginx-%s.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
+        uwsgi_temp_path {work}; scgi_temp_path {work}; keepalive_requests 1000000; {body} }}
+"""
+
+
+def start(cmd: list[str], core: int, work: str, name: str) -> subprocess.Popen:
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def nginx_worker_pid(master: subprocess.Popen) -> int:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
+        child = int(out[0])
+        out = subprocess.run(["pgrep", "-P", str(child)], capture_output=True, text=True).stdout.split()
+        return int(out[0]) if out else child
+    except (IndexError, ValueError):
+        return master.pid
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_wrk(port: int, conns: int, path: str, duration: int) -> dict:
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": _lat(out, "50%"), "p99_ms": _lat(out, "99%"),
+            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sock_err.group(1) if sock_err else ""}
+
+
+def _lat(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    ensure_tools()
+    work = tempfile.mkdtemp(prefix="edge-bench-")
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(os.path.join(work, "big"), "wb") as fh:
+            fh.write(b"x" * (1 << 20))
+        backend_port, nginx_port, haproxy_port, router_port = (free_port() for _ in range(4))
+        small = "x" * 63
+        conf = nginx_conf(work, f"server {{ listen 127.0.0.1:{backend_port}; keepalive_timeout 300s; "
+                                f"location = /small {{ default_type text/plain; return 200 '{small}\n'; }} "
+                                f"location = /big {{ root {work}; }} }}") % ("backend", "backend")
+        _write(work, "backend.conf", conf)
+        procs.append(start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
+        conf = nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend_port}; keepalive 128; }} "
+                                f"server {{ listen 127.0.0.1:{nginx_port}; keepalive_timeout 300s; "
+                                f"location / {{ proxy_pass http://b; proxy_http_version 1.1; "
+                                f"proxy_set_header Connection ''; proxy_buffering on; }} }}") % ("proxy", "proxy")
+        _write(work, "proxy.conf", conf)
+        nginx = start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
+        procs.append(nginx)
+        _write(work, "haproxy.cfg", f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{haproxy_port}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{backend_port}
+""")
+        haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
+        procs.append(haproxy)
+        _write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1
+kind: Cluster
+metadata: {{name: local, labels: {{region: local}}}}
+spec: {{endpoint: "http://127.0.0.1:{backend_port}"}}
+---
+apiVersion: edge.router/v1alpha1
+kind: TrafficSplit
+metadata: {{name: bench}}
+spec:
+  clusters: [{{name: local, weight: 1}}]
+""")
+        router = start([sys.executable, "-m", "router", "serve", "--config", f"{work}/router.yaml",
+                        "--listen", f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0",
+                        "--log-level", "warning"], 0, work, "router")
+        procs.append(router)
+        for port in (backend_port, nginx_port, haproxy_port, router_port):
+            wait_port(port)
+        targets = {"direct": (backend_port, None), "nginx": (nginx_port, nginx),
+                   "haproxy": (haproxy_port, haproxy), "router": (router_port, router)}
+        results: dict[str, dict] = {name: {} for name in targets}
+        for case, conns, path in CASES:
+            for name, (port, _) in targets.items():
+                run_wrk(port, conns, path, 1)  # warm pools and caches
+                results[name][case] = run_wrk(port, conns, path, args.duration)
+                print(f"{case:9} {name:8} {results[name][case]['rps']:>10.0f} rps  "
+                      f"p50 {results[name][case]['p50_ms']:.3f} ms  p99 {results[name][case]['p99_ms']:.3f} ms",
+                      flush=True)
+        rss = {"direct": peak_rss_mb(nginx_worker_pid(procs[0])), "nginx": peak_rss_mb(nginx_worker_pid(nginx)),
+               "haproxy": peak_rss_mb(haproxy.pid), "router": peak_rss_mb(_child(router))}
+        report = build_report(results, rss)
+        print_table(report)
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return 0
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        if os.environ.get("BENCH_KEEP"):
+            print("kept", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _child(p: subprocess.Popen) -> int:
+    """taskset execs its command, so the pid is the process itself."""
+    return p.pid
+
+
+def _write(work: str, name: str, text: str) -> None:
+    with open(os.path.join(work, name), "w") as fh:
+        fh.write(text)
+
+
+def build_report(results: dict, rss: dict) -> dict:
+    targets = {}
+    for name, cases in results.items():
+        main = cases["c64_64B"]
+        targets[name] = {"rps": main["rps"], "p50_ms": main["p50_ms"], "p99_ms": main["p99_ms"],
+                         "rss_mb": round(rss[name], 1), "cases": cases}
+    direct_p50 = results["direct"]["c1_64B"]["p50_ms"]
+    return {
+        "targets": targets,
+        "ratios": {"router_vs_nginx": round(results["router"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3),
+                   "router_vs_haproxy": round(results["router"]["c64_64B"]["rps"] / results["haproxy"]["c64_64B"]["rps"], 3),
+                   "router_1MiB_vs_nginx": round(results["router"]["c64_1MiB"]["rps"] / results["nginx"]["c64_1MiB"]["rps"], 3)},
+        "added_p50_ms_at_1_connection": {n: round(results[n]["c1_64B"]["p50_ms"] - direct_p50, 3)
+                                         for n in ("nginx", "haproxy", "router")},
+    }
+
+
+def print_table(report: dict) -> None:
+    print("\ntarget    64B c64 rps   p50 ms   p99 ms  | c1 p50 ms | 1MiB c64 rps | peak RSS MB")
+    for name, t in report["targets"].items():
+        c = t["cases"]
+        print(f"{name:8} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {c['c1_64B']['p50_ms']:>9.3f} |"
+              f" {c['c64_1MiB']['rps']:>12.0f} | {t['rss_mb']:>10.1f}")
+    print("ratios:", json.dumps(report["ratios"]))
+    print("added p50 at 1 connection (ms):", json.dumps(report["added_p50_ms_at_1_connection"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

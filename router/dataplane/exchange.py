@@ -55,7 +55,6 @@ class Exchange:
         self.resp_chunked = self.resp_close_delimited = False
         self.status = 0
         self.keep_alive = req.keep_alive
-        self.header_timer = None
         self.task = None
         self.head_mark = None  # (cork buffer, index) while the response head is still unsent
 
@@ -129,7 +128,7 @@ class Exchange:
         self.streaming = True
         if req.complete:
             self.on_request_end()
-        self.header_timer = ctx.loop.call_later(ctx.settings.timeouts.upstream_header_s, self._on_header_timeout)
+        self.conn.upstream_timer.set(ctx.settings.timeouts.upstream_header_s, self._on_header_timeout)
 
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
@@ -293,7 +292,6 @@ class Exchange:
             self.respond_error(502, reason)
 
     def _on_header_timeout(self) -> None:
-        self.header_timer = None
         if not self.finished and not self.resp_started:
             self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
 
@@ -347,9 +345,8 @@ class Exchange:
             up.abort()
 
     def _cancel_header_timer(self) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
+        if self.conn.upstream_timer.callback == self._on_header_timeout:
+            self.conn.upstream_timer.clear()
 
     # --- flow control -------------------------------------------------------------------
     def on_client_pause_writing(self) -> None:

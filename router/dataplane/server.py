@@ -15,6 +15,7 @@ import httptools
 from .context import ProxyContext
 from .exchange import Exchange, Request
 from .headers import HttpReject, simple_response, validate_request
+from .timers import LazyTimer
 
 PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED = 1, 2, 4
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
@@ -31,7 +32,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.active: Exchange | None = None
         self.tunnel: Exchange | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = LazyTimer(ctx.loop)  # header deadline, idle timeout or linger, one at a time
+        self.upstream_timer = LazyTimer(ctx.loop)  # the active exchange's wait for a response head
         self.head_bytes = 0
         self.buffered = 0
         self.paused = 0
@@ -56,7 +58,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.ctx.connections.discard(self)
         self.ctx.metrics.open_connections.dec()
-        self._cancel_timer()
+        self.timer.cancel()
+        self.upstream_timer.cancel()
         for ex in (self.active, self.tunnel):
             if ex is not None:
                 ex.on_client_lost()
@@ -105,7 +108,7 @@ class ClientConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
         self.req = Request()
-        if self.timer is None or self.timer_kind == "idle":
+        if not self.timer.active or self.timer_kind == "idle":
             self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def on_url(self, url: bytes):
@@ -306,24 +309,19 @@ class ClientConnection(asyncio.Protocol):
         self.pause(PAUSE_STOPPED)
 
     def _set_timer(self, delay: float, cb, kind: str = "header") -> None:
-        self._cancel_timer()
-        self.timer = self.ctx.loop.call_later(delay, cb)
+        self.timer.set(delay, cb)
         self.timer_kind = kind
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer.clear()
 
     def _on_header_deadline(self) -> None:
-        self.timer = None
         if self.req is not None and not self.req.head_done:
             self._fail(HttpReject(408, "request headers not received in time"))
         elif self.active is None and not self.queue:
             self.close()  # a connection that never sent a byte is closed silently
 
     def _on_idle(self) -> None:
-        self.timer = None
         if self.active is None and not self.queue:
             self.close()
 

@@ -27,11 +27,11 @@ log = logging.getLogger("router")
 class RouterApp:
     def __init__(self, paths: list[str], listen: str | None = None, admin: str | None = None,
                  watch_interval_s: float = 1.0, metrics: Metrics | None = None, run_admin: bool = True,
-                 listen_sock: socket.socket | None = None, reuse_port: bool = False):
+                 listen_sock: socket.socket | None = None, reuse_port: bool = False, count_reloads: bool = True):
         self.source = ConfigSource(paths)
         self.config: Config = self.source.load()
         self.listen = parse_hostport(listen or self.config.router.listen)
-        self.admin_addr = parse_hostport(admin or self.config.router.admin)
+        self.admin_addr = parse_hostport(admin or self.config.router.admin) if run_admin else ("", 0)
         self.watch_interval_s = watch_interval_s
         self.metrics = metrics or Metrics()
         self.run_admin = run_admin
@@ -45,7 +45,8 @@ class RouterApp:
         self.accepting = False
         self.tasks: set[asyncio.Task] = set()
         self.stopped = asyncio.Event()
-        self.reloader = Reloader(self.source, self.apply, lambda r: self.metrics.reloads.labels(r).inc())
+        count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
+        self.reloader = Reloader(self.source, self.apply, count)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--admin", help="HOST:PORT for the admin server")
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
     d = sub.add_parser("demo", help="run three local regional backends behind the seed split")
@@ -52,6 +53,10 @@ def validate(paths: list[str]) -> int:
 def serve(args) -> int:
     from .obs.admin import AdminError
     try:
+        if args.worker:
+            import uvloop
+            from .workers import run_worker
+            return uvloop.run(run_worker(args.config, args.listen))
         if args.workers > 1:
             from .workers import run_workers
             return run_workers(args.config, args.listen, args.admin, args.workers)

@@ -1,0 +1,172 @@
+"""`serve --workers N`: a supervisor and N worker processes sharing the port (SO_REUSEPORT).
+
+The supervisor validates config, starts the workers, runs the admin server and merges the
+workers' metrics (prometheus_client multiprocess mode). Reload: the supervisor validates the
+new config first and only then sends SIGHUP to every worker; a bad config is refused once,
+with its FILE:LINE errors, and counted once. SIGTERM drains every worker; a worker that dies
+unexpectedly is replaced.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+
+log = logging.getLogger("router.workers")
+
+
+def run_workers(paths: list[str], listen: str | None, admin: str | None, n: int) -> int:
+    mp_dir = tempfile.mkdtemp(prefix="edge-router-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir  # before prometheus_client is imported here
+    try:
+        import uvloop
+        return uvloop.run(Supervisor(paths, listen, admin, n, mp_dir).run())
+    finally:
+        shutil.rmtree(mp_dir, ignore_errors=True)
+
+
+class Supervisor:
+    def __init__(self, paths, listen, admin, n, mp_dir):
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        from .config.values import parse_hostport
+        from .control.reload import ConfigSource, Reloader
+        from .obs.metrics import Metrics
+
+        self.paths, self.n, self.mp_dir = paths, n, mp_dir
+        self.source = ConfigSource(paths)
+        self.config = self.source.load()
+        self.listen = parse_hostport(listen or self.config.router.listen)
+        self.admin_addr = parse_hostport(admin or self.config.router.admin)
+        self.metrics = Metrics()  # the supervisor's own series (reloads) are written to mp_dir too
+        self.merged = CollectorRegistry()
+        MultiProcessCollector(self.merged, path=mp_dir)
+        self.generate = lambda: generate_latest(self.merged)
+        self.reloader = Reloader(self.source, self._apply, lambda r: self.metrics.reloads.labels(r).inc())
+        self.workers: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self.draining = False
+        self.placeholder: socket.socket | None = None
+        self.port = 0
+
+    def _bind_port(self) -> None:
+        """Resolve port 0 once so every worker binds the same port."""
+        host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        self.port = sock.getsockname()[1]
+        self.placeholder = sock  # bound, never listening: holds the port without taking connections
+
+    async def _spawn(self) -> None:
+        host = self.listen[0]
+        cmd = [sys.executable, "-m", "router", "serve", "--worker", "--listen", f"{host}:{self.port}"]
+        for p in self.paths:
+            cmd += ["--config", p]
+        proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
+                                                    stderr=None)
+        self.workers[proc.pid] = proc
+        asyncio.get_running_loop().create_task(self._watch(proc))
+
+    async def _watch(self, proc) -> None:
+        line = await proc.stdout.readline()  # "ready" once listening
+        if line.strip() != b"ready":
+            log.error("worker %d failed to start", proc.pid)
+        proc.ready = True
+        rc = await proc.wait()
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(proc.pid, self.mp_dir)
+        self.workers.pop(proc.pid, None)
+        if not self.stopping:
+            log.error("worker %d exited with %s; starting a new one", proc.pid, rc)
+            await self._spawn()
+
+    def _apply(self, config) -> None:
+        self.config = config
+        for proc in list(self.workers.values()):
+            proc.send_signal(signal.SIGHUP)
+
+    async def _drain(self) -> dict:
+        self.draining = True
+        for proc in list(self.workers.values()):
+            proc.send_signal(signal.SIGUSR1)
+        return {"ok": True, "draining": True}
+
+    def _ready(self) -> bool:
+        return (not self.stopping and not self.draining and len(self.workers) == self.n
+                and all(getattr(p, "ready", False) for p in self.workers.values()))
+
+    def _state(self) -> dict:
+        return {"workers": sorted(self.workers), "ready": self._ready(), "files": list(self.config.files),
+                "last_reload_error": self.reloader.last_error,
+                "note": "per-request health lives in each worker; see router_* metrics for the merged view",
+                "routes": [{"name": s.name, "hosts": list(s.hosts),
+                            "clusters": {b.cluster: {"configured_weight": b.weight} for b in s.backends}}
+                           for s in self.config.splits]}
+
+    async def run(self) -> int:
+        from .obs.admin import AdminServer, read_token
+        self._bind_port()
+        for _ in range(self.n):
+            await self._spawn()
+        token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
+        admin = AdminServer(self.merged, self._state, self._ready,
+                            {"reload": lambda: self.reloader.reload("admin"), "drain": self._drain}, token,
+                            collect=self.generate)
+        admin_port = await admin.start(*self.admin_addr)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, done.set)
+        loop.add_signal_handler(signal.SIGINT, done.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reloader.reload("SIGHUP")))
+        watcher = loop.create_task(self.reloader.watch(1.0))
+        log.info("serving on %s:%d, admin on %s:%d (%d workers)", self.listen[0], self.port,
+                 self.admin_addr[0], admin_port, self.n)
+        await done.wait()
+        self.stopping = True
+        watcher.cancel()
+        for proc in list(self.workers.values()):
+            proc.send_signal(signal.SIGTERM)
+        deadline = self.config.router.timeouts.drain_s + 5
+        for proc in list(self.workers.values()):
+            try:
+                await asyncio.wait_for(proc.wait(), deadline)
+            except asyncio.TimeoutError:
+                proc.kill()
+        await admin.stop()
+        if self.placeholder:
+            self.placeholder.close()
+        return 0
+
+
+def subprocess_out():
+    return asyncio.subprocess.PIPE
+
+
+async def run_worker(paths: list[str], listen: str) -> int:
+    """One worker: the data path on a SO_REUSEPORT socket, no admin server of its own."""
+    from .app import RouterApp
+    app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
+                    watch_interval_s=0)
+    await app.start()
+    app.install_signals()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: app.ctx.start_drain())
+    parent = os.getppid()
+
+    async def orphan_check():
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+        await app.stop()
+    app._spawn(orphan_check())
+    print("ready", flush=True)
+    await app.stopped.wait()
+    return 0

@@ -17,7 +17,7 @@ from ..config.model import Endpoint
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
-                 "idle_handle", "tunnel", "keep_alive", "interim")
+                 "idle_since", "tunnel", "keep_alive", "interim")
 
     def __init__(self, pool_key: Endpoint):
         self.pool_key = pool_key
@@ -25,7 +25,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.closed = False
         self.reused = False
-        self.idle_handle = None
+        self.idle_since = 0.0
         self.tunnel = False
         self.interim = False
         self.keep_alive = True
@@ -63,8 +63,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        if self.idle_handle:
-            self.idle_handle.cancel()
         ex, self.exchange = self.exchange, None
         if ex is not None:
             ex.on_upstream_lost(exc)
@@ -124,7 +122,11 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections per endpoint, LIFO so hot connections stay hot."""
+    """Keep-alive connections per endpoint, LIFO so hot connections stay hot.
+
+    Idle connections carry the time they were released; one sweep per pool closes those
+    idle longer than the timeout, so releasing and reusing a connection arms no timer.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout_s: float, max_idle_per_endpoint: int = 256):
         self.loop = loop
@@ -132,14 +134,12 @@ class UpstreamPool:
         self.max_idle = max_idle_per_endpoint
         self.idle: dict[Endpoint, deque[UpstreamConnection]] = {}
         self._ssl = None
+        self._sweep: asyncio.TimerHandle | None = None
 
     def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
         conns = self.idle.get(endpoint)
         while conns:
             conn = conns.pop()
-            if conn.idle_handle:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
             if not conn.closed and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
@@ -162,27 +162,33 @@ class UpstreamPool:
         if conn.closed or not conn.keep_alive or conn.tunnel:
             conn.close()
             return
-        conns = self.idle.setdefault(conn.pool_key, deque())
+        conns = self.idle.get(conn.pool_key)
+        if conns is None:
+            conns = self.idle[conn.pool_key] = deque()
         if len(conns) >= self.max_idle:
             conn.close()
             return
-        conn.idle_handle = self.loop.call_later(self.idle_timeout_s, self._expire, conn)
+        conn.idle_since = self.loop.time()
         conns.append(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)
 
-    def _expire(self, conn: UpstreamConnection) -> None:
-        conn.idle_handle = None
-        conns = self.idle.get(conn.pool_key)
-        if conns is not None:
-            try:
-                conns.remove(conn)
-            except ValueError:
-                pass
-        conn.close()
+    def _expire(self) -> None:
+        """Close connections idle past the timeout (the oldest sit at the left of each deque)."""
+        self._sweep = None
+        cutoff = self.loop.time() - self.idle_timeout_s
+        left = 0
+        for conns in self.idle.values():
+            while conns and (conns[0].closed or conns[0].idle_since <= cutoff):
+                conns.popleft().close()
+            left += len(conns)
+        if left:
+            self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)
 
     def close_all(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for conns in self.idle.values():
             while conns:
-                c = conns.pop()
-                if c.idle_handle:
-                    c.idle_handle.cancel()
-                c.close()
+                conns.pop().close()

@@ -30,11 +30,20 @@ class ProxyContext:
         self.draining = False
         self.via = self.settings.via.encode()
         self.clock = time.monotonic
+        self._tails: dict[str, bytes] = {}
+
+    def response_tail(self, cluster: str) -> bytes:
+        """The router's own response headers for a cluster, built once per config."""
+        tail = self._tails.get(cluster)
+        if tail is None:
+            tail = self._tails[cluster] = b"Via: 1.1 %s\r\nx-router-cluster: %s\r\n" % (self.via, cluster.encode())
+        return tail
 
     def swap(self, snapshot: RoutingSnapshot) -> None:
         self.snapshot = snapshot
         self.settings = snapshot.config.router
         self.via = self.settings.via.encode()
+        self._tails = {}
         self.metrics.config_version.set(snapshot.version)
 
     def start_drain(self) -> None:

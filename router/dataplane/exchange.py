@@ -12,7 +12,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from ..core.choice import Reject, choose_backend
-from .headers import HttpReject, is_trusted, response_head, simple_response, upstream_request_head
+from .headers import HttpReject, response_head, simple_response, upstream_request_head
 from .upstream import UpstreamConnection
 
 REPLAY_LIMIT = 64 * 1024
@@ -21,12 +21,13 @@ PAUSE_UPSTREAM = 2  # mirrors server.PAUSE_UPSTREAM
 
 
 class Request:
-    __slots__ = ("method", "url", "version", "headers", "facts", "keep_alive", "upgrade", "body", "body_len",
-                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "t0")
+    __slots__ = ("method", "url", "version", "headers", "special", "facts", "keep_alive", "upgrade", "body", "body_len",
+                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "header_count", "t0")
 
     def __init__(self):
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []  # passed through (Host included)
+        self.special: list[tuple[bytes, bytes]] = []  # (lowercase name, value) the proxy interprets
         self.body: deque[bytes] = deque()
         self.body_len = 0
         self.complete = self.head_done = self.upgrade = False
@@ -34,6 +35,7 @@ class Request:
         self.reject: HttpReject | None = None
         self.tunnel_bytes = b""
         self.head_size = 0
+        self.header_count = 0
         self.method = b""
         self.version = "1.1"
         self.facts: dict = {}
@@ -112,9 +114,9 @@ class Exchange:
         req, ctx = self.req, self.ctx
         conn.exchange = self
         self.upstream = conn
-        trusted = is_trusted(self.conn.client_ip, ctx.settings.trusted_proxies)
-        parts = upstream_request_head(req.method, req.url, req.headers, req.facts, self.conn.client_ip, trusted,
-                                      ctx.via, req.upgrade)
+        client = self.conn
+        parts = upstream_request_head(req.method, req.url, req.headers, req.facts, client.client_ip_bytes,
+                                      client.forwarded_node, client.trusted(), ctx.via, req.upgrade)
         if req.facts["chunked"]:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif req.facts["content_length"] is not None:
@@ -176,29 +178,24 @@ class Exchange:
         if req.upgrade and status != 101:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
-        cl = None
-        for name, value in headers:
-            if name.lower() == b"content-length":
-                cl = value
-        framing: list[bytes] = []
+        parts, cl, upstream_chunked = response_head(status, headers, self.ctx.response_tail(self.backend.cluster),
+                                                    status == 101)
         if status == 101:
             pass
         elif no_body:
             if cl is not None and req.method == b"HEAD":
-                framing = [b"Content-Length: ", cl, b"\r\n"]
+                parts += (b"Content-Length: ", cl, b"\r\n")
         elif cl is not None:
-            framing = [b"Content-Length: ", cl, b"\r\n"]
+            parts += (b"Content-Length: ", cl, b"\r\n")
         elif req.version == "1.1":
             self.resp_chunked = True
-            framing = [b"Transfer-Encoding: chunked\r\n"]
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.keep_alive = False
-        if not self.upstream.parser.should_keep_alive() and cl is None and not no_body and not self._upstream_chunked(headers):
+        if cl is None and not no_body and not upstream_chunked and not self.upstream.keep_alive:
             self.resp_close_delimited = True
-        if self.ctx.draining or self.conn.stopped and not req.complete:
+        if self.ctx.draining or (self.conn.stopped and not req.complete):
             self.keep_alive = False
-        parts = response_head(status, b"", headers, self.backend.cluster.encode(), self.ctx.via, status == 101)
-        parts += framing
         if self.ctx.settings.server_timing:
             parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
         if status != 101:
@@ -215,10 +212,6 @@ class Exchange:
             # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
             self.upstream.reset_parser()
             self.on_response_end()
-
-    @staticmethod
-    def _upstream_chunked(headers) -> bool:
-        return any(n.lower() == b"transfer-encoding" for n, _ in headers)
 
     def on_response_body(self, data: bytes) -> None:
         if self.finished:

@@ -33,11 +33,18 @@ def split_tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
 
 
-def validate_request(version: str, headers: list[tuple[bytes, bytes]]) -> dict:
-    """Checks llhttp leaves to us. Returns facts the proxy needs; raises HttpReject."""
-    hosts, te, cl, conn_tokens, expect, upgrade = [], [], [], [], False, None
-    for name, value in headers:
-        lname = name.lower()
+# Request headers the proxy looks at or drops. Everything else passes through untouched.
+SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"connection", b"expect", b"upgrade",
+                     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"keep-alive",
+                     b"proxy-connection", b"te", b"trailer"))
+_CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
+
+
+def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
+    """Checks llhttp leaves to us, over the SPECIAL headers only. Returns facts; raises HttpReject."""
+    hosts, te, cl, conn_tokens, fwd = [], [], [], [], {}
+    expect, upgrade = False, None
+    for lname, value in special:
         if lname == b"host":
             hosts.append(value)
         elif lname == b"transfer-encoding":
@@ -50,6 +57,8 @@ def validate_request(version: str, headers: list[tuple[bytes, bytes]]) -> dict:
             expect = value.strip().lower() == b"100-continue"
         elif lname == b"upgrade":
             upgrade = value
+        elif lname in FORWARDING:
+            fwd.setdefault(lname, []).append(value)
     if len(hosts) > 1:
         raise HttpReject(400, "more than one Host header")
     if not hosts and version == "1.1":
@@ -66,18 +75,22 @@ def validate_request(version: str, headers: list[tuple[bytes, bytes]]) -> dict:
         raise HttpReject(400, "duplicate Content-Length")
     if cl and not cl[0].strip(b" \t").isdigit():
         raise HttpReject(400, "Content-Length is not a plain number")
+    named = None
     for token in conn_tokens:
         if token in PROTECTED:
             raise HttpReject(400, f"Connection names {token.decode('latin-1')}")
-    host = hosts[0].strip().lower() if hosts else b""
+        if token not in _CONNECTION_OPTIONS:
+            named = (named or set()) | {token}
+    raw_host = hosts[0] if hosts else b""
+    host = raw_host.strip().lower()
     if host.startswith(b"["):
         host = host[:host.find(b"]") + 1]
     else:
         host = host.partition(b":")[0]
-    if any(c in host for c in b" \t/\\@") :
+    if any(c in host for c in b" \t/\\@"):
         raise HttpReject(400, "malformed Host header")
-    return {"host": host.decode("latin-1").rstrip("."), "chunked": bool(te),
-            "content_length": int(cl[0]) if cl else None, "connection": conn_tokens,
+    return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
+            "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,
             "expect_continue": expect, "upgrade": upgrade}
 
 
@@ -91,66 +104,85 @@ def is_trusted(client_ip: str, trusted: tuple) -> bool:
     return any(addr in net for net in trusted)
 
 
-def upstream_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], facts: dict,
-                          client_ip: str, trusted: bool, via: bytes, upgrade: bool) -> list[bytes]:
-    """Request line + headers to send upstream, without framing headers (caller adds them)."""
-    named = set(facts["connection"])
-    out = [method, b" ", url, b" HTTP/1.1\r\n"]
-    prior_xff = prior_fwd = None
-    original_host = b""
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"host":
-            original_host = value
-        if lname in HOP_BY_HOP or lname in named:
-            continue
-        if lname in FORWARDING:
-            if trusted:
-                if lname == b"x-forwarded-for":
-                    prior_xff = value if prior_xff is None else prior_xff + b", " + value
-                    continue
-                if lname == b"forwarded":
-                    prior_fwd = value if prior_fwd is None else prior_fwd + b", " + value
-                    continue
-                out += [name, b": ", value, b"\r\n"]
-            continue
-        out += [name, b": ", value, b"\r\n"]
+def forwarded_node(client_ip: str) -> bytes:
     ip = client_ip.encode()
-    out += [b"X-Forwarded-For: ", (prior_xff + b", " + ip) if prior_xff else ip, b"\r\n"]
-    if not trusted or not any(h.lower() == b"x-forwarded-proto" for h, _ in headers):
-        out.append(b"X-Forwarded-Proto: http\r\n")
-    if not trusted or not any(h.lower() == b"x-forwarded-host" for h, _ in headers):
-        out += [b"X-Forwarded-Host: ", original_host, b"\r\n"]
-    node = b'"[' + ip + b']"' if b":" in ip else ip
-    fwd = b"for=" + node + b";proto=http"
-    if original_host:
-        fwd += b';host="' + original_host.replace(b'"', b"") + b'"'
-    out += [b"Forwarded: ", (prior_fwd + b", " + fwd) if prior_fwd else fwd, b"\r\n"]
-    out += [b"Via: 1.1 ", via, b"\r\n"]
+    return b'"[' + ip + b']"' if b":" in ip else ip
+
+
+def upstream_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], facts: dict,
+                          client_ip: bytes, node: bytes, trusted: bool, via: bytes, upgrade: bool) -> list[bytes]:
+    """Request line + end-to-end headers + forwarding headers; the caller adds framing.
+
+    `headers` holds the client's headers minus SPECIAL ones (Host included back by the parser).
+    """
+    out = [method, b" ", url, b" HTTP/1.1\r\n"]
+    named = facts["named"]
+    for name, value in headers:
+        if named is None or name.lower() not in named:
+            out += (name, b": ", value, b"\r\n")
+    host = facts["raw_host"]
+    fwd = facts["forwarding"] if trusted else {}
+    prior = fwd.get(b"x-forwarded-for")
+    out += (b"X-Forwarded-For: ", b", ".join(prior) + b", " + client_ip if prior else client_ip, b"\r\n")
+    proto = fwd.get(b"x-forwarded-proto")
+    out += (b"X-Forwarded-Proto: ", proto[0] if proto else b"http", b"\r\n")
+    fhost = fwd.get(b"x-forwarded-host")
+    out += (b"X-Forwarded-Host: ", fhost[0] if fhost else host, b"\r\n")
+    element = b"for=" + node + b";proto=http"
+    if host:
+        element += b';host="' + host.replace(b'"', b"") + b'"'
+    prior = fwd.get(b"forwarded")
+    out += (b"Forwarded: ", b", ".join(prior) + b", " + element if prior else element, b"\r\n")
+    out += (b"Via: 1.1 ", via, b"\r\n")
     if upgrade:
-        out += [b"Connection: upgrade\r\nUpgrade: ", facts["upgrade"] or b"", b"\r\n"]
+        out += (b"Connection: upgrade\r\nUpgrade: ", facts["upgrade"] or b"", b"\r\n")
     return out
 
 
-def response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], cluster: bytes,
-                  via: bytes, upgrade: bool) -> list[bytes]:
-    """Status line + end-to-end headers + router headers; framing added by caller."""
-    named = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(split_tokens(value))
-    out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or REASONS.get(status, "").encode(), b"\r\n"]
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())
+    return line
+
+
+def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes,
+                  upgrade: bool) -> tuple[list[bytes], bytes | None, bool]:
+    """Status line + end-to-end headers + `tail` (the router's own headers); framing added by caller.
+
+    Returns the parts, the upstream's Content-Length (or None) and whether it was chunked.
+    """
+    out = [status_line(status)]
+    named = None
+    content_length, chunked = None, False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named or lname == b"x-router-cluster":
-            if upgrade and lname == b"upgrade":
-                out += [name, b": ", value, b"\r\n"]
+        if lname in HOP_BY_HOP or lname == b"x-router-cluster":
+            if lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection":
+                named = (named or set()) | set(split_tokens(value))
+            elif upgrade and lname == b"upgrade":
+                out += (name, b": ", value, b"\r\n")
             continue
-        out += [name, b": ", value, b"\r\n"]
-    out += [b"Via: 1.1 ", via, b"\r\nx-router-cluster: ", cluster, b"\r\n"]
+        out += (name, b": ", value, b"\r\n")
+    if named:
+        named -= {b"close", b"keep-alive", b"upgrade"}
+        if named:  # drop headers the upstream's Connection header named (rare: filter afterwards)
+            kept = [out[0]]
+            for i in range(1, len(out), 4):
+                if out[i].lower() not in named:
+                    kept += out[i:i + 4]
+            out = kept
+    out.append(tail)
     if upgrade:
         out.append(b"Connection: upgrade\r\n")
-    return out
+    return out, content_length, chunked
 
 
 def simple_response(status: int, body: str, close: bool, extra: list[tuple[str, str]] = ()) -> bytes:

@@ -14,7 +14,7 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange, Request
-from .headers import HttpReject, simple_response, validate_request
+from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
 from .timers import LazyTimer
 
 PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED = 1, 2, 4
@@ -49,6 +49,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        self.client_ip_bytes = self.client_ip.encode()
+        self.forwarded_node = forwarded_node(self.client_ip)
+        self.trusted_key: tuple | None = None  # (trusted proxies config, is this client trusted)
         transport.set_write_buffer_limits(high=256 * 1024)
         self.ctx.connections.add(self)
         self.ctx.metrics.open_connections.inc()
@@ -119,10 +122,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes):
         req = self.req
-        req.headers.append((name, value))
+        lname = name.lower()
+        if lname in SPECIAL:
+            req.special.append((lname, value))
+            if lname == b"host" or lname == b"expect":  # interpreted and passed on
+                req.headers.append((name, value))
+        else:
+            req.headers.append((name, value))
+        req.header_count += 1
         req.head_size += len(name) + len(value) + 4
         limits = self.ctx.settings.limits
-        if len(req.headers) > limits.max_header_count:
+        if req.header_count > limits.max_header_count:
             self._raise(431, f"more than {limits.max_header_count} header fields")
         if req.head_size > limits.max_header_bytes:
             self._raise(431, "request header section too large")
@@ -139,7 +149,7 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             self._raise(405, "CONNECT is not supported")
         try:
-            req.facts = validate_request(req.version, req.headers)
+            req.facts = validate_request(req.version, req.special)
         except HttpReject as exc:
             self.reject = exc
             raise
@@ -175,7 +185,16 @@ class ClientConnection(asyncio.Protocol):
             ex.on_request_end()
 
     # --- used by the exchange -----------------------------------------------------------
+    def trusted(self) -> bool:
+        proxies = self.ctx.settings.trusted_proxies
+        key = self.trusted_key
+        if key is None or key[0] is not proxies:
+            key = self.trusted_key = (proxies, is_trusted(self.client_ip, proxies))
+        return key[1]
+
     def take_buffered(self, req: Request) -> list[bytes]:
+        if not req.body:
+            return []
         chunks = list(req.body)
         req.body.clear()
         self.buffered -= sum(len(c) for c in chunks)

@@ -272,3 +272,25 @@ async def test_upstream_broken_framing_is_502(router, response):
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_response_hop_by_hop_headers_are_removed(router):
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
+                     b"Trailer: X-T\r\nX-Router-Cluster: spoofed\r\nX-App: kept\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert status == 200 and body == b"ok" and headers["x-app"] == "kept"
+        assert headers["x-router-cluster"] == "a"
+        for gone in ("x-internal", "keep-alive", "trailer"):
+            assert gone not in headers, gone
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -118,7 +118,7 @@ def main() -> int:
     try:
         with open(os.path.join(work, "big"), "wb") as fh:
             fh.write(b"x" * (1 << 20))
-        backend_port, nginx_port, haproxy_port, router_port = (free_port() for _ in range(4))
+        backend_port, nginx_port, haproxy_port, router_port, floor_port = (free_port() for _ in range(5))
         small = "x" * 63
         conf = nginx_conf(work, f"server {{ listen 127.0.0.1:{backend_port}; keepalive_timeout 300s; "
                                 f"location = /small {{ default_type text/plain; return 200 '{small}\n'; }} "
@@ -165,20 +165,27 @@ spec:
                         "--listen", f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0",
                         "--log-level", "warning"], 0, work, "router")
         procs.append(router)
-        for port in (backend_port, nginx_port, haproxy_port, router_port):
+        floor = start([sys.executable, os.path.join(ROOT, "bench", "minimal_proxy.py"), str(floor_port),
+                       str(backend_port)], 0, work, "floor")
+        procs.append(floor)
+        for port in (backend_port, nginx_port, haproxy_port, router_port, floor_port):
             wait_port(port)
         targets = {"direct": (backend_port, None), "nginx": (nginx_port, nginx),
-                   "haproxy": (haproxy_port, haproxy), "router": (router_port, router)}
+                   "haproxy": (haproxy_port, haproxy), "router": (router_port, router),
+                   "python_floor": (floor_port, floor)}
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, path in CASES:
             for name, (port, _) in targets.items():
+                if name == "python_floor" and path != "/small":
+                    continue  # the floor only forwards small bodiless requests
                 run_wrk(port, conns, path, 1)  # warm pools and caches
                 results[name][case] = run_wrk(port, conns, path, args.duration)
                 print(f"{case:9} {name:8} {results[name][case]['rps']:>10.0f} rps  "
                       f"p50 {results[name][case]['p50_ms']:.3f} ms  p99 {results[name][case]['p99_ms']:.3f} ms",
                       flush=True)
         rss = {"direct": peak_rss_mb(nginx_worker_pid(procs[0])), "nginx": peak_rss_mb(nginx_worker_pid(nginx)),
-               "haproxy": peak_rss_mb(haproxy.pid), "router": peak_rss_mb(_child(router))}
+               "haproxy": peak_rss_mb(haproxy.pid), "router": peak_rss_mb(router.pid),
+               "python_floor": peak_rss_mb(floor.pid)}
         report = build_report(results, rss)
         print_table(report)
         if args.out:
@@ -202,11 +209,6 @@ spec:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _child(p: subprocess.Popen) -> int:
-    """taskset execs its command, so the pid is the process itself."""
-    return p.pid
-
-
 def _write(work: str, name: str, text: str) -> None:
     with open(os.path.join(work, name), "w") as fh:
         fh.write(text)
@@ -216,6 +218,7 @@ def build_report(results: dict, rss: dict) -> dict:
     targets = {}
     for name, cases in results.items():
         main = cases["c64_64B"]
+        cases.setdefault("c64_1MiB", {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0})
         targets[name] = {"rps": main["rps"], "p50_ms": main["p50_ms"], "p99_ms": main["p99_ms"],
                          "rss_mb": round(rss[name], 1), "cases": cases}
     direct_p50 = results["direct"]["c1_64B"]["p50_ms"]
@@ -223,17 +226,19 @@ def build_report(results: dict, rss: dict) -> dict:
         "targets": targets,
         "ratios": {"router_vs_nginx": round(results["router"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3),
                    "router_vs_haproxy": round(results["router"]["c64_64B"]["rps"] / results["haproxy"]["c64_64B"]["rps"], 3),
-                   "router_1MiB_vs_nginx": round(results["router"]["c64_1MiB"]["rps"] / results["nginx"]["c64_1MiB"]["rps"], 3)},
+                   "router_1MiB_vs_nginx": round(results["router"]["c64_1MiB"]["rps"] / results["nginx"]["c64_1MiB"]["rps"], 3),
+                   "router_vs_python_floor": round(results["router"]["c64_64B"]["rps"] / results["python_floor"]["c64_64B"]["rps"], 3),
+                   "python_floor_vs_nginx": round(results["python_floor"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3)},
         "added_p50_ms_at_1_connection": {n: round(results[n]["c1_64B"]["p50_ms"] - direct_p50, 3)
-                                         for n in ("nginx", "haproxy", "router")},
+                                         for n in ("nginx", "haproxy", "router", "python_floor")},
     }
 
 
 def print_table(report: dict) -> None:
-    print("\ntarget    64B c64 rps   p50 ms   p99 ms  | c1 p50 ms | 1MiB c64 rps | peak RSS MB")
+    print("\ntarget        64B c64 rps   p50 ms   p99 ms  | c1 p50 ms | 1MiB c64 rps | peak RSS MB")
     for name, t in report["targets"].items():
         c = t["cases"]
-        print(f"{name:8} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {c['c1_64B']['p50_ms']:>9.3f} |"
+        print(f"{name:12} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {c['c1_64B']['p50_ms']:>9.3f} |"
               f" {c['c64_1MiB']['rps']:>12.0f} | {t['rss_mb']:>10.1f}")
     print("ratios:", json.dumps(report["ratios"]))
     print("added p50 at 1 connection (ms):", json.dumps(report["added_p50_ms_at_1_connection"]))

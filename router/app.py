@@ -58,13 +58,23 @@ class RouterApp:
             token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
             self.admin = AdminServer(self.metrics.registry, self.state, self.ready,
                                      {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
-                                     token)
+                                     token, before_scrape=self.metrics.flush)
             self.admin_port = await self.admin.start(*self.admin_addr)
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port)
         self.port = self.server.sockets[0].getsockname()[1]
         self.accepting = True
         if self.watch_interval_s > 0:
             self._spawn(self.reloader.watch(self.watch_interval_s))
+        if not self.run_admin:  # a worker: its series are read from files by the supervisor
+            self._spawn(self._flush_metrics())
+
+    async def _flush_metrics(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                self.metrics.flush()
+        finally:
+            self.metrics.flush()
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

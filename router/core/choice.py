@@ -33,7 +33,9 @@ def choose_backend(route: Route, health: HealthState, now: float, rng: random.Ra
         if tried:
             return Reject(502, f"no healthy cluster left for route {route.name} (tried {', '.join(sorted(tried))})")
         return Reject(502, f"no healthy cluster for route {route.name}")
-    total = sum(b.weight for b in candidates)
+    total = 0.0
+    for b in candidates:
+        total += b.weight
     point = rng.random() * total
     for b in candidates:
         point -= b.weight

@@ -87,7 +87,7 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
         host = host[:host.find(b"]") + 1]
     else:
         host = host.partition(b":")[0]
-    if any(c in host for c in b" \t/\\@"):
+    if host.translate(None, b" \t/\\@") != host:
         raise HttpReject(400, "malformed Host header")
     return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
             "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,

@@ -39,10 +39,12 @@ def is_loopback(host: str) -> bool:
 
 class AdminServer:
     def __init__(self, registry, state: Callable[[], dict], ready: Callable[[], bool],
-                 actions: dict[str, Callable[[], Awaitable[dict]]], token: str | None, collect=None):
+                 actions: dict[str, Callable[[], Awaitable[dict]]], token: str | None, collect=None,
+                 before_scrape: Callable[[], None] | None = None):
         self.registry, self.state, self.ready = registry, state, ready
         self.actions, self.token = actions, token
         self.collect = collect  # optional: returns metrics text (merged across workers)
+        self.before_scrape = before_scrape
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -72,6 +74,8 @@ class AdminServer:
             await self.runner.cleanup()
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.before_scrape is not None:
+            self.before_scrape()
         body = self.collect() if self.collect else generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -5,6 +5,8 @@ a request pays a dict lookup, not a label resolution.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -32,16 +34,31 @@ class Metrics:
                                registry=r)
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
-        self._req_children: dict = {}
-        self._dur_children: dict = {}
+        self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
+        self._counts: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, list] = {}  # cluster -> per-bucket counts + [sum]
 
     def count_request(self, cluster: str, code: int, duration_s: float) -> None:
+        """Hot path: plain dict arithmetic, folded into the exported series by flush()."""
         key = (cluster, code)
-        child = self._req_children.get(key)
-        if child is None:
-            child = self._req_children[key] = self.requests.labels(cluster, str(code))
-        child.inc()
-        dur = self._dur_children.get(cluster)
-        if dur is None:
-            dur = self._dur_children[cluster] = self.request_duration.labels(cluster)
-        dur.observe(duration_s)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        lat = self._latency.get(cluster)
+        if lat is None:
+            lat = self._latency[cluster] = [0] * len(self._bounds) + [0.0]
+        lat[bisect_left(self._bounds, duration_s)] += 1
+        lat[-1] += duration_s
+
+    def flush(self) -> None:
+        """Move what count_request gathered into the prometheus series (before each scrape,
+        and every second in worker processes, whose series are merged from files)."""
+        counts, self._counts = self._counts, {}
+        latency, self._latency = self._latency, {}
+        for (cluster, code), n in counts.items():
+            self.requests.labels(cluster, str(code)).inc(n)
+        for cluster, lat in latency.items():
+            child = self.request_duration.labels(cluster)
+            # Histogram children keep one non-cumulative value per bucket plus the sum.
+            for i, n in enumerate(lat[:-1]):
+                if n:
+                    child._buckets[i].inc(n)
+            child._sum.inc(lat[-1])

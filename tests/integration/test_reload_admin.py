@@ -168,3 +168,25 @@ async def test_sighup_reloads(backends, tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
+
+
+async def test_metrics_count_requests_by_cluster_and_code(backends, router):
+    (a,) = await backends("a")
+    a.status = 503
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
+    await keepalive_text_any(app.port, 3)
+    _, text = await admin(app, "GET", "/metrics", token=None)
+    assert 'router_requests_total{cluster="a",code="503"} 3.0' in text
+    assert 'router_request_duration_seconds_count{cluster="a"} 3.0' in text
+    assert 'router_request_duration_seconds_bucket{cluster="a",le="+Inf"} 3.0' in text
+    _, again = await admin(app, "GET", "/metrics", token=None)
+    assert 'router_requests_total{cluster="a",code="503"} 3.0' in again  # a scrape does not double count
+
+
+async def keepalive_text_any(port, n):
+    from tests.conftest import read_response
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(n):
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await read_response(reader)
+    writer.close()

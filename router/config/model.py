@@ -15,13 +15,6 @@ class Endpoint:
     host: str
     port: int
 
-    def __hash__(self) -> int:  # used as the pool key on every request: hash once
-        h = self.__dict__.get("_hash")
-        if h is None:
-            h = hash((self.scheme, self.host, self.port))
-            object.__setattr__(self, "_hash", h)
-        return h
-
     @property
     def authority(self) -> str:
         return f"{self.host}:{self.port}"

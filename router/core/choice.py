@@ -27,21 +27,24 @@ class Reject:
 
 def choose_backend(route: Route, health: HealthState, now: float, rng: random.Random,
                    tried: frozenset[str] = frozenset()) -> Forward | Reject:
-    candidates = [b for b in route.backends
-                  if b.weight > 0 and b.cluster not in tried and health.is_healthy(b.cluster, now)]
+    if not tried and not health.clusters:  # the common case: nothing ejected, first try
+        candidates, total = route.live, route.live_total
+    else:
+        candidates = [b for b in route.live if b.cluster not in tried and health.is_healthy(b.cluster, now)]
+        total = 0.0
+        for b in candidates:
+            total += b.weight
     if not candidates:
         if tried:
             return Reject(502, f"no healthy cluster left for route {route.name} (tried {', '.join(sorted(tried))})")
         return Reject(502, f"no healthy cluster for route {route.name}")
-    total = 0.0
-    for b in candidates:
-        total += b.weight
+    reason = "failover" if tried else "weighted"
     point = rng.random() * total
     for b in candidates:
         point -= b.weight
         if point < 0:
-            return Forward(b, "failover" if tried else "weighted")
-    return Forward(candidates[-1], "failover" if tried else "weighted")
+            return Forward(b, reason)
+    return Forward(candidates[-1], reason)
 
 
 def effective_weights(route: Route, health: HealthState, now: float) -> dict[str, float]:

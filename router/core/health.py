@@ -43,7 +43,11 @@ class HealthState:
         self._eject(self._get(cluster), now, reason)
 
     def on_response(self, cluster: str, status: int, now: float) -> None:
-        st = self._get(cluster)
+        st = self.clusters.get(cluster)
+        if st is None:
+            if status < 500:
+                return  # no history and a success: nothing to record (keeps `clusters` empty when all is well)
+            st = self.clusters[cluster] = ClusterHealthState()
         if status >= 500:
             st.consecutive_5xx += 1
             if st.consecutive_5xx >= self.policy.consecutive_5xx:
@@ -54,6 +58,8 @@ class HealthState:
             if st.ejections and now - st.ejected_until > self.policy.base_ejection_s:
                 st.ejections -= 1
                 st.ejected_until = now
+            if not st.ejections and not st.consecutive_5xx and st.ejected_until <= now:
+                del self.clusters[cluster]  # fully recovered: back to the fast path
 
     def _eject(self, st: ClusterHealthState, now: float, reason: str) -> None:
         if st.ejected_until > now:
@@ -64,7 +70,7 @@ class HealthState:
         st.ejected_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
 
     def describe(self, cluster: str, now: float) -> dict:
-        st = self._get(cluster)
+        st = self.clusters.get(cluster) or ClusterHealthState()
         healthy = st.ejected_until <= now
         return {"healthy": healthy, "ejections": st.ejections,
                 "ejected_for_s": 0.0 if healthy else round(st.ejected_until - now, 3),

@@ -15,6 +15,7 @@ class RouteBackend:
     cluster: str
     weight: float
     endpoint: Endpoint
+    pool_key: tuple = ()  # (scheme, host, port): keys the upstream connection pool
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Route:
     backends: tuple[RouteBackend, ...]
     max_rtt_s: float | None
     algorithm: str
+    live: tuple[RouteBackend, ...] = ()  # backends with weight > 0
+    live_total: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,12 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
 
     def route(split: SplitConfig) -> Route:
-        backends = tuple(RouteBackend(b.cluster, b.weight, endpoints[b.cluster]) for b in split.backends)
-        return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm)
+        backends = tuple(RouteBackend(b.cluster, b.weight, endpoints[b.cluster],
+                                      (endpoints[b.cluster].scheme, endpoints[b.cluster].host,
+                                       endpoints[b.cluster].port)) for b in split.backends)
+        live = tuple(b for b in backends if b.weight > 0)
+        return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
+                     sum(b.weight for b in live))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

@@ -81,7 +81,7 @@ class Exchange:
             self.respond_error(decision.status, decision.reason, cluster="-")
             return
         self.backend = decision.backend
-        conn = ctx.pool.take_idle(self.backend.endpoint)
+        conn = ctx.pool.take_idle(self.backend.pool_key)
         if conn is not None:
             self._attach(conn)
         else:
@@ -91,7 +91,7 @@ class Exchange:
         ctx = self.ctx
         t = ctx.clock()
         try:
-            conn = await ctx.pool.connect(backend.endpoint, ctx.settings.timeouts.connect_s)
+            conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s)
         except (OSError, asyncio.TimeoutError) as exc:
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
             ctx.health.on_connect_failure(backend.cluster, ctx.clock(),
@@ -338,8 +338,9 @@ class Exchange:
             up.abort()
 
     def _cancel_header_timer(self) -> None:
-        if self.conn.upstream_timer.callback == self._on_header_timeout:
-            self.conn.upstream_timer.clear()
+        timer = self.conn.upstream_timer
+        if timer.deadline and timer.callback == self._on_header_timeout:
+            timer.deadline = 0.0
 
     # --- flow control -------------------------------------------------------------------
     def on_client_pause_writing(self) -> None:

@@ -141,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
         req, p = self.req, self.parser
         req.head_done = True
         self.head_bytes = 0
-        self._cancel_timer()
+        self.timer.deadline = 0.0  # head complete: the header deadline no longer applies
         req.method = p.get_method()
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
@@ -332,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
         self.timer_kind = kind
 
     def _cancel_timer(self) -> None:
-        self.timer.clear()
+        self.timer.deadline = 0.0
 
     def _on_header_deadline(self) -> None:
         if self.req is not None and not self.req.head_done:

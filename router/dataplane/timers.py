@@ -48,7 +48,7 @@ class LazyTimer:
 
     def _fire(self) -> None:
         self.handle = None
-        if not self.deadline:
+        if not self.deadline:  # cleared (callers may also just zero `deadline`)
             return
         if self.loop.time() < self.deadline:
             self._arm()

@@ -19,7 +19,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
                  "idle_since", "tunnel", "keep_alive", "interim")
 
-    def __init__(self, pool_key: Endpoint):
+    def __init__(self, pool_key: tuple):
         self.pool_key = pool_key
         self.transport: asyncio.Transport | None = None
         self.exchange = None
@@ -132,12 +132,12 @@ class UpstreamPool:
         self.loop = loop
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle_per_endpoint
-        self.idle: dict[Endpoint, deque[UpstreamConnection]] = {}
+        self.idle: dict[tuple, deque[UpstreamConnection]] = {}
         self._ssl = None
         self._sweep: asyncio.TimerHandle | None = None
 
-    def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
-        conns = self.idle.get(endpoint)
+    def take_idle(self, key: tuple) -> UpstreamConnection | None:
+        conns = self.idle.get(key)
         while conns:
             conn = conns.pop()
             if not conn.closed and not conn.transport.is_closing():
@@ -145,14 +145,14 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, endpoint: Endpoint, timeout_s: float) -> UpstreamConnection:
+    async def connect(self, endpoint: Endpoint, key: tuple, timeout_s: float) -> UpstreamConnection:
         kwargs = {}
         if endpoint.scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             kwargs = {"ssl": self._ssl, "server_hostname": endpoint.host}
         _, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.host, endpoint.port,
+            self.loop.create_connection(lambda: UpstreamConnection(key), endpoint.host, endpoint.port,
                                         **kwargs), timeout_s)
         conn.transport.set_write_buffer_limits(high=256 * 1024)
         return conn

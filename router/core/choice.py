@@ -1,21 +1,38 @@
 """Choosing a cluster for one request: decisions out, no I/O.
 
-`choose_backend` picks among the route's healthy backends by weight (the operator's
-split renormalised over what is healthy and not yet tried for this request).
+Semantics (the README's "Routing semantics" states them for users):
+1. Candidates: the route's clusters with weight > 0 not yet tried for this request and
+   healthy. Panic: when under half of the split's clusters are healthy, health is ignored.
+2. Eligible: candidates whose RTT estimate is within the split's maxRTT (unknown RTT counts
+   as within); if none is, the nearest ones (within 10% of the lowest RTT) are eligible.
+3. Warm preference: if some eligible cluster is warm (or of unknown state), cold ones are
+   skipped unless their expected latency still beats the best warm one; skipped cold clusters
+   are returned as wake hints so the split returns to its weights once they are warm.
+4. Among what is left, an affinity key picks by consistent hash with bounded load;
+   otherwise a weighted draw (the operator's weights, renormalised).
+Expected latency = RTT + server time + cold-start estimate (when not warm) + queueing
+(in-flight / capacity × server time).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .affinity import pick_by_key
 from .health import HealthState
+from .rtt import RttState
 from .snapshot import Route, RouteBackend
+from .warmth import Warmth, WarmthState
+
+NEAREST_SLACK = 1.10
 
 
 @dataclass(frozen=True)
 class Forward:
     backend: RouteBackend
-    reason: str = "weighted"
+    reason: str = "weighted"  # weighted | warm-preferred | failover | affinity | spillover | panic | cold
+    expected_s: float | None = None
+    wake: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -25,30 +42,109 @@ class Reject:
     retry_after_s: float | None = None
 
 
-def choose_backend(route: Route, health: HealthState, now: float, rng: random.Random,
-                   tried: frozenset[str] = frozenset()) -> Forward | Reject:
-    if not tried and not health.clusters:  # the common case: nothing ejected, first try
-        candidates, total = route.live, route.live_total
-    else:
-        candidates = [b for b in route.live if b.cluster not in tried and health.is_healthy(b.cluster, now)]
-        total = 0.0
-        for b in candidates:
-            total += b.weight
-    if not candidates:
-        if tried:
-            return Reject(502, f"no healthy cluster left for route {route.name} (tried {', '.join(sorted(tried))})")
-        return Reject(502, f"no healthy cluster for route {route.name}")
-    reason = "failover" if tried else "weighted"
+@dataclass
+class PolicyInputs:
+    """Everything the choice reads besides the route; owned by the reconcile side."""
+    health: HealthState = field(default_factory=HealthState)
+    rtt: RttState = field(default_factory=RttState)
+    warmth: WarmthState = field(default_factory=WarmthState)
+    inflight: dict[str, int] = field(default_factory=dict)
+
+    def expected(self, service: str, b: RouteBackend, now: float) -> float:
+        rtt = self.rtt.rtt(b.cluster) or 0.0
+        server = self.rtt.server_time(service, b.cluster)
+        cold = self.warmth.expected_cold_s(service, b.cluster, now)
+        st = self.warmth.get(service, b.cluster)
+        queue = 0.0
+        if st is not None and st.capacity:
+            queue = self.inflight.get(b.cluster, 0) / st.capacity * server
+        return rtt + server + cold + queue
+
+    def breakdown(self, service: str, b: RouteBackend, now: float) -> dict:
+        """The cost formula's inputs, for /debug/state."""
+        return {"rtt_s": self.rtt.rtt(b.cluster), "server_s": self.rtt.server_time(service, b.cluster),
+                "cold_s": self.warmth.expected_cold_s(service, b.cluster, now),
+                "warmth": self.warmth.warmth(service, b.cluster, now).value,
+                "inflight": self.inflight.get(b.cluster, 0), "expected_s": self.expected(service, b, now)}
+
+
+def _weighted(candidates, rng: random.Random) -> RouteBackend:
+    total = 0.0
+    for b in candidates:
+        total += b.weight
     point = rng.random() * total
     for b in candidates:
         point -= b.weight
         if point < 0:
-            return Forward(b, reason)
-    return Forward(candidates[-1], reason)
+            return b
+    return candidates[-1]
+
+
+def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
+                   tried: frozenset[str] = frozenset(), service: str = "",
+                   affinity: str | None = None) -> Forward | Reject:
+    if isinstance(inputs, HealthState):
+        inputs = PolicyInputs(health=inputs)
+    health, warmth = inputs.health, inputs.warmth
+    if not tried and not health.clusters and affinity is None and (
+            route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
+        if not route.live:
+            return Reject(502, f"no cluster with weight for route {route.name}")
+        return Forward(_weighted(route.live, rng))  # the common case, kept cheap
+
+    live = [b for b in route.live if b.cluster not in tried]
+    panic = health.in_panic([b.cluster for b in route.live], now)
+    pool = live if panic else [b for b in live if health.is_healthy(b.cluster, now)]
+    if not pool:
+        if tried:
+            return Reject(502, f"no healthy cluster left for route {route.name} (tried {', '.join(sorted(tried))})")
+        return Reject(502, f"no healthy cluster for route {route.name}")
+    reason = "panic" if panic else "failover" if tried else "weighted"
+    if route.algorithm == "weighted":
+        return Forward(_weighted(pool, rng), reason)
+
+    eligible = pool
+    if route.max_rtt_s is not None:
+        rtts = {b.cluster: inputs.rtt.rtt(b.cluster) for b in pool}
+        eligible = [b for b in pool if rtts[b.cluster] is None or rtts[b.cluster] <= route.max_rtt_s]
+        if not eligible:
+            nearest = min(rtts.values())
+            eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
+            reason = reason if reason != "weighted" else "spillover"
+
+    cost = {b.cluster: inputs.expected(service, b, now) for b in eligible}
+    warm = [b for b in eligible if warmth.warmth(service, b.cluster, now) in (Warmth.WARM, Warmth.UNKNOWN)]
+    wake: tuple[str, ...] = ()
+    if warm and len(warm) < len(eligible):
+        best_warm = min(cost[b.cluster] for b in warm)
+        cold = [b for b in eligible if b not in warm]
+        faster = [b for b in cold if cost[b.cluster] < best_warm]
+        skipped = [b for b in cold if b not in faster]
+        wake = tuple(b.cluster for b in skipped
+                     if warmth.warmth(service, b.cluster, now) in (Warmth.CACHED, Warmth.COLD))
+        candidates = warm + faster
+        if skipped and reason == "weighted":
+            reason = "warm-preferred"
+    elif not warm:
+        # Nothing warm anywhere: the copy that will be ready soonest (the buffering layer holds).
+        best = min(eligible, key=lambda b: cost[b.cluster])
+        return Forward(best, "cold" if reason == "weighted" else reason, cost[best.cluster],
+                       tuple(b.cluster for b in eligible if b is best
+                             and warmth.warmth(service, b.cluster, now) in (Warmth.CACHED, Warmth.COLD)))
+    else:
+        candidates = eligible
+
+    if affinity is not None:
+        chosen = pick_by_key(candidates, affinity, inputs.inflight)
+        if reason == "weighted":
+            reason = "affinity"
+    else:
+        chosen = _weighted(candidates, rng)
+    return Forward(chosen, reason, cost[chosen.cluster], wake)
 
 
 def effective_weights(route: Route, health: HealthState, now: float) -> dict[str, float]:
-    """The share each backend gets now, for /debug/state."""
+    """The share each backend gets now (health only), for /debug/state."""
     live = {b.cluster: b.weight for b in route.backends if b.weight > 0 and health.is_healthy(b.cluster, now)}
     total = sum(live.values())
     return {b.cluster: (live.get(b.cluster, 0.0) / total * 100 if total else 0.0) for b in route.backends}

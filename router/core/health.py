@@ -1,8 +1,12 @@
-"""Passive outlier state per cluster (pure: `now` is passed in).
+"""Health per cluster from two inputs (pure: `now` is passed in).
 
-A connect failure ejects a cluster at once (nothing was sent, the next request must
-not pay for it again); 5xx answers eject after `consecutive_5xx` in a row. Ejection
-lasts base × n (n = times ejected, decaying while healthy), capped at max_s.
+Passive outlier detection: a connect failure ejects a cluster at once (nothing was sent,
+the next request must not pay for it again); 5xx answers, resets and timeouts eject after
+`consecutive_5xx` in a row. Ejection lasts base × n (n = times ejected, decaying while
+healthy), capped at max_s.
+Active probes: unhealthy after `probe_unhealthy` failures in a row, healthy again after
+`probe_healthy` successes. A cluster is healthy when neither input says otherwise.
+Only clusters with something to remember have an entry, so "all is well" is an empty dict.
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ class OutlierPolicy:
     consecutive_5xx: int = 5
     base_ejection_s: float = 30.0
     max_ejection_s: float = 300.0
+    probe_unhealthy: int = 3
+    probe_healthy: int = 2
+    panic_below: float = 0.5  # fraction of a split's clusters that must be healthy
 
 
 @dataclass
@@ -22,6 +29,9 @@ class ClusterHealthState:
     ejections: int = 0
     ejected_until: float = 0.0
     last_reason: str = ""
+    probe_fails: int = 0
+    probe_oks: int = 0
+    probe_down: bool = False
 
 
 @dataclass
@@ -37,7 +47,38 @@ class HealthState:
 
     def is_healthy(self, cluster: str, now: float) -> bool:
         st = self.clusters.get(cluster)
-        return st is None or st.ejected_until <= now
+        return st is None or (st.ejected_until <= now and not st.probe_down)
+
+    def on_probe(self, cluster: str, ok: bool, now: float, reason: str = "probe failed") -> None:
+        st = self.clusters.get(cluster)
+        if st is None:
+            if ok:
+                return
+            st = self.clusters[cluster] = ClusterHealthState()
+        if ok:
+            st.probe_fails = 0
+            st.probe_oks += 1
+            if st.probe_down and st.probe_oks >= self.policy.probe_healthy:
+                st.probe_down = False
+            self._forget_if_clean(cluster, st, now)
+        else:
+            st.probe_oks = 0
+            st.probe_fails += 1
+            if st.probe_fails >= self.policy.probe_unhealthy and not st.probe_down:
+                st.probe_down = True
+                st.last_reason = f"{st.probe_fails} failed probes: {reason}"
+
+    def in_panic(self, clusters: list[str], now: float) -> bool:
+        """Too few healthy to trust health: spread over all rather than pile onto a survivor."""
+        if not self.clusters or not clusters:
+            return False
+        healthy = sum(1 for c in clusters if self.is_healthy(c, now))
+        return healthy < self.policy.panic_below * len(clusters)
+
+    def _forget_if_clean(self, cluster: str, st: ClusterHealthState, now: float) -> None:
+        if (not st.ejections and not st.consecutive_5xx and st.ejected_until <= now and not st.probe_down
+                and not st.probe_fails):
+            del self.clusters[cluster]  # fully recovered: back to the fast path
 
     def on_connect_failure(self, cluster: str, now: float, reason: str = "connect") -> None:
         self._eject(self._get(cluster), now, reason)
@@ -58,8 +99,7 @@ class HealthState:
             if st.ejections and now - st.ejected_until > self.policy.base_ejection_s:
                 st.ejections -= 1
                 st.ejected_until = now
-            if not st.ejections and not st.consecutive_5xx and st.ejected_until <= now:
-                del self.clusters[cluster]  # fully recovered: back to the fast path
+            self._forget_if_clean(cluster, st, now)
 
     def _eject(self, st: ClusterHealthState, now: float, reason: str) -> None:
         if st.ejected_until > now:
@@ -72,6 +112,7 @@ class HealthState:
     def describe(self, cluster: str, now: float) -> dict:
         st = self.clusters.get(cluster) or ClusterHealthState()
         healthy = st.ejected_until <= now
-        return {"healthy": healthy, "ejections": st.ejections,
+        return {"healthy": healthy and not st.probe_down, "ejected": not healthy, "probe_down": st.probe_down,
+                "ejections": st.ejections,
                 "ejected_for_s": 0.0 if healthy else round(st.ejected_until - now, 3),
                 "last_reason": st.last_reason}

@@ -51,10 +51,20 @@ def test_tried_clusters_are_skipped_and_all_down_is_a_502():
     rng = random.Random(0)
     d = choose_backend(route, health, 0.0, rng, frozenset({"us-west", "eu-central"}))
     assert isinstance(d, Forward) and d.backend.cluster == "ap-east" and d.reason == "failover"
-    for c in ("us-west", "eu-central", "ap-east"):
-        health.on_connect_failure(c, 0.0)
-    d = choose_backend(route, health, 1.0, rng)
-    assert isinstance(d, Reject) and d.status == 502 and "no healthy cluster" in d.reason
+    d = choose_backend(route, health, 0.0, rng, frozenset({"us-west", "eu-central", "ap-east"}))
+    assert isinstance(d, Reject) and d.status == 502 and "no healthy cluster left" in d.reason
+
+
+def test_panic_when_under_half_healthy_ignores_health():
+    route = build_snapshot(config([SEED]), 1).route_for("h", "/")
+    health = HealthState()
+    health.on_connect_failure("us-west", 0.0)
+    d = choose_backend(route, health, 1.0, random.Random(0))
+    assert d.reason == "weighted" and d.backend.cluster != "us-west"  # 2 of 3 healthy: no panic
+    health.on_connect_failure("eu-central", 0.0)
+    got = {choose_backend(route, health, 1.0, random.Random(i)).backend.cluster for i in range(200)}
+    assert got == {"us-west", "eu-central", "ap-east"}  # 1 of 3 healthy: spread over all
+    assert choose_backend(route, health, 1.0, random.Random(0)).reason == "panic"
 
 
 def test_ejection_grows_with_repeats_and_is_capped():

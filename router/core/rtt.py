@@ -1,0 +1,43 @@
+"""Round-trip and server time estimates (pure, `now` passed in).
+
+Network RTT per cluster comes from TCP connect times (active probes and real connects).
+Server time per (service, cluster) is time to first byte minus the network RTT, so a slow
+handler is not mistaken for a far cluster. Both are Peak-EWMAs (decay 10 s by default).
+"""
+from __future__ import annotations
+
+from .ewma import PeakEwma
+
+
+class RttState:
+    def __init__(self, decay_s: float = 10.0):
+        self.decay_s = decay_s
+        self.network: dict[str, PeakEwma] = {}
+        self.probe_http: dict[str, PeakEwma] = {}
+        self.server: dict[tuple[str, str], PeakEwma] = {}
+
+    def _ewma(self, table: dict, key) -> PeakEwma:
+        e = table.get(key)
+        if e is None:
+            e = table[key] = PeakEwma(self.decay_s)
+        return e
+
+    def on_connect(self, cluster: str, connect_s: float, now: float) -> None:
+        self._ewma(self.network, cluster).observe(connect_s, now)
+
+    def on_probe(self, cluster: str, tcp_s: float, http_s: float | None, now: float) -> None:
+        self._ewma(self.network, cluster).observe(tcp_s, now)
+        if http_s is not None:
+            self._ewma(self.probe_http, cluster).observe(http_s, now)
+
+    def on_first_byte(self, service: str, cluster: str, ttfb_s: float, now: float) -> None:
+        net = self.rtt(cluster) or 0.0
+        self._ewma(self.server, (service, cluster)).observe(max(ttfb_s - net, 0.0), now)
+
+    def rtt(self, cluster: str) -> float | None:
+        e = self.network.get(cluster)
+        return e.value if e is not None else None
+
+    def server_time(self, service: str, cluster: str) -> float:
+        e = self.server.get((service, cluster))
+        return e.value if e is not None and e.value is not None else 0.0

@@ -1,0 +1,183 @@
+"""Latency- and warmth-aware policy driven with a fake clock (numbers are seconds)."""
+import random
+from collections import Counter
+
+import pytest
+
+from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SplitConfig
+from router.core.affinity import affinity_key, pick_by_key
+from router.core.choice import Forward, PolicyInputs, Reject, choose_backend
+from router.core.ewma import PeakEwma
+from router.core.health import HealthState
+from router.core.retry import RetryBudget
+from router.core.snapshot import build_snapshot
+from router.core.warmth import Warmth, WarmthState
+
+NAMES = ["us-west", "eu-central", "ap-east"]
+
+
+def route(weights=(45, 35, 20), max_rtt=0.2, algorithm="latency-aware"):
+    clusters = tuple(ClusterConfig(n, (), Endpoint("http", "127.0.0.1", 1000 + i)) for i, n in enumerate(NAMES))
+    split = SplitConfig("seed", "t", (), "/", tuple(Backend(n, w) for n, w in zip(NAMES, weights)), algorithm, max_rtt)
+    return build_snapshot(Config(RouterSettings(), clusters, (split,)), 1).route_for("h", "/")
+
+
+def inputs_with_rtt(rtts: dict, now=0.0) -> PolicyInputs:
+    p = PolicyInputs()
+    for name, rtt in rtts.items():
+        p.rtt.on_connect(name, rtt, now)
+    return p
+
+
+def shares(r, p, now, n=4000, **kw):
+    rng = random.Random(7)
+    c = Counter(choose_backend(r, p, now, rng, **kw).backend.cluster for _ in range(n))
+    return {k: v / n for k, v in c.items()}
+
+
+def test_peak_ewma_jumps_up_and_decays_down():
+    e = PeakEwma(decay_s=10)
+    e.observe(0.010, 0.0)
+    assert e.observe(0.100, 1.0) == pytest.approx(0.100)  # a slower sample is taken at once
+    v = e.observe(0.010, 11.0)  # ten seconds later: weight e^-1 on the old value
+    assert v == pytest.approx(0.100 * 0.3679 + 0.010 * 0.6321, rel=1e-3)
+    assert PeakEwma(prior=6.0).value_at(0) == 6.0
+
+
+def test_equal_conditions_follow_the_weights():
+    p = inputs_with_rtt({"us-west": 0.03, "eu-central": 0.03, "ap-east": 0.03})
+    got = shares(route(), p, 1.0)
+    for name, want in zip(NAMES, (0.45, 0.35, 0.20)):
+        assert abs(got[name] - want) < 0.03, got
+
+
+def test_cluster_beyond_max_rtt_is_not_eligible_then_returns():
+    p = inputs_with_rtt({"us-west": 0.01, "eu-central": 0.12, "ap-east": 0.25})
+    got = shares(route(), p, 1.0)
+    assert "ap-east" not in got and abs(got["us-west"] - 45 / 80) < 0.03
+    for t in range(2, 40):  # ap-east recovers: the peak decays with fresh samples
+        p.rtt.on_connect("ap-east", 0.05, float(t))
+    assert "ap-east" in shares(route(), p, 40.0)
+
+
+def test_when_none_within_max_rtt_the_nearest_are_eligible():
+    p = inputs_with_rtt({"us-west": 0.30, "eu-central": 0.25, "ap-east": 0.40})
+    d = choose_backend(route(), p, 1.0, random.Random(1))
+    assert d.backend.cluster == "eu-central" and d.reason == "spillover"
+
+
+def test_active_probe_thresholds():
+    h = HealthState()
+    for _ in range(2):
+        h.on_probe("a", False, 0.0)
+    assert h.is_healthy("a", 0.0)
+    h.on_probe("a", False, 0.0)
+    assert not h.is_healthy("a", 0.0)
+    h.on_probe("a", True, 1.0)
+    assert not h.is_healthy("a", 1.0)
+    h.on_probe("a", True, 2.0)
+    assert h.is_healthy("a", 2.0) and "a" not in h.clusters  # recovered and forgotten
+
+
+def test_unhealthy_cluster_is_skipped():
+    p = inputs_with_rtt({n: 0.02 for n in NAMES})
+    for _ in range(3):
+        p.health.on_probe("us-west", False, 0.0)
+    assert "us-west" not in shares(route(), p, 1.0)
+
+
+def test_warm_preferred_and_cold_cluster_woken_in_background():
+    p = inputs_with_rtt({n: 0.02 for n in NAMES})
+    w = p.warmth
+    w.on_discovery("svc", "us-west", 2, True, 0.0)
+    w.on_discovery("svc", "eu-central", 0, True, 0.0)   # cached image: 1 s prior
+    w.on_discovery("svc", "ap-east", 0, False, 0.0)     # uncached: 6 s prior
+    ds = [choose_backend(route(), p, 1.0, random.Random(i), service="svc") for i in range(200)]
+    assert {d.backend.cluster for d in ds} == {"us-west"}
+    assert all(d.reason == "warm-preferred" for d in ds)
+    assert set(ds[0].wake) == {"eu-central", "ap-east"}
+
+
+def test_cold_cluster_still_chosen_when_faster_than_the_warm_one():
+    p = inputs_with_rtt({"us-west": 0.19, "eu-central": 0.01, "ap-east": 0.01})
+    p.warmth.on_discovery("svc", "us-west", 1, True, 0.0)
+    p.rtt.on_first_byte("svc", "us-west", 0.19 + 2.5, 0.0)  # a slow handler there: 2.5 s server time
+    p.warmth.on_discovery("svc", "eu-central", 0, True, 0.0)  # 1 s cold start beats 2.69 s
+    p.warmth.on_discovery("svc", "ap-east", 0, False, 0.0)    # 6 s does not
+    got = shares(route(), p, 1.0, service="svc")
+    assert set(got) == {"us-west", "eu-central"}
+
+
+def test_nothing_warm_picks_the_soonest_ready_and_wakes_it():
+    p = inputs_with_rtt({n: 0.02 for n in NAMES})
+    p.warmth.on_discovery("svc", "us-west", 0, False, 0.0)
+    p.warmth.on_discovery("svc", "eu-central", 0, True, 0.0)
+    p.warmth.on_discovery("svc", "ap-east", 0, False, 0.0)
+    d = choose_backend(route(), p, 1.0, random.Random(0), service="svc")
+    assert d.backend.cluster == "eu-central" and d.reason == "cold" and d.wake == ("eu-central",)
+    assert d.expected_s == pytest.approx(0.02 + 1.0)
+
+
+def test_cold_start_times_are_learned_separately():
+    w = WarmthState()
+    w.on_discovery("svc", "a", 0, True, 0.0)
+    assert w.expected_cold_s("svc", "a", 0.0) == 1.0 and w.warmth("svc", "a", 0.0) == Warmth.CACHED
+    w.on_wake("svc", "a", 10.0)
+    assert w.warmth("svc", "a", 10.5) == Warmth.WAKING
+    assert w.expected_cold_s("svc", "a", 10.5) == pytest.approx(0.5)
+    w.on_discovery("svc", "a", 1, True, 13.0)  # ready after 3 s
+    assert w.warmth("svc", "a", 13.0) == Warmth.WARM
+    assert w.model("svc", "a").estimate(True) == pytest.approx(3.0)
+    assert w.model("svc", "a").estimate(False) == 6.0  # the uncached prior is untouched
+
+
+def test_stale_discovery_turns_unknown():
+    w = WarmthState(stale_after_s=30)
+    w.on_discovery("svc", "a", 0, False, 0.0)
+    assert w.warmth("svc", "a", 29.0) == Warmth.COLD
+    assert w.warmth("svc", "a", 31.0) == Warmth.UNKNOWN
+
+
+def test_affinity_is_stable_and_weighted():
+    r = route()
+    backends = r.live
+    first = {k: pick_by_key(backends, k, {}).cluster for k in (f"user{i}" for i in range(3000))}
+    again = {k: pick_by_key(backends, k, {}).cluster for k in first}
+    assert first == again
+    c = Counter(first.values())
+    assert c["us-west"] > c["eu-central"] > c["ap-east"]
+    p = inputs_with_rtt({n: 0.02 for n in NAMES})
+    d = choose_backend(r, p, 1.0, random.Random(0), affinity="user1")
+    assert d.reason == "affinity" and d.backend.cluster == first["user1"]
+
+
+def test_affinity_bounded_load_skips_an_overloaded_cluster():
+    backends = route().live
+    key = next(k for k in (f"k{i}" for i in range(100)) if pick_by_key(backends, k, {}).cluster == "us-west")
+    busy = {"us-west": 50, "eu-central": 5, "ap-east": 5}  # average 20: bound ceil(1.25 × 61/3) = 26
+    assert pick_by_key(backends, key, busy).cluster != "us-west"
+
+
+def test_affinity_key_extraction():
+    headers = [(b"X-User", b"alice"), (b"Cookie", b"a=1; session=xyz")]
+    assert affinity_key(("header", "x-user"), headers, "/") == "alice"
+    assert affinity_key(("cookie", "session"), headers, "/") == "xyz"
+    assert affinity_key(("path", "2"), headers, "/t/acme/items/9") == "/t/acme"
+    assert affinity_key(("cookie", "missing"), headers, "/") is None
+
+
+def test_retry_budget():
+    b = RetryBudget()
+    assert [b.start_retry() for _ in range(4)] == [True, True, True, False]  # minimum 3
+    for _ in range(100):
+        b.start_request()
+    assert b.allows()  # 20% of 100 in flight
+    for _ in range(17):
+        b.start_retry()
+    assert not b.allows()
+
+
+def test_weighted_algorithm_ignores_rtt():
+    p = inputs_with_rtt({"us-west": 0.5, "eu-central": 0.5, "ap-east": 0.5})
+    got = shares(route(algorithm="weighted"), p, 1.0)
+    assert abs(got["us-west"] - 0.45) < 0.03

@@ -13,6 +13,8 @@ import socket
 
 from .config.model import Config
 from .config.values import parse_hostport
+from .control.discovery import StaticDiscovery
+from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader
 from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
@@ -27,7 +29,8 @@ log = logging.getLogger("router")
 class RouterApp:
     def __init__(self, paths: list[str], listen: str | None = None, admin: str | None = None,
                  watch_interval_s: float = 1.0, metrics: Metrics | None = None, run_admin: bool = True,
-                 listen_sock: socket.socket | None = None, reuse_port: bool = False, count_reloads: bool = True):
+                 listen_sock: socket.socket | None = None, reuse_port: bool = False, count_reloads: bool = True,
+                 probes: bool | None = None):
         self.source = ConfigSource(paths)
         self.config: Config = self.source.load()
         self.listen = parse_hostport(listen or self.config.router.listen)
@@ -45,6 +48,9 @@ class RouterApp:
         self.accepting = False
         self.tasks: set[asyncio.Task] = set()
         self.stopped = asyncio.Event()
+        self.probes_enabled = probes
+        self.prober: Prober | None = None
+        self.discovery = []
         count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
         self.reloader = Reloader(self.source, self.apply, count)
 
@@ -63,6 +69,7 @@ class RouterApp:
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port)
         self.port = self.server.sockets[0].getsockname()[1]
         self.accepting = True
+        self._start_control()
         if self.watch_interval_s > 0:
             self._spawn(self.reloader.watch(self.watch_interval_s))
         if not self.run_admin:  # a worker: its series are read from files by the supervisor
@@ -75,6 +82,31 @@ class RouterApp:
                 self.metrics.flush()
         finally:
             self.metrics.flush()
+
+    def _start_control(self) -> None:
+        """Off-path inputs to the policy: active probes, discovery, and the reconcile tick."""
+        ctx = self.ctx
+        settings = lambda: ctx.settings  # noqa: E731 - always the live config
+        enabled = self.probes_enabled if self.probes_enabled is not None else self.config.router.probes.enabled
+        if enabled:
+            def on_result(cluster, ok, connect_s, http_s):
+                self.metrics.probes.labels(cluster, "ok" if ok else "fail").inc()
+            self.prober = Prober(ctx.policy, lambda: ctx.snapshot.config.clusters,
+                                 lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result)
+            self.prober.sync()
+        self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth)]
+        self._spawn(self._reconcile())
+
+    async def _reconcile(self, interval_s: float = 1.0) -> None:
+        while True:
+            now = self.ctx.clock()
+            for provider in self.discovery:
+                provider.refresh(now)
+            for cluster in self.ctx.snapshot.config.clusters:
+                rtt = self.ctx.policy.rtt.rtt(cluster.name)
+                if rtt is not None:
+                    self.metrics.cluster_rtt.labels(cluster.name).set(rtt)
+            await asyncio.sleep(interval_s)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -105,6 +137,8 @@ class RouterApp:
         if self.ctx.connections:
             log.warning("drain deadline passed with %d connections open", len(self.ctx.connections))
         self.ctx.pool.close_all()
+        if self.prober is not None:
+            self.prober.stop()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -118,6 +152,8 @@ class RouterApp:
         snapshot = build_snapshot(config, self.version)
         self.config = config
         self.ctx.swap(snapshot)
+        if self.prober is not None:
+            self.prober.sync()
 
     async def drain(self) -> dict:
         self.ctx.start_drain()

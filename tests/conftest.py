@@ -40,9 +40,14 @@ class Backend:
         self.port = 0
         self.delay_s = 0.0
         self.status = 200
+        self.probes = 0
+        self.probe_status = 200
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.headers.get("User-Agent") == "edge-router-probe":
+            self.probes += 1
+            return web.Response(status=self.probe_status, text="probe")
         self.seen.append(request)
         self.bodies.append(body)
         if self.delay_s:
@@ -111,11 +116,14 @@ async def router(tmp_path):
     """start(config_text) -> running RouterApp (admin on an ephemeral port)."""
     apps: list[RouterApp] = []
 
-    async def start(text: str, watch_interval_s: float = 0, admin_override: str = "127.0.0.1:0", **kw) -> RouterApp:
+    async def start(text: str, watch_interval_s: float = 0, admin_override: str = "127.0.0.1:0",
+                    probes: bool = False, **kw) -> RouterApp:
+        """Probes are off unless a test asks: they would show up in backends' request logs."""
         path = tmp_path / "config"
         path.mkdir(exist_ok=True)
         (path / "router.yaml").write_text(text)
-        app = RouterApp([str(path)], "127.0.0.1:0", admin_override, watch_interval_s=watch_interval_s, **kw)
+        app = RouterApp([str(path)], "127.0.0.1:0", admin_override, watch_interval_s=watch_interval_s,
+                        probes=probes, **kw)
         apps.append(app)
         await app.start()
         app.config_dir = path

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import ClusterConfig, KubernetesRef, Limits, RouterSettings, Timeouts
+from .model import ClusterConfig, KubernetesRef, Limits, Probes, RouterSettings, ServiceConfig, Timeouts, Workload
 from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_quantity,
                      parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -42,6 +42,8 @@ class PendingSplit:
     node: Node
     at: Node | None = None  # where weight problems are reported (the list of entries)
     declared: int = 0  # entries written, valid or not
+    services: tuple[tuple[str, Node], ...] = ()  # spec.service: a Service name, else a host
+    affinity: tuple[str, str] | None = None
 
 
 class Doc:
@@ -149,7 +151,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
-                             "serverTiming", "via"}):
+                             "serverTiming", "via", "probes", "rttDecay", "decisionHeader"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -174,19 +176,28 @@ def read_router(doc: Doc) -> RouterSettings | None:
                         doc.value(lim, "maxBuffered", parse_size, dl.max_buffered_bytes))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
-    if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain"}):
-        timeouts = Timeouts(doc.value(tim, "headerRead", parse_duration, dt.header_read_s),
-                            doc.value(tim, "idle", parse_duration, dt.idle_s),
-                            doc.value(tim, "connect", parse_duration, dt.connect_s),
-                            doc.value(tim, "upstreamHeader", parse_duration, dt.upstream_header_s),
-                            doc.value(tim, "upstreamIdle", parse_duration, dt.upstream_idle_s),
-                            doc.value(tim, "drain", parse_duration, dt.drain_s))
+    if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry"}):
+        timeouts = Timeouts(doc.value(tim, "headerRead", _positive_duration, dt.header_read_s),
+                            doc.value(tim, "idle", _positive_duration, dt.idle_s),
+                            doc.value(tim, "connect", _positive_duration, dt.connect_s),
+                            doc.value(tim, "upstreamHeader", _positive_duration, dt.upstream_header_s),
+                            doc.value(tim, "upstreamIdle", _positive_duration, dt.upstream_idle_s),
+                            doc.value(tim, "drain", parse_duration, dt.drain_s),
+                            doc.value(tim, "perTry", _positive_duration, dt.per_try_s))
+    pnode, dp = spec.get("probes"), Probes()
+    probes = dp
+    if doc.fields(pnode, {"enabled", "interval", "timeout"}):
+        probes = Probes(doc.value(pnode, "enabled", _bool, dp.enabled),
+                        doc.value(pnode, "interval", _positive_duration, dp.interval_s),
+                        doc.value(pnode, "timeout", _positive_duration, dp.timeout_s))
     return RouterSettings(listen=doc.value(spec, "listen", hostport, d.listen),
                           admin=doc.value(spec, "admin", hostport, d.admin),
                           admin_token_env=token_env, admin_token_file=token_file,
                           trusted_proxies=tuple(proxies), limits=limits, timeouts=timeouts,
                           server_timing=doc.value(spec, "serverTiming", _bool, False),
-                          via=doc.string(spec, "via", d.via))
+                          via=doc.string(spec, "via", d.via), probes=probes,
+                          rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
+                          decision_header=doc.value(spec, "decisionHeader", _bool, False))
 
 
 def _hosts(doc: Doc, nodes: list[Node]) -> tuple[str, ...]:
@@ -203,7 +214,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
     name = doc.name()
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix"}, {"clusters"}):
+    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity"}, {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -229,11 +240,82 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
         if doc.fields(params, {"maxRTT"}):
             max_rtt = doc.value(params, "maxRTT", _positive_duration)
     hosts = _hosts(doc, doc.seq(spec, "hosts"))
-    if spec.get("service") is not None:
-        hosts += _hosts(doc, [spec.get("service")])
+    services = _service_refs(doc, spec)
     prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
-                        len(doc.seq(spec, "clusters")))
+                        len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")))
+
+
+def _service_refs(doc: Doc, spec: Node) -> tuple:
+    node = spec.get("service")
+    if node is None:
+        return ()
+    try:
+        return ((normalise_host(node.value), node),)
+    except ValueError as exc:
+        doc.error(node, str(exc))
+        return ()
+
+
+def read_affinity(doc: Doc, node: Node | None) -> tuple[str, str] | None:
+    """affinity: {header: X-User} | {cookie: session} | {pathSegments: 2}"""
+    if not doc.fields(node, {"header", "cookie", "pathSegments"}):
+        return None
+    if len(node.children) != 1:
+        doc.error(node, "affinity takes exactly one of header, cookie, pathSegments")
+        return None
+    (key, child), = node.children.items()
+    if key == "pathSegments":
+        if isinstance(child.value, bool) or not isinstance(child.value, int) or child.value < 1:
+            doc.error(child, f"pathSegments must be a positive integer, got {child.value!r}")
+            return None
+        return ("path", str(child.value))
+    if not isinstance(child.value, str) or not child.value:
+        doc.error(child, f"expected a {key} name, got {child.value!r}")
+        return None
+    return (key, child.value)
+
+
+def read_service(doc: Doc) -> ServiceConfig | None:
+    name = doc.name()
+    spec = doc.root.get("spec")
+    if not doc.fields(spec, {"hosts", "workload", "containerConcurrency", "state"}, {"hosts"}):
+        if spec is None:
+            doc.error(doc.root, "missing required field 'spec'")
+        return None
+    hosts = _hosts(doc, doc.seq(spec, "hosts"))
+    workload = None
+    wnode = spec.get("workload")
+    if doc.fields(wnode, {"kind", "namespace", "name", "image"}, {"kind", "name"}):
+        kind = doc.value(wnode, "kind", _workload_kind)
+        workload = Workload(kind or "Deployment", doc.string(wnode, "namespace", "default"),
+                            doc.string(wnode, "name", ""), doc.string(wnode, "image"))
+    cc = doc.value(spec, "containerConcurrency", _positive_int)
+    state = []
+    snode = spec.get("state")
+    if snode is not None:
+        if snode.kind != "map":
+            doc.error(snode, "expected a mapping of cluster: warm|cached|cold")
+        for cluster, child in (snode.children.items() if snode.kind == "map" else ()):
+            if child.value not in ("warm", "cached", "cold"):
+                doc.error(child, f"state must be warm, cached or cold, got {child.value!r}")
+            else:
+                state.append((str(cluster), child.value))
+    if not name:
+        return None
+    return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}")
+
+
+def _workload_kind(v: Any) -> str:
+    if v not in ("Deployment", "KnativeService"):
+        raise ValueError(f"workload kind must be Deployment or KnativeService, got {v!r}")
+    return v
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected a positive integer, got {v!r}")
+    return v
 
 
 def _algorithm(v: Any) -> str:
@@ -264,9 +346,8 @@ def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
         cluster, weight = doc.string(item, "service"), doc.value(item, "weight", parse)
         if cluster and weight is not None:
             entries.append(PendingEntry(cluster, weight, None, cluster, item))
-    hosts = _hosts(doc, [spec.get("service")]) if spec.get("service") is not None else ()
-    return PendingSplit(name, f"smi/{version}", hosts, "/", entries, "weighted", None, doc.root,
-                        spec.get("backends"), len(doc.seq(spec, "backends")))
+    return PendingSplit(name, f"smi/{version}", (), "/", entries, "weighted", None, doc.root,
+                        spec.get("backends"), len(doc.seq(spec, "backends")), _service_refs(doc, spec))
 
 
 def _gateway_weight(v: Any) -> float:

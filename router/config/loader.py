@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .errors import ConfigError, Problems
 from .kinds import (Doc, PendingSplit, read_cluster, read_httproute, read_native_split, read_router,
-                    read_smi_split)
-from .model import Backend, ClusterConfig, Config, RouterSettings, SplitConfig
+                    read_service, read_smi_split)
+from .model import Backend, ClusterConfig, Config, RouterSettings, ServiceConfig, SplitConfig
 from .yamlsrc import Node, config_files, read_documents
 
 EDGE = "edge.router/v1alpha1"
@@ -24,6 +24,7 @@ def load_config(*paths: str) -> Config:
     pending: list[PendingSplit] = []
     files: list[str] = []
     cluster_names: list[tuple[str, str]] = []  # Clusters that failed to load
+    services: list[ServiceConfig] = []
     for path in paths:
         for file in config_files(path):
             files.append(file)
@@ -33,19 +34,35 @@ def load_config(*paths: str) -> Config:
                 problems.items.extend(exc.problems)
                 continue
             for root in docs:
-                _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names)
+                _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services)
     if not files:
         problems.add(paths[0] if paths else "-", 0, "", "no .yaml or .yml files found")
     router = _one_router(routers, problems)
     _check_unique(sorted([(c.name, c.source) for c in clusters] + cluster_names,
                          key=lambda ns: (ns[1].rpartition(":")[0], int(ns[1].rpartition(":")[2]))),
                   "Cluster", problems)
-    splits = _resolve(pending, clusters, problems)
+    _check_unique([(s.name, s.source) for s in services], "Service", problems)
+    _check_services(services, clusters, problems)
+    splits = _resolve(pending, clusters, services, problems)
     problems.raise_if_any()
-    return Config(router, tuple(clusters), tuple(splits), tuple(files))
+    return Config(router, tuple(clusters), tuple(splits), tuple(files), tuple(services))
 
 
-def _dispatch(doc: Doc, clusters, routers, pending, cluster_names) -> None:
+def _check_services(services: list[ServiceConfig], clusters: list[ClusterConfig], problems: Problems) -> None:
+    names = {c.name for c in clusters}
+    owner: dict[str, str] = {}
+    for svc in services:
+        file, _, line = svc.source.rpartition(":")
+        for cluster, _state in svc.static_state:
+            if cluster not in names:
+                problems.add(file, int(line), "spec.state", f"no Cluster named {cluster!r}")
+        for host in svc.hosts:
+            if host in owner:
+                problems.add(file, int(line), "spec.hosts", f"host {host!r} already belongs to Service {owner[host]!r}")
+            owner[host] = svc.name
+
+
+def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services) -> None:
     root = doc.root
     if root.kind != "map":
         doc.error(root, "a document must be a mapping with apiVersion and kind")
@@ -64,6 +81,10 @@ def _dispatch(doc: Doc, clusters, routers, pending, cluster_names) -> None:
             name = root.value.get("metadata", {}).get("name") if isinstance(root.value.get("metadata"), dict) else None
             if isinstance(name, str):
                 cluster_names.append((name, f"{root.file}:{root.line}"))
+    elif api == EDGE and kind == "Service":
+        svc = read_service(doc)
+        if svc:
+            services.append(svc)
     elif api == EDGE and kind == "Router":
         r = read_router(doc)
         if r:
@@ -100,8 +121,13 @@ def _check_unique(names: list[tuple[str, str]], what: str, problems: Problems) -
             seen[name] = source
 
 
-def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], problems: Problems) -> list[SplitConfig]:
+def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], services: list[ServiceConfig],
+             problems: Problems) -> list[SplitConfig]:
     by_name = {c.name: c for c in clusters}
+    service_hosts = {s.name: s.hosts for s in services}
+    for p in pending:  # spec.service names a Service (its hosts), or is itself a host
+        for ref, _node in p.services:
+            p.hosts = p.hosts + tuple(h for h in service_hosts.get(ref, (ref,)) if h not in p.hosts)
     _check_unique([(p.name, f"{p.node.file}:{p.node.line}") for p in pending], "TrafficSplit", problems)
     routes: dict[tuple[str, str], PendingSplit] = {}
     out = []
@@ -137,5 +163,5 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], problem
             problems.add(at.file, at.line, at.path or "spec", "no backends")
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
-                               f"{p.node.file}:{p.node.line}"))
+                               f"{p.node.file}:{p.node.line}", p.affinity))
     return out

@@ -59,6 +59,25 @@ class SplitConfig:
     algorithm: str = "weighted"
     max_rtt_s: float | None = None
     source: str = ""
+    affinity: tuple[str, str] | None = None  # ("header"|"cookie"|"path", name or segment count)
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str  # Deployment | KnativeService
+    namespace: str
+    name: str
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    hosts: tuple[str, ...]
+    workload: Workload | None = None
+    container_concurrency: int | None = None
+    static_state: tuple[tuple[str, str], ...] = ()  # (cluster, warm|cached|cold) without discovery
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,14 @@ class Timeouts:
     upstream_header_s: float = 30.0
     upstream_idle_s: float = 30.0
     drain_s: float = 20.0
+    per_try_s: float | None = None  # upstream response head per try; retried when idempotent
+
+
+@dataclass(frozen=True)
+class Probes:
+    enabled: bool = True
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,9 @@ class RouterSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     server_timing: bool = False
     via: str = "edge-router"
+    probes: Probes = field(default_factory=Probes)
+    rtt_decay_s: float = 10.0
+    decision_header: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,7 @@ class Config:
     clusters: tuple[ClusterConfig, ...]
     splits: tuple[SplitConfig, ...]
     files: tuple[str, ...] = ()
+    services: tuple[ServiceConfig, ...] = ()
 
     def cluster(self, name: str) -> ClusterConfig:
         for c in self.clusters:

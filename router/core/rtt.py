@@ -1,8 +1,10 @@
 """Round-trip and server time estimates (pure, `now` passed in).
 
-Network RTT per cluster comes from TCP connect times (active probes and real connects).
-Server time per (service, cluster) is time to first byte minus the network RTT, so a slow
-handler is not mistaken for a far cluster. Both are Peak-EWMAs (decay 10 s by default).
+The RTT of a cluster is the active probe's round trip (request sent to response head of the
+cheap probe path) when probes run, else the TCP connect time; connect times (probes and real
+connects) are kept as their own estimate. Server time per (service, cluster) is time to first
+byte minus the RTT, so a slow handler is not mistaken for a far cluster. All are Peak-EWMAs
+(decay 10 s by default).
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ class RttState:
         self._ewma(self.server, (service, cluster)).observe(max(ttfb_s - net, 0.0), now)
 
     def rtt(self, cluster: str) -> float | None:
+        e = self.probe_http.get(cluster) or self.network.get(cluster)
+        return e.value if e is not None else None
+
+    def connect_time(self, cluster: str) -> float | None:
         e = self.network.get(cluster)
         return e.value if e is not None else None
 

@@ -27,6 +27,7 @@ class Route:
     algorithm: str
     live: tuple[RouteBackend, ...] = ()  # backends with weight > 0
     live_total: float = 0.0
+    affinity: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,19 @@ class RoutingSnapshot:
     exact: dict  # host -> tuple[Route] (longest prefix first)
     wildcard: tuple  # (suffix, tuple[Route]) longest suffix first
     default: tuple  # tuple[Route]
+    services: dict = None  # host -> Service name (exact, and "*.suffix" entries)
+
+    def service_for(self, host: str, route: Route) -> str:
+        """The name warm/cold state and server time are kept under for this request."""
+        services = self.services
+        if services:
+            name = services.get(host)
+            if name is None:
+                dot = host.find(".")
+                name = services.get("*" + host[dot:]) if dot > 0 else None
+            if name is not None:
+                return name
+        return route.name
 
     def route_for(self, host: str, path: str) -> Route | None:
         routes = self.exact.get(host)
@@ -66,7 +80,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                                        endpoints[b.cluster].port)) for b in split.backends)
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
-                     sum(b.weight for b in live))
+                     sum(b.weight for b in live), split.affinity)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}
@@ -87,4 +101,4 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     return RoutingSnapshot(
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
-        order(default))
+        order(default), {h: svc.name for svc in config.services for h in svc.hosts})

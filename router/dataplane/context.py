@@ -10,7 +10,10 @@ import random
 import time
 
 from ..config.model import RouterSettings
+from ..core.choice import PolicyInputs
 from ..core.health import HealthState
+from ..core.retry import RetryBudget
+from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
 from ..obs.metrics import Metrics
 from .upstream import UpstreamPool
@@ -22,7 +25,11 @@ class ProxyContext:
         self.loop = loop
         self.snapshot = snapshot
         self.metrics = metrics
-        self.health = health or HealthState()
+        self.policy = PolicyInputs(health=health or HealthState(), rtt=RttState(snapshot.config.router.rtt_decay_s))
+        self.health = self.policy.health
+        self.inflight = self.policy.inflight  # cluster -> requests in flight there
+        self.retry_budget = RetryBudget()
+        self.wake_hints: dict[tuple[str, str], float] = {}  # (service, cluster) -> last hinted
         self.rng = rng or random.Random()
         self.settings: RouterSettings = snapshot.config.router
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
@@ -45,6 +52,15 @@ class ProxyContext:
         self.via = self.settings.via.encode()
         self._tails = {}
         self.metrics.config_version.set(snapshot.version)
+
+    def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:
+        """Cold clusters the choice skipped: recorded and counted; the wake triggers act on them."""
+        now = self.clock()
+        for cluster in clusters:
+            key = (service, cluster)
+            if now - self.wake_hints.get(key, -1e9) >= 1.0:  # count once a second per pair
+                self.wake_hints[key] = now
+                self.metrics.wake_hints.labels(cluster).inc()
 
     def start_drain(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""

@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 from urllib.parse import urlsplit
 
+from ..core.affinity import affinity_key
 from ..core.choice import Reject, choose_backend
 from .headers import HttpReject, response_head, simple_response, upstream_request_head
 from .upstream import UpstreamConnection
@@ -59,6 +60,14 @@ class Exchange:
         self.keep_alive = req.keep_alive
         self.task = None
         self.head_mark = None  # (cork buffer, index) while the response head is still unsent
+        self.service = ""
+        self.affinity: str | None = None
+        self.decision = None
+        self.counted: str | None = None  # the cluster whose in-flight count holds this request
+        self.retrying = False  # the current try is a retry (holds a place in the retry budget)
+        self.sent_at = 0.0
+        self.ended = False
+        conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
     def start(self) -> None:
@@ -68,19 +77,32 @@ class Exchange:
             parts = urlsplit(url.decode("latin-1"))
             req.url = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
         path = req.url.partition(b"?")[0].decode("latin-1")
-        self.route = self.ctx.snapshot.route_for(req.facts["host"], path)
-        if self.route is None:
+        snap = self.ctx.snapshot
+        route = self.route = snap.route_for(req.facts["host"], path)
+        if route is None:
             self.respond_error(404, f"no route for host {req.facts['host']!r}", cluster="-")
             return
+        self.service = snap.service_for(req.facts["host"], route)
+        if route.affinity is not None:
+            self.affinity = affinity_key(route.affinity, req.headers, path)
         self._choose()
 
-    def _choose(self) -> None:
+    def _choose(self, decision=None) -> None:
         ctx = self.ctx
-        decision = choose_backend(self.route, ctx.health, ctx.clock(), ctx.rng, frozenset(self.tried))
+        self._uncount()
+        if decision is None:
+            decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, frozenset(self.tried),
+                                      self.service, self.affinity)
         if isinstance(decision, Reject):
             self.respond_error(decision.status, decision.reason, cluster="-")
             return
+        self.decision = decision
         self.backend = decision.backend
+        ctx.metrics.count_decision(decision.reason)
+        if decision.wake:
+            ctx.hint_wake(self.service, decision.wake)
+        self.counted = decision.backend.cluster
+        ctx.inflight[self.counted] = ctx.inflight.get(self.counted, 0) + 1
         conn = ctx.pool.take_idle(self.backend.pool_key)
         if conn is not None:
             self._attach(conn)
@@ -104,7 +126,9 @@ class Exchange:
             return
         finally:
             self.task = None
-        ctx.metrics.connect_duration.labels(backend.cluster).observe(ctx.clock() - t)
+        connect_s = ctx.clock() - t
+        ctx.metrics.connect_duration.labels(backend.cluster).observe(connect_s)
+        ctx.policy.rtt.on_connect(backend.cluster, connect_s, ctx.clock())
         if self.finished:
             ctx.pool.release(conn)
             return
@@ -130,7 +154,12 @@ class Exchange:
         self.streaming = True
         if req.complete:
             self.on_request_end()
-        self.conn.upstream_timer.set(ctx.settings.timeouts.upstream_header_s, self._on_header_timeout)
+        self.sent_at = ctx.clock()
+        timeouts = ctx.settings.timeouts
+        wait = timeouts.upstream_header_s
+        if timeouts.per_try_s is not None and self._may_retry():
+            wait = min(wait, timeouts.per_try_s)
+        self.conn.upstream_timer.set(wait, self._on_header_timeout)
 
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
@@ -172,6 +201,8 @@ class Exchange:
             return
         self._cancel_header_timer()
         self.status = status
+        ctx = self.ctx
+        ctx.policy.rtt.on_first_byte(self.service, self.backend.cluster, ctx.clock() - self.sent_at, ctx.clock())
         if status == 101 and not req.upgrade:
             self.on_upstream_error("upstream switched protocols without an Upgrade request")
             return
@@ -196,6 +227,10 @@ class Exchange:
             self.resp_close_delimited = True
         if self.ctx.draining or (self.conn.stopped and not req.complete):
             self.keep_alive = False
+        if self.ctx.settings.decision_header and self.decision is not None:
+            d = self.decision
+            expected = f"; expected-ms={d.expected_s * 1000:.1f}" if d.expected_s is not None else ""
+            parts.append(f"x-router-decision: {d.reason}{expected}\r\n".encode())
         if self.ctx.settings.server_timing:
             parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
         if status != 101:
@@ -243,7 +278,57 @@ class Exchange:
         now = ctx.clock()
         ctx.health.on_response(self.backend.cluster, self.status, now)
         ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
+        self._end()
         self.conn.exchange_done(self.keep_alive)
+
+    # --- bookkeeping --------------------------------------------------------------------
+    def _uncount(self) -> None:
+        if self.counted is not None:
+            self.ctx.inflight[self.counted] -= 1
+            self.counted = None
+
+    def _end(self) -> None:
+        """Once per request: give back its in-flight place and its retry budget share."""
+        if self.ended:
+            return
+        self.ended = True
+        self._uncount()
+        budget = self.ctx.retry_budget
+        if self.retrying:
+            budget.end_retry()
+        budget.end_request()
+
+    def _may_retry(self) -> bool:
+        req = self.req
+        return (not self.resp_started and self.kept is not None and req.method in IDEMPOTENT
+                and not req.upgrade and not self.finished)
+
+    def _retry_elsewhere(self, reason: str) -> bool:
+        """Reset or timeout before any response byte: try the next choice, within the budget."""
+        if not self._may_retry():
+            return False
+        ctx = self.ctx
+        cluster = self.backend.cluster
+        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, frozenset(self.tried | {cluster}),
+                                  self.service, self.affinity)
+        if isinstance(decision, Reject):
+            return False  # nowhere else to go: the caller answers with the failure itself
+        budget = ctx.retry_budget
+        if self.retrying:
+            budget.end_retry()
+            self.retrying = False
+        if not budget.start_retry():
+            ctx.metrics.retries.labels("budget_exhausted").inc()
+            return False
+        self.retrying = True
+        ctx.health.on_response(cluster, 502, ctx.clock())  # counts toward outlier ejection
+        self.tried.add(cluster)
+        ctx.metrics.retries.labels(reason).inc()
+        self._cancel_header_timer()
+        self._abort_upstream()
+        self.streaming = False
+        self._choose(decision)
+        return True
 
     # --- failures -----------------------------------------------------------------------
     def on_upstream_lost(self, exc) -> None:
@@ -269,6 +354,8 @@ class Exchange:
             else:
                 self._truncated("upstream closed the connection mid-response")
             return
+        if self._retry_elsewhere("reset"):
+            return
         self.respond_error(502, "upstream closed the connection before responding")
 
     def on_upstream_error(self, reason: str) -> None:
@@ -286,6 +373,8 @@ class Exchange:
 
     def _on_header_timeout(self) -> None:
         if not self.finished and not self.resp_started:
+            if self.ctx.settings.timeouts.per_try_s is not None and self._retry_elsewhere("timeout"):
+                return
             self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
 
     def _truncated(self, reason: str) -> None:
@@ -295,6 +384,7 @@ class Exchange:
         cluster = self.backend.cluster if self.backend else "-"
         self.ctx.health.on_response(cluster, 502, self.ctx.clock())
         self.ctx.metrics.count_request(cluster, 502, self.ctx.clock() - self.req.t0)
+        self._end()
         self.conn.abort()
 
     def respond_error(self, status: int, reason: str, cluster: str | None = None) -> None:
@@ -314,6 +404,7 @@ class Exchange:
             extra.append(("Retry-After", "1"))
         self.ctx.metrics.count_request(cluster, status, self.ctx.clock() - self.req.t0)
         self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
+        self._end()
         self.conn.exchange_done(keep)
 
     def on_client_lost(self) -> None:
@@ -324,6 +415,7 @@ class Exchange:
             self._cancel_header_timer()
             cluster = self.backend.cluster if self.backend else "-"
             self.ctx.metrics.count_request(cluster, 499, self.ctx.clock() - self.req.t0)
+        self._end()
         self._abort_upstream()
 
     def _abort_both(self) -> None:

@@ -32,10 +32,18 @@ class Metrics:
                                 ["code", "reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],
                                registry=r)
+        self.cluster_rtt = Gauge("router_cluster_rtt_seconds", "RTT estimate per cluster (Peak-EWMA)",
+                                 ["cluster"], registry=r, multiprocess_mode="max")
+        self.probes = Counter("router_probes_total", "Active probes by result", ["cluster", "result"], registry=r)
+        self.decisions = Counter("router_decisions_total", "Routing decisions by reason", ["reason"], registry=r)
+        self.wake_hints = Counter("router_wake_hints_total",
+                                  "Cold clusters the choice skipped and asked to wake, by cluster", ["cluster"],
+                                  registry=r)
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._counts: dict[tuple[str, int], int] = {}
+        self._decisions: dict[str, int] = {}
         self._latency: dict[str, list] = {}  # cluster -> per-bucket counts + [sum]
 
     def count_request(self, cluster: str, code: int, duration_s: float) -> None:
@@ -48,10 +56,16 @@ class Metrics:
         lat[bisect_left(self._bounds, duration_s)] += 1
         lat[-1] += duration_s
 
+    def count_decision(self, reason: str) -> None:
+        self._decisions[reason] = self._decisions.get(reason, 0) + 1
+
     def flush(self) -> None:
         """Move what count_request gathered into the prometheus series (before each scrape,
         and every second in worker processes, whose series are merged from files)."""
         counts, self._counts = self._counts, {}
+        decisions, self._decisions = self._decisions, {}
+        for reason, n in decisions.items():
+            self.decisions.labels(reason).inc(n)
         latency, self._latency = self._latency, {}
         for (cluster, code), n in counts.items():
             self.requests.labels(cluster, str(code)).inc(n)

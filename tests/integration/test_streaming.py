@@ -26,6 +26,10 @@ async def start_stream_backend():
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith((b"GET /down", b"POST /up")):  # the router's probes
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    await writer.drain()
+                    break
                 if head.startswith(b"GET /down"):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % GIB)
                     for _ in range(GIB // len(BLOCK)):

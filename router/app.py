@@ -166,8 +166,12 @@ class RouterApp:
         ctx = self.ctx
         now = ctx.clock()
         snap = ctx.snapshot
+        rtt = ctx.policy.rtt
         clusters = {c.name: {"endpoint": str(c.endpoint), "labels": dict(c.labels),
-                             "health": ctx.health.describe(c.name, now)} for c in snap.config.clusters}
+                             "health": ctx.health.describe(c.name, now), "rtt_s": rtt.rtt(c.name),
+                             "connect_s": rtt.connect_time(c.name), "inflight": ctx.inflight.get(c.name, 0),
+                             "last_probe": self.prober.last.get(c.name) if self.prober else None}
+                    for c in snap.config.clusters}
         routes = []
         for split in snap.config.splits:
             route = snap.route_for(split.hosts[0] if split.hosts else "", split.path_prefix)
@@ -181,9 +185,17 @@ class RouterApp:
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),
                                                     "healthy": ctx.health.is_healthy(b.cluster, now)}
                                         for b in split.backends}})
+        services = {}
+        for svc in snap.config.services:
+            route = next((r for r in (snap.route_for(h, "/") for h in svc.hosts) if r is not None), None)
+            if route is not None:
+                # expected latency = rtt + server time + cold-start estimate (when not warm) + queueing
+                services[svc.name] = {b.cluster: ctx.policy.breakdown(svc.name, b, now) for b in route.backends}
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
-                "clusters": clusters, "routes": routes}
+                "clusters": clusters, "routes": routes, "services": services,
+                "retry_budget": {"active_requests": ctx.retry_budget.active_requests,
+                                 "active_retries": ctx.retry_budget.active_retries}}
 
 
 async def run(paths: list[str], listen: str | None, admin: str | None) -> int:

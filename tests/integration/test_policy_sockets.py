@@ -114,3 +114,27 @@ async def test_killed_cluster_costs_no_failed_idempotent_request(router):
     finally:
         for b in bs:
             b.server.close()
+
+
+async def test_static_warm_state_prefers_the_warm_cluster_and_explains_itself(backends, router):
+    import aiohttp
+    a, b = await backends("a", "b")
+    service = ("---\napiVersion: edge.router/v1alpha1\nkind: Service\nmetadata: {name: shop}\nspec:\n"
+               "  hosts: [shop.example.com]\n  state: {a: warm, b: cold}\n")
+    split = split_with_max_rtt({"a": 1, "b": 1}, "200ms").replace("spec:\n", "spec:\n  service: shop\n", 1)
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + service + split + router_doc(decisionHeader=True))
+    await wait_for(lambda: app.ctx.policy.warmth.states, timeout_s=3, what="static discovery")
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    for _ in range(20):
+        writer.write(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert status == 200 and headers["x-router-cluster"] == "a"
+        assert headers["x-router-decision"].startswith("warm-preferred; expected-ms=")
+    writer.close()
+    assert app.metrics.wake_hints.labels("b")._value.get() >= 1
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{app.admin_port}/debug/state") as r:
+            state = await r.json()
+    assert state["services"]["shop"]["b"]["warmth"] == "cold"
+    assert state["services"]["shop"]["b"]["cold_s"] == 6.0
+    assert state["services"]["shop"]["a"]["warmth"] == "warm"

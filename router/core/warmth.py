@@ -53,14 +53,21 @@ class WarmthState:
         self.stale_after_s = stale_after_s
         self.states: dict[tuple[str, str], ServiceClusterState] = {}
         self.cold_starts: dict[tuple[str, str], ColdStartModel] = {}
+        self.heard: dict[str, float] = {}  # cluster -> last time its provider was known to be current
+
+    def on_heartbeat(self, cluster: str, now: float) -> None:
+        """The provider for `cluster` is connected and current (a watch event, bookmark or relist)."""
+        self.heard[cluster] = now
 
     def get(self, service: str, cluster: str) -> ServiceClusterState | None:
         return self.states.get((service, cluster))
 
     def warmth(self, service: str, cluster: str, now: float) -> Warmth:
         st = self.states.get((service, cluster))
-        if st is None or now - st.updated > self.stale_after_s and st.warmth != Warmth.WAKING:
+        if st is None:
             return Warmth.UNKNOWN
+        if now - self.heard.get(cluster, st.updated) > self.stale_after_s and st.warmth != Warmth.WAKING:
+            return Warmth.UNKNOWN  # its provider went quiet: last-known state is no longer trusted
         return st.warmth
 
     def model(self, service: str, cluster: str) -> ColdStartModel:
@@ -75,6 +82,7 @@ class WarmthState:
         """A discovery provider's view. Returns the new state."""
         st = self.states.setdefault((service, cluster), ServiceClusterState())
         st.ready_replicas, st.image_cached, st.capacity, st.updated = ready_replicas, image_cached, capacity, now
+        self.heard[cluster] = now
         if ready_replicas > 0:
             if st.wake_started is not None:
                 self.model(service, cluster).observe(st.wake_cached, now - st.wake_started, now)

@@ -135,7 +135,9 @@ def test_stale_discovery_turns_unknown():
     w = WarmthState(stale_after_s=30)
     w.on_discovery("svc", "a", 0, False, 0.0)
     assert w.warmth("svc", "a", 29.0) == Warmth.COLD
-    assert w.warmth("svc", "a", 31.0) == Warmth.UNKNOWN
+    assert w.warmth("svc", "a", 31.0) == Warmth.UNKNOWN  # provider silent for 31 s
+    w.on_heartbeat("a", 40.0)  # provider back and current: unchanged state is valid again
+    assert w.warmth("svc", "a", 60.0) == Warmth.COLD
 
 
 def test_affinity_is_stable_and_weighted():

@@ -1,0 +1,268 @@
+"""Routing quality: a discrete-event simulation in virtual time that drives the router's real
+policy code (router.core) against a multi-region serverless model, next to baseline policies.
+
+Model: an edge in Dallas; clusters us-west (Dallas), eu-central (Frankfurt), ap-east (Tokyo)
+with RTTs from ../shared/data/inter-region-rtt-ms.csv; the seed weights 45/35/20 and maxRTT
+200ms. 200 services with Zipf popularity and on/off bursty arrivals (most services called less
+than once a minute, a few hot ones), handler times of a few hundred ms (half under one second),
+per-pod concurrency 10, scale to zero after 60 s idle, cold start 1 s with the image cached on a
+node and 6 s without (an image stays cached for 30 min after its last pod). Every policy sees
+the same arrivals.
+
+Policies: static (weighted random, what nginx/HAProxy with the seed weights do), round_robin,
+lowest_rtt, and router (router.core.choice with warm/cold state, RTT and server time fed the way
+the control plane feeds them; its wake hints start a pod in the background).
+
+    python bench/routing.py [--seed N] [--minutes 60] [--out FILE.json]
+
+Deterministic for a seed. Prints the table and the target ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SplitConfig  # noqa: E402
+from router.core.choice import PolicyInputs, choose_backend  # noqa: E402
+from router.core.snapshot import build_snapshot  # noqa: E402
+
+CLUSTERS = {"us-west": "Dallas", "eu-central": "Frankfurt", "ap-east": "Tokyo"}
+WEIGHTS = {"us-west": 45, "eu-central": 35, "ap-east": 20}
+EDGE = "Dallas"
+LOCAL_RTT_MS = 1.0  # same-region round trip (the table's diagonal is 0; inter-zone is 0.1-2.2 ms)
+SERVICES = 200
+TOTAL_RATE = 12.0  # requests per second over all services
+ZIPF_S = 1.3
+CONCURRENCY = 10
+IDLE_S = 60.0
+COLD_CACHED_S, COLD_UNCACHED_S = 1.0, 6.0
+IMAGE_TTL_S = 1800.0
+
+
+def rtt_table() -> dict[str, float]:
+    path = os.path.join(ROOT, "..", "shared", "data", "inter-region-rtt-ms.csv")
+    with open(path) as fh:
+        rows = {r["from"]: r for r in csv.DictReader(fh)}
+    return {c: (float(rows[EDGE][city]) or LOCAL_RTT_MS) / 1000 for c, city in CLUSTERS.items()}
+
+
+# --- workload -----------------------------------------------------------------------------
+def make_workload(rng: random.Random, duration_s: float) -> list[tuple[float, int, float]]:
+    """(arrival time, service, handler seconds), sorted by time."""
+    ranks = list(range(1, SERVICES + 1))
+    norm = sum(r ** -ZIPF_S for r in ranks)
+    arrivals = []
+    for s in range(SERVICES):
+        rate = TOTAL_RATE * (ranks[s] ** -ZIPF_S) / norm
+        median = math.exp(rng.uniform(math.log(0.05), math.log(1.5)))  # per-service handler median
+        # On/off bursts: on periods (mean 60 s) carry 20x the off rate (mean 600 s).
+        on_mean, off_mean, ratio = 60.0, 600.0, 20.0
+        off_rate = rate * (on_mean + off_mean) / (on_mean * ratio + off_mean)
+        t, on = rng.uniform(0, off_mean), False
+        while t < duration_s:
+            span = rng.expovariate(1 / (on_mean if on else off_mean))
+            lam = off_rate * (ratio if on else 1.0)
+            u = t
+            while lam > 0:
+                u += rng.expovariate(lam)
+                if u >= min(t + span, duration_s):
+                    break
+                arrivals.append((u, s, median * math.exp(rng.gauss(0, 0.4))))
+            t += span
+            on = not on
+    arrivals.sort()
+    return arrivals
+
+
+# --- clusters -----------------------------------------------------------------------------
+class Deployment:
+    """One service in one cluster: pods, a FIFO of waiting requests, the image cache."""
+    __slots__ = ("pods", "starting", "queue", "last_busy", "cached_until", "idle_token")
+
+    def __init__(self, cached: bool):
+        self.pods: list[int] = []  # busy slots per ready pod
+        self.starting = 0
+        self.queue: list = []
+        self.last_busy = 0.0
+        self.cached_until = math.inf if cached else -1.0
+        self.idle_token = 0
+
+
+class Sim:
+    def __init__(self, policy: str, workload, seed: int, rtts: dict[str, float]):
+        self.policy, self.workload, self.rtts = policy, workload, rtts
+        self.rng = random.Random(seed * 7 + 1)
+        cache_rng = random.Random(seed * 13 + 5)  # the same initial image caches for every policy
+        self.deps = {(c, s): Deployment(cache_rng.random() < 0.5) for s in range(SERVICES) for c in CLUSTERS}
+        self.events: list = []
+        self.seq = itertools.count()
+        self.results: list[tuple[float, bool, str]] = []  # latency, waited on a cold start, cluster
+        self.rr = itertools.cycle(sorted(CLUSTERS, key=lambda c: -WEIGHTS[c]))
+        self.inputs = PolicyInputs()
+        clusters = tuple(ClusterConfig(n, (), Endpoint("http", n, 80)) for n in CLUSTERS)
+        split = SplitConfig("seed", "trafficsplit", (), "/", tuple(Backend(n, WEIGHTS[n]) for n in CLUSTERS),
+                            "latency-aware", 0.2)
+        self.route = build_snapshot(Config(RouterSettings(), clusters, (split,)), 1).route_for("h", "/")
+        for c, rtt in rtts.items():
+            self.inputs.rtt.on_probe(c, rtt, rtt, 0.0)
+        for (c, s), d in self.deps.items():
+            self.inputs.warmth.on_discovery(str(s), c, 0, d.cached_until > 0, 0.0)
+
+    # events
+    def at(self, t: float, kind: str, *data) -> None:
+        heapq.heappush(self.events, (t, next(self.seq), kind, data))
+
+    def run(self) -> list:
+        for t, s, handler in self.workload:
+            self.at(t, "arrive", s, handler)
+        while self.events:
+            t, _, kind, data = heapq.heappop(self.events)
+            getattr(self, "on_" + kind)(t, *data)
+        return self.results
+
+    def choose(self, now: float, s: int) -> str:
+        if self.policy == "static":
+            return self.rng.choices(list(CLUSTERS), weights=[WEIGHTS[c] for c in CLUSTERS])[0]
+        if self.policy == "round_robin":
+            return next(self.rr)
+        if self.policy == "lowest_rtt":
+            return min(CLUSTERS, key=self.rtts.get)
+        for c in CLUSTERS:
+            self.inputs.warmth.on_heartbeat(c, now)  # the discovery watches are current
+        d = choose_backend(self.route, self.inputs, now, self.rng, service=str(s))
+        for c in d.wake:
+            self.wake(now, c, s)
+        return d.backend.cluster
+
+    def on_arrive(self, now: float, s: int, handler: float) -> None:
+        c = self.choose(now, s)
+        self.inputs.inflight[c] = self.inputs.inflight.get(c, 0) + 1
+        self.at(now + self.rtts[c] / 2, "reach", c, s, handler, now)
+
+    def on_reach(self, now: float, c: str, s: int, handler: float, sent: float) -> None:
+        d = self.deps[(c, s)]
+        for i, busy in enumerate(d.pods):
+            if busy < CONCURRENCY:
+                d.pods[i] += 1
+                self.at(now + handler, "finish", c, s, i, sent, False)
+                return
+        d.queue.append((handler, sent))
+        if d.starting * CONCURRENCY < len(d.queue):
+            self.start_pod(now, c, s)
+
+    def start_pod(self, now: float, c: str, s: int) -> None:
+        d = self.deps[(c, s)]
+        cached = d.cached_until >= now
+        d.starting += 1
+        if not d.pods and d.starting == 1:
+            self.inputs.warmth.on_wake(str(s), c, now)
+        self.at(now + (COLD_CACHED_S if cached else COLD_UNCACHED_S), "ready", c, s)
+
+    def wake(self, now: float, c: str, s: int) -> None:
+        d = self.deps[(c, s)]
+        if not d.pods and not d.starting:
+            self.start_pod(now, c, s)
+
+    def on_ready(self, now: float, c: str, s: int) -> None:
+        d = self.deps[(c, s)]
+        d.starting -= 1
+        d.cached_until = math.inf
+        d.pods.append(0)
+        i = len(d.pods) - 1
+        self.publish(now, c, s)
+        while d.queue and d.pods[i] < CONCURRENCY:
+            handler, sent = d.queue.pop(0)
+            d.pods[i] += 1
+            self.at(now + handler, "finish", c, s, i, sent, True)
+        if d.pods[i] == 0:
+            self.schedule_idle(now, c, s)
+
+    def on_finish(self, now: float, c: str, s: int, i: int, sent: float, cold: bool) -> None:
+        d = self.deps[(c, s)]
+        latency = now - sent + self.rtts[c] / 2
+        self.results.append((latency, cold, c))
+        self.inputs.inflight[c] -= 1
+        self.inputs.rtt.on_first_byte(str(s), c, latency, now)
+        d.last_busy = now
+        if i < len(d.pods):
+            d.pods[i] -= 1
+            if d.queue:
+                handler, qsent = d.queue.pop(0)
+                d.pods[i] += 1
+                self.at(now + handler, "finish", c, s, i, qsent, False)
+        if all(b == 0 for b in d.pods):
+            self.schedule_idle(now, c, s)
+
+    def schedule_idle(self, now: float, c: str, s: int) -> None:
+        d = self.deps[(c, s)]
+        d.idle_token += 1
+        self.at(now + IDLE_S, "idle", c, s, d.idle_token)
+
+    def on_idle(self, now: float, c: str, s: int, token: int) -> None:
+        d = self.deps[(c, s)]
+        if token != d.idle_token or any(d.pods) or d.queue or not d.pods:
+            return
+        d.pods = []  # scale to zero
+        d.cached_until = now + IMAGE_TTL_S
+        self.publish(now, c, s)
+
+    def publish(self, now: float, c: str, s: int) -> None:
+        """What a Kubernetes watch would tell the router."""
+        d = self.deps[(c, s)]
+        self.inputs.warmth.on_discovery(str(s), c, len(d.pods), d.cached_until >= now, now,
+                                        len(d.pods) * CONCURRENCY or None)
+
+
+def summarise(results: list) -> dict:
+    lat = sorted(r[0] for r in results)
+    n = len(lat)
+
+    def pct(p: float) -> float:
+        return round(lat[min(int(p * n), n - 1)] * 1000, 1)
+    return {"requests": n, "cold_share": round(sum(1 for r in results if r[1]) / n, 4),
+            "mean_ms": round(sum(lat) / n * 1000, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "p999_ms": pct(0.999), "cross_region_share": round(sum(1 for r in results if r[2] != "us-west") / n, 4)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rtts = rtt_table()
+    workload = make_workload(random.Random(args.seed), args.minutes * 60)
+    report = {"seed": args.seed, "minutes": args.minutes, "requests": len(workload),
+              "rtt_ms": {c: round(v * 1000, 1) for c, v in rtts.items()}, "policies": {}}
+    for policy in ("static", "round_robin", "lowest_rtt", "router"):
+        report["policies"][policy] = summarise(Sim(policy, workload, args.seed, rtts).run())
+    p = report["policies"]
+    report["targets"] = {
+        "cold_share_router_vs_static": round(p["router"]["cold_share"] / max(p["static"]["cold_share"], 1e-9), 3),
+        "p99_router_vs_static": round(p["router"]["p99_ms"] / p["static"]["p99_ms"], 3),
+        "mean_router_vs_lowest_rtt": round(p["router"]["mean_ms"] / p["lowest_rtt"]["mean_ms"], 3)}
+    print(f"{len(workload)} requests over {args.minutes:g} min, seed {args.seed}; RTT ms {report['rtt_ms']}")
+    print(f"{'policy':<12}{'cold':>8}{'mean ms':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'cross-region':>14}")
+    for name, r in p.items():
+        print(f"{name:<12}{r['cold_share']:>8.2%}{r['mean_ms']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['p999_ms']:>9.1f}{r['cross_region_share']:>14.2%}")
+    print("targets (router cold/static <= 0.333, p99 router/static <= 0.5, mean router/lowest_rtt <= 1.10):",
+          json.dumps(report["targets"]))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

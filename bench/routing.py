@@ -64,7 +64,8 @@ def make_workload(rng: random.Random, duration_s: float) -> list[tuple[float, in
     arrivals = []
     for s in range(SERVICES):
         rate = TOTAL_RATE * (ranks[s] ** -ZIPF_S) / norm
-        median = math.exp(rng.uniform(math.log(0.05), math.log(1.5)))  # per-service handler median
+        # Per-service median handler time, log-uniform 0.1-10 s: about half of functions under one second.
+        median = math.exp(rng.uniform(math.log(0.1), math.log(10.0)))
         # On/off bursts: on periods (mean 60 s) carry 20x the off rate (mean 600 s).
         on_mean, off_mean, ratio = 60.0, 600.0, 20.0
         off_rate = rate * (on_mean + off_mean) / (on_mean * ratio + off_mean)
@@ -106,9 +107,10 @@ class Sim:
         self.deps = {(c, s): Deployment(cache_rng.random() < 0.5) for s in range(SERVICES) for c in CLUSTERS}
         self.events: list = []
         self.seq = itertools.count()
-        self.results: list[tuple[float, bool, str]] = []  # latency, waited on a cold start, cluster
+        self.results: list[tuple[float, bool, str, float]] = []  # latency, waited cold, cluster, handler
         self.rr = itertools.cycle(sorted(CLUSTERS, key=lambda c: -WEIGHTS[c]))
         self.inputs = PolicyInputs()
+        self.handlers: dict = {}
         clusters = tuple(ClusterConfig(n, (), Endpoint("http", n, 80)) for n in CLUSTERS)
         split = SplitConfig("seed", "trafficsplit", (), "/", tuple(Backend(n, WEIGHTS[n]) for n in CLUSTERS),
                             "latency-aware", 0.2)
@@ -146,8 +148,9 @@ class Sim:
 
     def on_arrive(self, now: float, s: int, handler: float) -> None:
         c = self.choose(now, s)
-        self.inputs.inflight[c] = self.inputs.inflight.get(c, 0) + 1
+        self.inputs.start(str(s), c)
         self.at(now + self.rtts[c] / 2, "reach", c, s, handler, now)
+        self.handlers[(s, now)] = handler
 
     def on_reach(self, now: float, c: str, s: int, handler: float, sent: float) -> None:
         d = self.deps[(c, s)]
@@ -190,8 +193,8 @@ class Sim:
     def on_finish(self, now: float, c: str, s: int, i: int, sent: float, cold: bool) -> None:
         d = self.deps[(c, s)]
         latency = now - sent + self.rtts[c] / 2
-        self.results.append((latency, cold, c))
-        self.inputs.inflight[c] -= 1
+        self.results.append((latency, cold, c, self.handlers.pop((s, sent), 0.0)))
+        self.inputs.finish(str(s), c)
         self.inputs.rtt.on_first_byte(str(s), c, latency, now)
         d.last_busy = now
         if i < len(d.pods):
@@ -223,15 +226,29 @@ class Sim:
                                         len(d.pods) * CONCURRENCY or None)
 
 
+def workload_shape(workload: list, minutes: float) -> dict:
+    """The facts from ../shared/data/README.md the workload is meant to show."""
+    per_service = [0] * SERVICES
+    for _, s, _ in workload:
+        per_service[s] += 1
+    ranked = sorted(per_service, reverse=True)
+    handlers = sorted(h for _, _, h in workload)
+    return {"services_under_1_per_min": round(sum(1 for n in per_service if n / minutes < 1) / SERVICES, 3),
+            "top_20pct_services_share": round(sum(ranked[:SERVICES // 5]) / max(len(workload), 1), 3),
+            "handler_under_1s_share": round(sum(1 for h in handlers if h < 1) / max(len(handlers), 1), 3)}
+
+
 def summarise(results: list) -> dict:
     lat = sorted(r[0] for r in results)
+    delay = sorted(r[0] - r[3] for r in results)  # what routing adds: RTT, queueing, cold-start wait
     n = len(lat)
 
-    def pct(p: float) -> float:
-        return round(lat[min(int(p * n), n - 1)] * 1000, 1)
+    def pct(values: list, p: float) -> float:
+        return round(values[min(int(p * n), n - 1)] * 1000, 1)
     return {"requests": n, "cold_share": round(sum(1 for r in results if r[1]) / n, 4),
-            "mean_ms": round(sum(lat) / n * 1000, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "p999_ms": pct(0.999), "cross_region_share": round(sum(1 for r in results if r[2] != "us-west") / n, 4)}
+            "mean_ms": round(sum(lat) / n * 1000, 1), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+            "p999_ms": pct(lat, 0.999), "cross_region_share": round(sum(1 for r in results if r[2] != "us-west") / n, 4),
+            "delay_mean_ms": round(sum(delay) / n * 1000, 1), "delay_p99_ms": pct(delay, 0.99)}
 
 
 def main() -> int:
@@ -243,19 +260,23 @@ def main() -> int:
     rtts = rtt_table()
     workload = make_workload(random.Random(args.seed), args.minutes * 60)
     report = {"seed": args.seed, "minutes": args.minutes, "requests": len(workload),
-              "rtt_ms": {c: round(v * 1000, 1) for c, v in rtts.items()}, "policies": {}}
+              "rtt_ms": {c: round(v * 1000, 1) for c, v in rtts.items()}, "workload": workload_shape(workload, args.minutes),
+              "policies": {}}
     for policy in ("static", "round_robin", "lowest_rtt", "router"):
         report["policies"][policy] = summarise(Sim(policy, workload, args.seed, rtts).run())
     p = report["policies"]
     report["targets"] = {
         "cold_share_router_vs_static": round(p["router"]["cold_share"] / max(p["static"]["cold_share"], 1e-9), 3),
         "p99_router_vs_static": round(p["router"]["p99_ms"] / p["static"]["p99_ms"], 3),
-        "mean_router_vs_lowest_rtt": round(p["router"]["mean_ms"] / p["lowest_rtt"]["mean_ms"], 3)}
+        "mean_router_vs_lowest_rtt": round(p["router"]["mean_ms"] / p["lowest_rtt"]["mean_ms"], 3),
+        "delay_p99_router_vs_static": round(p["router"]["delay_p99_ms"] / p["static"]["delay_p99_ms"], 3)}
     print(f"{len(workload)} requests over {args.minutes:g} min, seed {args.seed}; RTT ms {report['rtt_ms']}")
-    print(f"{'policy':<12}{'cold':>8}{'mean ms':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'cross-region':>14}")
+    print(f"workload: {json.dumps(report['workload'])}")
+    print(f"{'policy':<12}{'cold':>8}{'mean ms':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'cross-region':>14}"
+          f"{'delay mean':>12}{'delay p99':>11}")
     for name, r in p.items():
         print(f"{name:<12}{r['cold_share']:>8.2%}{r['mean_ms']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['p999_ms']:>9.1f}{r['cross_region_share']:>14.2%}")
+              f"{r['p999_ms']:>9.1f}{r['cross_region_share']:>14.2%}{r['delay_mean_ms']:>12.1f}{r['delay_p99_ms']:>11.1f}")
     print("targets (router cold/static <= 0.333, p99 router/static <= 0.5, mean router/lowest_rtt <= 1.10):",
           json.dumps(report["targets"]))
     if args.out:

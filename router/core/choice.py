@@ -48,7 +48,22 @@ class PolicyInputs:
     health: HealthState = field(default_factory=HealthState)
     rtt: RttState = field(default_factory=RttState)
     warmth: WarmthState = field(default_factory=WarmthState)
-    inflight: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)  # cluster -> requests in flight
+    inflight_service: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, cluster) -> same
+
+    def start(self, service: str, cluster: str) -> None:
+        self.inflight[cluster] = self.inflight.get(cluster, 0) + 1
+        key = (service, cluster)
+        self.inflight_service[key] = self.inflight_service.get(key, 0) + 1
+
+    def finish(self, service: str, cluster: str) -> None:
+        self.inflight[cluster] -= 1
+        self.inflight_service[(service, cluster)] -= 1
+
+    def saturated(self, service: str, cluster: str) -> bool:
+        """Every ready replica is busy: the next request waits for one more to start."""
+        st = self.warmth.get(service, cluster)
+        return bool(st is not None and st.capacity and self.inflight_service.get((service, cluster), 0) >= st.capacity)
 
     def expected(self, service: str, b: RouteBackend, now: float) -> float:
         rtt = self.rtt.rtt(b.cluster) or 0.0
@@ -57,7 +72,10 @@ class PolicyInputs:
         st = self.warmth.get(service, b.cluster)
         queue = 0.0
         if st is not None and st.capacity:
-            queue = self.inflight.get(b.cluster, 0) / st.capacity * server
+            busy = self.inflight_service.get((service, b.cluster), 0)
+            if busy >= st.capacity and not cold:
+                cold = self.warmth.model(service, b.cluster).estimate(True)  # scale-up: image is there
+            queue = busy / st.capacity * server
         return rtt + server + cold + queue
 
     def breakdown(self, service: str, b: RouteBackend, now: float) -> dict:
@@ -65,7 +83,8 @@ class PolicyInputs:
         return {"rtt_s": self.rtt.rtt(b.cluster), "server_s": self.rtt.server_time(service, b.cluster),
                 "cold_s": self.warmth.expected_cold_s(service, b.cluster, now),
                 "warmth": self.warmth.warmth(service, b.cluster, now).value,
-                "inflight": self.inflight.get(b.cluster, 0), "expected_s": self.expected(service, b, now)}
+                "inflight": self.inflight_service.get((service, b.cluster), 0),
+                "saturated": self.saturated(service, b.cluster), "expected_s": self.expected(service, b, now)}
 
 
 def _weighted(candidates, rng: random.Random) -> RouteBackend:
@@ -113,7 +132,10 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             reason = reason if reason != "weighted" else "spillover"
 
     cost = {b.cluster: inputs.expected(service, b, now) for b in eligible}
-    warm = [b for b in eligible if warmth.warmth(service, b.cluster, now) in (Warmth.WARM, Warmth.UNKNOWN)]
+    # Warm: a ready replica with room (or unknown state). A saturated copy counts as cold: the
+    # request would wait for a new replica to start.
+    warm = [b for b in eligible if warmth.warmth(service, b.cluster, now) in (Warmth.WARM, Warmth.UNKNOWN)
+            and not inputs.saturated(service, b.cluster)]
     wake: tuple[str, ...] = ()
     if warm and len(warm) < len(eligible):
         best_warm = min(cost[b.cluster] for b in warm)

@@ -17,6 +17,7 @@ class RttState:
         self.network: dict[str, PeakEwma] = {}
         self.probe_http: dict[str, PeakEwma] = {}
         self.server: dict[tuple[str, str], PeakEwma] = {}
+        self.by_service: dict[str, dict[str, PeakEwma]] = {}  # the same estimates, by service
 
     def _ewma(self, table: dict, key) -> PeakEwma:
         e = table.get(key)
@@ -34,7 +35,11 @@ class RttState:
 
     def on_first_byte(self, service: str, cluster: str, ttfb_s: float, now: float) -> None:
         net = self.rtt(cluster) or 0.0
-        self._ewma(self.server, (service, cluster)).observe(max(ttfb_s - net, 0.0), now)
+        e = self.server.get((service, cluster))
+        if e is None:
+            e = self.server[(service, cluster)] = PeakEwma(self.decay_s)
+            self.by_service.setdefault(service, {})[cluster] = e
+        e.observe(max(ttfb_s - net, 0.0), now)
 
     def rtt(self, cluster: str) -> float | None:
         e = self.probe_http.get(cluster) or self.network.get(cluster)
@@ -45,5 +50,13 @@ class RttState:
         return e.value if e is not None else None
 
     def server_time(self, service: str, cluster: str) -> float:
+        """Measured here, else what the same service takes in other clusters (same code), else 0."""
         e = self.server.get((service, cluster))
-        return e.value if e is not None and e.value is not None else 0.0
+        if e is not None and e.value is not None:
+            return e.value
+        elsewhere = self.by_service.get(service)
+        if elsewhere:
+            values = [v.value for v in elsewhere.values() if v.value is not None]
+            if values:
+                return sum(values) / len(values)
+        return 0.0

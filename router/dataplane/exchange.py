@@ -102,7 +102,7 @@ class Exchange:
         if decision.wake:
             ctx.hint_wake(self.service, decision.wake)
         self.counted = decision.backend.cluster
-        ctx.inflight[self.counted] = ctx.inflight.get(self.counted, 0) + 1
+        ctx.policy.start(self.service, self.counted)
         conn = ctx.pool.take_idle(self.backend.pool_key)
         if conn is not None:
             self._attach(conn)
@@ -284,7 +284,7 @@ class Exchange:
     # --- bookkeeping --------------------------------------------------------------------
     def _uncount(self) -> None:
         if self.counted is not None:
-            self.ctx.inflight[self.counted] -= 1
+            self.ctx.policy.finish(self.service, self.counted)
             self.counted = None
 
     def _end(self) -> None:

@@ -99,13 +99,26 @@ def test_warm_preferred_and_cold_cluster_woken_in_background():
 
 
 def test_cold_cluster_still_chosen_when_faster_than_the_warm_one():
-    p = inputs_with_rtt({"us-west": 0.19, "eu-central": 0.01, "ap-east": 0.01})
-    p.warmth.on_discovery("svc", "us-west", 1, True, 0.0)
-    p.rtt.on_first_byte("svc", "us-west", 0.19 + 2.5, 0.0)  # a slow handler there: 2.5 s server time
-    p.warmth.on_discovery("svc", "eu-central", 0, True, 0.0)  # 1 s cold start beats 2.69 s
-    p.warmth.on_discovery("svc", "ap-east", 0, False, 0.0)    # 6 s does not
-    got = shares(route(), p, 1.0, service="svc")
+    # No maxRTT: the warm copy is 1.5 s away, a cached cold copy next door starts in 1 s.
+    p = inputs_with_rtt({"us-west": 1.5, "eu-central": 0.01, "ap-east": 0.01})
+    p.warmth.on_discovery("svc", "us-west", 1, True, 0.0, capacity=10)
+    p.warmth.on_discovery("svc", "eu-central", 0, True, 0.0)  # 0.01 + 1 s beats 1.5 s
+    p.warmth.on_discovery("svc", "ap-east", 0, False, 0.0)    # 0.01 + 6 s does not
+    got = shares(route(max_rtt=None), p, 1.0, service="svc")
     assert set(got) == {"us-west", "eu-central"}
+
+
+def test_saturated_warm_copy_counts_as_cold():
+    p = inputs_with_rtt({n: 0.02 for n in NAMES})
+    p.warmth.on_discovery("svc", "us-west", 1, True, 0.0, capacity=10)
+    p.warmth.on_discovery("svc", "eu-central", 1, True, 0.0, capacity=10)
+    p.warmth.on_discovery("svc", "ap-east", 0, False, 0.0)
+    for _ in range(10):
+        p.start("svc", "us-west")  # every replica in us-west busy
+    assert p.saturated("svc", "us-west")
+    assert set(shares(route(), p, 1.0, service="svc")) == {"eu-central"}
+    p.finish("svc", "us-west")
+    assert set(shares(route(), p, 1.0, service="svc")) == {"us-west", "eu-central"}
 
 
 def test_nothing_warm_picks_the_soonest_ready_and_wakes_it():
@@ -183,3 +196,16 @@ def test_weighted_algorithm_ignores_rtt():
     p = inputs_with_rtt({"us-west": 0.5, "eu-central": 0.5, "ap-east": 0.5})
     got = shares(route(algorithm="weighted"), p, 1.0)
     assert abs(got["us-west"] - 0.45) < 0.03
+
+
+def test_unmeasured_server_time_borrows_the_service_time_elsewhere():
+    p = inputs_with_rtt({n: 0.01 for n in NAMES})
+    p.rtt.on_first_byte("svc", "us-west", 0.01 + 3.0, 0.0)  # a 3 s handler, measured in us-west
+    assert p.rtt.server_time("svc", "eu-central") == pytest.approx(3.0)
+    assert p.rtt.server_time("other", "eu-central") == 0.0
+    # so a cold copy elsewhere is not mistaken for a faster one: 1 s cold start + 3 s handler
+    p.warmth.on_discovery("svc", "us-west", 1, True, 0.0)
+    p.warmth.on_discovery("svc", "eu-central", 0, True, 0.0)
+    p.warmth.on_discovery("svc", "ap-east", 0, True, 0.0)
+    assert {choose_backend(route(), p, 1.0, random.Random(i), service="svc").backend.cluster
+            for i in range(50)} == {"us-west"}

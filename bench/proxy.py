@@ -160,6 +160,7 @@ kind: TrafficSplit
 metadata: {{name: bench}}
 spec:
   clusters: [{{name: local, weight: 1}}]
+  strategy: {{algorithm: latency-aware, params: {{maxRTT: 200ms}}}}
 """)
         router = start([sys.executable, "-m", "router", "serve", "--config", f"{work}/router.yaml",
                         "--listen", f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0",

@@ -105,11 +105,16 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
     if isinstance(inputs, HealthState):
         inputs = PolicyInputs(health=inputs)
     health, warmth = inputs.health, inputs.warmth
-    if not tried and not health.clusters and affinity is None and (
-            route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
-        if not route.live:
-            return Reject(502, f"no cluster with weight for route {route.name}")
-        return Forward(_weighted(route.live, rng))  # the common case, kept cheap
+    live_all = route.live
+    if not tried:
+        if len(live_all) == 1:  # one cluster: nothing to choose (health only shapes the reason)
+            only = live_all[0]
+            return Forward(only, "weighted" if health.is_healthy(only.cluster, now) else "panic")
+        if not health.clusters and affinity is None and (
+                route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
+            if not live_all:
+                return Reject(502, f"no cluster with weight for route {route.name}")
+            return Forward(_weighted(live_all, rng))  # the common case, kept cheap
 
     live = [b for b in route.live if b.cluster not in tried]
     panic = health.in_panic([b.cluster for b in route.live], now)
@@ -131,11 +136,14 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
             reason = reason if reason != "weighted" else "spillover"
 
-    cost = {b.cluster: inputs.expected(service, b, now) for b in eligible}
     # Warm: a ready replica with room (or unknown state). A saturated copy counts as cold: the
     # request would wait for a new replica to start.
-    warm = [b for b in eligible if warmth.warmth(service, b.cluster, now) in (Warmth.WARM, Warmth.UNKNOWN)
-            and not inputs.saturated(service, b.cluster)]
+    if warmth.states:
+        warm = [b for b in eligible if warmth.warmth(service, b.cluster, now) in (Warmth.WARM, Warmth.UNKNOWN)
+                and not inputs.saturated(service, b.cluster)]
+    else:
+        warm = eligible  # no discovery data at all: every state is unknown
+    cost = {b.cluster: inputs.expected(service, b, now) for b in eligible} if len(warm) < len(eligible) else None
     wake: tuple[str, ...] = ()
     if warm and len(warm) < len(eligible):
         best_warm = min(cost[b.cluster] for b in warm)
@@ -162,7 +170,8 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             reason = "affinity"
     else:
         chosen = _weighted(candidates, rng)
-    return Forward(chosen, reason, cost[chosen.cluster], wake)
+    expected = cost[chosen.cluster] if cost is not None else inputs.expected(service, chosen, now)
+    return Forward(chosen, reason, expected, wake)
 
 
 def effective_weights(route: Route, health: HealthState, now: float) -> dict[str, float]:

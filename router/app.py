@@ -13,7 +13,9 @@ import socket
 
 from .config.model import Config
 from .config.values import parse_hostport
+from .control.activator import Activator
 from .control.discovery import StaticDiscovery
+from .control.wake import HttpWake
 from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader
 from .core.choice import effective_weights
@@ -30,7 +32,7 @@ class RouterApp:
     def __init__(self, paths: list[str], listen: str | None = None, admin: str | None = None,
                  watch_interval_s: float = 1.0, metrics: Metrics | None = None, run_admin: bool = True,
                  listen_sock: socket.socket | None = None, reuse_port: bool = False, count_reloads: bool = True,
-                 probes: bool | None = None):
+                 probes: bool | None = None, wake_trigger=None):
         self.source = ConfigSource(paths)
         self.config: Config = self.source.load()
         self.listen = parse_hostport(listen or self.config.router.listen)
@@ -49,6 +51,7 @@ class RouterApp:
         self.tasks: set[asyncio.Task] = set()
         self.stopped = asyncio.Event()
         self.probes_enabled = probes
+        self.wake_trigger = wake_trigger
         self.prober: Prober | None = None
         self.discovery = []
         count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
@@ -95,6 +98,7 @@ class RouterApp:
                                  lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result)
             self.prober.sync()
         self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth)]
+        ctx.activator = Activator(ctx, self.wake_trigger or HttpWake())
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -139,6 +143,8 @@ class RouterApp:
         self.ctx.pool.close_all()
         if self.prober is not None:
             self.prober.stop()
+        if self.ctx.activator is not None:
+            self.ctx.activator.stop()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import ClusterConfig, KubernetesRef, Limits, Probes, RouterSettings, ServiceConfig, Timeouts, Workload
+from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, RouterSettings, ServiceConfig,
+                    Timeouts, Workload)
 from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_quantity,
                      parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -151,7 +152,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
-                             "serverTiming", "via", "probes", "rttDecay", "decisionHeader"}):
+                             "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -197,7 +198,17 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           server_timing=doc.value(spec, "serverTiming", _bool, False),
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
-                          decision_header=doc.value(spec, "decisionHeader", _bool, False))
+                          decision_header=doc.value(spec, "decisionHeader", _bool, False),
+                          buffer=_read_buffer(doc, spec.get("buffer")))
+
+
+def _read_buffer(doc: Doc, node: Node | None) -> BufferSettings:
+    d = BufferSettings()
+    if not doc.fields(node, {"perService", "total", "maxBytes"}):
+        return d
+    return BufferSettings(doc.value(node, "perService", _positive_int, d.per_service),
+                          doc.value(node, "total", _positive_int, d.total),
+                          doc.value(node, "maxBytes", parse_size, d.max_bytes))
 
 
 def _hosts(doc: Doc, nodes: list[Node]) -> tuple[str, ...]:
@@ -279,7 +290,8 @@ def read_affinity(doc: Doc, node: Node | None) -> tuple[str, str] | None:
 def read_service(doc: Doc) -> ServiceConfig | None:
     name = doc.name()
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"hosts", "workload", "containerConcurrency", "state"}, {"hosts"}):
+    if not doc.fields(spec, {"hosts", "workload", "containerConcurrency", "state", "holdLimit", "wake",
+                             "readinessPath", "wakeParallelism", "spillover"}, {"hosts"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -301,9 +313,28 @@ def read_service(doc: Doc) -> ServiceConfig | None:
                 doc.error(child, f"state must be warm, cached or cold, got {child.value!r}")
             else:
                 state.append((str(cluster), child.value))
+    wake_path, wake_method = None, "GET"
+    wnode = spec.get("wake")
+    if doc.fields(wnode, {"http"}):
+        hnode = wnode.get("http")
+        if doc.fields(hnode, {"path", "method"}):
+            wake_path = doc.value(hnode, "path", _path_prefix, "/")
+            wake_method = doc.value(hnode, "method", _http_method, "GET")
+    parallel = doc.value(spec, "wakeParallelism", _positive_int, 1)
+    if parallel > 2:
+        doc.error(spec.get("wakeParallelism"), "wakeParallelism must be 1 or 2")
     if not name:
         return None
-    return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}")
+    return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}",
+                         doc.value(spec, "holdLimit", _positive_duration, 30.0), wake_path, wake_method,
+                         doc.value(spec, "readinessPath", _path_prefix, "/"), min(parallel, 2),
+                         doc.value(spec, "spillover", _bool, False))
+
+
+def _http_method(v: Any) -> str:
+    if v not in ("GET", "POST", "HEAD", "PUT"):
+        raise ValueError(f"method must be GET, POST, HEAD or PUT, got {v!r}")
+    return v
 
 
 def _workload_kind(v: Any) -> str:

@@ -78,6 +78,12 @@ class ServiceConfig:
     container_concurrency: int | None = None
     static_state: tuple[tuple[str, str], ...] = ()  # (cluster, warm|cached|cold) without discovery
     source: str = ""
+    hold_limit_s: float = 30.0
+    wake_path: str | None = None  # HTTP wake: request this path on the cluster with the service's Host
+    wake_method: str = "GET"
+    readiness_path: str = "/"
+    wake_parallelism: int = 1
+    spillover: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,13 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class BufferSettings:
+    per_service: int = 1000
+    total: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Probes:
     enabled: bool = True
     interval_s: float = 1.0
@@ -121,6 +134,7 @@ class RouterSettings:
     probes: Probes = field(default_factory=Probes)
     rtt_decay_s: float = 10.0
     decision_header: bool = False
+    buffer: BufferSettings = field(default_factory=BufferSettings)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
     health, warmth = inputs.health, inputs.warmth
     live_all = route.live
     if not tried:
-        if len(live_all) == 1:  # one cluster: nothing to choose (health only shapes the reason)
+        if len(live_all) == 1 and not warmth.states:  # one cluster, no warm/cold data: nothing to choose
             only = live_all[0]
             return Forward(only, "weighted" if health.is_healthy(only.cluster, now) else "panic")
         if not health.clusters and affinity is None and (

@@ -29,6 +29,7 @@ class ProxyContext:
         self.health = self.policy.health
         self.inflight = self.policy.inflight  # cluster -> requests in flight there
         self.retry_budget = RetryBudget()
+        self.activator = None  # set by the app: holds requests while a service starts
         self.wake_hints: dict[tuple[str, str], float] = {}  # (service, cluster) -> last hinted
         self.rng = rng or random.Random()
         self.settings: RouterSettings = snapshot.config.router

@@ -12,13 +12,13 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from ..core.affinity import affinity_key
-from ..core.choice import Reject, choose_backend
+from ..core.choice import Forward, Reject, choose_backend
 from .headers import HttpReject, response_head, simple_response, upstream_request_head
 from .upstream import UpstreamConnection
 
 REPLAY_LIMIT = 64 * 1024
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-PAUSE_UPSTREAM = 2  # mirrors server.PAUSE_UPSTREAM
+PAUSE_UPSTREAM, PAUSE_HELD = 2, 8  # mirror server.PAUSE_*
 
 
 class Request:
@@ -67,6 +67,9 @@ class Exchange:
         self.retrying = False  # the current try is a retry (holds a place in the retry budget)
         self.sent_at = 0.0
         self.ended = False
+        self.hold_id: int | None = None  # while held by the activator
+        self.held_s: float | None = None  # how long it was held, once released
+        self.released_to: str | None = None
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -95,6 +98,11 @@ class Exchange:
                                       self.service, self.affinity)
         if isinstance(decision, Reject):
             self.respond_error(decision.status, decision.reason, cluster="-")
+            return
+        if decision.reason == "cold" and self.hold_id is None and self.held_s is None \
+                and ctx.activator is not None and ctx.activator.can_hold(self.service):
+            ctx.metrics.count_decision("hold")
+            ctx.activator.hold(self, decision)  # released into _choose again, or answered 503/504
             return
         self.decision = decision
         self.backend = decision.backend
@@ -231,7 +239,10 @@ class Exchange:
             d = self.decision
             expected = f"; expected-ms={d.expected_s * 1000:.1f}" if d.expected_s is not None else ""
             parts.append(f"x-router-decision: {d.reason}{expected}\r\n".encode())
-        if self.ctx.settings.server_timing:
+        if self.held_s is not None:
+            parts.append(b"Server-Timing: queue;dur=%.1f, cold;desc=%s\r\n" % (self.held_s * 1000,
+                                                                              self.released_to.encode()))
+        elif self.ctx.settings.server_timing:
             parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
         if status != 101:
             if not self.keep_alive:
@@ -287,11 +298,34 @@ class Exchange:
             self.ctx.policy.finish(self.service, self.counted)
             self.counted = None
 
+    # --- holding (scale from zero) -------------------------------------------------------
+    def on_held(self, hold_id: int) -> None:
+        self.hold_id = hold_id
+        self.conn.upstream_timer.deadline = 0.0
+        if self.req.facts["chunked"] or (self.req.facts["content_length"] or 0) > 0:
+            self.conn.pause(PAUSE_HELD)  # the body stays in the client's socket while held
+
+    def release(self, cluster: str, waited_s: float) -> None:
+        """The activator found a ready copy in `cluster`: forward there now."""
+        self.hold_id = None
+        self.held_s = waited_s
+        self.released_to = cluster
+        self.conn.resume(PAUSE_HELD)
+        backend = next((b for b in self.route.backends if b.cluster == cluster), None)
+        if backend is None:  # the route changed while held
+            self._choose()
+            return
+        self._choose(Forward(backend, "cold", waited_s))
+
     def _end(self) -> None:
         """Once per request: give back its in-flight place and its retry budget share."""
         if self.ended:
             return
         self.ended = True
+        if self.released_to is not None and self.ctx.activator is not None and self.counted is not None:
+            counted, service = self.counted, self.service
+            self._uncount()
+            self.ctx.activator.finished(service, counted)
         self._uncount()
         budget = self.ctx.retry_budget
         if self.retrying:
@@ -387,8 +421,10 @@ class Exchange:
         self._end()
         self.conn.abort()
 
-    def respond_error(self, status: int, reason: str, cluster: str | None = None) -> None:
+    def respond_error(self, status: int, reason: str, cluster: str | None = None,
+                      retry_after_s: float | None = None) -> None:
         self.finished = True
+        self.hold_id = None
         self._cancel_header_timer()
         if self.upstream is not None:
             up, self.upstream = self.upstream, None
@@ -401,7 +437,7 @@ class Exchange:
         keep = self.keep_alive and self.req.complete and not self.ctx.draining
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
         if status == 503:
-            extra.append(("Retry-After", "1"))
+            extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
         self.ctx.metrics.count_request(cluster, status, self.ctx.clock() - self.req.t0)
         self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
         self._end()
@@ -410,6 +446,9 @@ class Exchange:
     def on_client_lost(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.hold_id is not None and self.ctx.activator is not None:
+            self.ctx.activator.gone(self.hold_id, self.service)  # nothing went upstream
+            self.hold_id = None
         if not self.finished:
             self.finished = True
             self._cancel_header_timer()

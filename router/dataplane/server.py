@@ -17,7 +17,7 @@ from .exchange import Exchange, Request
 from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
 from .timers import LazyTimer
 
-PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED = 1, 2, 4
+PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED, PAUSE_HELD = 1, 2, 4, 8
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 
@@ -324,6 +324,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _stop(self) -> None:
         self.stopped = True
+        if self.lingering or self.closed:
+            return  # already answered and draining the client's input: keep the linger timer and reading
         self._cancel_timer()
         self.pause(PAUSE_STOPPED)
 

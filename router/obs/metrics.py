@@ -39,6 +39,17 @@ class Metrics:
         self.wake_hints = Counter("router_wake_hints_total",
                                   "Cold clusters the choice skipped and asked to wake, by cluster", ["cluster"],
                                   registry=r)
+        self.buffered = Gauge("router_buffered_requests", "Requests held while a service starts", ["service"],
+                              registry=r, multiprocess_mode="livesum")
+        self.buffer_wait = Histogram("router_buffer_wait_seconds", "Time held before release",
+                                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60), registry=r)
+        self.buffer_outcomes = Counter("router_buffer_outcomes_total", "How held requests ended", ["outcome"],
+                                       registry=r)
+        self.cold_start = Histogram("router_cold_start_seconds", "Wake to ready, per cluster",
+                                    ["cluster", "image_cached"], buckets=(0.25, 0.5, 1, 2, 4, 6, 8, 12, 20, 30, 60),
+                                    registry=r)
+        self.wakes = Counter("router_wakes_total", "Wake triggers by cluster and result", ["cluster", "result"],
+                             registry=r)
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)

@@ -294,3 +294,13 @@ async def test_response_hop_by_hop_headers_are_removed(router):
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_immediate_error_on_a_closing_connection_closes_promptly(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}, hosts=["api.example.com"]))
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: other.org\r\nConnection: close\r\n\r\n", timeout_s=5)
+    assert raw.startswith(b"HTTP/1.1 404") and loop.time() - t < 1
+    await wait_for(lambda: not app.ctx.connections, timeout_s=1, what="router side closed")

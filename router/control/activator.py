@@ -1,0 +1,202 @@
+"""Activator: executes the activation buffer's decisions for held requests.
+
+When the choice finds no warm copy anywhere eligible (reason "cold") and the service has a
+wake trigger, the exchange is held here: the wake set is woken (the soonest-ready clusters,
+`wakeParallelism` of them), readiness is polled every 50 ms through each woken cluster's
+ingress, and on the first ready signal held requests are released in FIFO order, paced by
+the cluster's capacity. Deadlines expire into 504; predicted misses and overflow into 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+
+from ..config.model import ClusterConfig, ServiceConfig
+from ..core.buffer import ActivationBuffer, BufferLimits, Refuse
+from ..core.warmth import Warmth
+from .wake import WakeManager, WakeTrigger
+
+log = logging.getLogger("router.activator")
+POLL_INTERVAL_S = 0.05
+POLL_TIMEOUT_S = 0.5
+
+
+def client_deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """x-request-timeout: seconds; grpc-timeout: 1-8 digits and a unit (H M S m u n)."""
+    units = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+    for name, value in headers:
+        lname = name.lower()
+        try:
+            if lname == b"x-request-timeout":
+                v = float(value.strip())
+                if v > 0:
+                    return v
+            elif lname == b"grpc-timeout":
+                v = value.strip()
+                if 1 < len(v) <= 9 and v[:-1].isdigit() and v[-1:] in units:
+                    return int(v[:-1]) * units[v[-1:]]
+        except ValueError:
+            continue
+    return None
+
+
+class Activator:
+    def __init__(self, ctx, trigger: WakeTrigger):
+        self.ctx = ctx
+        b = ctx.settings.buffer
+        self.buffer = ActivationBuffer(BufferLimits(b.per_service, b.total, b.max_bytes))
+        self.waiting: dict[int, object] = {}
+        self.ids = itertools.count(1)
+        self.wakes = WakeManager(trigger, self._on_woken, lambda c, r: ctx.metrics.wakes.labels(c, r).inc())
+        self.pollers: dict[tuple[str, str], asyncio.Task] = {}
+        self.deadline_handle: asyncio.TimerHandle | None = None
+
+    # --- used by the exchange -----------------------------------------------------------
+    def service(self, name: str) -> ServiceConfig | None:
+        for svc in self.ctx.snapshot.config.services:
+            if svc.name == name:
+                return svc
+        return None
+
+    def can_hold(self, service: str) -> bool:
+        svc = self.service(service)
+        return svc is not None and svc.wake_path is not None
+
+    def hold(self, ex, decision) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        svc = self.service(ex.service)
+        wake_set = self._wake_set(ex, svc, decision, now)
+        ready_in = min((ctx.policy.warmth.expected_cold_s(svc.name, c.name, now) for c in wake_set), default=None)
+        limit = svc.hold_limit_s
+        client = client_deadline_s(ex.req.headers)
+        deadline = now + (min(limit, client) if client else limit)
+        hid = next(self.ids)
+        res = self.buffer.on_hold(hid, svc.name, ex.req.head_size + 512, now, deadline, ready_in)
+        if isinstance(res, Refuse):
+            ctx.metrics.buffer_outcomes.labels("rejected").inc()
+            ex.respond_error(503, res.reason, retry_after_s=res.retry_after_s)
+            return
+        self.waiting[hid] = ex
+        ex.on_held(hid)
+        ctx.metrics.buffered.labels(svc.name).set(self.buffer.held(svc.name))
+        for cluster in wake_set:
+            ctx.policy.warmth.on_wake(svc.name, cluster.name, now)
+            self.wakes.request(svc, cluster)
+            self._poll(svc, cluster)
+        self._arm_deadline()
+
+    def finished(self, service: str, cluster: str) -> None:
+        self._release(self.buffer.on_finished(service, cluster, self.ctx.clock()))
+
+    def gone(self, hid: int, service: str) -> None:
+        if self.buffer.on_gone(hid, service):
+            self.waiting.pop(hid, None)
+            self.ctx.metrics.buffer_outcomes.labels("client_gone").inc()
+            self.ctx.metrics.buffered.labels(service).set(self.buffer.held(service))
+
+    # --- internals ----------------------------------------------------------------------
+    def _wake_set(self, ex, svc: ServiceConfig, decision, now: float) -> list[ClusterConfig]:
+        """The clusters expected to be ready soonest (cached image and low RTT first)."""
+        policy = self.ctx.policy
+        candidates = [b for b in ex.route.live
+                      if policy.warmth.warmth(svc.name, b.cluster, now) in (Warmth.CACHED, Warmth.COLD,
+                                                                            Warmth.WAKING)
+                      and policy.health.is_healthy(b.cluster, now)]
+        candidates.sort(key=lambda b: policy.expected(svc.name, b, now))
+        chosen = [decision.backend] + [b for b in candidates if b is not decision.backend]
+        names = [b.cluster for b in chosen[:svc.wake_parallelism]]
+        return [c for c in self.ctx.snapshot.config.clusters if c.name in names]
+
+    def _poll(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
+        key = (svc.name, cluster.name)
+        if key not in self.pollers:
+            self.pollers[key] = asyncio.get_running_loop().create_task(self._poll_loop(svc, cluster))
+
+    async def _poll_loop(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
+        key = (svc.name, cluster.name)
+        try:
+            while self.buffer.held(svc.name):
+                warm = self.ctx.policy.warmth.warmth(svc.name, cluster.name, self.ctx.clock()) == Warmth.WARM
+                if warm or await self._ready(svc, cluster):
+                    self._on_ready(svc, cluster)
+                    return
+                await asyncio.sleep(POLL_INTERVAL_S)
+        finally:
+            if self.pollers.get(key) is asyncio.current_task():
+                del self.pollers[key]
+
+    async def _ready(self, svc: ServiceConfig, cluster: ClusterConfig) -> bool:
+        ep = cluster.endpoint
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(ep.host, ep.port, ssl=True if ep.scheme == "https" else None), POLL_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            host = svc.hosts[0] if svc.hosts else ep.host
+            writer.write(f"GET {svc.readiness_path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edge-router-readiness\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            line = await asyncio.wait_for(reader.readline(), POLL_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        finally:
+            writer.close()
+        parts = line.split()
+        return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
+
+    def _on_woken(self, service: str, cluster: str) -> None:
+        log.info("woke %s in %s", service, cluster)
+
+    def _on_ready(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        warmth = ctx.policy.warmth
+        st = warmth.get(svc.name, cluster.name)
+        if st is not None and st.wake_started is not None:
+            ctx.metrics.cold_start.labels(cluster.name, str(bool(st.wake_cached)).lower()).observe(now - st.wake_started)
+        cached = st.image_cached if st is not None and st.image_cached is not None else True
+        warmth.on_discovery(svc.name, cluster.name, max(st.ready_replicas if st else 0, 1), cached, now,
+                            svc.container_concurrency)
+        self.wakes.done(svc.name, cluster.name)
+        in_flight = ctx.policy.inflight_service.get((svc.name, cluster.name), 0)
+        self._release(self.buffer.on_ready(svc.name, cluster.name, svc.container_concurrency, in_flight, now))
+
+    def _release(self, releases) -> None:
+        metrics = self.ctx.metrics
+        for r in releases:
+            ex = self.waiting.pop(r.id, None)
+            metrics.buffer_outcomes.labels("forwarded").inc()
+            metrics.buffer_wait.observe(r.waited_s)
+            if ex is not None:
+                metrics.buffered.labels(ex.service).set(self.buffer.held(ex.service))
+                ex.release(r.cluster, r.waited_s)
+
+    def _arm_deadline(self) -> None:
+        nxt = self.buffer.next_deadline()
+        if nxt is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+        delay = max(nxt - self.ctx.clock(), 0.0)
+        self.deadline_handle = loop.call_later(delay + 0.001, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.deadline_handle = None
+        for e in self.buffer.on_tick(self.ctx.clock()):
+            ex = self.waiting.pop(e.id, None)
+            self.ctx.metrics.buffer_outcomes.labels("expired").inc()
+            if ex is not None:
+                self.ctx.metrics.buffered.labels(e.service).set(self.buffer.held(e.service))
+                ex.respond_error(504, f"no copy of {e.service} became ready within {e.waited_s:.1f}s")
+        self._arm_deadline()
+
+    def stop(self) -> None:
+        self.wakes.stop()
+        for task in self.pollers.values():
+            task.cancel()
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()

@@ -2,8 +2,8 @@
 
 When the choice finds no warm copy anywhere eligible (reason "cold") and the service has a
 wake trigger, the exchange is held here: the wake set is woken (the soonest-ready clusters,
-`wakeParallelism` of them), readiness is polled every 50 ms through each woken cluster's
-ingress, and on the first ready signal held requests are released in FIFO order, paced by
+`wakeParallelism` of them), readiness is polled through each woken cluster's
+ingress every 25 ms, and on the first ready signal held requests are released in FIFO order, paced by
 the cluster's capacity. Deadlines expire into 504; predicted misses and overflow into 503.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..core.warmth import Warmth
 from .wake import WakeManager, WakeTrigger
 
 log = logging.getLogger("router.activator")
-POLL_INTERVAL_S = 0.05
+POLL_INTERVAL_S = 0.025
 POLL_TIMEOUT_S = 0.5
 
 

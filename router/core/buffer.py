@@ -7,7 +7,10 @@ Events in, actions out:
   on_tick(now)      -> [Expire]               deadlines that passed
   on_gone(id)       -> bool                   the client left; removed at once
 Held requests leave in FIFO order per service, paced by the capacity known for the cluster
-(container concurrency x ready replicas) instead of all at once. Every held request ends in
+(container concurrency x ready replicas) instead of all at once. The window then grows by one
+for every released request that completes (doubling per round trip, like TCP slow start): a
+cluster whose autoscaler adds replicas behind the first one gets the rest of the burst quickly,
+while a first replica is never handed the whole burst at once. Every held request ends in
 exactly one outcome: forwarded, rejected, expired or gone.
 """
 from __future__ import annotations
@@ -98,6 +101,8 @@ class ActivationBuffer:
         if slots is None:
             return []
         slots[1] = max(slots[1] - 1, 0)
+        if slots[0] is not None:
+            slots[0] += 1  # it kept up: widen the window
         return self._release(service, cluster, now)
 
     def on_tick(self, now: float) -> list[Expire]:

@@ -13,9 +13,9 @@ def test_fifo_release_paced_by_capacity():
     assert [r.id for r in out] == list(range(10)) and all(r.cluster == "us-west" for r in out)
     assert out[0].waited_s == 2.0 and buf.held("svc") == 15
     nxt = buf.on_finished("svc", "us-west", 2.5)
-    assert [r.id for r in nxt] == [10]
-    more = buf.on_ready("svc", "us-west", capacity=30, in_flight=10, now=3.0)  # a second pod came up
-    assert [r.id for r in more] == list(range(11, 25))
+    assert [r.id for r in nxt] == [10, 11]  # its slot is free, and the window grew by one
+    more = buf.on_ready("svc", "us-west", capacity=30, in_flight=11, now=3.0)  # two more pods came up
+    assert [r.id for r in more] == list(range(12, 25))
     assert buf.held("svc") == 0 and buf.total == 0 and buf.bytes == 0
     assert buf.outcomes == {"forwarded": 25, "rejected": 0, "expired": 0, "gone": 0}
 

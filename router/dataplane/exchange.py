@@ -8,7 +8,6 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from urllib.parse import urlsplit
 
 from ..core.affinity import affinity_key
@@ -29,7 +28,7 @@ class Request:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []  # passed through (Host included)
         self.special: list[tuple[bytes, bytes]] = []  # (lowercase name, value) the proxy interprets
-        self.body: deque[bytes] = deque()
+        self.body: list[bytes] = []
         self.body_len = 0
         self.complete = self.head_done = self.upgrade = False
         self.keep_alive = True
@@ -44,12 +43,17 @@ class Request:
 
 
 class Exchange:
+    __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
+                 "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
+                 "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
+                 "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to")
+
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
         self.upstream: UpstreamConnection | None = None
         self.backend = None
         self.route = None
-        self.tried: set[str] = set()
+        self.tried: frozenset[str] = frozenset()
         self.streaming = False  # body chunks go straight upstream
         self.kept: list[bytes] | None = []  # body sent so far, for a retry on a stale pooled connection
         self.kept_len = 0
@@ -94,7 +98,7 @@ class Exchange:
         ctx = self.ctx
         self._uncount()
         if decision is None:
-            decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, frozenset(self.tried),
+            decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried,
                                       self.service, self.affinity)
         if isinstance(decision, Reject):
             self.respond_error(decision.status, decision.reason, cluster="-")
@@ -128,7 +132,7 @@ class Exchange:
                                           "connect timeout" if isinstance(exc, asyncio.TimeoutError) else "connect refused")
             if self.finished:
                 return
-            self.tried.add(backend.cluster)
+            self.tried = self.tried | {backend.cluster}
             ctx.metrics.retries.labels("connect").inc()
             self._choose()
             return
@@ -343,7 +347,7 @@ class Exchange:
             return False
         ctx = self.ctx
         cluster = self.backend.cluster
-        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, frozenset(self.tried | {cluster}),
+        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried | {cluster},
                                   self.service, self.affinity)
         if isinstance(decision, Reject):
             return False  # nowhere else to go: the caller answers with the failure itself
@@ -356,7 +360,7 @@ class Exchange:
             return False
         self.retrying = True
         ctx.health.on_response(cluster, 502, ctx.clock())  # counts toward outlier ejection
-        self.tried.add(cluster)
+        self.tried = self.tried | {cluster}
         ctx.metrics.retries.labels(reason).inc()
         self._cancel_header_timer()
         self._abort_upstream()

@@ -134,6 +134,10 @@ class RouterApp:
         self.ctx.start_drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
+        activator = self.ctx.activator
+        held_until = activator.latest_deadline() if activator is not None else None
+        if held_until is not None:  # held requests are served until released or their own deadline
+            end = max(end, loop.time() + (held_until - self.ctx.clock()) + 0.1)
         while self.ctx.connections and loop.time() < end:
             await asyncio.sleep(0.02)
         for conn in list(self.ctx.connections):

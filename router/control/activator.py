@@ -76,6 +76,11 @@ class Activator:
         hid = next(self.ids)
         res = self.buffer.on_hold(hid, svc.name, ex.req.head_size + 512, now, deadline, ready_in)
         if isinstance(res, Refuse):
+            spill = self._spillover(ex, svc, now) if res.overflow and svc.spillover else None
+            if spill is not None:
+                ctx.metrics.buffer_outcomes.labels("spilled").inc()
+                ex.spill(spill)
+                return
             ctx.metrics.buffer_outcomes.labels("rejected").inc()
             ex.respond_error(503, res.reason, retry_after_s=res.retry_after_s)
             return
@@ -97,7 +102,19 @@ class Activator:
             self.ctx.metrics.buffer_outcomes.labels("client_gone").inc()
             self.ctx.metrics.buffered.labels(service).set(self.buffer.held(service))
 
+    def latest_deadline(self) -> float | None:
+        deadlines = [h.deadline for q in self.buffer.queues.values() for h in q.values()]
+        return max(deadlines) if deadlines else None
+
     # --- internals ----------------------------------------------------------------------
+    def _spillover(self, ex, svc: ServiceConfig, now: float):
+        """Queue full: a warm, healthy cluster of the route, however far (maxRTT does not apply)."""
+        policy = self.ctx.policy
+        warm = [b for b in ex.route.live if policy.health.is_healthy(b.cluster, now)
+                and policy.warmth.warmth(svc.name, b.cluster, now) == Warmth.WARM
+                and not policy.saturated(svc.name, b.cluster)]
+        return min(warm, key=lambda b: policy.expected(svc.name, b, now)) if warm else None
+
     def _wake_set(self, ex, svc: ServiceConfig, decision, now: float) -> list[ClusterConfig]:
         """The clusters expected to be ready soonest (cached image and low RTT first)."""
         policy = self.ctx.policy

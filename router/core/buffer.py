@@ -40,6 +40,7 @@ class Refuse:
     status: int  # 503
     reason: str
     retry_after_s: float
+    overflow: bool = False  # a bound was hit (rather than a deadline that cannot be met)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class ActivationBuffer:
         if (q is not None and len(q) >= self.limits.per_service) or self.total >= self.limits.total \
                 or self.bytes + size > self.limits.max_bytes:
             self.outcomes["rejected"] += 1
-            return Refuse(503, f"too many requests waiting for {service} to start", max(1.0, round(ready_in_s or 1)))
+            return Refuse(503, f"too many requests waiting for {service} to start", max(1.0, round(ready_in_s or 1)),
+                          overflow=True)
         if q is None:
             q = self.queues[service] = OrderedDict()
         held = Held(id, service, size, now, deadline)

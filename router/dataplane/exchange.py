@@ -321,6 +321,10 @@ class Exchange:
             return
         self._choose(Forward(backend, "cold", waited_s))
 
+    def spill(self, backend) -> None:
+        """The hold queue is full: go to a warm cluster beyond maxRTT (the service allows it)."""
+        self._choose(Forward(backend, "spillover"))
+
     def _end(self) -> None:
         """Once per request: give back its in-flight place and its retry budget share."""
         if self.ended:

@@ -158,3 +158,27 @@ async def test_client_leaving_while_held_is_dropped_and_nothing_goes_upstream(ro
         assert "/gone" not in cluster.served
     finally:
         await cluster.stop()
+
+
+async def test_full_queue_spills_to_a_warm_cluster_beyond_max_rtt(backends, router):
+    cold = await ZeroScaledCluster(cold_start_s=5).start()
+    (far,) = await backends("far")
+    try:
+        text = service_config(cold.port).replace("  state: {a: cached}\n", "  state: {a: cached, far: warm}\n"
+                                                 "  spillover: true\n")
+        text = text.replace("clusters: [{name: a, weight: 1}]", "clusters: [{name: a, weight: 1}, {name: far, weight: 1}]")
+        text += cluster_docs({"far": far.port}) + router_doc(buffer={"perService": 2}, decisionHeader=True)
+        text = text.replace(router_doc(decisionHeader=True), "", 1)
+        app = await router(text)
+        await wait_for(lambda: len(app.ctx.policy.warmth.states) == 2, what="static state")
+        app.ctx.policy.rtt.on_probe("far", 0.5, 0.5, app.ctx.clock())  # far: beyond maxRTT 200ms
+        app.ctx.policy.rtt.on_probe("a", 0.001, 0.001, app.ctx.clock())
+        held = [asyncio.create_task(raw_request(app.port, b"GET /h HTTP/1.1\r\nHost: svc.example.com\r\n"
+                                                           b"Connection: close\r\n\r\n", timeout_s=3)) for _ in range(2)]
+        await wait_for(lambda: app.ctx.activator.buffer.total == 2, what="two held")
+        raw = await raw_request(app.port, b"GET /third HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: far" in raw and b"spillover" in raw, raw
+        for t in held:
+            t.cancel()
+    finally:
+        await cold.stop()

@@ -78,3 +78,11 @@ def test_every_request_has_exactly_one_outcome():
     buf.on_tick(now + 100)
     assert sum(buf.outcomes.values()) == ids
     assert buf.total == 0 and buf.bytes == 0
+
+
+def test_overflow_is_marked_so_the_route_may_spill():
+    buf = ActivationBuffer(BufferLimits(per_service=1))
+    buf.on_hold(1, "svc", 10, 0, 30, None)
+    over = buf.on_hold(2, "svc", 10, 0, 30, None)
+    late = buf.on_hold(3, "other", 10, 0, 1, ready_in_s=5)
+    assert over.overflow and not late.overflow

@@ -180,7 +180,7 @@ async def burst(paced: bool, n: int, work: str) -> dict:
         peak = rss_mb(proc.pid, "VmHWM")
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
         proc.stdout.close()
         await runner.cleanup()
     statuses = [s for s, _ in results]
@@ -224,8 +224,9 @@ async def hold_many(n: int, work: str) -> dict:
     finally:
         for w in writers:
             w.transport.abort()
+        await asyncio.sleep(0.5)  # let the aborts reach the sockets before the router is told to stop
         proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
         proc.stdout.close()
         sink.close()
 

@@ -160,7 +160,7 @@ class Activator:
         except (OSError, asyncio.TimeoutError):
             return False
         finally:
-            writer.close()
+            writer.transport.abort()  # a probe connection: nothing to flush, no close handshake to wait for
         parts = line.split()
         return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
 

@@ -5,6 +5,7 @@ Everything binds 127.0.0.1 on ephemeral ports and is torn down by the fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import textwrap
 
@@ -27,6 +28,26 @@ async def wait_for(cond, timeout_s: float = 5.0, interval_s: float = 0.01, what:
         if loop.time() > end:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Run an aiohttp app on an ephemeral 127.0.0.1 port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handle):
+    """A raw asyncio server running `handle(reader, writer)`; yields its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 class Backend:
@@ -58,11 +79,7 @@ class Backend:
         if app is None:
             app = web.Application(client_max_size=1 << 30)
             app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self) -> None:

@@ -331,27 +331,23 @@ def read_service(doc: Doc) -> ServiceConfig | None:
                          doc.value(spec, "spillover", _bool, False))
 
 
-def _http_method(v: Any) -> str:
-    if v not in ("GET", "POST", "HEAD", "PUT"):
-        raise ValueError(f"method must be GET, POST, HEAD or PUT, got {v!r}")
-    return v
+def _one_of(what: str, *allowed: str) -> Callable[[Any], str]:
+    """A parser accepting exactly one of `allowed`."""
+    def parse(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"{what} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {v!r}")
+        return v
+    return parse
 
 
-def _workload_kind(v: Any) -> str:
-    if v not in ("Deployment", "KnativeService"):
-        raise ValueError(f"workload kind must be Deployment or KnativeService, got {v!r}")
-    return v
+_http_method = _one_of("method", "GET", "POST", "HEAD", "PUT")
+_workload_kind = _one_of("workload kind", "Deployment", "KnativeService")
+_algorithm = _one_of("algorithm", "latency-aware", "weighted")
 
 
 def _positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"expected a positive integer, got {v!r}")
-    return v
-
-
-def _algorithm(v: Any) -> str:
-    if v not in ("latency-aware", "weighted"):
-        raise ValueError(f"algorithm must be 'latency-aware' or 'weighted', got {v!r}")
     return v
 
 

@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Backend, cluster_docs, raw_request, read_response, router_doc, split_doc, wait_for
+from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, router_doc, split_doc,
+                            wait_for)
 
 
 def free_port_refusing() -> int:
@@ -216,18 +217,13 @@ async def test_stale_pooled_connection_is_retried(router):
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.close()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with raw_upstream(handle) as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
         for _ in range(5):
             (status, _, body), = await keepalive_get(app.port, 1)
             assert status == 200 and body == b"ok"
             await wait_for(lambda: all(c.closed for q in app.ctx.pool.idle.values() for c in q), what="close")
         assert count == 5
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_upstream_body_cut_short_aborts_the_client(router):
@@ -236,15 +232,11 @@ async def test_upstream_body_cut_short_aborts_the_client(router):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-part")
         await writer.drain()
         writer.close()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
         raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         head, _, body = raw.partition(b"\r\n\r\n")
         assert b"Content-Length: 100" in head and len(body) < 100  # the client can tell it is short
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize("response", [
@@ -260,18 +252,14 @@ async def test_upstream_broken_framing_is_502(router, response):
         await writer.drain()
         await asyncio.sleep(1)
         writer.close()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
         raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout_s=3)
         # Either a 502, or (framing broke after the head went out) a response the client can see is cut short.
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 502") or (
             head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
             and not body.endswith(b"0\r\n\r\n")), raw
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_response_hop_by_hop_headers_are_removed(router):
@@ -280,9 +268,8 @@ async def test_response_hop_by_hop_headers_are_removed(router):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
                      b"Trailer: X-T\r\nX-Router-Cluster: spoofed\r\nX-App: kept\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        app = await router(cluster_docs({"a": server.sockets[0].getsockname()[1]}) + split_doc({"a": 1}))
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
         reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         status, headers, body = await asyncio.wait_for(read_response(reader), 5)
@@ -291,9 +278,6 @@ async def test_response_hop_by_hop_headers_are_removed(router):
         assert headers["x-router-cluster"] == "a"
         for gone in ("x-internal", "keep-alive", "trailer"):
             assert gone not in headers, gone
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_immediate_error_on_a_closing_connection_closes_promptly(backends, router):

@@ -5,7 +5,7 @@ import textwrap
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import cluster_docs, raw_request, router_doc, wait_for
+from tests.conftest import cluster_docs, raw_request, router_doc, serve_app, wait_for
 
 
 class ZeroScaledCluster:
@@ -49,11 +49,7 @@ class ZeroScaledCluster:
     async def start(self):
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(app)
         return self
 
     async def stop(self):

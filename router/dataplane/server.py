@@ -25,7 +25,7 @@ class ClientConnection(asyncio.Protocol):
     # Slots: a held request costs a connection each, and 10,000 may wait at once.
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
-                 "stopped", "closed", "reject", "timer_kind", "lingering", "corked")
+                 "stopped", "closed", "reject", "timer_kind", "lingering", "corked", "discarded")
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -46,6 +46,7 @@ class ClientConnection(asyncio.Protocol):
         self.reject: HttpReject | None = None
         self.timer_kind = ""
         self.lingering = 0  # bytes discarded since the final response, or 0 when not lingering
+        self.discarded = 0  # bytes after a Connection: close request
         self.corked: list[bytes] | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -83,6 +84,11 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel.on_client_tunnel_data(data)
             return
         if self.stopped:
+            # Past the last request (Connection: close): input is discarded, but still read so a
+            # client that leaves is noticed at once (and its request not sent or not finished).
+            self.discarded += len(data)
+            if self.discarded > LINGER_MAX_BYTES:
+                self.abort()
             return
         if self.req is None or not self.req.head_done:
             self.head_bytes += len(data)
@@ -183,7 +189,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         req.complete = True
         if not req.keep_alive:
-            self._stop()
+            self._stop(pause=False)
         ex = self.active
         if ex is not None and ex.req is req:
             ex.on_request_end()
@@ -326,12 +332,13 @@ class ClientConnection(asyncio.Protocol):
         self.write(simple_response(reject.status, reject.reason, close=True))
         self.close()
 
-    def _stop(self) -> None:
+    def _stop(self, pause: bool = True) -> None:
         self.stopped = True
         if self.lingering or self.closed:
             return  # already answered and draining the client's input: keep the linger timer and reading
         self._cancel_timer()
-        self.pause(PAUSE_STOPPED)
+        if pause:
+            self.pause(PAUSE_STOPPED)
 
     def _set_timer(self, delay: float, cb, kind: str = "header") -> None:
         self.timer.set(delay, cb)

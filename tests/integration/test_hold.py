@@ -33,6 +33,12 @@ class ZeroScaledCluster:
             return web.Response(status=200 if self.ready else 503)
         if not self.ready:
             return web.Response(status=503, text="no endpoints")
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str("echo:" + msg.data)
+            return ws
         self.arrivals.append(asyncio.get_running_loop().time())
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -56,7 +62,7 @@ class ZeroScaledCluster:
         await self.runner.cleanup()
 
 
-def service_config(port: int, state: str = "cached", hold: str = "5s") -> str:
+def service_config(port: int, state: str = "cached", hold: str = "5s", **router_spec) -> str:
     return cluster_docs({"a": port}) + textwrap.dedent(f"""\
         ---
         apiVersion: edge.router/v1alpha1
@@ -77,7 +83,7 @@ def service_config(port: int, state: str = "cached", hold: str = "5s") -> str:
           service: svc
           clusters: [{{name: a, weight: 1}}]
           strategy: {{params: {{maxRTT: 200ms}}}}
-        """) + router_doc(decisionHeader=True)
+        """) + router_doc(decisionHeader=True, **router_spec)
 
 
 async def test_burst_onto_a_cold_service_is_held_woken_once_and_released_paced(router):
@@ -176,5 +182,63 @@ async def test_full_queue_spills_to_a_warm_cluster_beyond_max_rtt(backends, rout
         assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: far" in raw and b"spillover" in raw, raw
         for t in held:
             t.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        await wait_for(lambda: app.ctx.activator.buffer.total == 0, timeout_s=1, what="held clients gone")
     finally:
         await cold.stop()
+
+
+async def test_websocket_upgrade_can_be_held_then_tunnels(router):
+    cluster = await ZeroScaledCluster(cold_start_s=0.3).start()
+    try:
+        app = await router(service_config(cluster.port))
+        await wait_for(lambda: app.ctx.policy.warmth.states, what="static state")
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(f"http://127.0.0.1:{app.port}/ws", headers={"Host": "svc.example.com"}) as ws:
+                assert "queue;dur=" in ws._response.headers["Server-Timing"]
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=5)).data == "echo:hi"
+        assert app.ctx.activator.buffer.outcomes["forwarded"] == 1
+    finally:
+        await cluster.stop()
+
+
+async def test_sigterm_keeps_serving_held_requests(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    cluster = await ZeroScaledCluster(cold_start_s=1.0).start()
+    (tmp_path / "c.yaml").write_text(service_config(cluster.port, timeouts={"drain": "100ms"}))
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path), "--listen",
+                             "127.0.0.1:0", "--admin", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    loop = asyncio.get_running_loop()
+    try:
+        line = ""
+        while "serving on" not in line:
+            line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
+            assert line, "router exited"
+        port, admin = (int(x) for x in re.findall(r":(\d+)", line)[-2:])
+        held = asyncio.create_task(raw_request(port, b"GET /held HTTP/1.1\r\nHost: svc.example.com\r\n"
+                                                     b"Connection: close\r\n\r\n", timeout_s=10))
+        await wait_for(lambda: cluster.wakes == 1, timeout_s=5, what="wake")
+        proc.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as s:
+            async def not_ready():
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                        return r.status == 503
+                except aiohttp.ClientError:
+                    return True
+            await wait_for(not_ready, timeout_s=1, what="readiness to fail")
+        raw = await held  # still served once the copy is ready, though drain is 100 ms
+        assert raw.startswith(b"HTTP/1.1 200") and "/held" in cluster.served
+        assert await loop.run_in_executor(None, proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        await cluster.stop()

@@ -15,6 +15,7 @@ from .config.model import Config
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
+from .control.kubernetes import CompositeWake, KubernetesDiscovery, KubernetesScaleWake
 from .control.wake import HttpWake
 from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader
@@ -53,6 +54,7 @@ class RouterApp:
         self.probes_enabled = probes
         self.wake_trigger = wake_trigger
         self.prober: Prober | None = None
+        self.kube: KubernetesDiscovery | None = None
         self.discovery = []
         count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
         self.reloader = Reloader(self.source, self.apply, count)
@@ -97,8 +99,11 @@ class RouterApp:
             self.prober = Prober(ctx.policy, lambda: ctx.snapshot.config.clusters,
                                  lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result)
             self.prober.sync()
-        self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth)]
-        ctx.activator = Activator(ctx, self.wake_trigger or HttpWake())
+        self.kube = KubernetesDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth, ctx.clock)
+        self.kube.start(asyncio.get_running_loop())
+        self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth), self.kube]
+        kube_wake = KubernetesScaleWake(self.kube) if self.kube.providers else None
+        ctx.activator = Activator(ctx, CompositeWake(kube_wake, self.wake_trigger or HttpWake()))
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -149,6 +154,8 @@ class RouterApp:
             self.prober.stop()
         if self.ctx.activator is not None:
             self.ctx.activator.stop()
+        if self.kube is not None:
+            self.kube.stop()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

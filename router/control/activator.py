@@ -61,8 +61,14 @@ class Activator:
         return None
 
     def can_hold(self, service: str) -> bool:
+        """Hold only what the router can wake: otherwise the cluster's own activator is the better place."""
         svc = self.service(service)
-        return svc is not None and svc.wake_path is not None
+        if svc is None:
+            return False
+        can_wake = getattr(self.wakes.trigger, "can_wake", None)
+        if can_wake is not None:
+            return can_wake(svc, self.ctx.snapshot.config.clusters)
+        return svc.wake_path is not None
 
     def hold(self, ex, decision) -> None:
         ctx = self.ctx
@@ -88,8 +94,9 @@ class Activator:
         ex.on_held(hid)
         ctx.metrics.buffered.labels(svc.name).set(self.buffer.held(svc.name))
         for cluster in wake_set:
-            ctx.policy.warmth.on_wake(svc.name, cluster.name, now)
-            self.wakes.request(svc, cluster)
+            if ctx.policy.warmth.warmth(svc.name, cluster.name, now) != Warmth.WARM:
+                ctx.policy.warmth.on_wake(svc.name, cluster.name, now)
+                self.wakes.request(svc, cluster)
             self._poll(svc, cluster)
         self._arm_deadline()
 
@@ -125,6 +132,8 @@ class Activator:
         candidates.sort(key=lambda b: policy.expected(svc.name, b, now))
         chosen = [decision.backend] + [b for b in candidates if b is not decision.backend]
         names = [b.cluster for b in chosen[:svc.wake_parallelism]]
+        # A warm copy that is only saturated needs no wake (its autoscaler adds replicas): wait for a slot.
+        names = [n for n in names if policy.warmth.warmth(svc.name, n, now) != Warmth.WARM] or names
         return [c for c in self.ctx.snapshot.config.clusters if c.name in names]
 
     def _poll(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
@@ -137,7 +146,8 @@ class Activator:
         try:
             while self.buffer.held(svc.name):
                 warm = self.ctx.policy.warmth.warmth(svc.name, cluster.name, self.ctx.clock()) == Warmth.WARM
-                if warm or await self._ready(svc, cluster):
+                # A cluster watched through its API says when it is ready; others are asked over HTTP.
+                if warm or (cluster.kubernetes is None and await self._ready(svc, cluster)):
                     self._on_ready(svc, cluster)
                     return
                 await asyncio.sleep(POLL_INTERVAL_S)

@@ -1,0 +1,205 @@
+"""A Kubernetes API double: an aiohttp server speaking the real REST list/watch protocol.
+
+Enough of the API for the router's Kubernetes provider and for the lab: apps/v1 Deployments
+(with the scale subresource), v1 Nodes (status.images). Lists carry a resourceVersion; watches
+stream JSON lines from a resourceVersion, send BOOKMARK events, end after timeoutSeconds, and
+answer an ERROR 410 (Gone) event for a resourceVersion older than the retained history.
+PATCH takes merge-patch. The official client reaches it through `kubeconfig()`.
+
+Test and lab hooks: `set_deployment`, `set_node_images`, `outage` (answers 503 to everything),
+`forbid` (answers 403 for a resource), `compact()` (drops history, so old watches get 410),
+`patches` (every PATCH received).
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import tempfile
+
+from aiohttp import web
+
+
+class KubeApiDouble:
+    HISTORY = 1000
+
+    def __init__(self, bookmark_interval_s: float = 1.0):
+        self.rv = 1
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name) -> object
+        self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
+        self.oldest_rv = 1
+        self.changed = asyncio.Event()
+        self.bookmark_interval_s = bookmark_interval_s
+        self.outage = False
+        self.forbidden: set[str] = set()
+        self.patches: list[tuple[str, str, str, dict]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        self.watchers = 0
+
+    # --- hooks ------------------------------------------------------------------------
+    def set_deployment(self, namespace: str, name: str, replicas: int, ready: int | None = None,
+                       image: str = "registry.example.com/app:1") -> dict:
+        obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{namespace}-{name}"},
+               "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}},
+                                     "spec": {"containers": [{"name": name, "image": image}]}}},
+               "status": {"replicas": replicas, "readyReplicas": replicas if ready is None else ready,
+                          "availableReplicas": replicas if ready is None else ready}}
+        return self._put("deployments", namespace, name, obj)
+
+    def set_node_images(self, node: str, images: list[list[str]]) -> dict:
+        obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "uid": f"uid-node-{node}"},
+               "status": {"images": [{"names": names, "sizeBytes": 1000} for names in images]}}
+        return self._put("nodes", "", node, obj)
+
+    def compact(self) -> None:
+        """Forget all history: watches from an older resourceVersion now get 410 Gone."""
+        self.events.clear()
+        self.oldest_rv = self.rv
+
+    # --- state --------------------------------------------------------------------------
+    def _put(self, resource: str, namespace: str, name: str, obj: dict) -> dict:
+        key = (resource, namespace, name)
+        kind = "MODIFIED" if key in self.objects else "ADDED"
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[key] = obj
+        self.events.append((self.rv, resource, kind, copy.deepcopy(obj)))
+        if len(self.events) > self.HISTORY:
+            dropped = self.events.pop(0)
+            self.oldest_rv = dropped[0]
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return obj
+
+    # --- server ---------------------------------------------------------------------------
+    async def start(self) -> int:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/api/v1/nodes", self.list_or_watch("nodes", "NodeList", "v1"))
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments",
+                           self.list_or_watch("deployments", "DeploymentList", "apps/v1"))
+        app.router.add_get("/apis/apps/v1/deployments", self.list_or_watch("deployments", "DeploymentList", "apps/v1"))
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.get_scale)
+        app.router.add_patch("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.patch_scale)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def kubeconfig(self, directory: str | None = None, context: str = "double") -> str:
+        """Write a kubeconfig pointing at this server; returns its path."""
+        directory = directory or tempfile.mkdtemp(prefix="kube-double-")
+        path = os.path.join(directory, f"kubeconfig-{self.port}")
+        with open(path, "w") as fh:
+            json.dump({"apiVersion": "v1", "kind": "Config", "current-context": context,
+                       "clusters": [{"name": context, "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
+                       "users": [{"name": context, "user": {"token": "double-token"}}],
+                       "contexts": [{"name": context, "context": {"cluster": context, "user": context}}]}, fh)
+        return path
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):
+        if self.outage:
+            return _status(503, "ServiceUnavailable", "the API server is unavailable")
+        for resource in self.forbidden:
+            if f"/{resource}" in request.path:
+                verb = {"GET": "watch" if request.query.get("watch") in ("true", "1") else "list",
+                        "PATCH": "patch"}.get(request.method, request.method.lower())
+                return _status(403, "Forbidden", f'{resource} is forbidden: User "system:serviceaccount:edge:router" '
+                                                 f'cannot {verb} resource "{resource}"')
+        return await handler(request)
+
+    def list_or_watch(self, resource: str, list_kind: str, api_version: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            ns = request.match_info.get("ns")
+            if request.query.get("watch") in ("true", "1"):
+                return await self._watch(request, resource, ns)
+            items = [copy.deepcopy(o) for (r, n, _), o in sorted(self.objects.items())
+                     if r == resource and (ns is None or n == ns)]
+            return web.json_response({"apiVersion": api_version, "kind": list_kind,
+                                      "metadata": {"resourceVersion": str(self.rv)}, "items": items})
+        return handler
+
+    async def _watch(self, request: web.Request, resource: str, ns: str | None) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or self.rv)
+        timeout = float(request.query.get("timeoutSeconds") or 300)
+        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        self.watchers += 1
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            if since < self.oldest_rv:
+                await _send(resp, {"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+                    "message": f"too old resource version: {since} ({self.oldest_rv})"}})
+                return resp
+            while loop.time() < end and not self.outage:
+                for rv, res, kind, obj in list(self.events):
+                    if rv > since and res == resource and (ns is None or obj["metadata"].get("namespace") == ns):
+                        await _send(resp, {"type": kind, "object": obj})
+                    since = max(since, rv) if res == resource else since
+                since = max(since, self.rv)
+                changed = self.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), min(self.bookmark_interval_s, max(end - loop.time(), 0.01)))
+                except asyncio.TimeoutError:
+                    if bookmarks:
+                        await _send(resp, {"type": "BOOKMARK", "object": {
+                            "kind": "Deployment" if resource == "deployments" else "Node",
+                            "apiVersion": "apps/v1" if resource == "deployments" else "v1",
+                            "metadata": {"resourceVersion": str(self.rv)}}})
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers -= 1
+        return resp
+
+    async def get_scale(self, request: web.Request) -> web.Response:
+        key = ("deployments", request.match_info["ns"], request.match_info["name"])
+        obj = self.objects.get(key)
+        if obj is None:
+            return _status(404, "NotFound", f'deployments.apps "{key[2]}" not found')
+        return web.json_response(_scale(obj))
+
+    async def patch_scale(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        obj = self.objects.get(("deployments", ns, name))
+        if obj is None:
+            return _status(404, "NotFound", f'deployments.apps "{name}" not found')
+        body = await request.json()
+        self.patches.append(("deployments/scale", ns, name, body))
+        replicas = body.get("spec", {}).get("replicas")
+        if isinstance(replicas, int):
+            obj = copy.deepcopy(obj)
+            obj["spec"]["replicas"] = replicas
+            obj["status"]["replicas"] = replicas
+            self._put("deployments", ns, name, obj)
+        return web.json_response(_scale(obj))
+
+
+def _scale(obj: dict) -> dict:
+    meta = obj["metadata"]
+    return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"]},
+            "spec": {"replicas": obj["spec"]["replicas"]},
+            "status": {"replicas": obj["status"].get("replicas", 0), "selector": f"app={meta['name']}"}}
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": message, "reason": reason, "code": code}, status=code)
+
+
+async def _send(resp: web.StreamResponse, event: dict) -> None:
+    await resp.write(json.dumps(event).encode() + b"\n")

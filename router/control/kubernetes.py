@@ -1,0 +1,292 @@
+"""Kubernetes discovery and wake, one provider per Cluster that has `spec.kubernetes`.
+
+The official client is synchronous, so each watched resource runs in its own thread: list,
+then watch from the list's resourceVersion with bookmarks; a 410 Gone relists; other errors
+back off exponentially with jitter. Threads post typed updates to the event loop, where
+`KubernetesDiscovery` turns Deployments (ready replicas, image) and Nodes (cached images) into
+warm/cold state. A provider that cannot reach its API stops heartbeating, and after 30 s its
+clusters' state is UNKNOWN (routing by probes only, no wake decisions) until a relist succeeds.
+
+RBAC the provider needs in each regional cluster: get/list/watch on deployments (apps) and
+nodes; patch on deployments/scale for wakes (see deploy/).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config.model import ClusterConfig, Config, ServiceConfig
+from ..core.warmth import WarmthState
+from .wake import WakeError
+
+log = logging.getLogger("router.kubernetes")
+
+
+@dataclass(frozen=True)
+class DeploymentSeen:
+    cluster: str
+    namespace: str
+    name: str
+    replicas: int
+    ready: int
+    image: str | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class NodeImages:
+    cluster: str
+    node: str
+    names: frozenset
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    cluster: str
+    resource: str
+    ok: bool
+    error: str = ""
+
+
+def normalise_image(ref: str) -> str:
+    """docker.io/library/nginx:latest form, or repo@sha256:... for digests."""
+    ref = ref.strip()
+    name, at, digest = ref.partition("@")
+    tag = ""
+    if not at:
+        slash = name.rfind("/")
+        colon = name.rfind(":")
+        if colon > slash:
+            name, tag = name[:colon], name[colon + 1:]
+        tag = tag or "latest"
+    first = name.split("/", 1)[0]
+    if "/" not in name:
+        name = "docker.io/library/" + name
+    elif "." not in first and ":" not in first and first != "localhost":
+        name = "docker.io/" + name
+    return f"{name}@{digest}" if at else f"{name}:{tag}"
+
+
+def image_cached(image: str | None, names: set[str]) -> bool | None:
+    if not image:
+        return None
+    want = normalise_image(image)
+    return any(normalise_image(n) == want for n in names)
+
+
+class KubernetesProvider:
+    """Watches one regional cluster's API from threads."""
+
+    def __init__(self, cluster: ClusterConfig, post: Callable[[object], None], watch_timeout_s: int = 10):
+        self.cluster = cluster
+        self.post = post
+        self.watch_timeout_s = watch_timeout_s
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.client = None
+        self.rng = random.Random()
+
+    def api_client(self):
+        from kubernetes import client, config
+        if self.client is None:
+            ref = self.cluster.kubernetes
+            if ref.in_cluster:
+                config.load_incluster_config()
+                self.client = client.ApiClient()
+            else:
+                self.client = config.new_client_from_config(config_file=ref.kubeconfig, context=ref.context)
+        return self.client
+
+    def start(self) -> None:
+        from kubernetes import client
+        api = self.api_client()
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        for resource, lister in (("deployments", apps.list_deployment_for_all_namespaces),
+                                 ("nodes", core.list_node)):
+            t = threading.Thread(target=self._run, args=(resource, lister), daemon=True,
+                                 name=f"kube-{self.cluster.name}-{resource}")
+            t.start()
+            self.threads.append(t)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        from kubernetes import client
+        client.AppsV1Api(self.api_client()).patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}})
+
+    def _run(self, resource: str, lister) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                listed = lister(_request_timeout=10)
+                for item in listed.items:
+                    self.post(self._typed(resource, item))
+                self.post(ProviderStatus(self.cluster.name, resource, True))
+                failures = 0
+                rv = listed.metadata.resource_version
+                while not self.stopping.is_set():
+                    w = watch.Watch()
+                    for event in w.stream(lister, resource_version=rv, allow_watch_bookmarks=True,
+                                          timeout_seconds=self.watch_timeout_s, _request_timeout=self.watch_timeout_s + 5):
+                        if event["type"] == "BOOKMARK":
+                            self.post(ProviderStatus(self.cluster.name, resource, True))
+                        else:
+                            self.post(self._typed(resource, event["object"], event["type"] == "DELETED"))
+                            self.post(ProviderStatus(self.cluster.name, resource, True))
+                        if self.stopping.is_set():
+                            break
+                    rv = w.resource_version or rv
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s %s: resourceVersion expired, relisting", self.cluster.name, resource)
+                    continue
+                failures += 1
+                self.post(ProviderStatus(self.cluster.name, resource, False, _explain(exc, resource)))
+            except Exception as exc:  # connection errors of every kind: back off and relist
+                failures += 1
+                self.post(ProviderStatus(self.cluster.name, resource, False, f"{type(exc).__name__}: {exc}"))
+            delay = min(0.2 * 2 ** min(failures, 8), 30.0) * self.rng.uniform(0.5, 1.0)
+            self.stopping.wait(delay)
+
+    def _typed(self, resource: str, obj, deleted: bool = False):
+        if resource == "deployments":
+            containers = obj.spec.template.spec.containers or []
+            return DeploymentSeen(self.cluster.name, obj.metadata.namespace, obj.metadata.name,
+                                  obj.spec.replicas or 0, (obj.status.ready_replicas or 0) if obj.status else 0,
+                                  containers[0].image if containers else None, deleted)
+        names = frozenset(n for img in (obj.status.images or []) for n in (img.names or []))
+        return NodeImages(self.cluster.name, obj.metadata.name, names, deleted)
+
+
+def _explain(exc, resource: str) -> str:
+    detail = exc.reason
+    try:
+        detail = json.loads(exc.body).get("message") or detail  # the API's Status names the verb and resource
+    except (TypeError, ValueError, AttributeError):
+        pass
+    if exc.status == 403:
+        verbs = "patch" if resource.endswith("/scale") else "list/watch"
+        return (f"forbidden: the router's service account lacks {verbs} on {resource} "
+                f"(grant it in the ClusterRole; see deploy/): {detail}")
+    return f"API error {exc.status}: {detail}"
+
+
+class KubernetesDiscovery:
+    """Loop side: keeps what the providers saw and turns it into warm/cold state."""
+
+    def __init__(self, config: Callable[[], Config], warmth: WarmthState, clock: Callable[[], float],
+                 on_change: Callable[[str, str], None] | None = None):
+        self.config, self.warmth, self.clock = config, warmth, clock
+        self.on_change = on_change
+        self.deployments: dict[tuple[str, str, str], DeploymentSeen] = {}
+        self.nodes: dict[str, dict[str, frozenset]] = {}
+        self.errors: dict[tuple[str, str], str] = {}
+        self.providers: dict[str, KubernetesProvider] = {}
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        for cluster in self.config().clusters:
+            if cluster.kubernetes is not None and cluster.name not in self.providers:
+                provider = KubernetesProvider(cluster, lambda u: loop.call_soon_threadsafe(self.on_update, u))
+                self.providers[cluster.name] = provider
+                provider.start()
+
+    def stop(self) -> None:
+        for provider in self.providers.values():
+            provider.stop()
+
+    def refresh(self, now: float) -> None:
+        """Event-driven: nothing to poll (the reconcile tick calls every provider)."""
+
+    def on_update(self, update) -> None:
+        now = self.clock()
+        if isinstance(update, ProviderStatus):
+            key = (update.cluster, update.resource)
+            if update.ok:
+                self.warmth.on_heartbeat(update.cluster, now)
+                if self.errors.pop(key, None):
+                    log.info("%s %s: watching again", update.cluster, update.resource)
+            elif self.errors.get(key) != update.error:
+                self.errors[key] = update.error
+                log.error("%s %s: %s", update.cluster, update.resource, update.error)
+            return
+        if isinstance(update, DeploymentSeen):
+            key = (update.cluster, update.namespace, update.name)
+            if update.deleted:
+                self.deployments.pop(key, None)
+            else:
+                self.deployments[key] = update
+            self._publish(update.cluster, now, deployment=(update.namespace, update.name))
+        elif isinstance(update, NodeImages):
+            images = self.nodes.setdefault(update.cluster, {})
+            if update.deleted:
+                images.pop(update.node, None)
+            else:
+                images[update.node] = update.names
+            self._publish(update.cluster, now)
+
+    def _publish(self, cluster: str, now: float, deployment: tuple[str, str] | None = None) -> None:
+        names: set[str] = set().union(*self.nodes.get(cluster, {}).values()) if self.nodes.get(cluster) else set()
+        for svc in self.config().services:
+            w = svc.workload
+            if w is None or w.kind != "Deployment" or (deployment and deployment != (w.namespace, w.name)):
+                continue
+            seen = self.deployments.get((cluster, w.namespace, w.name))
+            if seen is None:
+                continue
+            before = self.warmth.warmth(svc.name, cluster, now)
+            cached = image_cached(w.image or seen.image, names) if cluster in self.nodes else None
+            capacity = svc.container_concurrency * seen.ready if svc.container_concurrency and seen.ready else None
+            after = self.warmth.on_discovery(svc.name, cluster, seen.ready, cached, now, capacity)
+            if self.on_change is not None and after != before:
+                self.on_change(svc.name, cluster)
+
+
+class KubernetesScaleWake:
+    """Wake a Deployment by its scale subresource (replicas 0 -> 1), through the cluster's provider."""
+
+    def __init__(self, discovery: KubernetesDiscovery, replicas: int = 1):
+        self.discovery, self.replicas = discovery, replicas
+
+    def handles(self, service: ServiceConfig, cluster: ClusterConfig) -> bool:
+        return (service.workload is not None and service.workload.kind == "Deployment"
+                and cluster.name in self.discovery.providers)
+
+    async def wake(self, service: ServiceConfig, cluster: ClusterConfig) -> None:
+        provider = self.discovery.providers.get(cluster.name)
+        if provider is None or service.workload is None:
+            raise WakeError(f"no Kubernetes access to {cluster.name}")
+        from kubernetes.client.rest import ApiException
+        try:
+            await asyncio.to_thread(provider.scale, service.workload.namespace, service.workload.name, self.replicas)
+        except ApiException as exc:
+            raise WakeError(_explain(exc, "deployments/scale")) from None
+        except Exception as exc:
+            raise WakeError(f"{type(exc).__name__}: {exc}") from None
+
+
+class CompositeWake:
+    """Kubernetes scale where the router has API access to the cluster, else the HTTP wake."""
+
+    def __init__(self, kube: KubernetesScaleWake | None, http):
+        self.kube, self.http = kube, http
+
+    def can_wake(self, service: ServiceConfig, clusters) -> bool:
+        return service.wake_path is not None or (
+            self.kube is not None and any(self.kube.handles(service, c) for c in clusters))
+
+    async def wake(self, service: ServiceConfig, cluster: ClusterConfig) -> None:
+        if self.kube is not None and self.kube.handles(service, cluster):
+            await self.kube.wake(service, cluster)
+        else:
+            await self.http.wake(service, cluster)
+

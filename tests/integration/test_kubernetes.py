@@ -1,0 +1,125 @@
+"""The router's Kubernetes provider against the API double, through the official client."""
+import asyncio
+import textwrap
+
+import pytest
+
+from chaos.kubeapi import KubeApiDouble
+from router.control.kubernetes import image_cached, normalise_image
+from router.core.warmth import Warmth
+from tests.conftest import cluster_docs, raw_request, router_doc, wait_for
+
+IMAGE = "registry.example.com/shop/app:1.4"
+
+
+@pytest.fixture
+async def kube():
+    double = KubeApiDouble(bookmark_interval_s=0.2)
+    await double.start()
+    yield double
+    await double.stop()
+
+
+def config(kubeconfig: str, backend_port: int, replicas_ready: bool = False) -> str:
+    docs = cluster_docs({"a": backend_port}).replace(
+        f"  endpoint: http://127.0.0.1:{backend_port}\n",
+        f"  endpoint: http://127.0.0.1:{backend_port}\n  kubernetes: {{kubeconfig: {kubeconfig}}}\n")
+    return docs + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Service
+        metadata: {name: shop}
+        spec:
+          hosts: [shop.example.com]
+          containerConcurrency: 10
+          holdLimit: 10s
+          workload: {kind: Deployment, namespace: shop, name: app}
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: s}
+        spec:
+          service: shop
+          clusters: [{name: a, weight: 1}]
+        """) + router_doc(decisionHeader=True)
+
+
+def test_image_matching_by_tag_and_digest():
+    assert normalise_image("nginx") == "docker.io/library/nginx:latest"
+    assert normalise_image("bitnami/redis:7") == "docker.io/bitnami/redis:7"
+    assert normalise_image("localhost:5000/app") == "localhost:5000/app:latest"
+    names = {"registry.example.com/shop/app@sha256:abc", "registry.example.com/shop/app:1.4"}
+    assert image_cached(IMAGE, names) is True
+    assert image_cached("registry.example.com/shop/app:1.5", names) is False
+    assert image_cached("registry.example.com/shop/app@sha256:abc", names) is True
+    assert image_cached("docker.io/library/nginx:latest", {"nginx:latest"}) is True
+    assert image_cached(None, names) is None
+
+
+async def test_scale_up_turns_warm_and_image_eviction_turns_cold(kube, backends, router, tmp_path):
+    (b,) = await backends("a")
+    kube.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
+    kube.set_node_images("node-1", [[IMAGE, "registry.example.com/shop/app@sha256:abc"]])
+    app = await router(config(kube.kubeconfig(str(tmp_path)), b.port))
+    warmth, clock = app.ctx.policy.warmth, app.ctx.clock
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.CACHED, timeout_s=10, what="CACHED")
+    kube.set_deployment("shop", "app", replicas=1, ready=1, image=IMAGE)  # one watch event
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.WARM, timeout_s=5, what="WARM")
+    assert warmth.get("shop", "a").capacity == 10
+    kube.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.CACHED, timeout_s=5, what="CACHED again")
+    kube.set_node_images("node-1", [["registry.example.com/other:2"]])  # the image was evicted
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.COLD, timeout_s=5, what="COLD")
+
+
+async def test_watch_expiry_relists_and_outage_turns_stale_then_recovers(kube, backends, router, tmp_path):
+    (b,) = await backends("a")
+    kube.set_deployment("shop", "app", replicas=1, ready=1, image=IMAGE)
+    app = await router(config(kube.kubeconfig(str(tmp_path)), b.port))
+    warmth, clock = app.ctx.policy.warmth, app.ctx.clock
+    warmth.stale_after_s = 1.0  # the 30 s default, shortened for the test
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.WARM, timeout_s=10, what="WARM")
+    kube.compact()  # history gone: the running watch's next reconnect gets 410 and must relist
+    kube.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) in (Warmth.CACHED, Warmth.COLD, Warmth.UNKNOWN)
+                   and warmth.get("shop", "a").ready_replicas == 0, timeout_s=15, what="change seen after 410")
+    kube.outage = True
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.UNKNOWN, timeout_s=5, what="stale")
+    await wait_for(lambda: app.kube.errors, timeout_s=5, what="the outage reported")
+    kube.set_deployment("shop", "app", replicas=2, ready=2, image=IMAGE)
+    kube.outage = False
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.WARM, timeout_s=15, what="relisted")
+    assert warmth.get("shop", "a").ready_replicas == 2
+
+
+async def test_forbidden_names_the_missing_permission(kube, backends, router, tmp_path):
+    (b,) = await backends("a")
+    kube.forbidden.add("nodes")
+    kube.set_deployment("shop", "app", replicas=1, ready=1, image=IMAGE)
+    app = await router(config(kube.kubeconfig(str(tmp_path)), b.port))
+    await wait_for(lambda: app.kube.errors.get(("a", "nodes")), timeout_s=10, what="403 reported")
+    message = app.kube.errors[("a", "nodes")]
+    assert "lacks list/watch on nodes" in message and 'cannot list resource "nodes"' in message
+
+
+async def test_burst_on_a_scaled_to_zero_deployment_patches_scale_exactly_once(kube, backends, router, tmp_path):
+    (b,) = await backends("a")
+    b.status = 503  # the ingress has no endpoints while the Deployment is at zero
+    kube.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
+    kube.set_node_images("node-1", [[IMAGE]])
+    app = await router(config(kube.kubeconfig(str(tmp_path)), b.port))
+    warmth, clock = app.ctx.policy.warmth, app.ctx.clock
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.CACHED, timeout_s=10, what="CACHED")
+
+    async def scaler():  # the cluster: once scaled, the pod is ready after a short cold start
+        await wait_for(lambda: kube.patches, timeout_s=5, what="scale patch")
+        await asyncio.sleep(0.3)
+        b.status = 200
+        kube.set_deployment("shop", "app", replicas=1, ready=1, image=IMAGE)
+    task = asyncio.create_task(scaler())
+    req = b"GET /x HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n"
+    results = await asyncio.gather(*[raw_request(app.port, req, timeout_s=8) for _ in range(30)])
+    await task
+    assert all(r.startswith(b"HTTP/1.1 200") for r in results), [r[:40] for r in results if not r.startswith(b"HTTP/1.1 200")]
+    assert kube.patches == [("deployments/scale", "shop", "app", {"spec": {"replicas": 1}})]
+    assert len(b.seen) == 30

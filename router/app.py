@@ -112,6 +112,8 @@ class RouterApp:
             for provider in self.discovery:
                 provider.refresh(now)
             for cluster in self.ctx.snapshot.config.clusters:
+                self.metrics.cluster_healthy.labels(cluster.name).set(
+                    1 if self.ctx.health.is_healthy(cluster.name, now) else 0)
                 rtt = self.ctx.policy.rtt.rtt(cluster.name)
                 if rtt is not None:
                     self.metrics.cluster_rtt.labels(cluster.name).set(rtt)

@@ -34,6 +34,8 @@ class Metrics:
                                registry=r)
         self.cluster_rtt = Gauge("router_cluster_rtt_seconds", "RTT estimate per cluster (Peak-EWMA)",
                                  ["cluster"], registry=r, multiprocess_mode="max")
+        self.cluster_healthy = Gauge("router_cluster_healthy", "1 while a cluster is healthy (not ejected, probes ok)",
+                                     ["cluster"], registry=r, multiprocess_mode="min")
         self.probes = Counter("router_probes_total", "Active probes by result", ["cluster", "result"], registry=r)
         self.decisions = Counter("router_decisions_total", "Routing decisions by reason", ["reason"], registry=r)
         self.wake_hints = Counter("router_wake_hints_total",

@@ -1,7 +1,8 @@
 """A Kubernetes API double: an aiohttp server speaking the real REST list/watch protocol.
 
 Enough of the API for the router's Kubernetes provider and for the lab: apps/v1 Deployments
-(with the scale subresource), v1 Nodes (status.images). Lists carry a resourceVersion; watches
+(with the scale subresource), v1 Nodes (status.images), serving.knative.dev/v1 Services
+(merge-patch) and Revisions. Lists carry a resourceVersion; watches
 stream JSON lines from a resourceVersion, send BOOKMARK events, end after timeoutSeconds, and
 answer an ERROR 410 (Gone) event for a resourceVersion older than the retained history.
 PATCH takes merge-patch. The official client reaches it through `kubeconfig()`.
@@ -19,6 +20,10 @@ import os
 import tempfile
 
 from aiohttp import web
+
+
+BOOKMARK_KINDS = {"deployments": ("Deployment", "apps/v1"), "nodes": ("Node", "v1"),
+                  "services": ("Service", "serving.knative.dev/v1"), "revisions": ("Revision", "serving.knative.dev/v1")}
 
 
 class KubeApiDouble:
@@ -55,6 +60,25 @@ class KubeApiDouble:
                "status": {"images": [{"names": names, "sizeBytes": 1000} for names in images]}}
         return self._put("nodes", "", node, obj)
 
+    def set_knative_service(self, namespace: str, name: str, revision: str, ready: bool = True,
+                            image: str = "registry.example.com/app:1", annotations: dict | None = None) -> dict:
+        obj = {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": namespace, "uid": f"uid-ksvc-{namespace}-{name}"},
+               "spec": {"template": {"metadata": {"annotations": dict(annotations or {})},
+                                     "spec": {"containers": [{"image": image}]}}},
+               "status": {"latestReadyRevisionName": revision,
+                          "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+        return self._put("services", namespace, name, obj)
+
+    def set_knative_revision(self, namespace: str, name: str, actual_replicas: int,
+                             image: str = "registry.example.com/app:1") -> dict:
+        obj = {"apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+               "metadata": {"name": name, "namespace": namespace, "uid": f"uid-rev-{namespace}-{name}"},
+               "spec": {"containers": [{"image": image}]},
+               "status": {"actualReplicas": actual_replicas,
+                          "conditions": [{"type": "Ready", "status": "True"}]}}
+        return self._put("revisions", namespace, name, obj)
+
     def compact(self) -> None:
         """Forget all history: watches from an older resourceVersion now get 410 Gone."""
         self.events.clear()
@@ -84,6 +108,11 @@ class KubeApiDouble:
         app.router.add_get("/apis/apps/v1/deployments", self.list_or_watch("deployments", "DeploymentList", "apps/v1"))
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.get_scale)
         app.router.add_patch("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.patch_scale)
+        for plural, kind in (("services", "ServiceList"), ("revisions", "RevisionList")):
+            handler = self.list_or_watch(plural, kind, "serving.knative.dev/v1")
+            app.router.add_get(f"/apis/serving.knative.dev/v1/{plural}", handler)
+            app.router.add_get(f"/apis/serving.knative.dev/v1/namespaces/{{ns}}/{plural}", handler)
+        app.router.add_patch("/apis/serving.knative.dev/v1/namespaces/{ns}/services/{name}", self.patch_knative)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -155,15 +184,25 @@ class KubeApiDouble:
                     await asyncio.wait_for(changed.wait(), min(self.bookmark_interval_s, max(end - loop.time(), 0.01)))
                 except asyncio.TimeoutError:
                     if bookmarks:
+                        kind, api = BOOKMARK_KINDS[resource]
                         await _send(resp, {"type": "BOOKMARK", "object": {
-                            "kind": "Deployment" if resource == "deployments" else "Node",
-                            "apiVersion": "apps/v1" if resource == "deployments" else "v1",
-                            "metadata": {"resourceVersion": str(self.rv)}}})
+                            "kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}})
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.watchers -= 1
         return resp
+
+    async def patch_knative(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        obj = self.objects.get(("services", ns, name))
+        if obj is None:
+            return _status(404, "NotFound", f'services.serving.knative.dev "{name}" not found')
+        body = await request.json()
+        self.patches.append(("services.serving.knative.dev", ns, name, body))
+        obj = _merge(copy.deepcopy(obj), body)
+        self._put("services", ns, name, obj)
+        return web.json_response(obj)
 
     async def get_scale(self, request: web.Request) -> web.Response:
         key = ("deployments", request.match_info["ns"], request.match_info["name"])
@@ -186,6 +225,18 @@ class KubeApiDouble:
             obj["status"]["replicas"] = replicas
             self._put("deployments", ns, name, obj)
         return web.json_response(_scale(obj))
+
+
+def _merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
 
 
 def _scale(obj: dict) -> dict:

@@ -15,7 +15,7 @@ from .config.model import Config
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
-from .control.kubernetes import CompositeWake, KubernetesDiscovery, KubernetesScaleWake
+from .control.kubernetes import CompositeWake, KnativeMinScaleWake, KubernetesDiscovery, KubernetesScaleWake
 from .control.wake import HttpWake
 from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader
@@ -102,8 +102,9 @@ class RouterApp:
         self.kube = KubernetesDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth, ctx.clock)
         self.kube.start(asyncio.get_running_loop())
         self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth), self.kube]
-        kube_wake = KubernetesScaleWake(self.kube) if self.kube.providers else None
-        ctx.activator = Activator(ctx, CompositeWake(kube_wake, self.wake_trigger or HttpWake()))
+        self.knative_wake = KnativeMinScaleWake(self.kube)
+        kube_wakes = [KubernetesScaleWake(self.kube), self.knative_wake] if self.kube.providers else []
+        ctx.activator = Activator(ctx, CompositeWake(kube_wakes, self.wake_trigger or HttpWake()))
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -158,6 +159,7 @@ class RouterApp:
             self.ctx.activator.stop()
         if self.kube is not None:
             self.kube.stop()
+            self.knative_wake.cancel()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -39,6 +39,31 @@ class DeploymentSeen:
 
 
 @dataclass(frozen=True)
+class KnativeServiceSeen:
+    cluster: str
+    namespace: str
+    name: str
+    latest_ready: str | None
+    ready: bool
+    image: str | None
+    min_scale: str | None  # spec.template's autoscaling.knative.dev/min-scale, as found
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class RevisionSeen:
+    cluster: str
+    namespace: str
+    name: str
+    actual_replicas: int
+    image: str | None
+    deleted: bool = False
+
+
+MIN_SCALE = "autoscaling.knative.dev/min-scale"
+
+
+@dataclass(frozen=True)
 class NodeImages:
     cluster: str
     node: str
@@ -104,11 +129,16 @@ class KubernetesProvider:
         return self.client
 
     def start(self) -> None:
+        import functools
+
         from kubernetes import client
         api = self.api_client()
-        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        apps, core, custom = client.AppsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
+        knative = {plural: functools.partial(custom.list_cluster_custom_object, "serving.knative.dev", "v1", plural)
+                   for plural in ("services", "revisions")}
         for resource, lister in (("deployments", apps.list_deployment_for_all_namespaces),
-                                 ("nodes", core.list_node)):
+                                 ("nodes", core.list_node), ("knative services", knative["services"]),
+                                 ("knative revisions", knative["revisions"])):
             t = threading.Thread(target=self._run, args=(resource, lister), daemon=True,
                                  name=f"kube-{self.cluster.name}-{resource}")
             t.start()
@@ -116,6 +146,11 @@ class KubernetesProvider:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def patch_knative_service(self, namespace: str, name: str, body: dict) -> None:
+        from kubernetes import client
+        client.CustomObjectsApi(self.api_client()).patch_namespaced_custom_object(
+            "serving.knative.dev", "v1", namespace, "services", name, body)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         from kubernetes import client
@@ -129,11 +164,12 @@ class KubernetesProvider:
         while not self.stopping.is_set():
             try:
                 listed = lister(_request_timeout=10)
-                for item in listed.items:
+                items = listed["items"] if isinstance(listed, dict) else listed.items
+                for item in items:
                     self.post(self._typed(resource, item))
                 self.post(ProviderStatus(self.cluster.name, resource, True))
                 failures = 0
-                rv = listed.metadata.resource_version
+                rv = listed["metadata"]["resourceVersion"] if isinstance(listed, dict) else listed.metadata.resource_version
                 while not self.stopping.is_set():
                     w = watch.Watch()
                     for event in w.stream(lister, resource_version=rv, allow_watch_bookmarks=True,
@@ -150,6 +186,9 @@ class KubernetesProvider:
                 if exc.status == 410:
                     log.info("%s %s: resourceVersion expired, relisting", self.cluster.name, resource)
                     continue
+                if exc.status == 404 and resource.startswith("knative"):
+                    log.info("%s: Knative Serving is not installed; not watching %s", self.cluster.name, resource)
+                    return
                 failures += 1
                 self.post(ProviderStatus(self.cluster.name, resource, False, _explain(exc, resource)))
             except Exception as exc:  # connection errors of every kind: back off and relist
@@ -159,6 +198,19 @@ class KubernetesProvider:
             self.stopping.wait(delay)
 
     def _typed(self, resource: str, obj, deleted: bool = False):
+        if resource == "knative services":
+            meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
+            template = spec.get("template", {})
+            containers = template.get("spec", {}).get("containers") or [{}]
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+            return KnativeServiceSeen(self.cluster.name, meta["namespace"], meta["name"],
+                                      status.get("latestReadyRevisionName"), ready, containers[0].get("image"),
+                                      (template.get("metadata", {}).get("annotations") or {}).get(MIN_SCALE), deleted)
+        if resource == "knative revisions":
+            meta, status = obj["metadata"], obj.get("status", {})
+            containers = obj.get("spec", {}).get("containers") or [{}]
+            return RevisionSeen(self.cluster.name, meta["namespace"], meta["name"],
+                                int(status.get("actualReplicas") or 0), containers[0].get("image"), deleted)
         if resource == "deployments":
             containers = obj.spec.template.spec.containers or []
             return DeploymentSeen(self.cluster.name, obj.metadata.namespace, obj.metadata.name,
@@ -189,6 +241,8 @@ class KubernetesDiscovery:
         self.config, self.warmth, self.clock = config, warmth, clock
         self.on_change = on_change
         self.deployments: dict[tuple[str, str, str], DeploymentSeen] = {}
+        self.knative: dict[tuple[str, str, str], KnativeServiceSeen] = {}
+        self.revisions: dict[tuple[str, str, str], RevisionSeen] = {}
         self.nodes: dict[str, dict[str, frozenset]] = {}
         self.errors: dict[tuple[str, str], str] = {}
         self.providers: dict[str, KubernetesProvider] = {}
@@ -226,6 +280,14 @@ class KubernetesDiscovery:
             else:
                 self.deployments[key] = update
             self._publish(update.cluster, now, deployment=(update.namespace, update.name))
+        elif isinstance(update, (KnativeServiceSeen, RevisionSeen)):
+            table = self.knative if isinstance(update, KnativeServiceSeen) else self.revisions
+            key = (update.cluster, update.namespace, update.name)
+            if update.deleted:
+                table.pop(key, None)
+            else:
+                table[key] = update
+            self._publish(update.cluster, now)
         elif isinstance(update, NodeImages):
             images = self.nodes.setdefault(update.cluster, {})
             if update.deleted:
@@ -238,17 +300,81 @@ class KubernetesDiscovery:
         names: set[str] = set().union(*self.nodes.get(cluster, {}).values()) if self.nodes.get(cluster) else set()
         for svc in self.config().services:
             w = svc.workload
-            if w is None or w.kind != "Deployment" or (deployment and deployment != (w.namespace, w.name)):
+            if w is None or (deployment and deployment != (w.namespace, w.name)):
                 continue
-            seen = self.deployments.get((cluster, w.namespace, w.name))
+            seen = self._ready_and_image(cluster, w)
             if seen is None:
                 continue
+            ready, image = seen
             before = self.warmth.warmth(svc.name, cluster, now)
-            cached = image_cached(w.image or seen.image, names) if cluster in self.nodes else None
-            capacity = svc.container_concurrency * seen.ready if svc.container_concurrency and seen.ready else None
-            after = self.warmth.on_discovery(svc.name, cluster, seen.ready, cached, now, capacity)
+            cached = image_cached(w.image or image, names) if cluster in self.nodes else None
+            capacity = svc.container_concurrency * ready if svc.container_concurrency and ready else None
+            after = self.warmth.on_discovery(svc.name, cluster, ready, cached, now, capacity)
             if self.on_change is not None and after != before:
                 self.on_change(svc.name, cluster)
+
+
+    def _ready_and_image(self, cluster: str, w) -> tuple[int, str | None] | None:
+        """Ready replicas and image of a workload: a Deployment, or a Knative Service's latest ready revision."""
+        if w.kind == "Deployment":
+            seen = self.deployments.get((cluster, w.namespace, w.name))
+            return (seen.ready, seen.image) if seen is not None else None
+        ksvc = self.knative.get((cluster, w.namespace, w.name))
+        if ksvc is None:
+            return None
+        rev = self.revisions.get((cluster, w.namespace, ksvc.latest_ready)) if ksvc.latest_ready else None
+        ready = rev.actual_replicas if rev is not None and ksvc.ready else 0
+        return ready, (rev.image if rev is not None else None) or ksvc.image
+
+
+class KnativeMinScaleWake:
+    """Wake a Knative Service by setting min-scale 1 on its template for a bounded time, then restoring it."""
+
+    def __init__(self, discovery: KubernetesDiscovery, hold_s: float = 120.0):
+        self.discovery, self.hold_s = discovery, hold_s
+        self.restores: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
+        self._previous: dict[tuple[str, str, str], str | None] = {}  # what min-scale was before we raised it
+
+    def handles(self, service: ServiceConfig, cluster: ClusterConfig) -> bool:
+        return (service.workload is not None and service.workload.kind == "KnativeService"
+                and cluster.name in self.discovery.providers)
+
+    async def wake(self, service: ServiceConfig, cluster: ClusterConfig) -> None:
+        w = service.workload
+        key = (cluster.name, w.namespace, w.name)
+        seen = self.discovery.knative.get(key)
+        previous = seen.min_scale if seen is not None else None
+        if key in self.restores:  # already raised by us: extend the bounded time
+            self.restores.pop(key).cancel()
+            previous = self._previous.get(key, previous)
+        self._previous[key] = previous
+        await self._patch(cluster, w, "1")
+        loop = asyncio.get_running_loop()
+        self.restores[key] = loop.call_later(self.hold_s, lambda: loop.create_task(self._restore(cluster, w, key)))
+
+    async def _restore(self, cluster: ClusterConfig, w, key) -> None:
+        self.restores.pop(key, None)
+        try:
+            await self._patch(cluster, w, self._previous.pop(key, None))
+        except WakeError as exc:
+            log.warning("restoring min-scale of %s/%s in %s failed: %s", w.namespace, w.name, cluster.name, exc)
+
+    async def _patch(self, cluster: ClusterConfig, w, value: str | None) -> None:
+        provider = self.discovery.providers.get(cluster.name)
+        if provider is None:
+            raise WakeError(f"no Kubernetes access to {cluster.name}")
+        from kubernetes.client.rest import ApiException
+        body = {"spec": {"template": {"metadata": {"annotations": {MIN_SCALE: value}}}}}
+        try:
+            await asyncio.to_thread(provider.patch_knative_service, w.namespace, w.name, body)
+        except ApiException as exc:
+            raise WakeError(_explain(exc, "services.serving.knative.dev")) from None
+        except Exception as exc:
+            raise WakeError(f"{type(exc).__name__}: {exc}") from None
+
+    def cancel(self) -> None:
+        for handle in self.restores.values():
+            handle.cancel()
 
 
 class KubernetesScaleWake:
@@ -275,18 +401,19 @@ class KubernetesScaleWake:
 
 
 class CompositeWake:
-    """Kubernetes scale where the router has API access to the cluster, else the HTTP wake."""
+    """Through the API where the router has access to the cluster (Deployment scale, Knative
+    min-scale), else the HTTP wake."""
 
-    def __init__(self, kube: KubernetesScaleWake | None, http):
+    def __init__(self, kube: list, http):
         self.kube, self.http = kube, http
 
     def can_wake(self, service: ServiceConfig, clusters) -> bool:
-        return service.wake_path is not None or (
-            self.kube is not None and any(self.kube.handles(service, c) for c in clusters))
+        return service.wake_path is not None or any(k.handles(service, c) for k in self.kube for c in clusters)
 
     async def wake(self, service: ServiceConfig, cluster: ClusterConfig) -> None:
-        if self.kube is not None and self.kube.handles(service, cluster):
-            await self.kube.wake(service, cluster)
-        else:
-            await self.http.wake(service, cluster)
+        for trigger in self.kube:
+            if trigger.handles(service, cluster):
+                await trigger.wake(service, cluster)
+                return
+        await self.http.wake(service, cluster)
 

@@ -123,3 +123,39 @@ async def test_burst_on_a_scaled_to_zero_deployment_patches_scale_exactly_once(k
     assert all(r.startswith(b"HTTP/1.1 200") for r in results), [r[:40] for r in results if not r.startswith(b"HTTP/1.1 200")]
     assert kube.patches == [("deployments/scale", "shop", "app", {"spec": {"replicas": 1}})]
     assert len(b.seen) == 30
+
+
+def knative_config(kubeconfig: str, backend_port: int, hold: str = "10s") -> str:
+    return config(kubeconfig, backend_port).replace(
+        "workload: {kind: Deployment, namespace: shop, name: app}",
+        "workload: {kind: KnativeService, namespace: shop, name: app}")
+
+
+async def test_knative_revision_replicas_drive_warmth_and_min_scale_wakes_then_restores(kube, backends, router, tmp_path):
+    (b,) = await backends("a")
+    b.status = 503
+    kube.set_knative_service("shop", "app", "app-00001", ready=True, image=IMAGE, annotations={"team": "shop"})
+    kube.set_knative_revision("shop", "app-00001", actual_replicas=0, image=IMAGE)
+    kube.set_node_images("node-1", [[IMAGE]])
+    app = await router(knative_config(kube.kubeconfig(str(tmp_path)), b.port))
+    warmth, clock = app.ctx.policy.warmth, app.ctx.clock
+    await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.CACHED, timeout_s=10, what="CACHED")
+    app.knative_wake.hold_s = 0.5  # restore the annotation soon, for the test
+
+    async def knative():  # min-scale 1 makes the autoscaler start a replica
+        await wait_for(lambda: kube.patches, timeout_s=5, what="min-scale patch")
+        await asyncio.sleep(0.2)
+        b.status = 200
+        kube.set_knative_revision("shop", "app-00001", actual_replicas=1, image=IMAGE)
+    task = asyncio.create_task(knative())
+    req = b"GET /k HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n"
+    results = await asyncio.gather(*[raw_request(app.port, req, timeout_s=8) for _ in range(10)])
+    await task
+    assert all(r.startswith(b"HTTP/1.1 200") for r in results)
+    assert warmth.warmth("shop", "a", clock()) == Warmth.WARM
+    first = kube.patches[0]
+    assert first[:3] == ("services.serving.knative.dev", "shop", "app")
+    assert first[3] == {"spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "1"}}}}}
+    await wait_for(lambda: len(kube.patches) == 2, timeout_s=3, what="min-scale restored")
+    annotations = kube.objects[("services", "shop", "app")]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"team": "shop"}  # back as it was: ours removed, theirs kept

@@ -15,7 +15,8 @@ from .config.model import Config
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
-from .control.kubernetes import CompositeWake, KnativeMinScaleWake, KubernetesDiscovery, KubernetesScaleWake
+from .control.kube_wake import CompositeWake, KnativeMinScaleWake, KubernetesScaleWake
+from .control.kubernetes import KubernetesDiscovery
 from .control.wake import HttpWake
 from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader

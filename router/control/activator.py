@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 
 from ..config.model import ClusterConfig, ServiceConfig
 from ..core.buffer import ActivationBuffer, BufferLimits, Refuse

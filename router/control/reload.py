@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Awaitable, Callable
+from typing import Callable
 
 from ..config.errors import ConfigError
 from ..config.loader import load_config

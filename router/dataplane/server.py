@@ -12,7 +12,8 @@ import asyncio
 import httptools
 
 from .context import ProxyContext
-from .exchange import Exchange, Request
+from .exchange import Exchange
+from .request import Request
 from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
 from .timers import LazyTimer
 

@@ -1,6 +1,5 @@
 """1 GiB up and down through a router process: bytes intact, router memory bounded."""
 import asyncio
-import os
 import subprocess
 import sys
 

@@ -1,5 +1,4 @@
 """Wake triggers: deduplicated per (service, cluster), backoff after failure, counted; deadline headers."""
-import asyncio
 
 from router.config.model import ClusterConfig, Endpoint, ServiceConfig
 from router.control.activator import client_deadline_s

@@ -1,5 +1,5 @@
 """The activation buffer state machine with a fake clock: every outcome and every bound."""
-from router.core.buffer import ActivationBuffer, BufferLimits, Expire, Held, Refuse, Release
+from router.core.buffer import ActivationBuffer, BufferLimits, Expire, Held, Refuse
 
 
 def hold_many(buf, n, service="svc", now=0.0, deadline=30.0, start=0):

@@ -1,7 +1,6 @@
 """Pure routing core with a fake clock: weighted choice, renormalisation, ejection, host routing."""
 import random
 
-import pytest
 
 from router.config.model import Backend, Config, ClusterConfig, Endpoint, RouterSettings, SplitConfig
 from router.core.choice import Forward, Reject, choose_backend, effective_weights

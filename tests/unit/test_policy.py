@@ -6,7 +6,7 @@ import pytest
 
 from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SplitConfig
 from router.core.affinity import affinity_key, pick_by_key
-from router.core.choice import Forward, PolicyInputs, Reject, choose_backend
+from router.core.choice import PolicyInputs, choose_backend
 from router.core.ewma import PeakEwma
 from router.core.health import HealthState
 from router.core.retry import RetryBudget

@@ -1,0 +1,253 @@
+"""The response half of an exchange: relaying the upstream's answer to the client, failures
+on the way, flow control between the two sockets, and the tunnel after an upgrade.
+
+A mixin of Exchange (which owns the state, see exchange.py): kept apart so each module stays
+readable on its own. Response framing toward the client is the proxy's own: Content-Length
+when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+"""
+from __future__ import annotations
+
+from .headers import response_head, simple_response
+from .request import IDEMPOTENT
+
+PAUSE_UPSTREAM = 2  # mirrors server.PAUSE_UPSTREAM
+
+
+class ResponseRelay:
+    __slots__ = ()
+    # --- response -----------------------------------------------------------------------
+    def on_response_head(self, status: int, headers: list, upgrade: bool) -> None:
+        req = self.req
+        if 100 <= status < 200 and status != 101:
+            if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        self._cancel_header_timer()
+        self.status = status
+        ctx = self.ctx
+        ctx.policy.rtt.on_first_byte(self.service, self.backend.cluster, ctx.clock() - self.sent_at, ctx.clock())
+        if status == 101 and not req.upgrade:
+            self.on_upstream_error("upstream switched protocols without an Upgrade request")
+            return
+        if req.upgrade and status != 101:
+            self.keep_alive = False  # the client parser stopped at the Upgrade request
+        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        parts, cl, upstream_chunked = response_head(status, headers, self.ctx.response_tail(self.backend.cluster),
+                                                    status == 101)
+        if status == 101:
+            pass
+        elif no_body:
+            if cl is not None and req.method == b"HEAD":
+                parts += (b"Content-Length: ", cl, b"\r\n")
+        elif cl is not None:
+            parts += (b"Content-Length: ", cl, b"\r\n")
+        elif req.version == "1.1":
+            self.resp_chunked = True
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.keep_alive = False
+        if cl is None and not no_body and not upstream_chunked and not self.upstream.keep_alive:
+            self.resp_close_delimited = True
+        if self.ctx.draining or (self.conn.stopped and not req.complete):
+            self.keep_alive = False
+        if self.ctx.settings.decision_header and self.decision is not None:
+            d = self.decision
+            expected = f"; expected-ms={d.expected_s * 1000:.1f}" if d.expected_s is not None else ""
+            parts.append(f"x-router-decision: {d.reason}{expected}\r\n".encode())
+        if self.held_s is not None:
+            parts.append(b"Server-Timing: queue;dur=%.1f, cold;desc=%s\r\n" % (self.held_s * 1000,
+                                                                              self.released_to.encode()))
+        elif self.ctx.settings.server_timing:
+            parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
+        if status != 101:
+            if not self.keep_alive:
+                parts.append(b"Connection: close\r\n")
+            elif req.version == "1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        corked = self.conn.corked
+        self.head_mark = (corked, len(corked)) if corked is not None else None
+        self.conn.write(b"".join(parts))
+        self.resp_started = True
+        if req.method == b"HEAD" and status != 101:
+            # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
+            self.upstream.reset_parser()
+            self.on_response_end()
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.resp_chunked:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def on_response_end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_header_timer()
+        if self.resp_chunked:
+            self.conn.write(b"0\r\n\r\n")
+        ctx, up = self.ctx, self.upstream
+        self.upstream = None
+        if up is not None:
+            if self.upstream_paused:
+                up.transport.resume_reading()
+            if self.req.complete and not self.resp_close_delimited:
+                ctx.pool.release(up)
+            else:
+                up.exchange = None
+                up.close()
+        if not self.req.complete:
+            self.keep_alive = False  # answered before the body finished: the rest is not worth reading
+        now = ctx.clock()
+        ctx.health.on_response(self.backend.cluster, self.status, now)
+        ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
+        self._end()
+        self.conn.exchange_done(self.keep_alive)
+
+    # --- failures -----------------------------------------------------------------------
+    def on_upstream_lost(self, exc) -> None:
+        up, self.upstream = self.upstream, None
+        if self.finished:
+            return
+        if (not self.resp_started and up is not None and up.reused and not self.stale_retried
+                and self.kept is not None and self.req.method in IDEMPOTENT):
+            # A pooled connection the upstream had already closed: nothing was processed, try a fresh one.
+            self.stale_retried = True
+            self.streaming = False
+            self._cancel_header_timer()
+            self.ctx.metrics.retries.labels("stale_connection").inc()
+            self.task = self.ctx.loop.create_task(self._connect(self.backend))
+            return
+        if self.conn.tunnel is self:
+            self.finished = True
+            self.conn.close()
+            return
+        if self.resp_started:
+            if self.resp_close_delimited:
+                self.on_response_end()
+            else:
+                self._truncated("upstream closed the connection mid-response")
+            return
+        if self._retry_elsewhere("reset"):
+            return
+        self.respond_error(502, "upstream closed the connection before responding")
+
+    def on_upstream_error(self, reason: str) -> None:
+        self.upstream = None
+        if self.finished:
+            return
+        mark = self.head_mark
+        if self.resp_started and mark is not None and mark[0] is self.conn.corked:
+            del mark[0][mark[1]:]  # the head has not left yet: take it back and answer 502 instead
+            self.resp_started = self.resp_chunked = False
+        if self.resp_started:
+            self._truncated(reason)
+        else:
+            self.respond_error(502, reason)
+
+    def _on_header_timeout(self) -> None:
+        if not self.finished and not self.resp_started:
+            if self.ctx.settings.timeouts.per_try_s is not None and self._retry_elsewhere("timeout"):
+                return
+            self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
+
+    def _truncated(self, reason: str) -> None:
+        """Never let a cut-short body look complete: abort the client connection."""
+        self.finished = True
+        self._cancel_header_timer()
+        cluster = self.backend.cluster if self.backend else "-"
+        self.ctx.health.on_response(cluster, 502, self.ctx.clock())
+        self.ctx.metrics.count_request(cluster, 502, self.ctx.clock() - self.req.t0)
+        self._end()
+        self.conn.abort()
+
+    def respond_error(self, status: int, reason: str, cluster: str | None = None,
+                      retry_after_s: float | None = None) -> None:
+        self.finished = True
+        self.hold_id = None
+        self._cancel_header_timer()
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.exchange = None
+            up.abort()
+        if cluster is None:
+            cluster = self.backend.cluster if self.backend else "-"
+            if status in (502, 504) and cluster != "-":
+                self.ctx.health.on_response(cluster, status, self.ctx.clock())
+        keep = self.keep_alive and self.req.complete and not self.ctx.draining
+        extra = [("x-router-cluster", cluster)] if cluster != "-" else []
+        if status == 503:
+            extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
+        self.ctx.metrics.count_request(cluster, status, self.ctx.clock() - self.req.t0)
+        self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
+        self._end()
+        self.conn.exchange_done(keep)
+
+    def on_client_lost(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.hold_id is not None and self.ctx.activator is not None:
+            self.ctx.activator.gone(self.hold_id, self.service)  # nothing went upstream
+            self.hold_id = None
+        if not self.finished:
+            self.finished = True
+            self._cancel_header_timer()
+            cluster = self.backend.cluster if self.backend else "-"
+            self.ctx.metrics.count_request(cluster, 499, self.ctx.clock() - self.req.t0)
+        self._end()
+        self._abort_upstream()
+
+    def _abort_both(self) -> None:
+        self.finished = True
+        self._abort_upstream()
+        self.conn.abort()
+
+    def _abort_upstream(self) -> None:
+        if self.upstream is not None:
+            up, self.upstream = self.upstream, None
+            up.exchange = None
+            up.abort()
+
+    def _cancel_header_timer(self) -> None:
+        timer = self.conn.upstream_timer
+        if timer.deadline and timer.callback == self._on_header_timeout:
+            timer.deadline = 0.0
+
+    # --- flow control -------------------------------------------------------------------
+    def on_client_pause_writing(self) -> None:
+        if self.upstream is not None and not self.upstream_paused:
+            self.upstream_paused = True
+            self.upstream.transport.pause_reading()
+
+    def on_client_resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream_paused:
+            self.upstream_paused = False
+            self.upstream.transport.resume_reading()
+
+    def on_upstream_pause_writing(self) -> None:
+        self.conn.pause(PAUSE_UPSTREAM)
+
+    def on_upstream_resume_writing(self) -> None:
+        self.conn.resume(PAUSE_UPSTREAM)
+
+    # --- upgrade tunnel -----------------------------------------------------------------
+    def on_upgraded(self, rest: bytes) -> None:
+        if self.finished or self.status != 101:
+            return
+        if rest:
+            self.conn.write(rest)
+        self.conn.start_tunnel(self)
+        if self.req.tunnel_bytes:
+            self.upstream.write(self.req.tunnel_bytes)
+            self.req.tunnel_bytes = b""
+        self.ctx.metrics.count_request(self.backend.cluster, 101, self.ctx.clock() - self.req.t0)
+
+    def on_client_tunnel_data(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(data)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.conn.write(data)

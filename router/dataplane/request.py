@@ -1,0 +1,29 @@
+"""A parsed request head and the state of its body, as the client connection fills it in."""
+from __future__ import annotations
+
+from .headers import HttpReject
+
+REPLAY_LIMIT = 64 * 1024  # body kept for a retry, at most
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+
+class Request:
+    __slots__ = ("method", "url", "version", "headers", "special", "facts", "keep_alive", "upgrade", "body", "body_len",
+                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "header_count", "t0")
+
+    def __init__(self):
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # passed through (Host included)
+        self.special: list[tuple[bytes, bytes]] = []  # (lowercase name, value) the proxy interprets
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.complete = self.head_done = self.upgrade = False
+        self.keep_alive = True
+        self.reject: HttpReject | None = None
+        self.tunnel_bytes = b""
+        self.head_size = 0
+        self.header_count = 0
+        self.method = b""
+        self.version = "1.1"
+        self.facts: dict = {}
+        self.t0 = 0.0

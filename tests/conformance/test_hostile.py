@@ -107,7 +107,8 @@ def te_variants() -> list[bytes]:
               b"chunked,", b", chunked", b"identity, chunked", b"chunked, identity", b"chunked;q=1",
               b"\x0bchunked", b"\x0cchunked", b"chunked\x0b", b"chunk", b"chunkedx", b"xchunked", b"chu nked",
               b'"chunked"', b"chunked\x00", b"\x00chunked", b"chunked\r", b"ch\x85unked", b"cHuNkEd",
-              b"chunked, chunked", b"gzip, chunked", b"deflate", b"chunked\x01", b"\x7fchunked"]
+              b"chunked, chunked", b"gzip, chunked", b"deflate", b"chunked\x01", b"\x7fchunked",
+              b" chunked ", b"\tchunked\t", b"CHUNKED ", b"chunked;", b"chunked , chunked", b"chunked\x1f"]
     names = [b"Transfer-Encoding", b"transfer-encoding", b"TRANSFER-ENCODING", b"Transfer-Encoding ",
              b"Transfer_Encoding", b" Transfer-Encoding", b"Transfer-Encoding\t", b"X-Transfer-Encoding"]
     out = [b"%s: %s" % (b"Transfer-Encoding", v) for v in values]

@@ -22,7 +22,9 @@ import tempfile
 from aiohttp import web
 
 
-BOOKMARK_KINDS = {"deployments": ("Deployment", "apps/v1"), "nodes": ("Node", "v1"),
+BOOKMARK_KINDS = {"trafficsplits": ("TrafficSplit", "edge.router/v1alpha1"),
+                  "clusters": ("Cluster", "edge.router/v1alpha1"),
+                  "deployments": ("Deployment", "apps/v1"), "nodes": ("Node", "v1"),
                   "services": ("Service", "serving.knative.dev/v1"), "revisions": ("Revision", "serving.knative.dev/v1")}
 
 
@@ -79,6 +81,16 @@ class KubeApiDouble:
                           "conditions": [{"type": "Ready", "status": "True"}]}}
         return self._put("revisions", namespace, name, obj)
 
+    def set_custom(self, obj: dict) -> dict:
+        """Create or replace a TrafficSplit or Cluster (edge.router/v1alpha1) resource."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        plural = obj["kind"].lower() + "s"
+        old = self.objects.get((plural, meta["namespace"], meta["name"]))
+        if old is not None and "status" in old:
+            obj["status"] = old["status"]
+        return self._put(plural, meta["namespace"], meta["name"], obj)
+
     def compact(self) -> None:
         """Forget all history: watches from an older resourceVersion now get 410 Gone."""
         self.events.clear()
@@ -113,6 +125,11 @@ class KubeApiDouble:
             app.router.add_get(f"/apis/serving.knative.dev/v1/{plural}", handler)
             app.router.add_get(f"/apis/serving.knative.dev/v1/namespaces/{{ns}}/{plural}", handler)
         app.router.add_patch("/apis/serving.knative.dev/v1/namespaces/{ns}/services/{name}", self.patch_knative)
+        for plural, kind in (("trafficsplits", "TrafficSplitList"), ("clusters", "ClusterList")):
+            app.router.add_get(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}",
+                               self.list_or_watch(plural, kind, "edge.router/v1alpha1"))
+            app.router.add_patch(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}/{{name}}/status",
+                                 self.patch_status(plural))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -203,6 +220,20 @@ class KubeApiDouble:
         obj = _merge(copy.deepcopy(obj), body)
         self._put("services", ns, name, obj)
         return web.json_response(obj)
+
+    def patch_status(self, plural: str):
+        async def handler(request: web.Request) -> web.Response:
+            ns, name = request.match_info["ns"], request.match_info["name"]
+            obj = self.objects.get((plural, ns, name))
+            if obj is None:
+                return _status(404, "NotFound", f'{plural}.edge.router "{name}" not found')
+            body = await request.json()
+            self.patches.append((f"{plural}/status", ns, name, body))
+            obj = copy.deepcopy(obj)
+            obj["status"] = body.get("status", {})
+            self._put(plural, ns, name, obj)
+            return web.json_response(obj)
+        return handler
 
     async def get_scale(self, request: web.Request) -> web.Response:
         key = ("deployments", request.match_info["ns"], request.match_info["name"])

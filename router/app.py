@@ -20,6 +20,7 @@ from .control.kubernetes import KubernetesDiscovery
 from .control.wake import HttpWake
 from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader
+from .control.resources import ResourceWatcher
 from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
@@ -56,6 +57,7 @@ class RouterApp:
         self.wake_trigger = wake_trigger
         self.prober: Prober | None = None
         self.kube: KubernetesDiscovery | None = None
+        self.resources: ResourceWatcher | None = None
         self.discovery = []
         count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
         self.reloader = Reloader(self.source, self.apply, count)
@@ -103,6 +105,11 @@ class RouterApp:
         self.kube = KubernetesDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth, ctx.clock)
         self.kube.start(asyncio.get_running_loop())
         self.discovery = [StaticDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth), self.kube]
+        watch = self.config.router.resources
+        if watch is not None:
+            self.resources = ResourceWatcher(watch, lambda _: self._spawn(self._reload_resources()),
+                                             asyncio.get_running_loop())
+            self.resources.start()
         self.knative_wake = KnativeMinScaleWake(self.kube)
         kube_wakes = [KubernetesScaleWake(self.kube), self.knative_wake] if self.kube.providers else []
         ctx.activator = Activator(ctx, CompositeWake(kube_wakes, self.wake_trigger or HttpWake()))
@@ -120,6 +127,12 @@ class RouterApp:
                 if rtt is not None:
                     self.metrics.cluster_rtt.labels(cluster.name).set(rtt)
             await asyncio.sleep(interval_s)
+
+    async def _reload_resources(self) -> None:
+        """Custom resources changed: reload with them, then tell each resource how it went."""
+        self.source.documents = self.resources.documents()
+        await self.reloader.reload("resources")
+        await asyncio.to_thread(self.resources.write_status, list(self.reloader.last_problems))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -158,6 +171,8 @@ class RouterApp:
             self.prober.stop()
         if self.ctx.activator is not None:
             self.ctx.activator.stop()
+        if self.resources is not None:
+            self.resources.stop()
         if self.kube is not None:
             self.kube.stop()
             self.knative_wake.cancel()

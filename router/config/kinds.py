@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, RouterSettings, ServiceConfig,
-                    Timeouts, Workload)
+from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
+                    ServiceConfig, Timeouts, Workload)
 from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_quantity,
                      parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -152,7 +152,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
     doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
-                             "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer"}):
+                             "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
+                             "resources"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -199,7 +200,16 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
                           decision_header=doc.value(spec, "decisionHeader", _bool, False),
-                          buffer=_read_buffer(doc, spec.get("buffer")))
+                          buffer=_read_buffer(doc, spec.get("buffer")),
+                          resources=_read_resources(doc, spec.get("resources")))
+
+
+def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:
+    """resources: {namespace: edge-router, kubeconfig: PATH, context: NAME, inCluster: true}"""
+    if not doc.fields(node, {"namespace", "kubeconfig", "context", "inCluster"}, {"namespace"}):
+        return None
+    return ResourceWatch(doc.string(node, "namespace", "default"), doc.string(node, "kubeconfig"),
+                         doc.string(node, "context"), doc.value(node, "inCluster", _bool, False))
 
 
 def _read_buffer(doc: Doc, node: Node | None) -> BufferSettings:

@@ -10,14 +10,16 @@ from .errors import ConfigError, Problems
 from .kinds import (Doc, PendingSplit, read_cluster, read_httproute, read_native_split, read_router,
                     read_service, read_smi_split)
 from .model import Backend, ClusterConfig, Config, RouterSettings, ServiceConfig, SplitConfig
-from .yamlsrc import Node, config_files, read_documents
+from .yamlsrc import Node, config_files, parse_documents, read_documents
 
 EDGE = "edge.router/v1alpha1"
 SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
 GATEWAY_VERSIONS = ("v1", "v1beta1")
 
 
-def load_config(*paths: str) -> Config:
+def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Config:
+    """Files and directories in `paths`, plus in-memory `documents` as (source name, YAML text),
+    for example custom resources read from a cluster."""
     problems = Problems()
     clusters: list[ClusterConfig] = []
     routers: list[tuple[RouterSettings, Node]] = []
@@ -35,6 +37,15 @@ def load_config(*paths: str) -> Config:
                 continue
             for root in docs:
                 _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services)
+    for source, text in documents:
+        files.append(source)
+        try:
+            docs = list(parse_documents(text, source))
+        except ConfigError as exc:
+            problems.items.extend(exc.problems)
+            continue
+        for root in docs:
+            _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services)
     if not files:
         problems.add(paths[0] if paths else "-", 0, "", "no .yaml or .yml files found")
     router = _one_router(routers, problems)

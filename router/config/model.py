@@ -107,6 +107,15 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class ResourceWatch:
+    """Where to read TrafficSplit and Cluster custom resources: a namespace of the router's own cluster."""
+    namespace: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+
+@dataclass(frozen=True)
 class BufferSettings:
     per_service: int = 1000
     total: int = 10_000
@@ -135,6 +144,7 @@ class RouterSettings:
     rtt_decay_s: float = 10.0
     decision_header: bool = False
     buffer: BufferSettings = field(default_factory=BufferSettings)
+    resources: ResourceWatch | None = None
 
 
 @dataclass(frozen=True)

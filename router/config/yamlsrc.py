@@ -76,6 +76,11 @@ def read_documents(path: str) -> Iterator[Node]:
         raise ConfigError([Problem(path, 0, "", f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem(path, 0, "", "not UTF-8 text")]) from None
+    return parse_documents(text, path)
+
+
+def parse_documents(text: str, path: str) -> Iterator[Node]:
+    """Yield one Node per non-empty YAML document of `text`; `path` names it in errors."""
     try:
         roots = list(yaml.compose_all(text, Loader=_loader_cls))
     except yaml.MarkedYAMLError as exc:

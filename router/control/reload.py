@@ -21,6 +21,7 @@ log = logging.getLogger("router.reload")
 class ConfigSource:
     def __init__(self, paths: list[str]):
         self.paths = list(paths)
+        self.documents: tuple[tuple[str, str], ...] = ()  # custom resources read from a cluster
         self.stamp = self._stamp()
 
     def _stamp(self) -> tuple:
@@ -42,7 +43,7 @@ class ConfigSource:
         return False
 
     def load(self) -> Config:
-        return load_config(*self.paths)
+        return load_config(*self.paths, documents=self.documents)
 
 
 class Reloader:
@@ -53,6 +54,7 @@ class Reloader:
         self.source, self.apply, self.count = source, apply, count
         self.lock = asyncio.Lock()
         self.last_error: str | None = None
+        self.last_problems: list = []
 
     async def reload(self, trigger: str) -> dict:
         async with self.lock:
@@ -60,12 +62,14 @@ class Reloader:
                 config = await asyncio.to_thread(self.source.load)
             except ConfigError as exc:
                 self.last_error = str(exc)
+                self.last_problems = exc.problems
                 self.count("error")
                 for line in str(exc).splitlines():
                     log.error("config reload (%s) refused, keeping the last good config: %s", trigger, line)
                 return {"ok": False, "errors": str(exc).splitlines()}
             self.apply(config)
             self.last_error = None
+            self.last_problems = []
             self.count("success")
             log.info("config reloaded (%s) from %s", trigger, ", ".join(config.files))
             return {"ok": True, "files": list(config.files)}

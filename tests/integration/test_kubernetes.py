@@ -159,3 +159,42 @@ async def test_knative_revision_replicas_drive_warmth_and_min_scale_wakes_then_r
     await wait_for(lambda: len(kube.patches) == 2, timeout_s=3, what="min-scale restored")
     annotations = kube.objects[("services", "shop", "app")]["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"team": "shop"}  # back as it was: ours removed, theirs kept
+
+
+def split_resource(weights: dict, name: str = "global") -> dict:
+    return {"apiVersion": "edge.router/v1alpha1", "kind": "TrafficSplit",
+            "metadata": {"name": name, "namespace": "edge"},
+            "spec": {"clusters": [{"name": n, "weight": w} for n, w in weights.items()]}}
+
+
+async def test_trafficsplit_resources_are_swapped_like_files_and_get_a_status(kube, backends, router, tmp_path):
+    from tests.conftest import keepalive_text
+    a, b = await backends("a", "b")
+    kube.set_custom(split_resource({"a": 1, "b": 0}))
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) +
+                       router_doc(resources={"namespace": "edge", "kubeconfig": kube.kubeconfig(str(tmp_path))}))
+
+    async def routed_to():
+        try:
+            return set(await keepalive_text(app.port, 10))
+        except AssertionError:  # 404 until the resource is loaded
+            return set()
+    await wait_for(lambda: _eq(routed_to(), {"a"}), timeout_s=10, interval_s=0.1, what="split from the resource")
+    await wait_for(lambda: kube.objects[("trafficsplits", "edge", "global")].get("status"), timeout_s=5, what="status")
+    cond = kube.objects[("trafficsplits", "edge", "global")]["status"]["conditions"][0]
+    assert cond["type"] == "Ready" and cond["status"] == "True"
+
+    kube.set_custom(split_resource({"a": 0, "b": 1}))
+    await wait_for(lambda: _eq(routed_to(), {"b"}), timeout_s=10, interval_s=0.1, what="updated resource swapped in")
+
+    kube.set_custom(split_resource({"a": -1, "b": 1}))  # invalid: refused, the last good config keeps serving
+    await wait_for(lambda: kube.objects[("trafficsplits", "edge", "global")]["status"]["conditions"][0]["status"]
+                   == "False", timeout_s=10, what="Ready=False")
+    cond = kube.objects[("trafficsplits", "edge", "global")]["status"]["conditions"][0]
+    assert "k8s:edge/TrafficSplit/global:" in cond["message"] and "weight must not be negative" in cond["message"]
+    assert await routed_to() == {"b"}
+    assert app.metrics.reloads.labels("error")._value.get() >= 1
+
+
+async def _eq(coro, want):
+    return (await coro) == want

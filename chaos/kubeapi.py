@@ -44,6 +44,9 @@ class KubeApiDouble:
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.watchers = 0
+        self.epoch = 0  # bumped by compact(): open watches end
+        self.lists: dict[str, int] = {}  # resource -> list requests served
+        self.gone: int = 0  # 410 answers sent
 
     # --- hooks ------------------------------------------------------------------------
     def set_deployment(self, namespace: str, name: str, replicas: int, ready: int | None = None,
@@ -92,9 +95,13 @@ class KubeApiDouble:
         return self._put(plural, meta["namespace"], meta["name"], obj)
 
     def compact(self) -> None:
-        """Forget all history: watches from an older resourceVersion now get 410 Gone."""
+        """Forget all history and end every open watch (as an API server restart would): watchers
+        that come back with an older resourceVersion get 410 Gone and must relist."""
         self.events.clear()
-        self.oldest_rv = self.rv
+        self.oldest_rv = self.rv + 1
+        self.epoch += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     # --- state --------------------------------------------------------------------------
     def _put(self, resource: str, namespace: str, name: str, obj: dict) -> dict:
@@ -169,6 +176,7 @@ class KubeApiDouble:
             ns = request.match_info.get("ns")
             if request.query.get("watch") in ("true", "1"):
                 return await self._watch(request, resource, ns)
+            self.lists[resource] = self.lists.get(resource, 0) + 1
             items = [copy.deepcopy(o) for (r, n, _), o in sorted(self.objects.items())
                      if r == resource and (ns is None or n == ns)]
             return web.json_response({"apiVersion": api_version, "kind": list_kind,
@@ -185,12 +193,14 @@ class KubeApiDouble:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         try:
-            if since < self.oldest_rv:
+            epoch = self.epoch
+            if since < self.oldest_rv - 1:
+                self.gone += 1
                 await _send(resp, {"type": "ERROR", "object": {
                     "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
                     "message": f"too old resource version: {since} ({self.oldest_rv})"}})
                 return resp
-            while loop.time() < end and not self.outage:
+            while loop.time() < end and not self.outage and epoch == self.epoch:
                 for rv, res, kind, obj in list(self.events):
                     if rv > since and res == resource and (ns is None or obj["metadata"].get("namespace") == ns):
                         await _send(resp, {"type": kind, "object": obj})

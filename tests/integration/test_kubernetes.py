@@ -79,10 +79,11 @@ async def test_watch_expiry_relists_and_outage_turns_stale_then_recovers(kube, b
     warmth, clock = app.ctx.policy.warmth, app.ctx.clock
     warmth.stale_after_s = 1.0  # the 30 s default, shortened for the test
     await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.WARM, timeout_s=10, what="WARM")
-    kube.compact()  # history gone: the running watch's next reconnect gets 410 and must relist
+    lists = kube.lists["deployments"]
     kube.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
-    await wait_for(lambda: warmth.warmth("shop", "a", clock()) in (Warmth.CACHED, Warmth.COLD, Warmth.UNKNOWN)
-                   and warmth.get("shop", "a").ready_replicas == 0, timeout_s=15, what="change seen after 410")
+    kube.compact()  # watches end and history is gone: the reconnect gets 410 and must relist to see the change
+    await wait_for(lambda: warmth.get("shop", "a").ready_replicas == 0, timeout_s=15, what="change seen after 410")
+    assert kube.gone >= 1 and kube.lists["deployments"] > lists
     kube.outage = True
     await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.UNKNOWN, timeout_s=5, what="stale")
     await wait_for(lambda: app.kube.errors, timeout_s=5, what="the outage reported")

@@ -1,9 +1,9 @@
-"""Exchange: one request's trip through the proxy (choose, connect, stream both ways).
+"""Exchange: one request's trip through the proxy: route, choose, connect (or be held while a
+service starts), send the request with the proxy's own framing, retry what is safe to retry.
 
-It executes core decisions (`choose_backend`) and reports outcomes back into health.
-The client connection feeds it request events; the upstream connection feeds it
-response events. Response framing toward the client is the proxy's own: Content-Length
-when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+It executes core decisions (`choose_backend`) and reports outcomes back into health, RTT and
+the retry budget. The client connection feeds it request events; the upstream connection feeds
+it response events, handled by the ResponseRelay half (relay.py).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from .headers import HttpReject, upstream_request_head
+from .pause import PAUSE_HELD
 from .relay import ResponseRelay
-from .request import IDEMPOTENT, REPLAY_LIMIT, Request  # noqa: F401 - Request re-exported
+from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
 
-PAUSE_UPSTREAM, PAUSE_HELD = 2, 8  # mirror server.PAUSE_*
 
 
 class Exchange(ResponseRelay):

@@ -8,9 +8,9 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 from __future__ import annotations
 
 from .headers import response_head, simple_response
+from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
 
-PAUSE_UPSTREAM = 2  # mirrors server.PAUSE_UPSTREAM
 
 
 class ResponseRelay:

@@ -13,11 +13,11 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange
+from .pause import PAUSE_BUFFER, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
 from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
 from .timers import LazyTimer
 
-PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_STOPPED, PAUSE_HELD = 1, 2, 4, 8
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
 LINGER_MAX_BYTES = 4 * 1024 * 1024
 

@@ -21,6 +21,8 @@ import tempfile
 
 from aiohttp import web
 
+from router.obs.admin import start_site
+
 
 BOOKMARK_KINDS = {"trafficsplits": ("TrafficSplit", "edge.router/v1alpha1"),
                   "clusters": ("Cluster", "edge.router/v1alpha1"),
@@ -137,11 +139,7 @@ class KubeApiDouble:
                                self.list_or_watch(plural, kind, "edge.router/v1alpha1"))
             app.router.add_patch(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}/{{name}}/status",
                                  self.patch_status(plural))
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await start_site(app, "127.0.0.1", 0)
         return self.port
 
     async def stop(self) -> None:
@@ -220,28 +218,31 @@ class KubeApiDouble:
             self.watchers -= 1
         return resp
 
-    async def patch_knative(self, request: web.Request) -> web.Response:
+    async def _patch_target(self, request: web.Request, plural: str, what: str, recorded_as: str):
+        """The object a PATCH names and the patch body (recorded), or a 404 response."""
         ns, name = request.match_info["ns"], request.match_info["name"]
-        obj = self.objects.get(("services", ns, name))
+        obj = self.objects.get((plural, ns, name))
         if obj is None:
-            return _status(404, "NotFound", f'services.serving.knative.dev "{name}" not found')
+            return None, _status(404, "NotFound", f'{what} "{name}" not found')
         body = await request.json()
-        self.patches.append(("services.serving.knative.dev", ns, name, body))
-        obj = _merge(copy.deepcopy(obj), body)
-        self._put("services", ns, name, obj)
+        self.patches.append((recorded_as, ns, name, body))
+        return copy.deepcopy(obj), body
+
+    async def patch_knative(self, request: web.Request) -> web.Response:
+        obj, body = await self._patch_target(request, "services", "services.serving.knative.dev",
+                                             "services.serving.knative.dev")
+        if obj is None:
+            return body
+        self._put("services", obj["metadata"]["namespace"], obj["metadata"]["name"], _merge(obj, body))
         return web.json_response(obj)
 
     def patch_status(self, plural: str):
         async def handler(request: web.Request) -> web.Response:
-            ns, name = request.match_info["ns"], request.match_info["name"]
-            obj = self.objects.get((plural, ns, name))
+            obj, body = await self._patch_target(request, plural, f"{plural}.edge.router", f"{plural}/status")
             if obj is None:
-                return _status(404, "NotFound", f'{plural}.edge.router "{name}" not found')
-            body = await request.json()
-            self.patches.append((f"{plural}/status", ns, name, body))
-            obj = copy.deepcopy(obj)
+                return body
             obj["status"] = body.get("status", {})
-            self._put(plural, ns, name, obj)
+            self._put(plural, obj["metadata"]["namespace"], obj["metadata"]["name"], obj)
             return web.json_response(obj)
         return handler
 
@@ -253,15 +254,12 @@ class KubeApiDouble:
         return web.json_response(_scale(obj))
 
     async def patch_scale(self, request: web.Request) -> web.Response:
-        ns, name = request.match_info["ns"], request.match_info["name"]
-        obj = self.objects.get(("deployments", ns, name))
+        obj, body = await self._patch_target(request, "deployments", "deployments.apps", "deployments/scale")
         if obj is None:
-            return _status(404, "NotFound", f'deployments.apps "{name}" not found')
-        body = await request.json()
-        self.patches.append(("deployments/scale", ns, name, body))
+            return body
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         replicas = body.get("spec", {}).get("replicas")
         if isinstance(replicas, int):
-            obj = copy.deepcopy(obj)
             obj["spec"]["replicas"] = replicas
             obj["status"]["replicas"] = replicas
             self._put("deployments", ns, name, obj)

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from .app import RouterApp
+from .obs.admin import start_site
 
 REGIONS = {  # name -> (labels, simulated handler time in seconds)
     "us-west": ({"region": "us-west"}, 0.002),
@@ -40,11 +41,7 @@ async def start_region(name: str, delay_s: float) -> tuple[web.AppRunner, int]:
         return web.Response(text=f"hello from {name}\n")
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
+    return await start_site(app, "127.0.0.1", 0)
 
 
 def cluster_yaml(ports: dict[str, int]) -> str:

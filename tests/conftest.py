@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from router.app import RouterApp
+from router.obs.admin import start_site
 
 
 async def wait_for(cond, timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"):
@@ -32,11 +33,7 @@ async def wait_for(cond, timeout_s: float = 5.0, interval_s: float = 0.01, what:
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
     """Run an aiohttp app on an ephemeral 127.0.0.1 port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
+    return await start_site(app, "127.0.0.1", 0)
 
 
 @contextlib.asynccontextmanager

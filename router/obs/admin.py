@@ -18,6 +18,15 @@ class AdminError(Exception):
     pass
 
 
+async def start_site(app: web.Application, host: str, port: int, **kwargs) -> tuple[web.AppRunner, int]:
+    """Run an aiohttp app on host:port (0: ephemeral); returns the runner and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, **kwargs)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 def read_token(env_name: str | None, file: str | None) -> str | None:
     if file:
         try:
@@ -62,11 +71,7 @@ class AdminServer:
         if not is_loopback(host) and not self.token:
             raise AdminError(f"refusing to bind the admin server to {host}:{port} without a token: "
                              "set the token environment variable or adminToken.file, or bind to 127.0.0.1")
-        self.runner = web.AppRunner(self.app(), access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await start_site(self.app(), host, port, reuse_address=True)
         return self.port
 
     async def stop(self) -> None:

@@ -175,7 +175,6 @@ class RouterApp:
             self.resources.stop()
         if self.kube is not None:
             self.kube.stop()
-            self.knative_wake.cancel()
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

@@ -98,6 +98,12 @@ class CompositeWake:
     def can_wake(self, service: ServiceConfig, clusters) -> bool:
         return service.wake_path is not None or any(k.handles(service, c) for k in self.kube for c in clusters)
 
+    def close(self) -> None:
+        self.http.close()
+        for trigger in self.kube:
+            if hasattr(trigger, "cancel"):
+                trigger.cancel()
+
     async def wake(self, service: ServiceConfig, cluster: ClusterConfig) -> None:
         for trigger in self.kube:
             if trigger.handles(service, cluster):

@@ -130,3 +130,6 @@ class WakeManager:
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        close = getattr(self.trigger, "close", None)
+        if close is not None:
+            close()  # e.g. wake requests still waiting for their answer

@@ -41,6 +41,7 @@ async def test_split_over_10000_requests_within_two_points(backends, router):
         assert status == 200
         counts[headers["x-router-cluster"]] = counts.get(headers["x-router-cluster"], 0) + 1
     assert sum(counts.values()) == 10_000
+    print("observed split over 10,000:", {k: v / 100 for k, v in counts.items()})
     for name, want in {"us-west": 45, "eu-central": 35, "ap-east": 20}.items():
         assert abs(counts[name] / 100 - want) <= 2, counts
     assert {b.name: len(b.seen) for b in bs} == counts

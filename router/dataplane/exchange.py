@@ -136,7 +136,7 @@ class Exchange(ResponseRelay):
         elif req.facts["content_length"] is not None:
             parts += [b"Content-Length: ", str(req.facts["content_length"]).encode(), b"\r\n"]
         parts.append(b"\r\n")
-        chunks = (self.kept or []) + self.conn.take_buffered(req)
+        chunks = (self.kept or []) + (self.conn.take_buffered(req) if req.body else [])
         self.kept, self.kept_len = [], 0
         for chunk in chunks:
             parts += self._framed(chunk)

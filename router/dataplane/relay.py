@@ -86,7 +86,7 @@ class ResponseRelay:
         if self.finished:
             return
         self.finished = True
-        self._cancel_header_timer()
+        # the header timer was cleared when the head arrived
         if self.resp_chunked:
             self.conn.write(b"0\r\n\r\n")
         ctx, up = self.ctx, self.upstream

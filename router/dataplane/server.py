@@ -122,7 +122,7 @@ class ClientConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
         self.req = Request()
-        if not self.timer.active or self.timer_kind == "idle":
+        if self.timer.deadline == 0.0 or self.timer_kind == "idle":
             self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def on_url(self, url: bytes):
@@ -215,7 +215,8 @@ class ClientConnection(asyncio.Protocol):
 
     def exchange_done(self, keep_alive: bool) -> None:
         self.active = None
-        self.resume(PAUSE_UPSTREAM)
+        if self.paused:
+            self.resume(PAUSE_UPSTREAM)
         if self.closed:
             return
         if not keep_alive or (self.ctx.draining and not self.queue):

@@ -29,6 +29,9 @@ import time
 from aiohttp import web
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from router.obs.admin import start_site  # noqa: E402
 COLD_START_S = 1.0
 HANDLER_S = 0.05
 CONCURRENCY = 10
@@ -168,11 +171,7 @@ async def burst(paced: bool, n: int, work: str) -> dict:
     cluster = Cluster()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", cluster.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await start_site(app, "127.0.0.1", 0, backlog=4096)
     proc, rport = await start_router(work, config(port, paced))
     try:
         results: list = []

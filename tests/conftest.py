@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -237,3 +240,51 @@ async def keepalive_text(port: int, n: int, host: str = "h") -> list[str]:
     finally:
         writer.close()
     return out
+
+
+class RouterProcess:
+    def __init__(self, proc: subprocess.Popen, port: int, admin_port: int):
+        self.proc, self.port, self.admin_port = proc, port, admin_port
+        self.pid = proc.pid
+
+    def send_signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout_s: float = 10) -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def router_process(config_dir, *extra: str, env: dict | None = None):
+    """`python -m router serve` on ephemeral ports; stopped (terminate, then kill) on exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config_dir),
+                             "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **(env or {})))
+    loop = asyncio.get_running_loop()
+    try:
+        line = ""
+        while "serving on" not in line:
+            line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 20)
+            assert line, "router exited before serving"
+        port, admin_port = (int(x) for x in re.findall(r":(\d+)", line)[-2:])
+        yield RouterProcess(proc, port, admin_port)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await loop.run_in_executor(None, proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+
+
+async def readiness_failed(session, admin_port: int) -> bool:
+    """/readyz answers 503, or the admin server is already gone."""
+    import aiohttp
+    try:
+        async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+            return r.status == 503
+    except aiohttp.ClientError:
+        return True

@@ -153,9 +153,6 @@ class Exchange(ResponseRelay):
 
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
-        self._write_body(data)
-
-    def _write_body(self, data: bytes) -> None:
         self.upstream.write(b"".join(self._framed(data)))
 
     def _framed(self, data: bytes) -> list[bytes]:

@@ -5,7 +5,8 @@ import textwrap
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import cluster_docs, raw_request, router_doc, serve_app, wait_for
+from tests.conftest import (cluster_docs, raw_request, readiness_failed, router_doc, router_process, serve_app,
+                            wait_for)
 
 
 class ZeroScaledCluster:
@@ -204,41 +205,19 @@ async def test_websocket_upgrade_can_be_held_then_tunnels(router):
 
 
 async def test_sigterm_keeps_serving_held_requests(tmp_path):
-    import os
-    import re
     import signal
-    import subprocess
-    import sys
     cluster = await ZeroScaledCluster(cold_start_s=1.0).start()
     (tmp_path / "c.yaml").write_text(service_config(cluster.port, timeouts={"drain": "100ms"}))
-    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path), "--listen",
-                             "127.0.0.1:0", "--admin", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
-    loop = asyncio.get_running_loop()
     try:
-        line = ""
-        while "serving on" not in line:
-            line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
-            assert line, "router exited"
-        port, admin = (int(x) for x in re.findall(r":(\d+)", line)[-2:])
-        held = asyncio.create_task(raw_request(port, b"GET /held HTTP/1.1\r\nHost: svc.example.com\r\n"
-                                                     b"Connection: close\r\n\r\n", timeout_s=10))
-        await wait_for(lambda: cluster.wakes == 1, timeout_s=5, what="wake")
-        proc.send_signal(signal.SIGTERM)
-        async with aiohttp.ClientSession() as s:
-            async def not_ready():
-                try:
-                    async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                        return r.status == 503
-                except aiohttp.ClientError:
-                    return True
-            await wait_for(not_ready, timeout_s=1, what="readiness to fail")
-        raw = await held  # still served once the copy is ready, though drain is 100 ms
-        assert raw.startswith(b"HTTP/1.1 200") and "/held" in cluster.served
-        assert await loop.run_in_executor(None, proc.wait, 10) == 0
+        async with router_process(tmp_path) as rp:
+            held = asyncio.create_task(raw_request(rp.port, b"GET /held HTTP/1.1\r\nHost: svc.example.com\r\n"
+                                                            b"Connection: close\r\n\r\n", timeout_s=10))
+            await wait_for(lambda: cluster.wakes == 1, timeout_s=5, what="wake")
+            rp.send_signal(signal.SIGTERM)
+            async with aiohttp.ClientSession() as s:
+                await wait_for(lambda: readiness_failed(s, rp.admin_port), timeout_s=1, what="readiness to fail")
+            raw = await held  # still served once the copy is ready, though drain is 100 ms
+            assert raw.startswith(b"HTTP/1.1 200") and "/held" in cluster.served
+            assert await rp.wait() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
         await cluster.stop()

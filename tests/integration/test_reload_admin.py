@@ -1,15 +1,13 @@
 """Reload (admin, file change, SIGHUP), admin endpoints and tokens, drain on SIGTERM."""
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 
 import aiohttp
 import pytest
 
 from router.obs.admin import AdminError
-from tests.conftest import cluster_docs, keepalive_text, router_doc, split_doc, wait_for
+from tests.conftest import (cluster_docs, keepalive_text, readiness_failed, router_doc, router_process, split_doc,
+                            wait_for)
 
 TOKEN = "s3cret-token"
 
@@ -98,76 +96,34 @@ async def test_admin_refuses_public_bind_without_token(backends, router):
                      admin_override="0.0.0.0:0")
 
 
-def _serve(config_dir, extra=()):
-    env = dict(os.environ, EDGE_ROUTER_ADMIN_TOKEN=TOKEN)
-    return subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config_dir),
-                             "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-
-
-async def _ports(proc) -> tuple[int, int]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 15
-    while loop.time() < end:
-        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
-        if "serving on" in line:
-            parts = line.strip().split()
-            traffic = int(parts[parts.index("on") + 1].rsplit(":", 1)[1].rstrip(","))
-            return traffic, int(parts[-1].rsplit(":", 1)[1])
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError("router did not start")
-
-
 async def test_sigterm_drains_in_flight_requests_then_exits_zero(backends, tmp_path):
     (a,) = await backends("a")
     a.delay_s = 1.0
     (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
-    proc = _serve(tmp_path)
-    try:
-        port, admin_port = await _ports(proc)
+    async with router_process(tmp_path, env={"EDGE_ROUTER_ADMIN_TOKEN": TOKEN}) as rp:
         async with aiohttp.ClientSession() as s:
-            slow = [asyncio.create_task(s.get(f"http://127.0.0.1:{port}/slow")) for _ in range(3)]
+            slow = [asyncio.create_task(s.get(f"http://127.0.0.1:{rp.port}/slow")) for _ in range(3)]
             await wait_for(lambda: len(a.seen) == 3, timeout_s=5, what="requests upstream")
-            proc.send_signal(signal.SIGTERM)
-
-            async def not_ready():
-                try:
-                    async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
-                        return r.status == 503
-                except aiohttp.ClientError:
-                    return True
-            await wait_for(not_ready, timeout_s=2, what="readiness to fail")
+            rp.send_signal(signal.SIGTERM)
+            await wait_for(lambda: readiness_failed(s, rp.admin_port), timeout_s=2, what="readiness to fail")
             for t in slow:
                 r = await t
                 assert r.status == 200 and await r.text() == "a:0"
-        rc = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
-        assert rc == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        assert await rp.wait() == 0
 
 
 async def test_sighup_reloads(backends, tmp_path):
     a, b = await backends("a", "b")
     clusters = cluster_docs({"a": a.port, "b": b.port})
     (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 1, "b": 0}))
-    proc = _serve(tmp_path)
-    try:
-        port, _ = await _ports(proc)
-        assert set(await keepalive_text(port, 5)) == {"a"}
+    async with router_process(tmp_path) as rp:
+        assert set(await keepalive_text(rp.port, 5)) == {"a"}
         (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 0, "b": 1}))
-        proc.send_signal(signal.SIGHUP)
+        rp.send_signal(signal.SIGHUP)
 
         async def moved():
-            return set(await keepalive_text(port, 5)) == {"b"}
+            return set(await keepalive_text(rp.port, 5)) == {"b"}
         await wait_for(moved, timeout_s=5, interval_s=0.1, what="SIGHUP reload")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
 
 
 async def test_metrics_count_requests_by_cluster_and_code(backends, router):

@@ -1,11 +1,9 @@
 """1 GiB up and down through a router process: bytes intact, router memory bounded."""
 import asyncio
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import cluster_docs, router_doc, split_doc
+from tests.conftest import cluster_docs, router_doc, router_process, split_doc
 
 GIB = 1 << 30
 BLOCK = b"\x5a" * (256 * 1024)
@@ -55,22 +53,12 @@ async def router_proc(tmp_path):
     server, port = await start_stream_backend()
     (tmp_path / "c.yaml").write_text(cluster_docs({"a": port}) + split_doc({"a": 1}) +
                                      router_doc(limits={"maxBody": "2Gi"}))
-    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path),
-                             "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    loop = asyncio.get_running_loop()
-    line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
-    while "serving on" not in line:
-        assert line, "router exited"
-        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 15)
-    words = line.split()
-    proc.port = int(words[words.index("on") + 1].rsplit(":", 1)[1].rstrip(","))
-    yield proc
-    proc.terminate()
-    proc.wait(10)
-    proc.stdout.close()
-    server.close()
-    await server.wait_closed()
+    try:
+        async with router_process(tmp_path) as rp:
+            yield rp
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def sample_rss(pid: int, stop: asyncio.Event, peaks: list[float]):

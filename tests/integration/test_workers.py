@@ -4,61 +4,45 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import aiohttp
 
-from tests.conftest import cluster_docs, keepalive_text, split_doc, wait_for
+from tests.conftest import cluster_docs, keepalive_text, router_process, split_doc, wait_for
 
 
 async def test_two_workers_share_the_port_and_merge_metrics(backends, tmp_path):
     a, b = await backends("a", "b")
     clusters = cluster_docs({"a": a.port, "b": b.port})
     (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 1, "b": 0}))
-    env = dict(os.environ, EDGE_ROUTER_ADMIN_TOKEN="t")
-    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(tmp_path), "--listen",
-                             "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        loop = asyncio.get_running_loop()
-        line = ""
-        while "serving on" not in line:
-            line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 20)
-            assert line or proc.poll() is None, "supervisor exited"
-        port, admin = (int(x) for x in re.findall(r":(\d+)", line)[-2:])
+    async with router_process(tmp_path, "--workers", "2", env={"EDGE_ROUTER_ADMIN_TOKEN": "t"}) as rp:
         async with aiohttp.ClientSession() as s:
             async def ready():
-                async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/readyz") as r:
                     return r.status == 200
             await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
-            results = await asyncio.gather(*[keepalive_text(port, 25) for _ in range(40)])
+            results = await asyncio.gather(*[keepalive_text(rp.port, 25) for _ in range(40)])
             assert all(c == "a" for r in results for c in r)
             async def counted():  # workers fold their counts into the shared series every second
-                async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/metrics") as r:
                     text = await r.text()
                 found = re.findall(r'router_requests_total\{cluster="a",code="200"\} ([\d.e+]+)', text)
                 return sum(float(v) for v in found) == 1000
             await wait_for(counted, timeout_s=5, interval_s=0.2, what="1000 requests in the merged metrics")
             # Both workers took connections: each worker's series carries its pid before merging.
-            mp_dir, workers = _mp_dir(proc.pid)
+            mp_dir, workers = _mp_dir(rp.pid)
             pids = set(re.findall(r"_(\d+)\.db", " ".join(os.listdir(mp_dir))))
             assert set(workers) <= pids, (workers, pids)  # both workers wrote series that were merged
 
             (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 0, "b": 1}))
-            async with s.post(f"http://127.0.0.1:{admin}/admin/reload", headers={"Authorization": "Bearer t"}) as r:
+            async with s.post(f"http://127.0.0.1:{rp.admin_port}/admin/reload", headers={"Authorization": "Bearer t"}) as r:
                 assert r.status == 200
 
             async def moved():
-                got = await asyncio.gather(*[keepalive_text(port, 5) for _ in range(8)])
+                got = await asyncio.gather(*[keepalive_text(rp.port, 5) for _ in range(8)])
                 return all(c == "b" for r in got for c in r)
             await wait_for(moved, timeout_s=5, interval_s=0.05, what="every worker reloaded")
-        proc.send_signal(signal.SIGTERM)
-        assert await loop.run_in_executor(None, proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0
 
 
 def _mp_dir(pid: int) -> tuple[str, list[str]]:

@@ -9,7 +9,7 @@ PATCH takes merge-patch. The official client reaches it through `kubeconfig()`.
 
 Test and lab hooks: `set_deployment`, `set_node_images`, `outage` (answers 503 to everything),
 `forbid` (answers 403 for a resource), `compact()` (drops history, so old watches get 410),
-`patches` (every PATCH received).
+`patches` (every PATCH received), `scale_hooks` (called after a scale PATCH).
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class KubeApiDouble:
         self.epoch = 0  # bumped by compact(): open watches end
         self.lists: dict[str, int] = {}  # resource -> list requests served
         self.gone: int = 0  # 410 answers sent
+        self.scale_hooks: list = []  # (namespace, name, replicas) -> None, after a scale PATCH
 
     # --- hooks ------------------------------------------------------------------------
     def set_deployment(self, namespace: str, name: str, replicas: int, ready: int | None = None,
@@ -263,6 +264,8 @@ class KubeApiDouble:
             obj["spec"]["replicas"] = replicas
             obj["status"]["replicas"] = replicas
             self._put("deployments", ns, name, obj)
+            for hook in self.scale_hooks:
+                hook(ns, name, replicas)
         return web.json_response(_scale(obj))
 
 

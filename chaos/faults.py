@@ -19,13 +19,13 @@ from typing import Awaitable, Callable
 
 from router.config.values import parse_duration
 
-from .relay import Bandwidth, Latency, LimitData, Slicer, SlowClose
+from .relay import Bandwidth, Latency, LimitData, ResetPeer, Slicer, SlowClose
 
 RELAY = ("latency", "bandwidth", "blackhole", "reset_peer", "slow_close", "slicer", "limit_data")
 LAB = ("error_rate", "kill_cluster", "scale_to_zero", "evict_images", "api_outage")
 KINDS = RELAY + LAB
 # what each fault reads besides type/cluster/at/duration
-PARAMS = {"latency": {"latency", "jitter"}, "bandwidth": {"rate"}, "blackhole": set(), "reset_peer": set(),
+PARAMS = {"latency": {"latency", "jitter"}, "bandwidth": {"rate"}, "blackhole": set(), "reset_peer": {"timeout"},
           "slow_close": {"delay"}, "slicer": {"averageSize", "sizeVariation", "delay"},
           "limit_data": {"bytes", "direction"}, "error_rate": {"rate"}, "kill_cluster": set(),
           "scale_to_zero": {"service"}, "evict_images": set(), "api_outage": set()}
@@ -40,7 +40,7 @@ def check(fault: dict, cluster_names: list[str] | None = None) -> None:
     kind = fault.get("type")
     if kind not in KINDS:
         raise FaultError(f"type: {kind!r} is not a fault (known: {', '.join(KINDS)})")
-    unknown = set(fault) - PARAMS[kind] - {"type", "cluster", "at", "duration", "name"}
+    unknown = set(fault) - PARAMS[kind] - {"type", "cluster", "at", "duration", "name", "at_s", "duration_s"}
     if unknown:
         raise FaultError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
     target = fault.get("cluster", "all")
@@ -52,7 +52,7 @@ def check(fault: dict, cluster_names: list[str] | None = None) -> None:
         raise FaultError("limit_data: bytes (an integer) is required")
     if kind == "limit_data" and fault.get("direction", "down") not in ("up", "down"):
         raise FaultError("limit_data: direction must be up or down")
-    for key in ("latency", "jitter", "delay"):
+    for key in ("latency", "jitter", "delay", "timeout"):
         if key in fault:
             parse_duration(fault[key])
 
@@ -63,6 +63,8 @@ def _toxic(fault: dict):
         return Latency(parse_duration(fault.get("latency", "100ms")), parse_duration(fault.get("jitter", "0ms")))
     if kind == "bandwidth":
         return Bandwidth(float(fault.get("rate", 100_000)))
+    if kind == "reset_peer":
+        return ResetPeer(parse_duration(fault.get("timeout", "0s")))
     if kind == "slow_close":
         return SlowClose(parse_duration(fault.get("delay", "1s")))
     if kind == "slicer":
@@ -112,5 +114,5 @@ async def apply(lab, fault: dict) -> Callable[[], Awaitable[None]]:
 
 
 def describe(fault: dict) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in fault.items() if k not in ("type", "cluster", "at", "duration", "name"))
+    extra = ", ".join(f"{k}={v}" for k, v in fault.items() if k not in ("type", "cluster", "at", "duration", "name", "at_s", "duration_s"))
     return f"{fault['type']}@{fault.get('cluster', 'all')}" + (f" ({extra})" if extra else "")

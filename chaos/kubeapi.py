@@ -49,6 +49,7 @@ class KubeApiDouble:
         self.epoch = 0  # bumped by compact(): open watches end
         self.lists: dict[str, int] = {}  # resource -> list requests served
         self.gone: int = 0  # 410 answers sent
+        self.refused_patches = 0  # PATCHes answered 503 during an outage (wake attempts)
         self.scale_hooks: list = []  # (namespace, name, replicas) -> None, after a scale PATCH
 
     # --- hooks ------------------------------------------------------------------------
@@ -161,6 +162,8 @@ class KubeApiDouble:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         if self.outage:
+            if request.method == "PATCH":
+                self.refused_patches += 1
             return _status(503, "ServiceUnavailable", "the API server is unavailable")
         for resource in self.forbidden:
             if f"/{resource}" in request.path:

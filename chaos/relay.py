@@ -6,7 +6,7 @@ Every chunk is delivered after a one-way delay (± jitter) in each direction, in
     latency      extra one-way delay ± jitter on top of the link's own
     bandwidth    bytes per second per direction
     blackhole    data stops in both directions; connections stay open (the peer sees silence)
-    reset_peer   every connection is reset (RST), and new ones right after they are accepted
+    reset_peer   every connection is reset (RST): at once, or a timeout after it was accepted
     slow_close   a close (FIN) is passed on only after a delay
     slicer       data is cut into small slices sent a little apart
     limit_data   a connection is closed after N bytes in one direction (truncation)
@@ -47,6 +47,11 @@ class Slicer:
 class LimitData:
     bytes: int
     direction: str = "down"  # down: towards the client (responses); up: towards the cluster
+
+
+@dataclass
+class ResetPeer:
+    timeout_s: float = 0.0  # 0: at once; else each connection is reset this long after it is accepted
 
 
 @dataclass
@@ -126,7 +131,7 @@ class DelayRelay:
         if name not in TOXICS:
             raise ValueError(f"unknown toxic {name!r} (known: {', '.join(TOXICS)})")
         self.toxics[name] = value
-        if name == "reset_peer":
+        if name == "reset_peer" and not getattr(value, "timeout_s", 0):
             self.reset_all()
 
     def clear_toxic(self, name: str) -> None:
@@ -147,7 +152,8 @@ class DelayRelay:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self.accepted += 1
-        if "reset_peer" in self.toxics:
+        rp = self.toxics.get("reset_peer")
+        if rp is not None and not getattr(rp, "timeout_s", 0):
             reset(writer)
             return
         self.conns.add(task)
@@ -156,6 +162,8 @@ class DelayRelay:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             self.writers.add(up_writer)
+            if rp is not None:
+                asyncio.get_running_loop().call_later(rp.timeout_s, lambda: (reset(writer), reset(up_writer)))
             pumps = [asyncio.ensure_future(self._pump(reader, up_writer, "up")),
                      asyncio.ensure_future(self._pump(up_reader, writer, "down"))]
             try:

@@ -10,8 +10,9 @@ import sys
 
 
 class RouterProcess:
-    def __init__(self, config_dir: str, log_path: str, extra: tuple[str, ...] = ()):
+    def __init__(self, config_dir: str, log_path: str, extra: tuple[str, ...] = (), env: dict | None = None):
         self.config_dir, self.log_path, self.extra = config_dir, log_path, extra
+        self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.port = self.admin_port = 0
         self.log = None
@@ -22,7 +23,8 @@ class RouterProcess:
         offset = self.log.tell()
         self.proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", self.config_dir,
                                       "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *self.extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while True:

@@ -1,4 +1,4 @@
-"""edge-router command line: serve | validate | demo. Thin: parse, then call the app."""
+"""edge-router command line: serve | validate | demo | chaos run. Thin: parse, then call the app."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run three local regional backends behind the seed split")
     d.add_argument("--requests", type=int, default=2000)
     d.add_argument("--config", default=None, help="TrafficSplit file (default: the seed in config/)")
+    c = sub.add_parser("chaos", help="failover drills against the local lab or a Kubernetes deployment")
+    csub = c.add_subparsers(dest="chaos_command", required=True)
+    cr = csub.add_parser("run", help="run a drill file")
+    cr.add_argument("drill", help="drill YAML, e.g. chaos/drills/region-blackhole.yaml")
+    cr.add_argument("--target", choices=("lab", "kubernetes"), default="lab")
+    cr.add_argument("--short", action="store_true", help="the short form (durations scaled down, as CI runs it)")
+    cr.add_argument("--out", help="report directory (default drill-reports/NAME)")
+    cr.add_argument("--admin", help="with --target kubernetes: the router admin URL (default http://127.0.0.1:9901)")
     args = parser.parse_args(argv)
 
     if args.command == "validate":
@@ -31,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "chaos":
+        import uvloop
+        from chaos.runner import run as run_drill
+        return uvloop.run(run_drill(args.drill, args.target, args.short, args.out, admin=args.admin))
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(args.requests, args.config)

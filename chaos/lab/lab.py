@@ -58,7 +58,7 @@ class Lab:
             spec.update((service_options or {}).get(s.name, {}))
             docs.append({"apiVersion": "edge.router/v1alpha1", "kind": "Service", "metadata": {"name": s.name},
                          "spec": spec})
-        router_spec = {"decisionHeader": True, "timeouts": {"perTry": "1s", "drain": "10s"}}
+        router_spec = {"decisionHeader": True, "timeouts": {"drain": "10s"}}
         for key, value in (router or {}).items():
             if isinstance(value, dict) and isinstance(router_spec.get(key), dict):
                 router_spec[key] = {**router_spec[key], **value}

@@ -20,6 +20,7 @@ from .wake import WakeManager, WakeTrigger
 log = logging.getLogger("router.activator")
 POLL_INTERVAL_S = 0.025
 POLL_TIMEOUT_S = 0.5
+API_DOWN_POLL_S = 0.5  # readiness over HTTP while the cluster's API refuses wakes
 
 
 def client_deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
@@ -146,10 +147,13 @@ class Activator:
             while self.buffer.held(svc.name):
                 warm = self.ctx.policy.warmth.warmth(svc.name, cluster.name, self.ctx.clock()) == Warmth.WARM
                 # A cluster watched through its API says when it is ready; others are asked over HTTP.
-                if warm or (cluster.kubernetes is None and await self._ready(svc, cluster)):
+                # So is one whose API refused the wake (an API outage): its ingress may still wake the
+                # service on a request (Knative's activator does), and the watch cannot tell.
+                api_down = cluster.kubernetes is not None and self.wakes.failures.get(key, 0) > 0
+                if warm or ((cluster.kubernetes is None or api_down) and await self._ready(svc, cluster)):
                     self._on_ready(svc, cluster)
                     return
-                await asyncio.sleep(POLL_INTERVAL_S)
+                await asyncio.sleep(API_DOWN_POLL_S if api_down else POLL_INTERVAL_S)
         finally:
             if self.pollers.get(key) is asyncio.current_task():
                 del self.pollers[key]

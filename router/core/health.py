@@ -3,7 +3,10 @@
 Passive outlier detection: a connect failure ejects a cluster at once (nothing was sent,
 the next request must not pay for it again); 5xx answers, resets and timeouts eject after
 `consecutive_5xx` in a row. Ejection lasts base × n (n = times ejected, decaying while
-healthy), capped at max_s.
+healthy), capped at max_s. An ejection the probes saw too (a probe failed while it lasted)
+ends early once `probe_healthy` probes pass in a row: the outage was seen to end (Envoy's
+successful_active_health_check_uneject_host). One the probes did not see (5xx behind a
+passing probe path) lasts its full time.
 Active probes: unhealthy after `probe_unhealthy` failures in a row, healthy again after
 `probe_healthy` successes. A cluster is healthy when neither input says otherwise.
 Only clusters with something to remember have an entry, so "all is well" is an empty dict.
@@ -32,6 +35,7 @@ class ClusterHealthState:
     probe_fails: int = 0
     probe_oks: int = 0
     probe_down: bool = False
+    probe_saw: bool = False  # a probe failed during the current ejection
 
 
 @dataclass
@@ -58,12 +62,18 @@ class HealthState:
         if ok:
             st.probe_fails = 0
             st.probe_oks += 1
-            if st.probe_down and st.probe_oks >= self.policy.probe_healthy:
+            if st.probe_oks >= self.policy.probe_healthy:
                 st.probe_down = False
+                if st.probe_saw and st.ejected_until > now:
+                    st.ejected_until = now
+                    st.last_reason += f"; ended by {st.probe_oks} passing probes"
+                st.probe_saw = False
             self._forget_if_clean(cluster, st, now)
         else:
             st.probe_oks = 0
             st.probe_fails += 1
+            if st.ejected_until > now:
+                st.probe_saw = True
             if st.probe_fails >= self.policy.probe_unhealthy and not st.probe_down:
                 st.probe_down = True
                 st.last_reason = f"{st.probe_fails} failed probes: {reason}"
@@ -106,6 +116,7 @@ class HealthState:
             return
         st.ejections += 1
         st.consecutive_5xx = 0
+        st.probe_saw = st.probe_fails > 0
         st.last_reason = reason
         st.ejected_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
 

@@ -150,9 +150,15 @@ class ResponseRelay:
 
     def _on_header_timeout(self) -> None:
         if not self.finished and not self.resp_started:
-            if self.ctx.settings.timeouts.per_try_s is not None and self._retry_elsewhere("timeout"):
+            timeouts = self.ctx.settings.timeouts
+            if timeouts.per_try_s is not None and self._retry_elsewhere("timeout"):
                 return
-            self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
+            # Nowhere else to try: this try may still answer, so it gets the rest of the overall timeout.
+            left = timeouts.upstream_header_s - (self.ctx.clock() - self.sent_at)
+            if left > 0.001:
+                self.conn.upstream_timer.set(left, self._on_header_timeout)
+                return
+            self.respond_error(504, f"upstream did not answer within {timeouts.upstream_header_s:g}s")
 
     def _truncated(self, reason: str) -> None:
         """Never let a cut-short body look complete: abort the client connection."""

@@ -3,7 +3,7 @@ cluster is killed mid-traffic."""
 import asyncio
 
 from chaos.relay import DelayRelay
-from tests.conftest import cluster_docs, read_response, router_doc, split_doc, wait_for
+from tests.conftest import cluster_docs, raw_request, read_response, router_doc, split_doc, wait_for
 
 FAST = dict(probes={"interval": "100ms", "timeout": "1s"}, rttDecay="500ms", decisionHeader=True)
 
@@ -138,3 +138,17 @@ async def test_static_warm_state_prefers_the_warm_cluster_and_explains_itself(ba
     assert state["services"]["shop"]["b"]["warmth"] == "cold"
     assert state["services"]["shop"]["b"]["cold_s"] == 6.0
     assert state["services"]["shop"]["a"]["warmth"] == "warm"
+
+
+async def test_per_try_timeout_retries_a_get_elsewhere_and_waits_on_when_nowhere_else(backends, router):
+    slow, fast = await backends("a", "b")
+    slow.delay_s = 0.6
+    docs = cluster_docs({"a": slow.port, "b": fast.port})
+    app = await router(docs + split_doc({"a": 1, "b": 0.0001}) + router_doc(timeouts={"perTry": "200ms"}))
+    raw = await raw_request(app.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: b" in raw  # a's try timed out at 200 ms
+    # With b gone the slow try is the only one: it gets the rest of the overall timeout, not a 504.
+    await fast.stop()
+    app.ctx.health.on_connect_failure("b", app.ctx.clock())
+    raw = await raw_request(app.port, b"GET /y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: a" in raw

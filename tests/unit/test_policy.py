@@ -79,6 +79,24 @@ def test_active_probe_thresholds():
     assert h.is_healthy("a", 2.0) and "a" not in h.clusters  # recovered and forgotten
 
 
+def test_passing_probes_end_an_ejection_only_when_the_probes_saw_the_outage():
+    h = HealthState()
+    for _ in range(5):  # a silent cluster: requests time out and probes fail
+        h.on_response("a", 502, 0.0)
+    h.on_probe("a", False, 0.5)
+    assert not h.is_healthy("a", 1.0)
+    h.on_probe("a", True, 2.0)
+    assert not h.is_healthy("a", 2.0)  # one passing probe is not enough
+    h.on_probe("a", True, 3.0)
+    assert h.is_healthy("a", 3.0)  # the outage the probes saw has ended: no 30 s wait
+    assert "passing probes" in h.describe("a", 3.0)["last_reason"] or h.describe("a", 3.0)["healthy"]
+    for _ in range(5):  # 5xx behind a probe path that keeps passing: the ejection lasts its time
+        h.on_response("b", 500, 10.0)
+    for t in (11.0, 12.0, 13.0):
+        h.on_probe("b", True, t)
+    assert not h.is_healthy("b", 13.0) and h.is_healthy("b", 40.1)
+
+
 def test_unhealthy_cluster_is_skipped():
     p = inputs_with_rtt({n: 0.02 for n in NAMES})
     for _ in range(3):

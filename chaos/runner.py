@@ -43,6 +43,8 @@ class LabTarget:
         self.config_dir = os.path.join(workdir, "router-config")
         self.exit_codes: list[int] = []
         self.count = 0
+        self.last_state: dict = {}
+        self.split_path: str | None = None  # the TrafficSplit the routers start with (default: the seed)
 
     @property
     def clusters(self) -> list[str]:
@@ -53,7 +55,7 @@ class LabTarget:
 
     async def setup(self) -> None:
         await self.lab.start()
-        self.lab.write_router_config(self.config_dir, router=self.drill.router,
+        self.lab.write_router_config(self.config_dir, self.split_path, router=self.drill.router,
                                      service_options=self.drill.service_options)
         for _ in range(self.drill.routers):
             self.ready.append(await self._start_router())
@@ -120,6 +122,12 @@ class LabTarget:
             self.ready.append(await self._start_router())
             log.append({"t": now(), "action": "router_ready"})
 
+    def weights(self) -> dict[str, float]:
+        """The configured weight per cluster of the split the routers run."""
+        with open(os.path.join(self.config_dir, "trafficsplit.yaml")) as fh:
+            doc = yaml.safe_load(fh)
+        return {e["name"]: float(e.get("weight", 0)) for e in doc["spec"]["clusters"]}
+
     def _rewrite_split(self, weights: dict) -> None:
         path = os.path.join(self.config_dir, "trafficsplit.yaml")
         with open(path) as fh:
@@ -138,6 +146,8 @@ class LabTarget:
             try:
                 async with session.get(f"http://127.0.0.1:{r.admin_port}/debug/state") as resp:
                     st = await resp.json()
+                if r is self.ready[0]:
+                    self.last_state = st
                 for name, c in st["clusters"].items():
                     rec.health.append((now, name, bool(c["health"]["healthy"])))
                 async with session.get(f"http://127.0.0.1:{r.admin_port}/metrics") as resp:
@@ -150,7 +160,10 @@ class LabTarget:
         rec.queue.append((now, held))
 
 
-async def execute(drill: Drill, target, out_dir: str, short: bool) -> dict:
+async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None, title: str | None = None,
+                  html_path: str | None = None) -> dict:
+    """Run the load, faults and actions; judge; write report.json and report.html into out_dir.
+    `on_tick(load, rec)` is called after each monitor sample (the demo's live view)."""
     load = Load(target.targets, target.hosts(), Mix(drill.services, drill.post_fraction), drill.rate,
                 drill.duration_s, [Burst(at, s, n) for at, s, n in drill.bursts], timeout_s=drill.timeout_s)
     rec = Record(outcomes=load.outcomes, end_s=drill.duration_s)
@@ -185,6 +198,8 @@ async def execute(drill: Drill, target, out_dir: str, short: bool) -> dict:
             while not load.stopped:
                 t = now()
                 await target.sample(s, t, rec)
+                if on_tick is not None:
+                    on_tick(load, rec)
                 ab = drill.abort.get("success_ratio_below")
                 if ab is not None:
                     recent = [o for o in load.outcomes if o.kind != "pending" and o.t + o.dur >= t - drill.abort["window_s"]]
@@ -234,6 +249,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool) -> dict:
         "short": short, "duration_s": round(rec.end_s, 2),
         "sent": s.sent, "succeeded": s.succeeded, "failed": s.failed, "lost": s.lost, "shed": load.shed,
         "detection_s": det, "p50_ms": round(s.p50_ms, 2), "p99_ms": round(s.p99_ms, 2), "outcomes": s.kinds,
+        "cold_waited": s.cold_waited, "cold_avoided": s.cold_avoided,
         "per_cluster": s.per_cluster, "failure_reasons": _reasons(load.outcomes), "faults": [{"start": round(w["start"], 3), "end": round(w["end"], 3),
                                                   "fault": w["fault"]} for w in rec.windows],
         "actions": rec.actions, "aborted": aborted[0] if aborted else None,
@@ -248,8 +264,9 @@ async def execute(drill: Drill, target, out_dir: str, short: bool) -> dict:
                 if a["action"] in ("reload", "restart_router")]
     summary_rows = {k: report[k] for k in ("sent", "succeeded", "failed", "lost", "detection_s", "p50_ms", "p99_ms",
                                            "outcomes", "per_cluster", "verdict")}
-    with open(os.path.join(out_dir, "report.html"), "w") as fh:
-        fh.write(render(f"Drill {drill.name}", report["timeline"], windows, summary_rows, all_checks))
+    report["html"] = html_path or os.path.join(out_dir, "report.html")
+    with open(report["html"], "w") as fh:
+        fh.write(render(title or f"Drill {drill.name}", report["timeline"], windows, summary_rows, all_checks))
     return report
 
 
@@ -286,7 +303,7 @@ def print_summary(report: dict, out_dir: str) -> None:
     for c in report["criteria"]:
         value = "n/a" if c["value"] is None else c["value"]
         print(f"  [{'pass' if c['pass'] else 'FAIL'}] {c['name']}: {value} (bound {c['bound']})")
-    print(f"  report: {os.path.join(out_dir, 'report.json')}, {os.path.join(out_dir, 'report.html')}")
+    print(f"  report: {os.path.join(out_dir, 'report.json')}, {report['html']}")
 
 
 async def run(path: str, target_kind: str = "lab", short: bool = False, out: str | None = None,

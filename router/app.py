@@ -230,6 +230,8 @@ class RouterApp:
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
                 "clusters": clusters, "routes": routes, "services": services,
+                "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
+                         if ctx.activator is not None else {}),
                 "retry_budget": {"active_requests": ctx.retry_budget.active_requests,
                                  "active_retries": ctx.retry_budget.active_retries}}
 

@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
-    d = sub.add_parser("demo", help="run three local regional backends behind the seed split")
-    d.add_argument("--requests", type=int, default=2000)
+    d = sub.add_parser("demo", help="the local multi-region lab behind the seed split, with a live view and a report")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    d.add_argument("--report", default="demo-report.html", help="HTML report path (default demo-report.html)")
     d.add_argument("--config", default=None, help="TrafficSplit file (default: the seed in config/)")
+    d.add_argument("--no-live", action="store_true", help="no live view (a line every 5 s instead)")
     c = sub.add_parser("chaos", help="failover drills against the local lab or a Kubernetes deployment")
     csub = c.add_subparsers(dest="chaos_command", required=True)
     cr = csub.add_parser("run", help="run a drill file")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(run_drill(args.drill, args.target, args.short, args.out, admin=args.admin))
     if args.command == "demo":
         from .demo import run_demo
-        return run_demo(args.requests, args.config)
+        return run_demo(args.duration, args.report, args.config, live=not args.no_live)
     return 2
 
 

@@ -213,10 +213,14 @@ class Exchange(ResponseRelay):
         if self.ended:
             return
         self.ended = True
-        if self.released_to is not None and self.ctx.activator is not None and self.counted is not None:
+        activator = self.ctx.activator
+        # A request ending frees a slot that held requests may be waiting for: released ones, and
+        # direct ones that found a warm copy saturated and so made later requests wait.
+        if self.counted is not None and activator is not None and (self.released_to is not None
+                                                                   or activator.buffer.total):
             counted, service = self.counted, self.service
             self._uncount()
-            self.ctx.activator.finished(service, counted)
+            activator.finished(service, counted)
         self._uncount()
         budget = self.ctx.retry_budget
         if self.retrying:

@@ -111,6 +111,27 @@ async def test_burst_onto_a_cold_service_is_held_woken_once_and_released_paced(r
         await cluster.stop()
 
 
+async def test_requests_held_behind_a_saturated_warm_copy_go_as_direct_ones_finish(router):
+    cluster = await ZeroScaledCluster(cold_start_s=0.1, handler_s=0.3).start()
+    cluster.ready = True
+    try:
+        app = await router(service_config(cluster.port, state="warm"))
+        await wait_for(lambda: app.ctx.policy.warmth.states, what="static state")
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            async def get(i):
+                async with s.get(f"http://127.0.0.1:{app.port}/r{i}", headers={"Host": "svc.example.com"}) as r:
+                    return r.status, r.headers.get("Server-Timing", "")
+            results = await asyncio.gather(*[get(i) for i in range(25)])
+        assert [r[0] for r in results] == [200] * 25
+        assert sum(1 for r in results if "queue;dur=" in r[1]) >= 10  # beyond 10 in flight they waited...
+        assert loop.time() - t < 2.0  # ...for slots freed by the direct ones, not for the 5 s hold limit
+        assert cluster.max_active < 25  # paced, not all released at once
+    finally:
+        await cluster.stop()
+
+
 async def test_deadline_shorter_than_predicted_start_is_refused_at_once(router):
     cluster = await ZeroScaledCluster(cold_start_s=5).start()
     try:

@@ -1,0 +1,1 @@
+"""The local multi-region lab: simulated regional clusters behind WAN relays."""

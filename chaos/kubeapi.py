@@ -9,7 +9,8 @@ PATCH takes merge-patch. The official client reaches it through `kubeconfig()`.
 
 Test and lab hooks: `set_deployment`, `set_node_images`, `outage` (answers 503 to everything),
 `forbid` (answers 403 for a resource), `compact()` (drops history, so old watches get 410),
-`patches` (every PATCH received), `scale_hooks` (called after a scale PATCH).
+`patches` (every PATCH and pod deletion received), `scale_hooks` (called after a scale PATCH),
+`pod_delete_hooks` (deleting pods by label: the lab restarts them). Nodes take merge-patch (cordon).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class KubeApiDouble:
         self.gone: int = 0  # 410 answers sent
         self.refused_patches = 0  # PATCHes answered 503 during an outage (wake attempts)
         self.scale_hooks: list = []  # (namespace, name, replicas) -> None, after a scale PATCH
+        self.pod_delete_hooks: list = []  # (namespace, labelSelector) -> int pods deleted
 
     # --- hooks ------------------------------------------------------------------------
     def set_deployment(self, namespace: str, name: str, replicas: int, ready: int | None = None,
@@ -126,9 +128,12 @@ class KubeApiDouble:
     async def start(self) -> int:
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/api/v1/nodes", self.list_or_watch("nodes", "NodeList", "v1"))
+        app.router.add_patch("/api/v1/nodes/{name}", self.patch_node)
+        app.router.add_delete("/api/v1/namespaces/{ns}/pods", self.delete_pods)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments",
                            self.list_or_watch("deployments", "DeploymentList", "apps/v1"))
         app.router.add_get("/apis/apps/v1/deployments", self.list_or_watch("deployments", "DeploymentList", "apps/v1"))
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", self.get_deployment)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.get_scale)
         app.router.add_patch("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self.patch_scale)
         for plural, kind in (("services", "ServiceList"), ("revisions", "RevisionList")):
@@ -249,6 +254,32 @@ class KubeApiDouble:
             self._put(plural, obj["metadata"]["namespace"], obj["metadata"]["name"], obj)
             return web.json_response(obj)
         return handler
+
+    async def patch_node(self, request: web.Request) -> web.Response:
+        """Merge-patch a Node (e.g. spec.unschedulable: cordon)."""
+        name = request.match_info["name"]
+        obj = self.objects.get(("nodes", "", name))
+        if obj is None:
+            return _status(404, "NotFound", f'nodes "{name}" not found')
+        body = await request.json()
+        self.patches.append(("nodes", "", name, body))
+        obj = _merge(copy.deepcopy(obj), body)
+        self._put("nodes", "", name, obj)
+        return web.json_response(obj)
+
+    async def delete_pods(self, request: web.Request) -> web.Response:
+        """deletecollection of pods by labelSelector: the owners (hooks) recreate them."""
+        ns, selector = request.match_info["ns"], request.query.get("labelSelector", "")
+        self.patches.append(("pods/deletecollection", ns, selector, {}))
+        deleted = sum(hook(ns, selector) for hook in self.pod_delete_hooks)
+        return web.json_response({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                  "items": [{"metadata": {"name": f"pod-{i}"}} for i in range(deleted)]})
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        obj = self.objects.get(("deployments", request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _status(404, "NotFound", f'deployments.apps "{request.match_info["name"]}" not found')
+        return web.json_response(obj)
 
     async def get_scale(self, request: web.Request) -> web.Response:
         key = ("deployments", request.match_info["ns"], request.match_info["name"])

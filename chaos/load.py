@@ -36,7 +36,7 @@ class Outcome:
     cluster: str = "-"
     reason: str = ""  # x-router-decision reason, or the error body's first line
     held_ms: float = 0.0  # waited on a cold start (router hold or cluster ingress)
-    target: int = 0
+    target: int | str = 0  # a port on 127.0.0.1, or a base URL
 
     @property
     def idempotent(self) -> bool:
@@ -62,7 +62,7 @@ class Burst:
 
 
 class Load:
-    def __init__(self, targets: Callable[[], list[int]], hosts: dict[str, str], mix: Mix, rate: float,
+    def __init__(self, targets: Callable[[], list], hosts: dict[str, str], mix: Mix, rate: float,
                  duration_s: float, bursts: list[Burst] | None = None, timeout_s: float = 30.0,
                  seed: int = 1, max_inflight: int = 4000):
         self.targets, self.hosts, self.mix = targets, hosts, mix
@@ -85,7 +85,7 @@ class Load:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def session(self, port: int) -> aiohttp.ClientSession:
+    def session(self, port: int | str) -> aiohttp.ClientSession:
         s = self.sessions.get(port)
         if s is None:
             s = self.sessions[port] = aiohttp.ClientSession(
@@ -141,7 +141,8 @@ class Load:
         headers = {"Host": self.hosts[o.service], "x-lab-request-id": o.id}
         body = b"p" * self.mix.post_bytes if o.method == "POST" else None
         try:
-            async with self.session(o.target).request(o.method, f"http://127.0.0.1:{o.target}/work",
+            base = o.target if isinstance(o.target, str) else f"http://127.0.0.1:{o.target}"
+            async with self.session(o.target).request(o.method, f"{base}/work",
                                                       headers=headers, data=body) as r:
                 o.status = r.status
                 o.cluster = r.headers.get("x-router-cluster", "-")

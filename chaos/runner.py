@@ -140,24 +140,30 @@ class LabTarget:
             yaml.safe_dump(doc, fh, sort_keys=False)
         os.replace(tmp, path)
 
-    async def sample(self, session: aiohttp.ClientSession, now: float, rec: Record) -> None:
-        held = 0.0
-        for r in list(self.ready):
-            try:
-                async with session.get(f"http://127.0.0.1:{r.admin_port}/debug/state") as resp:
-                    st = await resp.json()
-                if r is self.ready[0]:
-                    self.last_state = st
-                for name, c in st["clusters"].items():
-                    rec.health.append((now, name, bool(c["health"]["healthy"])))
-                async with session.get(f"http://127.0.0.1:{r.admin_port}/metrics") as resp:
-                    text = await resp.text()
-                for fam in text_string_to_metric_families(text):
-                    if fam.name == "router_buffered_requests":
-                        held += sum(s.value for s in fam.samples)
-            except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-                continue
-        rec.queue.append((now, held))
+    def admin_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{r.admin_port}" for r in self.ready]
+
+
+async def sample_admins(session: aiohttp.ClientSession, urls: list[str], now: float, rec: Record) -> dict | None:
+    """Health per cluster from each router's /debug/state and its held requests from /metrics.
+    Returns the first router's state (for live views)."""
+    held, first = 0.0, None
+    for url in urls:
+        try:
+            async with session.get(f"{url}/debug/state") as resp:
+                st = await resp.json()
+            first = first or st
+            for name, c in st["clusters"].items():
+                rec.health.append((now, name, bool(c["health"]["healthy"])))
+            async with session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            for fam in text_string_to_metric_families(text):
+                if fam.name == "router_buffered_requests":
+                    held += sum(x.value for x in fam.samples)
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+            continue
+    rec.queue.append((now, held))
+    return first
 
 
 async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None, title: str | None = None,
@@ -197,7 +203,9 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as s:
             while not load.stopped:
                 t = now()
-                await target.sample(s, t, rec)
+                state = await sample_admins(s, target.admin_urls(), t, rec)
+                if state is not None:
+                    target.last_state = state
                 if on_tick is not None:
                     on_tick(load, rec)
                 ab = drill.abort.get("success_ratio_below")
@@ -224,7 +232,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
                 window["end"] = now()
         await asyncio.gather(mon, return_exceptions=True)
     rec.end_s = max(drill.duration_s, now())
-    if hasattr(target, "lab"):
+    if getattr(target, "lab", None) is not None:
         post_ids = {o.id for o in load.outcomes if not o.idempotent}
         rec.replayed = sum(1 for rid, n in target.lab.seen.items() if n > 1 and rid in post_ids)
         rec.refused_patches = sum(c.api.refused_patches for c in target.lab.clusters.values())
@@ -245,7 +253,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
     for w in rec.windows:
         w["end"] = w["end"] if w["end"] is not None else rec.end_s
     report = {
-        "drill": drill.name, "description": drill.description, "file": drill.path, "target": "lab",
+        "drill": drill.name, "description": drill.description, "file": drill.path, "target": getattr(target, "kind", "lab"),
         "short": short, "duration_s": round(rec.end_s, 2),
         "sent": s.sent, "succeeded": s.succeeded, "failed": s.failed, "lost": s.lost, "shed": load.shed,
         "detection_s": det, "p50_ms": round(s.p50_ms, 2), "p99_ms": round(s.p99_ms, 2), "outcomes": s.kinds,
@@ -256,6 +264,9 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
         "criteria": all_checks, "verdict": "pass" if passed else ("aborted" if aborted else "fail"),
         "timeline": timeline(load.outcomes, 0.5, target.clusters, rec.end_s),
     }
+    extra = getattr(target, "extra_report", None)
+    if extra is not None:
+        report.update(extra())
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as fh:
         json.dump(report, fh, indent=1)
@@ -298,6 +309,12 @@ def print_summary(report: dict, out_dir: str) -> None:
         print(f"  action at {a['t']:.1f}s: " + ", ".join(f"{k}={v}" for k, v in a.items() if k != "t"))
     for reason, n in report["failure_reasons"].items():
         print(f"  {n} x {reason}")
+    for line in report.get("applied", []):
+        print(f"  applied: {line}")
+    for line in report.get("skipped", []):
+        print(f"  skipped: {line}")
+    for path in report.get("manifests", []):
+        print(f"  manifest: {path}")
     if report["aborted"]:
         print(f"  ABORTED: {report['aborted']}")
     for c in report["criteria"]:
@@ -307,7 +324,7 @@ def print_summary(report: dict, out_dir: str) -> None:
 
 
 async def run(path: str, target_kind: str = "lab", short: bool = False, out: str | None = None,
-              kubeconfig_dir: str | None = None, admin: str | None = None) -> int:
+              admin: str | None = None, url: str | None = None, config: list[str] | None = None) -> int:
     try:
         drill = load_drill(path)
     except DrillError as exc:
@@ -319,9 +336,21 @@ async def run(path: str, target_kind: str = "lab", short: bool = False, out: str
     workdir = tempfile.mkdtemp(prefix=f"edge-router-drill-{drill.name}-")
     try:
         if target_kind == "kubernetes":
-            from .kube_target import run_kubernetes
-            return await run_kubernetes(drill, out_dir, admin)
-        target = LabTarget(drill, workdir)
+            from router.config.errors import ConfigError
+
+            from .kube_target import KubernetesTarget
+            if not config:
+                print("edge-router chaos: --target kubernetes needs --config (the router's config: Clusters with "
+                      "spec.kubernetes, Services with workloads)")
+                return 2
+            try:
+                target = KubernetesTarget(drill, config, url or "http://127.0.0.1:8080", admin or "http://127.0.0.1:9901",
+                                          os.environ.get("EDGE_ROUTER_ADMIN_TOKEN"), out_dir)
+            except ConfigError as exc:
+                print("\n".join(str(p) for p in exc.problems))
+                return 2
+        else:
+            target = LabTarget(drill, workdir)
         try:
             await target.setup()
             report = await execute(drill, target, out_dir, short)

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     cr.add_argument("--short", action="store_true", help="the short form (durations scaled down, as CI runs it)")
     cr.add_argument("--out", help="report directory (default drill-reports/NAME)")
     cr.add_argument("--admin", help="with --target kubernetes: the router admin URL (default http://127.0.0.1:9901)")
+    cr.add_argument("--url", help="with --target kubernetes: the router's traffic URL (default http://127.0.0.1:8080)")
+    cr.add_argument("--config", action="append", help="with --target kubernetes: the router's config (repeatable)")
     args = parser.parse_args(argv)
 
     if args.command == "validate":
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "chaos":
         import uvloop
         from chaos.runner import run as run_drill
-        return uvloop.run(run_drill(args.drill, args.target, args.short, args.out, admin=args.admin))
+        return uvloop.run(run_drill(args.drill, args.target, args.short, args.out, admin=args.admin,
+                                       url=args.url, config=args.config))
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(args.duration, args.report, args.config, live=not args.no_live)

@@ -9,7 +9,6 @@ the timeline is written. Ctrl-C stops everything and removes what it started.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import sys

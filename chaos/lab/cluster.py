@@ -102,6 +102,7 @@ class SimCluster:
         self.seen = seen
         self.api = KubeApiDouble(bookmark_interval_s=1.0)
         self.api.scale_hooks.append(self._on_scale_patch)
+        self.api.pod_delete_hooks.append(self._on_pods_deleted)
         one_way = spec.rtt_ms / 2000.0
         self.relay: DelayRelay | None = None
         self.one_way_s = one_way
@@ -228,6 +229,20 @@ class SimCluster:
         if replicas:
             d.last_request = max(d.last_request, now)  # a wake counts as activity for the idle grace
         self._scale_to(d, replicas)
+
+    def _on_pods_deleted(self, namespace: str, selector: str) -> int:
+        """Pods deleted by label (app=NAME): the Deployment's ReplicaSet starts new ones (a cold start)."""
+        name = selector.partition("app=")[2].split(",")[0]
+        d = self.deployments.get(name)
+        if d is None or namespace != NAMESPACE:
+            return 0
+        gone = list(d.pods)
+        d.pods.clear()
+        d.ready.clear()
+        for pod in gone:
+            self.spawn(pod.stop())
+        self._scale_to(d, d.desired)
+        return len(gone)
 
     async def _autoscale_loop(self) -> None:
         while True:

@@ -25,7 +25,7 @@ RELAY = ("latency", "bandwidth", "blackhole", "reset_peer", "slow_close", "slice
 LAB = ("error_rate", "kill_cluster", "scale_to_zero", "evict_images", "api_outage")
 KINDS = RELAY + LAB
 # what each fault reads besides type/cluster/at/duration
-PARAMS = {"latency": {"latency", "jitter"}, "bandwidth": {"rate"}, "blackhole": set(), "reset_peer": {"timeout"},
+PARAMS = {"latency": {"latency", "jitter"}, "bandwidth": {"rate"}, "blackhole": set(), "reset_peer": {"timeout", "toxicity"},
           "slow_close": {"delay"}, "slicer": {"averageSize", "sizeVariation", "delay"},
           "limit_data": {"bytes", "direction"}, "error_rate": {"rate"}, "kill_cluster": set(),
           "scale_to_zero": {"service"}, "evict_images": set(), "api_outage": set()}
@@ -64,7 +64,7 @@ def _toxic(fault: dict):
     if kind == "bandwidth":
         return Bandwidth(float(fault.get("rate", 100_000)))
     if kind == "reset_peer":
-        return ResetPeer(parse_duration(fault.get("timeout", "0s")))
+        return ResetPeer(parse_duration(fault.get("timeout", "0s")), float(fault.get("toxicity", 1.0)))
     if kind == "slow_close":
         return SlowClose(parse_duration(fault.get("delay", "1s")))
     if kind == "slicer":

@@ -52,6 +52,8 @@ class LimitData:
 @dataclass
 class ResetPeer:
     timeout_s: float = 0.0  # 0: at once; else each connection is reset this long after it is accepted
+    toxicity: float = 1.0  # below 1: each chunk sent towards the cluster triggers a reset with this
+    #                        probability, `timeout_s` later (some requests cut after they went out)
 
 
 @dataclass
@@ -153,7 +155,7 @@ class DelayRelay:
         task = asyncio.current_task()
         self.accepted += 1
         rp = self.toxics.get("reset_peer")
-        if rp is not None and not getattr(rp, "timeout_s", 0):
+        if rp is not None and rp.toxicity >= 1 and not rp.timeout_s:
             reset(writer)
             return
         self.conns.add(task)
@@ -162,10 +164,14 @@ class DelayRelay:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             self.writers.add(up_writer)
-            if rp is not None:
+            if rp is not None and rp.toxicity >= 1:
                 asyncio.get_running_loop().call_later(rp.timeout_s, lambda: (reset(writer), reset(up_writer)))
-            pumps = [asyncio.ensure_future(self._pump(reader, up_writer, "up")),
-                     asyncio.ensure_future(self._pump(up_reader, writer, "down"))]
+
+            def cut() -> None:
+                reset(writer)
+                reset(up_writer)
+            pumps = [asyncio.ensure_future(self._pump(reader, up_writer, "up", cut)),
+                     asyncio.ensure_future(self._pump(up_reader, writer, "down", cut))]
             try:
                 done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
                 for p in done:
@@ -196,7 +202,8 @@ class DelayRelay:
             i += size
         return out
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str,
+                    cut=None) -> None:
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         passed = 0
@@ -226,15 +233,19 @@ class DelayRelay:
                 data = await reader.read(65536)
                 while self.blackhole:  # hold everything: the peer sees silence, not a reset
                     await asyncio.sleep(0.02)
+                rp = self.toxics.get("reset_peer")
+                if (data and direction == "up" and rp is not None and rp.toxicity < 1 and cut is not None
+                        and self.rng.random() < rp.toxicity):
+                    loop.call_later(rp.timeout_s, cut)
                 limit = self.toxics.get("limit_data")
-                cut = False
+                cut_here = False
                 if data and limit is not None and limit.direction == direction:
                     room = max(limit.bytes - passed, 0)
                     if len(data) >= room:
-                        data, cut = data[:room], True
+                        data, cut_here = data[:room], True
                 passed += len(data)
                 now = loop.time()
-                pieces = self._slices(data) if data else ([] if cut else [None])
+                pieces = self._slices(data) if data else ([] if cut_here else [None])
                 slicer = self.toxics.get("slicer")
                 bandwidth = self.toxics.get("bandwidth")
                 for n, piece in enumerate(pieces):
@@ -245,7 +256,7 @@ class DelayRelay:
                         at = max(at, last_at) + len(piece) / bandwidth.bytes_per_s
                     last_at = at
                     queue.put_nowait((at, piece))
-                if cut:
+                if cut_here:
                     queue.put_nowait((last_at, _CUT))
                     break
                 if not data:

@@ -235,6 +235,8 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
     if getattr(target, "lab", None) is not None:
         post_ids = {o.id for o in load.outcomes if not o.idempotent}
         rec.replayed = sum(1 for rid, n in target.lab.seen.items() if n > 1 and rid in post_ids)
+        rec.cut_after_send = sum(1 for o in load.outcomes if not o.idempotent and not o.succeeded
+                                 and target.lab.seen.get(o.id))
         rec.refused_patches = sum(c.api.refused_patches for c in target.lab.clusters.values())
     rec.exit_codes = list(getattr(target, "exit_codes", []))
 

@@ -19,6 +19,7 @@ class Record:
     health: list[tuple[float, str, bool]] = field(default_factory=list)  # (t, cluster, healthy) from /debug/state
     queue: list[tuple[float, float]] = field(default_factory=list)  # (t, requests held)
     replayed: int = 0
+    cut_after_send: int = 0  # non-idempotent requests a pod received that failed at the client
     refused_patches: int = 0
     exit_codes: list[int] = field(default_factory=list)
 
@@ -51,10 +52,14 @@ def measure(metric: str, rec: Record, crit: dict) -> float:
         return sum(1 for o in failed if o.idempotent)
     if metric == "lost":
         return sum(1 for o in outs if o.kind in ("timeout", "pending"))
+    if metric == "truncated_detected":
+        return sum(1 for o in outs if o.kind == "truncated")
     if metric == "short_bodies":
         return sum(1 for o in outs if o.kind == "short")
     if metric == "replayed_non_idempotent":
         return rec.replayed
+    if metric == "non_idempotent_cut":
+        return rec.cut_after_send
     if metric == "implicit_failures":
         return sum(1 for o in failed if not (o.kind == "error" and o.status in (502, 503, 504)))
     if metric == "queue_max":

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from router.config.values import parse_duration
-
 from . import faults as faultlib
+from .lab.config import duration_reader
 
 METRICS = {
     "success_ratio": "succeeded / sent",
@@ -102,13 +101,7 @@ def load_drill(path: str) -> Drill:
     def where(f: str) -> str:
         return f"{path}: {f}"
 
-    def dur(value, f: str, default: float) -> float:
-        if value is None:
-            return default
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise DrillError(f"{where(f)}: {exc}") from None
+    dur = duration_reader(path, DrillError)
 
     known = {"name", "description", "lab", "router", "routers", "services", "steadyState", "load", "faults",
              "actions", "abort", "criteria", "short"}

@@ -265,6 +265,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
         "actions": rec.actions, "aborted": aborted[0] if aborted else None,
         "criteria": all_checks, "verdict": "pass" if passed else ("aborted" if aborted else "fail"),
         "timeline": timeline(load.outcomes, 0.5, target.clusters, rec.end_s),
+        "final_health": {name: c.get("health") for name, c in (target.last_state or {}).get("clusters", {}).items()},
     }
     extra = getattr(target, "extra_report", None)
     if extra is not None:
@@ -311,6 +312,9 @@ def print_summary(report: dict, out_dir: str) -> None:
         print(f"  action at {a['t']:.1f}s: " + ", ".join(f"{k}={v}" for k, v in a.items() if k != "t"))
     for reason, n in report["failure_reasons"].items():
         print(f"  {n} x {reason}")
+    for name, h in report.get("final_health", {}).items():
+        if h and (not h.get("healthy") or h.get("last_reason")):
+            print(f"  {name} at the end: {'healthy' if h.get('healthy') else 'UNHEALTHY'}; {h.get('last_reason')}")
     for line in report.get("applied", []):
         print(f"  applied: {line}")
     for line in report.get("skipped", []):

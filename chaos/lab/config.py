@@ -99,14 +99,20 @@ def _merged(base: dict, over: dict) -> dict:
     return out
 
 
-def lab_from_dict(doc: dict, path: str = "<lab>") -> LabConfig:
+def duration_reader(path: str, error: type[ValueError]):
+    """dur(value, field, default) -> seconds, raising `error` as 'PATH: field: message'."""
     def dur(value, where: str, default: float) -> float:
         if value is None:
             return default
         try:
             return parse_duration(value)
         except ValueError as exc:
-            raise LabConfigError(f"{path}: {where}: {exc}") from None
+            raise error(f"{path}: {where}: {exc}") from None
+    return dur
+
+
+def lab_from_dict(doc: dict, path: str = "<lab>") -> LabConfig:
+    dur = duration_reader(path, LabConfigError)
 
     matrix = read_matrix(_matrix_path(doc.get("rttMatrix"), os.path.dirname(path)))
     edge = doc.get("edge", "Dallas")

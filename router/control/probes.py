@@ -94,7 +94,11 @@ class Prober:
                 self.on_result(cluster.name, False, None, None)
             return False
         done = time.monotonic()
-        self.policy.health.on_probe(cluster.name, True, done)
+        health = self.policy.health
+        was_healthy = health.is_healthy(cluster.name, done)
+        health.on_probe(cluster.name, True, done)
+        if not was_healthy and health.is_healthy(cluster.name, done):
+            self.policy.rtt.forget(cluster.name)  # back from an outage: measure afresh from this probe
         self.policy.rtt.on_probe(cluster.name, connect_s, http_s, done)
         self.last[cluster.name] = {"ok": True, "connect_s": round(connect_s, 6), "http_s": round(http_s, 6), "at": now}
         if self.on_result:

@@ -41,6 +41,16 @@ class RttState:
             self.by_service.setdefault(service, {})[cluster] = e
         e.observe(max(ttfb_s - net, 0.0), now)
 
+    def forget(self, cluster: str) -> None:
+        """Drop every estimate of a cluster that has just come back from an outage: samples that
+        straddled it (a probe or response held until the link returned) measured the outage, not
+        the distance or the handler, and a Peak-EWMA would keep them for several decay times."""
+        self.network.pop(cluster, None)
+        self.probe_http.pop(cluster, None)
+        for key in [k for k in self.server if k[1] == cluster]:
+            del self.server[key]
+            self.by_service.get(key[0], {}).pop(cluster, None)
+
     def rtt(self, cluster: str) -> float | None:
         e = self.probe_http.get(cluster) or self.network.get(cluster)
         return e.value if e is not None else None

@@ -227,3 +227,29 @@ def test_unmeasured_server_time_borrows_the_service_time_elsewhere():
     p.warmth.on_discovery("svc", "ap-east", 0, True, 0.0)
     assert {choose_backend(route(), p, 1.0, random.Random(i), service="svc").backend.cluster
             for i in range(50)} == {"us-west"}
+
+
+async def test_a_cluster_back_from_an_outage_is_measured_afresh(monkeypatch):
+    """A probe held by a silent link until it came back measures the outage: once probes make the
+    cluster healthy again its RTT restarts from the latest sample instead of decaying from the peak."""
+    import types
+
+    from router.control import probes
+
+    p = inputs_with_rtt({"a": 0.143})
+    for _ in range(3):
+        p.health.on_probe("a", False, 1.0)
+    p.rtt.on_probe("a", 0.001, 0.45, 2.0)  # the straddling probe: 450 ms
+    p.rtt.on_first_byte("svc", "a", 6.0, 2.0)  # a response held for 6 s
+    answers = iter([(0.001, 0.45), (0.001, 0.143)])
+
+    async def fake_probe(cluster, timeout_s):
+        return next(answers)
+    monkeypatch.setattr(probes, "probe_once", fake_probe)
+    prober = probes.Prober(p, lambda: (), lambda: 1.0, lambda: 0.5)
+    cluster = types.SimpleNamespace(name="a")
+    await prober.probe(cluster)
+    assert p.rtt.rtt("a") == pytest.approx(0.45)  # one good probe: still down, estimate unchanged
+    await prober.probe(cluster)
+    assert p.health.is_healthy("a", 1e9) and p.rtt.rtt("a") == pytest.approx(0.143)
+    assert p.rtt.server_time("svc", "a") == 0.0  # the held response's 6 s is forgotten too

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from . import faults as faultlib
 from .drill import Drill, DrillError, load_drill
 from .lab.config import load_lab
+from .lab.control import LabControl
 from .lab.lab import Lab
 from .load import Burst, Load, Mix, summarise, timeline
 from .report import render
@@ -37,6 +38,7 @@ class LabTarget:
     def __init__(self, drill: Drill, workdir: str):
         self.drill, self.workdir = drill, workdir
         self.lab = Lab(load_lab(None, drill.lab), workdir)
+        self.control = LabControl(self.lab)  # faults at run time: POST /faults
         self.token = secrets.token_hex(16)
         self.routers: list[RouterProcess] = []
         self.ready: list[RouterProcess] = []
@@ -55,6 +57,7 @@ class LabTarget:
 
     async def setup(self) -> None:
         await self.lab.start()
+        await self.control.start()
         self.lab.write_router_config(self.config_dir, self.split_path, router=self.drill.router,
                                      service_options=self.drill.service_options)
         for _ in range(self.drill.routers):
@@ -93,6 +96,7 @@ class LabTarget:
         for r in self.routers:
             if r.proc is not None and r.proc.poll() is None:
                 await r.stop()
+        await self.control.stop()
         await self.lab.stop()
 
     async def inject(self, fault: dict):
@@ -215,6 +219,19 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
                         aborted.append(f"success ratio under {ab} over {drill.abort['window_s']:g}s at t={t:.1f}s")
                         load.stopped = True
                 await asyncio.sleep(0.1)
+
+    runtime_windows: dict[int, dict] = {}
+
+    def on_runtime_fault(event: str, entry: dict) -> None:
+        """A fault injected through the lab's control API: a window in the timeline like the others."""
+        if event == "start":
+            w = {"start": now(), "end": None, "fault": entry["fault"], "label": entry["label"] + " (run time)"}
+            runtime_windows[entry["id"]] = w
+            rec.windows.append(w)
+        elif entry["id"] in runtime_windows:
+            runtime_windows.pop(entry["id"])["end"] = now()
+    if getattr(target, "control", None) is not None:
+        target.control.on_change = on_runtime_fault
 
     load.t0 = time.monotonic()
     mon = asyncio.ensure_future(monitor())

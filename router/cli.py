@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     cr.add_argument("--admin", help="with --target kubernetes: the router admin URL (default http://127.0.0.1:9901)")
     cr.add_argument("--url", help="with --target kubernetes: the router's traffic URL (default http://127.0.0.1:8080)")
     cr.add_argument("--config", action="append", help="with --target kubernetes: the router's config (repeatable)")
+    cl = csub.add_parser("lab", help="run the local lab on its own, for a router you start yourself")
+    cl.add_argument("--lab", help="lab file (default chaos/lab/default.yaml)")
+    cl.add_argument("--config-out", default="lab-config", help="where to write the router config (default lab-config/)")
     args = parser.parse_args(argv)
 
     if args.command == "validate":
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command == "chaos" and args.chaos_command == "lab":
+        import uvloop
+        from chaos.lab.standalone import run_lab
+        return uvloop.run(run_lab(args.lab, args.config_out))
     if args.command == "chaos":
         import uvloop
         from chaos.runner import run as run_drill

@@ -98,6 +98,8 @@ async def demo(duration_s: float, report_path: str, seed_split: str | None, live
         r = target.ready[0]
         print(f"  router on 127.0.0.1:{r.port}, admin on 127.0.0.1:{r.admin_port}; running for {duration_s:g}s "
               f"(Ctrl-C stops)", flush=True)
+        print(f"  inject a fault meanwhile: curl -XPOST 127.0.0.1:{target.control.port}/faults "
+              f"-d '{{\"type\": \"latency\", \"cluster\": \"eu-central\", \"latency\": \"300ms\"}}'", flush=True)
         view = LiveView(target, duration_s) if live else None
         t0 = time.monotonic()
         report = await execute(drill, target, workdir, False, on_tick=view, title="edge-router demo",

@@ -142,3 +142,35 @@ async def test_a_scale_patch_through_the_api_starts_pods(cluster, tmp_path):
     await asyncio.to_thread(api.patch_namespaced_deployment_scale, "api", NAMESPACE, {"spec": {"replicas": 2}})
     await wait_for(lambda: len(cluster.deployments["api"].pods) == 2, timeout_s=5, what="two pods")
     assert cluster.api.objects[("deployments", NAMESPACE, "api")]["status"]["readyReplicas"] == 2
+
+
+async def test_control_api_injects_lists_and_reverts_faults(tmp_path):
+    from chaos.lab.control import LabControl
+    from chaos.lab.lab import Lab
+    lab = Lab(small_lab(), str(tmp_path))
+    await lab.start()
+    events = []
+    control = LabControl(lab, on_change=lambda ev, e: events.append((ev, e["label"])))
+    port = await control.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{base}/faults", json={"type": "blackhole", "cluster": "east"}) as r:
+                assert r.status == 201
+                fid = (await r.json())["id"]
+            assert lab.clusters["east"].relay.blackhole
+            async with s.get(f"{base}/faults") as r:
+                assert [f["label"] for f in await r.json()] == ["blackhole@east"]
+            async with s.post(f"{base}/faults", json={"type": "blackhole", "cluster": "mars"}) as r:
+                assert r.status == 400 and "not in the lab" in (await r.json())["error"]
+            async with s.post(f"{base}/faults", data=b"not json") as r:
+                assert r.status == 400
+            async with s.delete(f"{base}/faults/{fid}") as r:
+                assert r.status == 200
+            assert not lab.clusters["east"].relay.blackhole
+            async with s.delete(f"{base}/faults/{fid}") as r:
+                assert r.status == 404
+        assert events == [("start", "blackhole@east"), ("end", "blackhole@east")]
+    finally:
+        await control.stop()
+        await lab.stop()

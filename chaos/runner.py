@@ -239,7 +239,8 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
     sched.add_done_callback(lambda t: t.cancelled() or t.exception() is None or setattr(load, "stopped", True))
     try:
         await load.run()
-        await asyncio.wait_for(sched, 60)
+        if not load.stopped:  # ran its course: let the last faults revert on schedule
+            await asyncio.wait_for(sched, 60)
     finally:
         load.stopped = True
         sched.cancel()
@@ -248,7 +249,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
                 await revert()
                 window["end"] = now()
         await asyncio.gather(mon, return_exceptions=True)
-    rec.end_s = max(drill.duration_s, now())
+    rec.end_s = now() if aborted else max(drill.duration_s, now())
     if getattr(target, "lab", None) is not None:
         post_ids = {o.id for o in load.outcomes if not o.idempotent}
         rec.replayed = sum(1 for rid, n in target.lab.seen.items() if n > 1 and rid in post_ids)

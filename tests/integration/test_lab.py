@@ -174,3 +174,18 @@ async def test_control_api_injects_lists_and_reverts_faults(tmp_path):
     finally:
         await control.stop()
         await lab.stop()
+
+
+async def test_slicer_and_slow_close(relay):
+    from chaos.relay import Slicer, SlowClose
+    relay.set_toxic("slicer", Slicer(average_size=100, size_variation=0, delay_s=0.01))
+    data, took = await ask(relay.port, b"2000\n", 2000)
+    assert len(data) == 2000 and took >= 0.15  # 20 slices, 10 ms apart
+    relay.clear_toxic("slicer")
+    relay.set_toxic("slow_close", SlowClose(0.4))
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    t = time.monotonic()
+    writer.write_eof()  # the client closes its side: the source sees it 0.4 s later and closes too
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    assert time.monotonic() - t >= 0.4
+    writer.close()

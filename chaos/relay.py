@@ -86,7 +86,6 @@ class DelayRelay:
         self.host, self.port = "127.0.0.1", 0
         self.conns: set[asyncio.Task] = set()
         self.writers: set[asyncio.StreamWriter] = set()
-        self.accepted = 0
 
     # blackhole as a plain attribute keeps older callers working
     @property
@@ -153,7 +152,6 @@ class DelayRelay:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self.accepted += 1
         rp = self.toxics.get("reset_peer")
         if rp is not None and rp.toxicity >= 1 and not rp.timeout_s:
             reset(writer)

@@ -84,10 +84,6 @@ class Deployment:
         self.counter = 0
         self.cold_starts = 0
 
-    @property
-    def ready_count(self) -> int:
-        return len(self.pods)
-
     def pick(self) -> Pod:
         return min(self.pods, key=lambda p: p.inflight)
 

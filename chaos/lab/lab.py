@@ -36,9 +36,6 @@ class Lab:
     async def stop(self) -> None:
         await asyncio.gather(*[c.stop() for c in self.clusters.values()], return_exceptions=True)
 
-    def host(self, service: str) -> str:
-        return self.config.service(service).host
-
     # --- router config --------------------------------------------------------------------
     def write_router_config(self, directory: str, split_path: str | None = None, router: dict | None = None,
                             service_options: dict | None = None) -> str:
@@ -78,6 +75,3 @@ class Lab:
                        "api_outage": c.api.outage, "toxics": sorted(c.relay.toxics) if c.relay else [],
                        "services": c.describe()}
                 for name, c in self.clusters.items()}
-
-    def replays(self) -> int:
-        return sum(1 for n in self.seen.values() if n > 1)

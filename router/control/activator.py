@@ -149,7 +149,7 @@ class Activator:
                 # A cluster watched through its API says when it is ready; others are asked over HTTP.
                 # So is one whose API refused the wake (an API outage): its ingress may still wake the
                 # service on a request (Knative's activator does), and the watch cannot tell.
-                api_down = cluster.kubernetes is not None and self.wakes.failures.get(key, 0) > 0
+                api_down = cluster.kubernetes is not None and self.wakes.failing(svc.name, cluster.name)
                 if warm or ((cluster.kubernetes is None or api_down) and await self._ready(svc, cluster)):
                     self._on_ready(svc, cluster)
                     return

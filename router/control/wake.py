@@ -107,6 +107,10 @@ class WakeManager:
         task.add_done_callback(self.tasks.discard)
         return True
 
+    def failing(self, service: str, cluster: str) -> bool:
+        """The last wake of this pair failed (it is backing off)."""
+        return self.failures.get((service, cluster), 0) > 0
+
     def done(self, service: str, cluster: str) -> None:
         """The copy is ready: a later wake for this pair is a new one."""
         self.in_progress.discard((service, cluster))

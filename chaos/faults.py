@@ -31,6 +31,9 @@ PARAMS = {"latency": {"latency", "jitter"}, "bandwidth": {"rate"}, "blackhole": 
           "scale_to_zero": {"service"}, "evict_images": set(), "api_outage": set()}
 
 
+COMMON = {"type", "cluster", "at", "duration", "name", "at_s", "duration_s"}  # fields every fault may carry
+
+
 class FaultError(ValueError):
     pass
 
@@ -40,7 +43,7 @@ def check(fault: dict, cluster_names: list[str] | None = None) -> None:
     kind = fault.get("type")
     if kind not in KINDS:
         raise FaultError(f"type: {kind!r} is not a fault (known: {', '.join(KINDS)})")
-    unknown = set(fault) - PARAMS[kind] - {"type", "cluster", "at", "duration", "name", "at_s", "duration_s"}
+    unknown = set(fault) - PARAMS[kind] - COMMON
     if unknown:
         raise FaultError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
     target = fault.get("cluster", "all")
@@ -114,5 +117,5 @@ async def apply(lab, fault: dict) -> Callable[[], Awaitable[None]]:
 
 
 def describe(fault: dict) -> str:
-    extra = ", ".join(f"{k}={v}" for k, v in fault.items() if k not in ("type", "cluster", "at", "duration", "name", "at_s", "duration_s"))
+    extra = ", ".join(f"{k}={v}" for k, v in fault.items() if k not in COMMON)
     return f"{fault['type']}@{fault.get('cluster', 'all')}" + (f" ({extra})" if extra else "")

@@ -291,7 +291,7 @@ async def execute(drill: Drill, target, out_dir: str, short: bool, on_tick=None,
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as fh:
         json.dump(report, fh, indent=1)
-    windows = [{"start": w["start"], "end": w["end"], "label": faultlib.describe(w["fault"])} for w in rec.windows]
+    windows = [{"start": w["start"], "end": w["end"], "label": w["label"]} for w in rec.windows]
     windows += [{"start": a["t"], "end": a["t"] + 0.2, "label": a["action"]} for a in rec.actions
                 if a["action"] in ("reload", "restart_router")]
     summary_rows = {k: report[k] for k in ("sent", "succeeded", "failed", "lost", "detection_s", "p50_ms", "p99_ms",

@@ -56,7 +56,7 @@ class LiveView:
         held = st.get("held", {})
         recent = [o for o in load.outcomes if o.kind != "pending" and o.t >= now - 5]
         total = max(sum(1 for o in recent if o.succeeded), 1)
-        failed = sum(1 for o in load.outcomes if o.kind not in ("pending", "ok") or (o.kind == "ok" and o.status >= 500))
+        failed = sum(1 for o in load.outcomes if o.kind != "pending" and not o.succeeded)
         done = sum(1 for o in load.outcomes if o.kind != "pending")
         faults = [w["label"] for w in rec.windows if w["end"] is None]
         lines = [f"edge-router demo  t={now:5.1f}s/{self.duration_s:.0f}s  requests {done} done, {load.inflight} in flight, "

@@ -84,6 +84,7 @@ class ServiceConfig:
     readiness_path: str = "/"
     wake_parallelism: int = 1
     spillover: bool = False
+    wake_skipped: bool = True  # wake CACHED/COLD clusters the choice skipped, in the background
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ wake trigger, the exchange is held here: the wake set is woken (the soonest-read
 `wakeParallelism` of them), readiness is polled through each woken cluster's
 ingress every 25 ms, and on the first ready signal held requests are released in FIFO order, paced by
 the cluster's capacity. Deadlines expire into 504; predicted misses and overflow into 503.
+It also wakes, in the background, the cold clusters the choice skipped for a warm copy elsewhere
+(`wake_skipped`), so the split returns to its weights once they are ready.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ log = logging.getLogger("router.activator")
 POLL_INTERVAL_S = 0.025
 POLL_TIMEOUT_S = 0.5
 API_DOWN_POLL_S = 0.5  # readiness over HTTP while the cluster's API refuses wakes
+BACKGROUND_POLL_S = 0.25  # readiness of a background wake: nothing waits on it
 
 
 def client_deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
@@ -51,6 +54,7 @@ class Activator:
         self.ids = itertools.count(1)
         self.wakes = WakeManager(trigger, self._on_woken, lambda c, r: ctx.metrics.wakes.labels(c, r).inc())
         self.pollers: dict[tuple[str, str], asyncio.Task] = {}
+        self.background: dict[tuple[str, str], float] = {}  # background wakes: (service, cluster) -> give up at
         self.deadline_handle: asyncio.TimerHandle | None = None
 
     # --- used by the exchange -----------------------------------------------------------
@@ -63,12 +67,36 @@ class Activator:
     def can_hold(self, service: str) -> bool:
         """Hold only what the router can wake: otherwise the cluster's own activator is the better place."""
         svc = self.service(service)
-        if svc is None:
-            return False
+        return svc is not None and self._can_wake(svc, self.ctx.snapshot.config.clusters)
+
+    def _can_wake(self, svc: ServiceConfig, clusters) -> bool:
         can_wake = getattr(self.wakes.trigger, "can_wake", None)
         if can_wake is not None:
-            return can_wake(svc, self.ctx.snapshot.config.clusters)
+            return can_wake(svc, clusters)
         return svc.wake_path is not None
+
+    def wake_skipped(self, service: str, cluster: str) -> bool:
+        """A CACHED or COLD cluster the choice passed over while a warm copy elsewhere serves: wake it
+        in the background, so the split returns to its weights once it is ready. Nothing waits on
+        it; a wake with no ready copy after the service's holdLimit is given up. Returns whether a
+        wake started."""
+        svc = self.service(service)
+        if svc is None or not svc.wake_skipped:
+            return False
+        target = next((c for c in self.ctx.snapshot.config.clusters if c.name == cluster), None)
+        if target is None or not self._can_wake(svc, (target,)):
+            return False
+        now = self.ctx.clock()
+        warmth = self.ctx.policy.warmth
+        if warmth.warmth(service, cluster, now) not in (Warmth.CACHED, Warmth.COLD):
+            return False
+        if not self.wakes.request(svc, target):
+            return False
+        warmth.on_wake(service, cluster, now)
+        self.ctx.metrics.background_wakes.labels(cluster).inc()
+        self.background[(service, cluster)] = now + svc.hold_limit_s
+        self._poll(svc, target)
+        return True
 
     def hold(self, ex, decision) -> None:
         ctx = self.ctx
@@ -144,7 +172,10 @@ class Activator:
     async def _poll_loop(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
         key = (svc.name, cluster.name)
         try:
-            while self.buffer.held(svc.name):
+            while self.buffer.held(svc.name) or key in self.background:
+                if not self.buffer.held(svc.name) and self.ctx.clock() >= self.background[key]:
+                    self._give_up(svc, cluster)
+                    return
                 warm = self.ctx.policy.warmth.warmth(svc.name, cluster.name, self.ctx.clock()) == Warmth.WARM
                 # A cluster watched through its API says when it is ready; others are asked over HTTP.
                 # So is one whose API refused the wake (an API outage): its ingress may still wake the
@@ -153,7 +184,8 @@ class Activator:
                 if warm or ((cluster.kubernetes is None or api_down) and await self._ready(svc, cluster)):
                     self._on_ready(svc, cluster)
                     return
-                await asyncio.sleep(API_DOWN_POLL_S if api_down else POLL_INTERVAL_S)
+                await asyncio.sleep(API_DOWN_POLL_S if api_down else POLL_INTERVAL_S if self.buffer.held(svc.name)
+                                    else BACKGROUND_POLL_S)
         finally:
             if self.pollers.get(key) is asyncio.current_task():
                 del self.pollers[key]
@@ -177,6 +209,13 @@ class Activator:
         parts = line.split()
         return len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) < 500
 
+    def _give_up(self, svc: ServiceConfig, cluster: ClusterConfig) -> None:
+        """A background wake found no ready copy within holdLimit: a later skip may wake it again."""
+        self.background.pop((svc.name, cluster.name), None)
+        self.ctx.policy.warmth.on_wake_abandoned(svc.name, cluster.name, self.ctx.clock())
+        self.wakes.done(svc.name, cluster.name)
+        log.info("background wake of %s in %s: no ready copy within %gs", svc.name, cluster.name, svc.hold_limit_s)
+
     def _on_woken(self, service: str, cluster: str) -> None:
         log.info("woke %s in %s", service, cluster)
 
@@ -191,6 +230,7 @@ class Activator:
         warmth.on_discovery(svc.name, cluster.name, max(st.ready_replicas if st else 0, 1), cached, now,
                             svc.container_concurrency)
         self.wakes.done(svc.name, cluster.name)
+        self.background.pop((svc.name, cluster.name), None)
         in_flight = ctx.policy.inflight_service.get((svc.name, cluster.name), 0)
         self._release(self.buffer.on_ready(svc.name, cluster.name, svc.container_concurrency, in_flight, now))
 

@@ -105,6 +105,17 @@ class WarmthState:
         st.warmth = Warmth.WAKING
         st.updated = now
 
+    def on_wake_abandoned(self, service: str, cluster: str, now: float) -> None:
+        """A wake that produced no ready copy in time: back to what discovery last said, so the
+        copy no longer looks nearly ready (a WAKING estimate only shrinks with time)."""
+        st = self.states.get((service, cluster))
+        if st is None or st.warmth != Warmth.WAKING:
+            return
+        st.wake_started = None
+        st.updated = now
+        st.warmth = (Warmth.UNKNOWN if st.image_cached is None
+                     else Warmth.CACHED if st.image_cached else Warmth.COLD)
+
     def expected_cold_s(self, service: str, cluster: str, now: float) -> float:
         """Seconds until a copy is ready here: 0 when warm or unknown."""
         w = self.warmth(service, cluster, now)

@@ -55,13 +55,16 @@ class ProxyContext:
         self.metrics.config_version.set(snapshot.version)
 
     def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:
-        """Cold clusters the choice skipped: recorded and counted; the wake triggers act on them."""
+        """Cold clusters the choice skipped: counted, and woken in the background by the activator
+        (which skips pairs already waking), so the split returns to its weights once they are warm."""
         now = self.clock()
         for cluster in clusters:
             key = (service, cluster)
-            if now - self.wake_hints.get(key, -1e9) >= 1.0:  # count once a second per pair
+            if now - self.wake_hints.get(key, -1e9) >= 1.0:  # at most once a second per pair
                 self.wake_hints[key] = now
                 self.metrics.wake_hints.labels(cluster).inc()
+                if self.activator is not None:
+                    self.activator.wake_skipped(service, cluster)
 
     def start_drain(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""

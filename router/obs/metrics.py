@@ -41,6 +41,9 @@ class Metrics:
         self.wake_hints = Counter("router_wake_hints_total",
                                   "Cold clusters the choice skipped and asked to wake, by cluster", ["cluster"],
                                   registry=r)
+        self.background_wakes = Counter("router_background_wakes_total",
+                                        "Skipped cold clusters woken in the background, by cluster", ["cluster"],
+                                        registry=r)
         self.buffered = Gauge("router_buffered_requests", "Requests held while a service starts", ["service"],
                               registry=r, multiprocess_mode="livesum")
         self.buffer_wait = Histogram("router_buffer_wait_seconds", "Time held before release",

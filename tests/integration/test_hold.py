@@ -210,6 +210,69 @@ async def test_full_queue_spills_to_a_warm_cluster_beyond_max_rtt(backends, rout
         await cold.stop()
 
 
+def two_cluster_service(cold_port: int, warm_port: int, wake_skipped: bool = True) -> str:
+    text = service_config(cold_port).replace("  state: {a: cached}\n", "  state: {a: cached, w: warm}\n"
+                                             + ("" if wake_skipped else "  wakeSkipped: false\n"))
+    text = text.replace("clusters: [{name: a, weight: 1}]", "clusters: [{name: a, weight: 1}, {name: w, weight: 1}]")
+    return text + cluster_docs({"w": warm_port})
+
+
+async def test_skipped_cold_cluster_is_woken_in_the_background_and_gets_its_share(backends, router):
+    cold = await ZeroScaledCluster(cold_start_s=0.3, handler_s=0.0).start()
+    (warm,) = await backends("w")
+    try:
+        app = await router(two_cluster_service(cold.port, warm.port))
+        await wait_for(lambda: len(app.ctx.policy.warmth.states) == 2, what="static state")
+        clusters, decisions = [], []
+
+        async def send(n):
+            for _ in range(n):
+                raw = await raw_request(app.port, b"GET /x HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n")
+                assert raw.startswith(b"HTTP/1.1 200"), raw
+                head = dict(line.split(b": ", 1) for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+                clusters.append(head[b"x-router-cluster"].decode())
+                decisions.append(head[b"x-router-decision"].split(b";")[0].decode())
+
+        await send(5)  # nobody waits for the cold copy: all go to the warm one, and a wakes in the background
+        assert clusters == ["w"] * 5 and decisions == ["warm-preferred"] * 5
+        await wait_for(lambda: cold.ready, timeout_s=3, what="background wake")
+        assert cold.wakes == 1  # one wake, however many requests skipped the cluster
+        assert app.metrics.background_wakes.labels("a")._value.get() == 1
+        await wait_for(lambda: app.ctx.policy.warmth.warmth("svc", "a", app.ctx.clock()).value == "warm",
+                       timeout_s=3, what="a seen warm")
+        clusters.clear(), decisions.clear()
+        await send(40)  # back to the weights
+        assert 8 <= clusters.count("a") <= 32 and set(decisions) == {"weighted"}, (clusters, decisions)
+        assert app.ctx.activator.buffer.outcomes.get("forwarded", 0) == 0  # nothing was ever held
+    finally:
+        await cold.stop()
+
+
+async def test_background_wake_can_be_turned_off_and_gives_up_without_a_ready_copy(backends, router):
+    cold = await ZeroScaledCluster(cold_start_s=0.2).start()
+    (warm,) = await backends("w")
+    try:
+        app = await router(two_cluster_service(cold.port, warm.port, wake_skipped=False))
+        await wait_for(lambda: len(app.ctx.policy.warmth.states) == 2, what="static state")
+        for _ in range(3):
+            raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n")
+            assert b"x-router-cluster: w" in raw
+        assert cold.wakes == 0 and app.metrics.wake_hints.labels("a")._value.get() >= 1
+        # With wakes on, a copy that never becomes ready is given up after holdLimit and may be woken again.
+        act, now = app.ctx.activator, app.ctx.clock()
+        svc = act.service("svc")
+        object.__setattr__(svc, "wake_skipped", True)
+        cold.cold_start_s = 60.0
+        assert act.wake_skipped("svc", "a")
+        assert not act.wake_skipped("svc", "a")  # already waking
+        act.background[("svc", "a")] = now + 0.3
+        await wait_for(lambda: ("svc", "a") not in act.background, timeout_s=3, what="give up")
+        assert app.ctx.policy.warmth.warmth("svc", "a", app.ctx.clock()).value == "cached"
+        assert act.wake_skipped("svc", "a") and cold.wakes >= 1
+    finally:
+        await cold.stop()
+
+
 async def test_websocket_upgrade_can_be_held_then_tunnels(router):
     cluster = await ZeroScaledCluster(cold_start_s=0.3).start()
     try:

@@ -49,7 +49,9 @@ async def test_kubernetes_target_applies_faults_through_the_apis(tmp_path):
         assert report["target"] == "kubernetes" and report["sent"] > 100
 
         us = [p for p in lab.clusters["us-west"].api.patches if p[0] == "deployments/scale" and p[2] == "checkout"]
-        assert [p[3]["spec"]["replicas"] for p in us] == [0, 2]  # scaled to zero, then restored
+        replicas = [p[3]["spec"]["replicas"] for p in us]
+        # Scaled to zero, then restored; in between the router may wake the skipped copy (1 replica).
+        assert replicas[0] == 0 and replicas[-1] == 2 and set(replicas[1:-1]) <= {1}, replicas
         ap = lab.clusters["ap-east"].api.patches
         cordons = [p[3]["spec"]["unschedulable"] for p in ap if p[0] == "nodes"]
         assert cordons == [True, None]  # cordoned, then uncordoned

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from ..config.model import Config, Endpoint, SplitConfig
 
 
+HOST_MEMO_MAX = 4096
+
+
 @dataclass(frozen=True)
 class RouteBackend:
     cluster: str
@@ -38,6 +41,24 @@ class RoutingSnapshot:
     wildcard: tuple  # (suffix, tuple[Route]) longest suffix first
     default: tuple  # tuple[Route]
     services: dict = None  # host -> Service name (exact, and "*.suffix" entries)
+    # When no route looks at the path, (route, service) per Host, filled as requests arrive
+    # (bounded, so random Host headers cannot grow it); None when some route has a path prefix.
+    by_host: dict | None = None
+
+    def lookup(self, host: str, path: str) -> tuple[Route, str] | None:
+        """The route and the service name for a request, or None when no route matches."""
+        memo = self.by_host
+        if memo is not None:
+            hit = memo.get(host)
+            if hit is not None:
+                return hit
+        route = self.route_for(host, path)
+        if route is None:
+            return None
+        hit = (route, self.service_for(host, route))
+        if memo is not None and len(memo) < HOST_MEMO_MAX:
+            memo[host] = hit
+        return hit
 
     def service_for(self, host: str, route: Route) -> str:
         """The name warm/cold state and server time are kept under for this request."""
@@ -101,4 +122,5 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     return RoutingSnapshot(
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
-        order(default), {h: svc.name for svc in config.services for h in svc.hosts})
+        order(default), {h: svc.name for svc in config.services for h in svc.hosts},
+        None if any(s.path_prefix != "/" for s in config.splits) else {})

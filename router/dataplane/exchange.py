@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
-from .headers import HttpReject, upstream_request_head
+from .headers import HttpReject, forwarding_headers, request_lines
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
@@ -52,29 +52,37 @@ class Exchange(ResponseRelay):
         self.hold_id: int | None = None  # while held by the activator
         self.held_s: float | None = None  # how long it was held, once released
         self.released_to: str | None = None
-        conn.ctx.retry_budget.start_request()
+        conn.ctx.retry_budget.active_requests += 1  # RetryBudget.start_request, inline (once per request)
 
     # --- start: route, choose, connect ----------------------------------------------------
     def start(self) -> None:
         req = self.req
         url = req.url
-        if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        if url[:1] != b"/" and (url[:7].lower() == b"http://" or url[:8].lower() == b"https://"):
             parts = urlsplit(url.decode("latin-1"))
-            req.url = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
-        path = req.url.partition(b"?")[0].decode("latin-1")
+            req.url = url = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
         snap = self.ctx.snapshot
-        route = self.route = snap.route_for(req.facts["host"], path)
-        if route is None:
-            self.respond_error(404, f"no route for host {req.facts['host']!r}", cluster="-")
-            return
-        self.service = snap.service_for(req.facts["host"], route)
+        host = req.facts["host"]
+        hit = snap.by_host.get(host) if snap.by_host is not None else None
+        path = None
+        if hit is None:
+            path = url.partition(b"?")[0].decode("latin-1")
+            hit = snap.lookup(host, path)
+            if hit is None:
+                self.respond_error(404, f"no route for host {host!r}", cluster="-")
+                return
+        route, self.service = hit
+        self.route = route
         if route.affinity is not None:
+            if path is None:
+                path = url.partition(b"?")[0].decode("latin-1")
             self.affinity = affinity_key(route.affinity, req.headers, path)
         self._choose()
 
     def _choose(self, decision=None) -> None:
         ctx = self.ctx
-        self._uncount()
+        if self.counted is not None:
+            self._uncount()
         if decision is None:
             decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried,
                                       self.service, self.affinity)
@@ -125,31 +133,40 @@ class Exchange(ResponseRelay):
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
-        req, ctx = self.req, self.ctx
+        req, ctx, client = self.req, self.ctx, self.conn
         conn.exchange = self
         self.upstream = conn
-        client = self.conn
-        parts = upstream_request_head(req.method, req.url, req.headers, req.facts, client.client_ip_bytes,
-                                      client.forwarded_node, client.trusted(), ctx.via, req.upgrade)
-        if req.facts["chunked"]:
+        facts = req.facts
+        parts = request_lines(req.method, req.url, req.headers, facts["named"])
+        trusted = client.trusted()
+        cached = client.fwd_cache
+        if cached is not None and cached[0] is facts and cached[1] is ctx.via and cached[2] is trusted:
+            parts.append(cached[3])
+        else:
+            fwd = forwarding_headers(facts, client.client_ip_bytes, client.forwarded_node, trusted, ctx.via,
+                                     req.upgrade)
+            client.fwd_cache = (facts, ctx.via, trusted, fwd)
+            parts.append(fwd)
+        if facts["chunked"]:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif req.facts["content_length"] is not None:
-            parts += [b"Content-Length: ", str(req.facts["content_length"]).encode(), b"\r\n"]
+        elif facts["content_length"] is not None:
+            parts += [b"Content-Length: ", str(facts["content_length"]).encode(), b"\r\n"]
         parts.append(b"\r\n")
-        chunks = (self.kept or []) + (self.conn.take_buffered(req) if req.body else [])
-        self.kept, self.kept_len = [], 0
-        for chunk in chunks:
-            parts += self._framed(chunk)
+        if self.kept or req.body:
+            chunks = (self.kept or []) + (client.take_buffered(req) if req.body else [])
+            self.kept, self.kept_len = [], 0
+            for chunk in chunks:
+                parts += self._framed(chunk)
         conn.write(b"".join(parts))  # head and buffered body in one send
         self.streaming = True
-        if req.complete:
+        if req.complete and facts["chunked"]:
             self.on_request_end()
         self.sent_at = ctx.clock()
         timeouts = ctx.settings.timeouts
         wait = timeouts.upstream_header_s
         if timeouts.per_try_s is not None and self._may_retry():
             wait = min(wait, timeouts.per_try_s)
-        self.conn.upstream_timer.set(wait, self._on_header_timeout)
+        client.upstream_timer.set(wait, self._on_header_timeout)
 
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
@@ -221,11 +238,12 @@ class Exchange(ResponseRelay):
             counted, service = self.counted, self.service
             self._uncount()
             activator.finished(service, counted)
-        self._uncount()
+        elif self.counted is not None:
+            self._uncount()
         budget = self.ctx.retry_budget
         if self.retrying:
             budget.end_retry()
-        budget.end_request()
+        budget.active_requests -= 1  # RetryBudget.end_request, inline
 
     def _may_retry(self) -> bool:
         req = self.req

@@ -115,15 +115,28 @@ def upstream_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, 
 
     `headers` holds the client's headers minus SPECIAL ones (Host included back by the parser).
     """
+    out = request_lines(method, url, headers, facts["named"])
+    out.append(forwarding_headers(facts, client_ip, node, trusted, via, upgrade))
+    return out
+
+
+def request_lines(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], named) -> list[bytes]:
+    """Request line and the client's end-to-end headers (those its Connection header named dropped)."""
     out = [method, b" ", url, b" HTTP/1.1\r\n"]
-    named = facts["named"]
     for name, value in headers:
         if named is None or name.lower() not in named:
             out += (name, b": ", value, b"\r\n")
+    return out
+
+
+def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool, via: bytes,
+                       upgrade: bool) -> bytes:
+    """X-Forwarded-*, Forwarded, Via (and the upgrade headers). The same for every request of a
+    keep-alive connection that repeats its headers, so the connection keeps the last one."""
     host = facts["raw_host"]
     fwd = facts["forwarding"] if trusted else {}
     prior = fwd.get(b"x-forwarded-for")
-    out += (b"X-Forwarded-For: ", b", ".join(prior) + b", " + client_ip if prior else client_ip, b"\r\n")
+    out = [b"X-Forwarded-For: ", b", ".join(prior) + b", " + client_ip if prior else client_ip, b"\r\n"]
     proto = fwd.get(b"x-forwarded-proto")
     out += (b"X-Forwarded-Proto: ", proto[0] if proto else b"http", b"\r\n")
     fhost = fwd.get(b"x-forwarded-host")
@@ -136,10 +149,11 @@ def upstream_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, 
     out += (b"Via: 1.1 ", via, b"\r\n")
     if upgrade:
         out += (b"Connection: upgrade\r\nUpgrade: ", facts["upgrade"] or b"", b"\r\n")
-    return out
+    return b"".join(out)
 
 
 _STATUS_LINES: dict[int, bytes] = {}
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
 
 
 def status_line(status: int) -> bytes:
@@ -166,7 +180,8 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes,
             elif lname == b"transfer-encoding":
                 chunked = True
             elif lname == b"connection":
-                named = (named or set()) | set(split_tokens(value))
+                if value not in _PLAIN_CONNECTION:
+                    named = (named or set()) | set(split_tokens(value))
             elif upgrade and lname == b"upgrade":
                 out += (name, b": ", value, b"\r\n")
             continue

@@ -22,10 +22,13 @@ class ResponseRelay:
             if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        self._cancel_header_timer()
+        timer = self.conn.upstream_timer
+        if timer.deadline and timer.callback.__self__ is self:  # _cancel_header_timer, inline
+            timer.deadline = 0.0
         self.status = status
         ctx = self.ctx
-        ctx.policy.rtt.on_first_byte(self.service, self.backend.cluster, ctx.clock() - self.sent_at, ctx.clock())
+        now = ctx.clock()
+        ctx.policy.rtt.on_first_byte(self.service, self.backend.cluster, now - self.sent_at, now)
         if status == 101 and not req.upgrade:
             self.on_upstream_error("upstream switched protocols without an Upgrade request")
             return
@@ -58,7 +61,7 @@ class ResponseRelay:
             parts.append(b"Server-Timing: queue;dur=%.1f, cold;desc=%s\r\n" % (self.held_s * 1000,
                                                                               self.released_to.encode()))
         elif self.ctx.settings.server_timing:
-            parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((self.ctx.clock() - req.t0) * 1000))
+            parts.append(b"Server-Timing: upstream;dur=%.1f\r\n" % ((now - req.t0) * 1000))
         if status != 101:
             if not self.keep_alive:
                 parts.append(b"Connection: close\r\n")
@@ -102,8 +105,11 @@ class ResponseRelay:
         if not self.req.complete:
             self.keep_alive = False  # answered before the body finished: the rest is not worth reading
         now = ctx.clock()
-        ctx.health.on_response(self.backend.cluster, self.status, now)
-        ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
+        cluster, status = self.backend.cluster, self.status
+        health = ctx.health
+        if status >= 500 or health.clusters:  # a success with no health history records nothing
+            health.on_response(cluster, status, now)
+        ctx.metrics.count_request(cluster, status, now - self.req.t0)
         self._end()
         self.conn.exchange_done(self.keep_alive)
 
@@ -218,8 +224,8 @@ class ResponseRelay:
             up.abort()
 
     def _cancel_header_timer(self) -> None:
-        timer = self.conn.upstream_timer
-        if timer.deadline and timer.callback == self._on_header_timeout:
+        timer = self.conn.upstream_timer  # only exchanges set it, with their _on_header_timeout
+        if timer.deadline and timer.callback.__self__ is self:
             timer.deadline = 0.0
 
     # --- flow control -------------------------------------------------------------------

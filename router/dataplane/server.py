@@ -26,7 +26,8 @@ class ClientConnection(asyncio.Protocol):
     # Slots: a held request costs a connection each, and 10,000 may wait at once.
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
-                 "stopped", "closed", "reject", "timer_kind", "lingering", "corked", "discarded")
+                 "stopped", "closed", "reject", "timer_kind", "lingering", "corked", "discarded", "last_special",
+                 "last_facts", "fwd_cache")
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -49,6 +50,11 @@ class ClientConnection(asyncio.Protocol):
         self.lingering = 0  # bytes discarded since the final response, or 0 when not lingering
         self.discarded = 0  # bytes after a Connection: close request
         self.corked: list[bytes] | None = None
+        # Keep-alive clients repeat their headers: the last request's checked facts (read-only) and
+        # forwarding headers are reused when the next one carries the same interpreted headers.
+        self.last_special: tuple | None = None
+        self.last_facts: dict | None = None
+        self.fwd_cache: tuple | None = None  # (facts, via, trusted, forwarding header bytes)
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -123,7 +129,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self):
         self.req = Request()
         if self.timer.deadline == 0.0 or self.timer_kind == "idle":
-            self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+            self.timer.set(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+            self.timer_kind = "header"
 
     def on_url(self, url: bytes):
         req = self.req
@@ -159,11 +166,16 @@ class ClientConnection(asyncio.Protocol):
         req.upgrade = p.should_upgrade()
         if req.method == b"CONNECT":
             self._raise(405, "CONNECT is not supported")
-        try:
-            req.facts = validate_request(req.version, req.special)
-        except HttpReject as exc:
-            self.reject = exc
-            raise
+        key = (req.version, *req.special)
+        if key == self.last_special:
+            req.facts = self.last_facts
+        else:
+            try:
+                req.facts = validate_request(req.version, req.special)
+            except HttpReject as exc:
+                self.reject = exc
+                raise
+            self.last_special, self.last_facts = key, req.facts
         cl = req.facts["content_length"]
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             self._raise(413, "request body larger than the limit")
@@ -225,7 +237,8 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             self._start_next()
         elif self.req is None or self.req.complete:
-            self._set_timer(self.ctx.settings.timeouts.idle_s, self._on_idle, "idle")
+            self.timer.set(self.ctx.settings.timeouts.idle_s, self._on_idle)
+            self.timer_kind = "idle"
 
     def start_tunnel(self, ex: Exchange) -> None:
         self.tunnel, self.active = ex, None

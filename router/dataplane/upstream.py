@@ -45,7 +45,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         client = self.exchange.conn
-        corked = client.cork()
+        # Cork the client side: what this read produces (head, body, end) leaves in one send.
+        out = None
+        if client.corked is None:
+            client.corked = out = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -58,8 +61,10 @@ class UpstreamConnection(asyncio.Protocol):
             if ex is not None:
                 ex.on_upstream_error(f"invalid response from upstream: {exc}")
         finally:
-            if corked:
-                client.uncork()
+            if out is not None and client.corked is out:  # ClientConnection.uncork, inline
+                client.corked = None
+                if out and not client.closed:
+                    client.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -88,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = 100 <= status < 200
         self.keep_alive = self.parser.should_keep_alive()
         if self.exchange is not None:
-            self.exchange.on_response_head(status, self.headers, self.parser.should_upgrade())
+            self.exchange.on_response_head(status, self.headers, status == 101 and self.parser.should_upgrade())
 
     def on_body(self, body: bytes):
         if self.exchange is not None:

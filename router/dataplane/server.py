@@ -110,10 +110,14 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HttpReject(400, f"malformed request: {exc}"))
         else:
-            limits = self.ctx.settings.limits
-            if (self.req is not None and not self.req.head_done
-                    and self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes):
-                self._fail(HttpReject(431, "request header section too large"))
+            req = self.req
+            if req is not None and not req.head_done:  # a head arrives in pieces
+                limits = self.ctx.settings.limits
+                if self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes:
+                    self._fail(HttpReject(431, "request header section too large"))
+                elif self.timer.deadline == 0.0 or self.timer_kind != "header":
+                    # From the read that began the head: a client gets header_read_s for all of it.
+                    self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def pause_writing(self):
         ex = self.active or self.tunnel
@@ -128,9 +132,7 @@ class ClientConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
         self.req = Request()
-        if self.timer.deadline == 0.0 or self.timer_kind == "idle":
-            self.timer.set(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
-            self.timer_kind = "header"
+        # The header deadline is armed after this read (data_received) if the head is still incomplete.
 
     def on_url(self, url: bytes):
         req = self.req

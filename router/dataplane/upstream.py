@@ -81,25 +81,25 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_resume_writing()
 
     # httptools callbacks
-    def on_message_begin(self):
-        self.headers = []
-
     def on_header(self, name: bytes, value: bytes):
         self.headers.append((name, value))
 
     def on_headers_complete(self):
+        headers, self.headers = self.headers, []
         status = self.parser.get_status_code()
         # 100 Continue and 103 Early Hints: the real response follows; 101: the tunnel follows.
         self.interim = 100 <= status < 200
         self.keep_alive = self.parser.should_keep_alive()
         if self.exchange is not None:
-            self.exchange.on_response_head(status, self.headers, status == 101 and self.parser.should_upgrade())
+            self.exchange.on_response_head(status, headers, status == 101 and self.parser.should_upgrade())
 
     def on_body(self, body: bytes):
         if self.exchange is not None:
             self.exchange.on_response_body(body)
 
     def on_message_complete(self):
+        if self.headers:
+            self.headers = []  # trailers, after the head was handed over
         if self.interim:
             self.interim = False
             return

@@ -4,7 +4,7 @@ Each proxy is pinned to core 0 (one worker / one thread); the backend (an nginx 
 serving fixed bodies) and wrk share core 1. Cases: 64 connections with a 64-byte body
 (throughput), 1 connection (added latency), 64 connections with a 1 MiB body.
 
-    python bench/proxy.py [--duration 10] [--out FILE.json]
+    python bench/proxy.py [--duration 10] [--rounds 3] [--out FILE.json]
 
 Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 This is a benchmark, not a test: it prints measured numbers and ratios.
@@ -101,6 +101,12 @@ def run_wrk(port: int, conns: int, path: str, duration: int) -> dict:
             "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sock_err.group(1) if sock_err else ""}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The round with the median throughput (its latencies come with it), plus every round's rps."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return dict(ordered[len(ordered) // 2], rounds_rps=[r["rps"] for r in runs])
+
+
 def _lat(out: str, pct: str) -> float:
     m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     value, unit = float(m.group(1)), m.group(2)
@@ -110,6 +116,7 @@ def _lat(out: str, pct: str) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (median reported)")
     ap.add_argument("--out")
     args = ap.parse_args()
     ensure_tools()
@@ -176,14 +183,21 @@ spec:
                    "python_floor": (floor_port, floor)}
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, path in CASES:
-            for name, (port, _) in targets.items():
-                if name == "python_floor" and path != "/small":
-                    continue  # the floor only forwards small bodiless requests
-                run_wrk(port, conns, path, 1)  # warm pools and caches
-                results[name][case] = run_wrk(port, conns, path, args.duration)
-                print(f"{case:9} {name:8} {results[name][case]['rps']:>10.0f} rps  "
-                      f"p50 {results[name][case]['p50_ms']:.3f} ms  p99 {results[name][case]['p99_ms']:.3f} ms",
-                      flush=True)
+            runs: dict[str, list[dict]] = {}
+            # Rounds interleave the targets, so a noisy neighbour slows all of them alike; each
+            # target's median round is reported.
+            for rnd in range(args.rounds):
+                for name, (port, _) in targets.items():
+                    if name == "python_floor" and path != "/small":
+                        continue  # the floor only forwards small bodiless requests
+                    if rnd == 0:
+                        run_wrk(port, conns, path, 1)  # warm pools and caches
+                    r = run_wrk(port, conns, path, args.duration)
+                    runs.setdefault(name, []).append(r)
+                    print(f"{case:9} {name:12} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
+                          f"p99 {r['p99_ms']:.3f} ms", flush=True)
+            for name, rs in runs.items():
+                results[name][case] = median_run(rs)
         rss = {"direct": peak_rss_mb(nginx_worker_pid(procs[0])), "nginx": peak_rss_mb(nginx_worker_pid(nginx)),
                "haproxy": peak_rss_mb(haproxy.pid), "router": peak_rss_mb(router.pid),
                "python_floor": peak_rss_mb(floor.pid)}

@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 
 from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SplitConfig  # noqa: E402
 from router.core.choice import PolicyInputs, choose_backend  # noqa: E402
+from router.core.keepwarm import KeepWarmPolicy  # noqa: E402
 from router.core.snapshot import build_snapshot  # noqa: E402
 
 CLUSTERS = {"us-west": "Dallas", "eu-central": "Frankfurt", "ap-east": "Tokyo"}
@@ -88,7 +89,7 @@ def make_workload(rng: random.Random, duration_s: float) -> list[tuple[float, in
 # --- clusters -----------------------------------------------------------------------------
 class Deployment:
     """One service in one cluster: pods, a FIFO of waiting requests, the image cache."""
-    __slots__ = ("pods", "starting", "queue", "last_busy", "cached_until", "idle_token")
+    __slots__ = ("pods", "starting", "queue", "last_busy", "cached_until", "idle_token", "changed")
 
     def __init__(self, cached: bool):
         self.pods: list[int] = []  # busy slots per ready pod
@@ -97,11 +98,20 @@ class Deployment:
         self.last_busy = 0.0
         self.cached_until = math.inf if cached else -1.0
         self.idle_token = 0
+        self.changed = 0.0  # when the number of ready pods last changed (for pod-seconds)
+
+
+KEEPWARM_TICK_S = 5.0
 
 
 class Sim:
-    def __init__(self, policy: str, workload, seed: int, rtts: dict[str, float]):
+    def __init__(self, policy: str, workload, seed: int, rtts: dict[str, float], keep_warm: bool = False):
         self.policy, self.workload, self.rtts = policy, workload, rtts
+        # The router's keep-warm (router.core.keepwarm): copies of rarely called services held
+        # warm in the window their idle-time histogram predicts the next call in.
+        self.keep = KeepWarmPolicy() if keep_warm else None
+        self.pod_seconds = 0.0
+        self.prewarms = 0
         self.rng = random.Random(seed * 7 + 1)
         cache_rng = random.Random(seed * 13 + 5)  # the same initial image caches for every policy
         self.deps = {(c, s): Deployment(cache_rng.random() < 0.5) for s in range(SERVICES) for c in CLUSTERS}
@@ -127,10 +137,35 @@ class Sim:
     def run(self) -> list:
         for t, s, handler in self.workload:
             self.at(t, "arrive", s, handler)
+        end = self.workload[-1][0] if self.workload else 0.0
+        if self.keep is not None:
+            self.at(KEEPWARM_TICK_S, "keepwarm_tick", end)
+        now = 0.0
         while self.events:
-            t, _, kind, data = heapq.heappop(self.events)
-            getattr(self, "on_" + kind)(t, *data)
+            now, _, kind, data = heapq.heappop(self.events)
+            getattr(self, "on_" + kind)(now, *data)
+        for d in self.deps.values():
+            self.pods_changed(now, d)
         return self.results
+
+    def pods_changed(self, now: float, d: Deployment) -> None:
+        self.pod_seconds += len(d.pods) * (now - d.changed)
+        d.changed = now
+
+    def on_keepwarm_tick(self, now: float, end: float) -> None:
+        """The router's keep-warm loop (router.core.keepwarm decides): wake a copy at zero whose
+        window opens; ping a warm one, which counts as activity for the cluster's idle timeout."""
+        state = lambda svc, c: self.inputs.warmth.warmth(svc, c, now).value  # noqa: E731
+        for action, svc, c in self.keep.actions(now, state):
+            s = int(svc)
+            d = self.deps[(c, s)]
+            if action == "wake" and not d.pods and not d.starting:
+                self.prewarms += 1
+                self.start_pod(now, c, s)
+            elif action == "ping" and d.pods and not any(d.pods):
+                self.schedule_idle(now, c, s)
+        if now < end:
+            self.at(now + KEEPWARM_TICK_S, "keepwarm_tick", end)
 
     def choose(self, now: float, s: int) -> str:
         if self.policy == "static":
@@ -148,6 +183,8 @@ class Sim:
 
     def on_arrive(self, now: float, s: int, handler: float) -> None:
         c = self.choose(now, s)
+        if self.keep is not None:
+            self.keep.on_served(str(s), c, now)
         self.inputs.start(str(s), c)
         self.at(now + self.rtts[c] / 2, "reach", c, s, handler, now)
         self.handlers[(s, now)] = handler
@@ -180,6 +217,7 @@ class Sim:
         d = self.deps[(c, s)]
         d.starting -= 1
         d.cached_until = math.inf
+        self.pods_changed(now, d)
         d.pods.append(0)
         i = len(d.pods) - 1
         self.publish(now, c, s)
@@ -215,6 +253,7 @@ class Sim:
         d = self.deps[(c, s)]
         if token != d.idle_token or any(d.pods) or d.queue or not d.pods:
             return
+        self.pods_changed(now, d)
         d.pods = []  # scale to zero
         d.cached_until = now + IMAGE_TTL_S
         self.publish(now, c, s)
@@ -262,8 +301,13 @@ def main() -> int:
     report = {"seed": args.seed, "minutes": args.minutes, "requests": len(workload),
               "rtt_ms": {c: round(v * 1000, 1) for c, v in rtts.items()}, "workload": workload_shape(workload, args.minutes),
               "policies": {}}
-    for policy in ("static", "round_robin", "lowest_rtt", "router"):
-        report["policies"][policy] = summarise(Sim(policy, workload, args.seed, rtts).run())
+    for name, policy, keep in (("static", "static", False), ("round_robin", "round_robin", False),
+                               ("lowest_rtt", "lowest_rtt", False), ("router", "router", True),
+                               ("router_no_keepwarm", "router", False)):
+        sim = Sim(policy, workload, args.seed, rtts, keep_warm=keep)
+        report["policies"][name] = summarise(sim.run())
+        report["policies"][name]["pod_hours"] = round(sim.pod_seconds / 3600, 1)
+        report["policies"][name]["prewarms"] = sim.prewarms
     p = report["policies"]
     report["targets"] = {
         "cold_share_router_vs_static": round(p["router"]["cold_share"] / max(p["static"]["cold_share"], 1e-9), 3),
@@ -272,11 +316,12 @@ def main() -> int:
         "delay_p99_router_vs_static": round(p["router"]["delay_p99_ms"] / p["static"]["delay_p99_ms"], 3)}
     print(f"{len(workload)} requests over {args.minutes:g} min, seed {args.seed}; RTT ms {report['rtt_ms']}")
     print(f"workload: {json.dumps(report['workload'])}")
-    print(f"{'policy':<12}{'cold':>8}{'mean ms':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'cross-region':>14}"
-          f"{'delay mean':>12}{'delay p99':>11}")
+    print(f"{'policy':<20}{'cold':>8}{'mean ms':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'cross-region':>14}"
+          f"{'delay mean':>12}{'delay p99':>11}{'pod-hours':>11}")
     for name, r in p.items():
-        print(f"{name:<12}{r['cold_share']:>8.2%}{r['mean_ms']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['p999_ms']:>9.1f}{r['cross_region_share']:>14.2%}{r['delay_mean_ms']:>12.1f}{r['delay_p99_ms']:>11.1f}")
+        print(f"{name:<20}{r['cold_share']:>8.2%}{r['mean_ms']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+              f"{r['p999_ms']:>9.1f}{r['cross_region_share']:>14.2%}{r['delay_mean_ms']:>12.1f}{r['delay_p99_ms']:>11.1f}"
+              f"{r['pod_hours']:>11.1f}")
     print("targets (router cold/static <= 0.333, p99 router/static <= 0.5, mean router/lowest_rtt <= 1.10):",
           json.dumps(report["targets"]))
     if args.out:

@@ -15,6 +15,7 @@ from .config.model import Config
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
+from .control.keepwarm import KeepWarmer
 from .control.kube_wake import CompositeWake, KnativeMinScaleWake, KubernetesScaleWake
 from .control.kubernetes import KubernetesDiscovery
 from .control.wake import HttpWake
@@ -56,6 +57,7 @@ class RouterApp:
         self.probes_enabled = probes
         self.wake_trigger = wake_trigger
         self.prober: Prober | None = None
+        self.keepwarm: KeepWarmer | None = None
         self.kube: KubernetesDiscovery | None = None
         self.resources: ResourceWatcher | None = None
         self.discovery = []
@@ -113,6 +115,9 @@ class RouterApp:
         self.knative_wake = KnativeMinScaleWake(self.kube)
         kube_wakes = [KubernetesScaleWake(self.kube), self.knative_wake] if self.kube.providers else []
         ctx.activator = Activator(ctx, CompositeWake(kube_wakes, self.wake_trigger or HttpWake()))
+        self.keepwarm = KeepWarmer(ctx, ctx.activator)
+        ctx.keep_warm = self.keepwarm.policy
+        self.keepwarm.start(asyncio.get_running_loop())
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -171,6 +176,8 @@ class RouterApp:
             self.prober.stop()
         if self.ctx.activator is not None:
             self.ctx.activator.stop()
+        if self.keepwarm is not None:
+            self.keepwarm.stop()
         if self.resources is not None:
             self.resources.stop()
         if self.kube is not None:

@@ -301,7 +301,8 @@ def read_service(doc: Doc) -> ServiceConfig | None:
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"hosts", "workload", "containerConcurrency", "state", "holdLimit", "wake",
-                             "readinessPath", "wakeParallelism", "spillover", "wakeSkipped"}, {"hosts"}):
+                             "readinessPath", "wakeParallelism", "spillover", "wakeSkipped", "keepWarm"},
+                      {"hosts"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -338,7 +339,8 @@ def read_service(doc: Doc) -> ServiceConfig | None:
     return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}",
                          doc.value(spec, "holdLimit", _positive_duration, 30.0), wake_path, wake_method,
                          doc.value(spec, "readinessPath", _path_prefix, "/"), min(parallel, 2),
-                         doc.value(spec, "spillover", _bool, False), doc.value(spec, "wakeSkipped", _bool, True))
+                         doc.value(spec, "spillover", _bool, False), doc.value(spec, "wakeSkipped", _bool, True),
+                         doc.value(spec, "keepWarm", _bool, False))
 
 
 def _one_of(what: str, *allowed: str) -> Callable[[Any], str]:

@@ -85,6 +85,7 @@ class ServiceConfig:
     wake_parallelism: int = 1
     spillover: bool = False
     wake_skipped: bool = True  # wake CACHED/COLD clusters the choice skipped, in the background
+    keep_warm: bool = False  # hold a copy warm when its idle-time histogram expects the next request
 
 
 @dataclass(frozen=True)

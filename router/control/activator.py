@@ -77,26 +77,34 @@ class Activator:
 
     def wake_skipped(self, service: str, cluster: str) -> bool:
         """A CACHED or COLD cluster the choice passed over while a warm copy elsewhere serves: wake it
-        in the background, so the split returns to its weights once it is ready. Nothing waits on
-        it; a wake with no ready copy after the service's holdLimit is given up. Returns whether a
+        in the background, so the split returns to its weights once it is ready. Returns whether a
         wake started."""
         svc = self.service(service)
-        if svc is None or not svc.wake_skipped:
-            return False
+        return svc is not None and svc.wake_skipped and self.wake_in_background(svc, cluster, "skipped")
+
+    def wake_in_background(self, svc: ServiceConfig, cluster: str, reason: str) -> bool:
+        """Wake a copy nothing waits on (a skipped cluster, or keep-warm). A wake with no ready copy
+        after the service's holdLimit is given up. Returns whether a wake started."""
         target = next((c for c in self.ctx.snapshot.config.clusters if c.name == cluster), None)
         if target is None or not self._can_wake(svc, (target,)):
             return False
         now = self.ctx.clock()
         warmth = self.ctx.policy.warmth
-        if warmth.warmth(service, cluster, now) not in (Warmth.CACHED, Warmth.COLD):
+        if warmth.warmth(svc.name, cluster, now) not in (Warmth.CACHED, Warmth.COLD):
             return False
         if not self.wakes.request(svc, target):
             return False
-        warmth.on_wake(service, cluster, now)
-        self.ctx.metrics.background_wakes.labels(cluster).inc()
-        self.background[(service, cluster)] = now + svc.hold_limit_s
+        warmth.on_wake(svc.name, cluster, now)
+        self.ctx.metrics.background_wakes.labels(cluster, reason).inc()
+        self.background[(svc.name, cluster)] = now + svc.hold_limit_s
         self._poll(svc, target)
         return True
+
+    async def ping(self, svc: ServiceConfig, cluster: str) -> bool:
+        """A request to the service's readinessPath through the cluster's ingress: activity that keeps
+        a copy from its idle timeout (keep-warm). Returns whether it was answered below 500."""
+        target = next((c for c in self.ctx.snapshot.config.clusters if c.name == cluster), None)
+        return target is not None and await self._ready(svc, target)
 
     def hold(self, ex, decision) -> None:
         ctx = self.ctx

@@ -30,6 +30,8 @@ class ProxyContext:
         self.inflight = self.policy.inflight  # cluster -> requests in flight there
         self.retry_budget = RetryBudget()
         self.activator = None  # set by the app: holds requests while a service starts
+        self.keep_warm = None  # set by the app: a KeepWarmPolicy fed with what is sent where
+        self.keep_warm_services = self._keep_warm_services(snapshot)
         self.wake_hints: dict[tuple[str, str], float] = {}  # (service, cluster) -> last hinted
         self.rng = rng or random.Random()
         self.settings: RouterSettings = snapshot.config.router
@@ -47,8 +49,18 @@ class ProxyContext:
             tail = self._tails[cluster] = b"Via: 1.1 %s\r\nx-router-cluster: %s\r\n" % (self.via, cluster.encode())
         return tail
 
+    @staticmethod
+    def _keep_warm_services(snapshot: RoutingSnapshot) -> frozenset[str]:
+        return frozenset(svc.name for svc in snapshot.config.services if svc.keep_warm)
+
+    def keep_warm_seen(self, service: str, cluster: str) -> None:
+        """A request for a keep-warm service was sent to `cluster`."""
+        if self.keep_warm is not None:
+            self.keep_warm.on_served(service, cluster, self.clock())
+
     def swap(self, snapshot: RoutingSnapshot) -> None:
         self.snapshot = snapshot
+        self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router
         self.via = self.settings.via.encode()
         self._tails = {}

@@ -101,6 +101,8 @@ class Exchange(ResponseRelay):
             ctx.hint_wake(self.service, decision.wake)
         self.counted = decision.backend.cluster
         ctx.policy.start(self.service, self.counted)
+        if ctx.keep_warm_services and self.service in ctx.keep_warm_services:
+            ctx.keep_warm_seen(self.service, self.counted)
         conn = ctx.pool.take_idle(self.backend.pool_key)
         if conn is not None:
             self._attach(conn)

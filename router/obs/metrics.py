@@ -42,8 +42,10 @@ class Metrics:
                                   "Cold clusters the choice skipped and asked to wake, by cluster", ["cluster"],
                                   registry=r)
         self.background_wakes = Counter("router_background_wakes_total",
-                                        "Skipped cold clusters woken in the background, by cluster", ["cluster"],
-                                        registry=r)
+                                        "Wakes nothing waits on, by cluster and reason (skipped, keepwarm)",
+                                        ["cluster", "reason"], registry=r)
+        self.keepwarm_pings = Counter("router_keepwarm_pings_total", "Keep-alive requests to kept copies",
+                                      ["cluster", "result"], registry=r)
         self.buffered = Gauge("router_buffered_requests", "Requests held while a service starts", ["service"],
                               registry=r, multiprocess_mode="livesum")
         self.buffer_wait = Histogram("router_buffer_wait_seconds", "Time held before release",

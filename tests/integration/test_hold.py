@@ -237,7 +237,7 @@ async def test_skipped_cold_cluster_is_woken_in_the_background_and_gets_its_shar
         assert clusters == ["w"] * 5 and decisions == ["warm-preferred"] * 5
         await wait_for(lambda: cold.ready, timeout_s=3, what="background wake")
         assert cold.wakes == 1  # one wake, however many requests skipped the cluster
-        assert app.metrics.background_wakes.labels("a")._value.get() == 1
+        assert app.metrics.background_wakes.labels("a", "skipped")._value.get() == 1
         await wait_for(lambda: app.ctx.policy.warmth.warmth("svc", "a", app.ctx.clock()).value == "warm",
                        timeout_s=3, what="a seen warm")
         clusters.clear(), decisions.clear()

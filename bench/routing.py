@@ -11,7 +11,10 @@ the same arrivals.
 
 Policies: static (weighted random, what nginx/HAProxy with the seed weights do), round_robin,
 lowest_rtt, and router (router.core.choice with warm/cold state, RTT and server time fed the way
-the control plane feeds them; its wake hints start a pod in the background).
+the control plane feeds them; its wake hints start a pod in the background; router.core.keepwarm
+keeps copies of rarely called services warm where their idle-time histogram expects the next
+call), also shown without keep-warm. Each policy's warm pod-hours are reported: keep-warm costs
+replica time.
 
     python bench/routing.py [--seed N] [--minutes 60] [--out FILE.json]
 

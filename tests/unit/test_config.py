@@ -226,3 +226,20 @@ def test_validate_cli_exit_codes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "router", "validate", bad_path], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"{bad_path}:21: spec.clusters[0].weight: weight must not be negative, got -1"
+
+
+def test_service_wake_and_keep_warm_switches(tmp_path):
+    doc = textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: Service
+        metadata: {name: shop}
+        spec:
+          hosts: [shop.example.com]
+        """)
+    svc = load_config(write(tmp_path, CLUSTERS + doc)).services[0]
+    assert svc.wake_skipped is True and svc.keep_warm is False  # the defaults
+    svc = load_config(write(tmp_path, CLUSTERS + doc + "  keepWarm: true\n  wakeSkipped: false\n")).services[0]
+    assert svc.wake_skipped is False and svc.keep_warm is True
+    path = write(tmp_path, CLUSTERS + doc + "  keepWarm: maybe\n")
+    assert f"{path}:21: spec.keepWarm: expected true or false, got 'maybe'" in errors_of(path)

@@ -64,6 +64,9 @@ class Activator:
                 return svc
         return None
 
+    def _cluster(self, name: str) -> ClusterConfig | None:
+        return next((c for c in self.ctx.snapshot.config.clusters if c.name == name), None)
+
     def can_hold(self, service: str) -> bool:
         """Hold only what the router can wake: otherwise the cluster's own activator is the better place."""
         svc = self.service(service)
@@ -85,7 +88,7 @@ class Activator:
     def wake_in_background(self, svc: ServiceConfig, cluster: str, reason: str) -> bool:
         """Wake a copy nothing waits on (a skipped cluster, or keep-warm). A wake with no ready copy
         after the service's holdLimit is given up. Returns whether a wake started."""
-        target = next((c for c in self.ctx.snapshot.config.clusters if c.name == cluster), None)
+        target = self._cluster(cluster)
         if target is None or not self._can_wake(svc, (target,)):
             return False
         now = self.ctx.clock()
@@ -103,7 +106,7 @@ class Activator:
     async def ping(self, svc: ServiceConfig, cluster: str) -> bool:
         """A request to the service's readinessPath through the cluster's ingress: activity that keeps
         a copy from its idle timeout (keep-warm). Returns whether it was answered below 500."""
-        target = next((c for c in self.ctx.snapshot.config.clusters if c.name == cluster), None)
+        target = self._cluster(cluster)
         return target is not None and await self._ready(svc, target)
 
     def hold(self, ex, decision) -> None:

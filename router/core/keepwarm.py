@@ -128,11 +128,5 @@ class KeepWarmPolicy:
         w = self.window(service)
         if h is None or w is None or h.last is None:
             return False
-        # Absolute times, so wanted(t) and until() agree exactly.
+        # In absolute time, as the caller's clock reads: a deadline computed from it is met exactly.
         return h.last + w[0] - self.settings.lead_s <= now < h.last + w[1]
-
-    def until(self, service: str) -> float | None:
-        """When the current window closes (absolute), or None."""
-        h = self.services.get(service)
-        w = self.window(service)
-        return h.last + w[1] if h is not None and w is not None and h.last is not None else None

@@ -19,6 +19,9 @@ from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
 
 
+def _path(url: bytes) -> str:
+    return url.partition(b"?")[0].decode("latin-1")
+
 
 class Exchange(ResponseRelay):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
@@ -52,7 +55,7 @@ class Exchange(ResponseRelay):
         self.hold_id: int | None = None  # while held by the activator
         self.held_s: float | None = None  # how long it was held, once released
         self.released_to: str | None = None
-        conn.ctx.retry_budget.active_requests += 1  # RetryBudget.start_request, inline (once per request)
+        conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
     def start(self) -> None:
@@ -64,19 +67,15 @@ class Exchange(ResponseRelay):
         snap = self.ctx.snapshot
         host = req.facts["host"]
         hit = snap.by_host.get(host) if snap.by_host is not None else None
-        path = None
-        if hit is None:
-            path = url.partition(b"?")[0].decode("latin-1")
-            hit = snap.lookup(host, path)
+        if hit is None:  # the path matters, or a Host not seen yet
+            hit = snap.lookup(host, _path(url))
             if hit is None:
                 self.respond_error(404, f"no route for host {host!r}", cluster="-")
                 return
         route, self.service = hit
         self.route = route
         if route.affinity is not None:
-            if path is None:
-                path = url.partition(b"?")[0].decode("latin-1")
-            self.affinity = affinity_key(route.affinity, req.headers, path)
+            self.affinity = affinity_key(route.affinity, req.headers, _path(url))
         self._choose()
 
     def _choose(self, decision=None) -> None:
@@ -245,7 +244,7 @@ class Exchange(ResponseRelay):
         budget = self.ctx.retry_budget
         if self.retrying:
             budget.end_retry()
-        budget.active_requests -= 1  # RetryBudget.end_request, inline
+        budget.end_request()
 
     def _may_retry(self) -> bool:
         req = self.req

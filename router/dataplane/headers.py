@@ -109,19 +109,10 @@ def forwarded_node(client_ip: str) -> bytes:
     return b'"[' + ip + b']"' if b":" in ip else ip
 
 
-def upstream_request_head(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], facts: dict,
-                          client_ip: bytes, node: bytes, trusted: bool, via: bytes, upgrade: bool) -> list[bytes]:
-    """Request line + end-to-end headers + forwarding headers; the caller adds framing.
-
-    `headers` holds the client's headers minus SPECIAL ones (Host included back by the parser).
-    """
-    out = request_lines(method, url, headers, facts["named"])
-    out.append(forwarding_headers(facts, client_ip, node, trusted, via, upgrade))
-    return out
-
-
 def request_lines(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], named) -> list[bytes]:
-    """Request line and the client's end-to-end headers (those its Connection header named dropped)."""
+    """Request line and the client's end-to-end headers (those its Connection header named dropped);
+    the caller adds forwarding_headers() and framing. `headers` holds the client's headers minus the
+    SPECIAL ones (Host included back by the parser)."""
     out = [method, b" ", url, b" HTTP/1.1\r\n"]
     for name, value in headers:
         if named is None or name.lower() not in named:

@@ -22,9 +22,7 @@ class ResponseRelay:
             if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        timer = self.conn.upstream_timer
-        if timer.deadline and timer.callback.__self__ is self:  # _cancel_header_timer, inline
-            timer.deadline = 0.0
+        self._cancel_header_timer()
         self.status = status
         ctx = self.ctx
         now = ctx.clock()
@@ -105,11 +103,8 @@ class ResponseRelay:
         if not self.req.complete:
             self.keep_alive = False  # answered before the body finished: the rest is not worth reading
         now = ctx.clock()
-        cluster, status = self.backend.cluster, self.status
-        health = ctx.health
-        if status >= 500 or health.clusters:  # a success with no health history records nothing
-            health.on_response(cluster, status, now)
-        ctx.metrics.count_request(cluster, status, now - self.req.t0)
+        ctx.health.on_response(self.backend.cluster, self.status, now)
+        ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
         self._end()
         self.conn.exchange_done(self.keep_alive)
 

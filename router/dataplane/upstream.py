@@ -45,10 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         client = self.exchange.conn
-        # Cork the client side: what this read produces (head, body, end) leaves in one send.
-        out = None
-        if client.corked is None:
-            client.corked = out = []
+        corked = client.cork()  # what this read produces (head, body, end) leaves in one send
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -61,10 +58,8 @@ class UpstreamConnection(asyncio.Protocol):
             if ex is not None:
                 ex.on_upstream_error(f"invalid response from upstream: {exc}")
         finally:
-            if out is not None and client.corked is out:  # ClientConnection.uncork, inline
-                client.corked = None
-                if out and not client.closed:
-                    client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if corked:
+                client.uncork()
 
     def connection_lost(self, exc) -> None:
         self.closed = True

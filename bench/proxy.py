@@ -91,14 +91,33 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_wrk(port: int, conns: int, path: str, duration: int) -> dict:
+def cpu_ticks(pid: int | None) -> tuple[int, int]:
+    """(user, system) clock ticks the process has used so far."""
+    if pid is None:
+        return 0, 0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+def run_wrk(port: int, conns: int, path: str, duration: int, pid: int | None = None) -> dict:
+    u0, s0 = cpu_ticks(pid)
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    u1, s1 = cpu_ticks(pid)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": _lat(out, "50%"), "p99_ms": _lat(out, "99%"),
-            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sock_err.group(1) if sock_err else ""}
+            "non2xx": int(errors.group(1)) if errors else 0,
+            # CPU the proxy process spent per request, in user space and in the kernel (10 ms ticks)
+            "user_us": round((u1 - u0) * tick_us / max(requests, 1), 1) if pid else None,
+            "sys_us": round((s1 - s0) * tick_us / max(requests, 1), 1) if pid else None, "socket_errors": sock_err.group(1) if sock_err else ""}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -178,24 +197,25 @@ spec:
         procs.append(floor)
         for port in (backend_port, nginx_port, haproxy_port, router_port, floor_port):
             wait_port(port)
-        targets = {"direct": (backend_port, None), "nginx": (nginx_port, nginx),
-                   "haproxy": (haproxy_port, haproxy), "router": (router_port, router),
-                   "python_floor": (floor_port, floor)}
+        targets = {"direct": (backend_port, None), "nginx": (nginx_port, nginx_worker_pid(nginx)),
+                   "haproxy": (haproxy_port, haproxy.pid), "router": (router_port, router.pid),
+                   "python_floor": (floor_port, floor.pid)}
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, path in CASES:
             runs: dict[str, list[dict]] = {}
             # Rounds interleave the targets, so a noisy neighbour slows all of them alike; each
             # target's median round is reported.
             for rnd in range(args.rounds):
-                for name, (port, _) in targets.items():
+                for name, (port, pid) in targets.items():
                     if name == "python_floor" and path != "/small":
                         continue  # the floor only forwards small bodiless requests
                     if rnd == 0:
                         run_wrk(port, conns, path, 1)  # warm pools and caches
-                    r = run_wrk(port, conns, path, args.duration)
+                    r = run_wrk(port, conns, path, args.duration, pid)
                     runs.setdefault(name, []).append(r)
                     print(f"{case:9} {name:12} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
-                          f"p99 {r['p99_ms']:.3f} ms", flush=True)
+                          f"p99 {r['p99_ms']:.3f} ms" + (f"  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
+                                                         if r["user_us"] is not None else ""), flush=True)
             for name, rs in runs.items():
                 results[name][case] = median_run(rs)
         rss = {"direct": peak_rss_mb(nginx_worker_pid(procs[0])), "nginx": peak_rss_mb(nginx_worker_pid(nginx)),
@@ -235,6 +255,7 @@ def build_report(results: dict, rss: dict) -> dict:
         main = cases["c64_64B"]
         cases.setdefault("c64_1MiB", {"rps": 0.0, "p50_ms": 0.0, "p99_ms": 0.0})
         targets[name] = {"rps": main["rps"], "p50_ms": main["p50_ms"], "p99_ms": main["p99_ms"],
+                         "cpu_user_us_per_req": main.get("user_us"), "cpu_sys_us_per_req": main.get("sys_us"),
                          "rss_mb": round(rss[name], 1), "cases": cases}
     direct_p50 = results["direct"]["c1_64B"]["p50_ms"]
     return {
@@ -250,10 +271,13 @@ def build_report(results: dict, rss: dict) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print("\ntarget        64B c64 rps   p50 ms   p99 ms  | c1 p50 ms | 1MiB c64 rps | peak RSS MB")
+    print("\ntarget        64B c64 rps   p50 ms   p99 ms  | CPU us/req user+kernel | c1 p50 ms | 1MiB c64 rps |"
+          " peak RSS MB")
     for name, t in report["targets"].items():
         c = t["cases"]
-        print(f"{name:12} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {c['c1_64B']['p50_ms']:>9.3f} |"
+        cpu = (f"{t['cpu_user_us_per_req']:>9.1f} + {t['cpu_sys_us_per_req']:<10.1f}"
+               if t["cpu_user_us_per_req"] is not None else f"{'-':>22}")
+        print(f"{name:12} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {cpu} | {c['c1_64B']['p50_ms']:>9.3f} |"
               f" {c['c64_1MiB']['rps']:>12.0f} | {t['rss_mb']:>10.1f}")
     print("ratios:", json.dumps(report["ratios"]))
     print("added p50 at 1 connection (ms):", json.dumps(report["added_p50_ms_at_1_connection"]))

@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", required=True, action="append", help="config file or directory (repeatable)")
     s.add_argument("--listen", help="HOST:PORT for traffic (overrides the Router document)")
     s.add_argument("--admin", help="HOST:PORT for the admin server")
-    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    s.add_argument("--workers", type=worker_count, default=1,
+                   help="worker processes sharing the port: a number, or 'auto' for one per usable CPU")
     s.add_argument("--log-level", default="info")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
@@ -59,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
         return run_demo(args.duration, args.report, args.config, live=not args.no_live)
     return 2
+
+
+def worker_count(text: str) -> int:
+    """`--workers N` (1..1024) or `--workers auto`: one per CPU this process may run on (its affinity mask,
+    which is what a container's cpuset or taskset leaves it), like nginx's `worker_processes auto`."""
+    if text == "auto":
+        import os
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', got {text!r}") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1024, got {n}")
+    return n
 
 
 def validate(paths: list[str]) -> int:

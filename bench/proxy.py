@@ -218,9 +218,8 @@ spec:
                                                          if r["user_us"] is not None else ""), flush=True)
             for name, rs in runs.items():
                 results[name][case] = median_run(rs)
-        rss = {"direct": peak_rss_mb(nginx_worker_pid(procs[0])), "nginx": peak_rss_mb(nginx_worker_pid(nginx)),
-               "haproxy": peak_rss_mb(haproxy.pid), "router": peak_rss_mb(router.pid),
-               "python_floor": peak_rss_mb(floor.pid)}
+        rss = {name: peak_rss_mb(pid if pid is not None else nginx_worker_pid(procs[0]))
+               for name, (_, pid) in targets.items()}  # direct: the backend's worker
         report = build_report(results, rss)
         print_table(report)
         if args.out:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .config.errors import ConfigError
@@ -66,7 +67,6 @@ def worker_count(text: str) -> int:
     """`--workers N` (1..1024) or `--workers auto`: one per CPU this process may run on (its affinity mask,
     which is what a container's cpuset or taskset leaves it), like nginx's `worker_processes auto`."""
     if text == "auto":
-        import os
         return max(1, len(os.sched_getaffinity(0)))
     try:
         n = int(text)

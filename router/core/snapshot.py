@@ -45,17 +45,14 @@ class RoutingSnapshot:
     # (bounded, so random Host headers cannot grow it); None when some route has a path prefix.
     by_host: dict | None = None
 
-    def lookup(self, host: str, path: str) -> tuple[Route, str] | None:
-        """The route and the service name for a request, or None when no route matches."""
-        memo = self.by_host
-        if memo is not None:
-            hit = memo.get(host)
-            if hit is not None:
-                return hit
+    def resolve(self, host: str, path: str) -> tuple[Route, str] | None:
+        """The route and the service name for a request, or None when no route matches; remembered in
+        `by_host` when that memo is on. Callers read `by_host` first (before working out the path)."""
         route = self.route_for(host, path)
         if route is None:
             return None
         hit = (route, self.service_for(host, route))
+        memo = self.by_host
         if memo is not None and len(memo) < HOST_MEMO_MAX:
             memo[host] = hit
         return hit

@@ -6,7 +6,9 @@ the same work against nginx on real sockets.
     python bench/dataplane_cost.py [--requests 300000]
 
 Prints the best of 15 rounds in microseconds per request (a GET with a Host header answered
-with 64 bytes, on a keep-alive connection, one cluster).
+with 64 bytes, on a keep-alive connection, one cluster), for the router and, on the same
+transports, for bench/minimal_proxy.py (parse and forward, nothing else): the difference is
+the router's own work.
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import uvloop  # noqa: E402
 
+import minimal_proxy  # noqa: E402
 from router.config.loader import load_config  # noqa: E402
 from router.core.choice import choose_backend  # noqa: E402
 from router.core.snapshot import build_snapshot  # noqa: E402
@@ -85,6 +89,37 @@ class MemoryTransport:
         pass
 
 
+def best_of(rounds: int, per_round: int, step) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per_round):
+            step()
+        best = min(best, (time.perf_counter() - t) / per_round)
+    return best
+
+
+async def measure_floor(requests: int) -> float:
+    """The same request and response through the reference floor (one upstream per client)."""
+    client, client_t = minimal_proxy.Client(0), MemoryTransport()
+    client.transport = client_t
+    upstream, upstream_t = minimal_proxy.Upstream(client), MemoryTransport()
+    upstream.connection_made(upstream_t)
+    client.upstream = upstream
+
+    def step():
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        upstream_t.out.clear()
+        client_t.out.clear()
+
+    client.data_received(REQUEST)
+    upstream.data_received(RESPONSE)
+    if not b"".join(client_t.out).startswith(b"HTTP/1.1 200") or not upstream_t.out:
+        raise SystemExit("the floor did not relay the exchange: the measurement is not valid")
+    return best_of(ROUNDS, max(requests // ROUNDS, 1), step)
+
+
 async def measure(requests: int) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
         fh.write(CONFIG)
@@ -106,16 +141,14 @@ async def measure(requests: int) -> float:
         raise SystemExit(f"unexpected exchange: {answer[:200]!r}")
     client_t.out.clear()
     upstream_t.out.clear()
-    per_round = max(requests // ROUNDS, 1)
-    best = float("inf")
-    for _ in range(ROUNDS):
-        t = time.perf_counter()
-        for _ in range(per_round):
-            client.data_received(REQUEST)
-            upstream.data_received(RESPONSE)
-            upstream_t.out.clear()
-            client_t.out.clear()
-        best = min(best, (time.perf_counter() - t) / per_round)
+
+    def step():
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        upstream_t.out.clear()
+        client_t.out.clear()
+
+    best = best_of(ROUNDS, max(requests // ROUNDS, 1), step)
     if client.active is not None or client.closed:
         raise SystemExit("the exchange did not complete: the measurement is not valid")
     return best
@@ -126,7 +159,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300_000)
     args = ap.parse_args()
     best = uvloop.run(measure(args.requests))
+    floor = uvloop.run(measure_floor(args.requests))
     print(f"router work per proxied request: {best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")
+    print(f"python floor (parse and forward): {floor * 1e6:.1f} us; the router's own work: "
+          f"{(best - floor) * 1e6:.1f} us ({best / floor:.1f}x the floor)")
     return 0
 
 

@@ -19,29 +19,13 @@ import random
 from dataclasses import dataclass, field
 
 from .affinity import pick_by_key
+from .decisions import Forward, Reject
 from .health import HealthState
 from .rtt import RttState
 from .snapshot import Route, RouteBackend
 from .warmth import Warmth, WarmthState
 
 NEAREST_SLACK = 1.10
-
-
-@dataclass(slots=True)
-class Forward:
-    # Not frozen: a frozen dataclass costs ~1.3 us per instance (object.__setattr__ per field), once per
-    # request on the data path. Treated as immutable all the same.
-    backend: RouteBackend
-    reason: str = "weighted"  # weighted | warm-preferred | failover | affinity | spillover | panic | cold
-    expected_s: float | None = None
-    wake: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class Reject:
-    status: int
-    reason: str
-    retry_after_s: float | None = None
 
 
 @dataclass
@@ -111,12 +95,14 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
     if not tried:
         if len(live_all) == 1 and not warmth.states:  # one cluster, no warm/cold data: nothing to choose
             only = live_all[0]
-            return Forward(only, "weighted" if health.is_healthy(only.cluster, now) else "panic")
+            if not health.clusters or health.is_healthy(only.cluster, now):
+                return route.plain[0]
+            return Forward(only, "panic")
         if not health.clusters and affinity is None and (
                 route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
             if not live_all:
                 return Reject(502, f"no cluster with weight for route {route.name}")
-            return Forward(_weighted(live_all, rng))  # the common case, kept cheap
+            return route.plain[live_all.index(_weighted(live_all, rng))]  # the common case, kept cheap
 
     live = [b for b in route.live if b.cluster not in tried]
     panic = health.in_panic([b.cluster for b in route.live], now)

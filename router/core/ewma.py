@@ -24,7 +24,8 @@ class PeakEwma:
         elif sample > self.value:
             self.value = sample  # the peak: react to a slowdown at once
         else:
-            w = math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
+            elapsed = now - self.stamp
+            w = math.exp(-elapsed / self.decay_s) if elapsed > 0.0 else 1.0
             self.value = self.value * w + sample * (1.0 - w)
         self.stamp = now
         return self.value

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config.model import Config, Endpoint, SplitConfig
+from .decisions import Forward
 
 
 HOST_MEMO_MAX = 4096
@@ -31,6 +32,7 @@ class Route:
     live: tuple[RouteBackend, ...] = ()  # backends with weight > 0
     live_total: float = 0.0
     affinity: tuple[str, str] | None = None
+    plain: tuple[Forward, ...] = ()  # Forward(backend, "weighted") for each of `live`, built once
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                                        endpoints[b.cluster].port)) for b in split.backends)
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
-                     sum(b.weight for b in live), split.affinity)
+                     sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

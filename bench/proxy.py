@@ -266,7 +266,17 @@ def build_report(results: dict, rss: dict) -> dict:
                    "python_floor_vs_nginx": round(results["python_floor"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3)},
         "added_p50_ms_at_1_connection": {n: round(results[n]["c1_64B"]["p50_ms"] - direct_p50, 3)
                                          for n in ("nginx", "haproxy", "router", "python_floor")},
+        # Paired: router and the other proxy ran back to back in the same round, so a slow spell of the
+        # machine shows up on both sides of each ratio; the spread says how far one run can be trusted.
+        "ratios_per_round": {f"router_vs_{other}": paired_ratios(results, "router", other)
+                             for other in ("nginx", "haproxy", "python_floor")},
     }
+
+
+def paired_ratios(results: dict, name: str, other: str) -> list[float]:
+    mine = results[name]["c64_64B"].get("rounds_rps", [])
+    theirs = results[other]["c64_64B"].get("rounds_rps", [])
+    return [round(a / b, 3) for a, b in zip(mine, theirs) if b]
 
 
 def print_table(report: dict) -> None:
@@ -279,6 +289,7 @@ def print_table(report: dict) -> None:
         print(f"{name:12} {t['rps']:>12.0f} {t['p50_ms']:>8.3f} {t['p99_ms']:>8.3f}  | {cpu} | {c['c1_64B']['p50_ms']:>9.3f} |"
               f" {c['c64_1MiB']['rps']:>12.0f} | {t['rss_mb']:>10.1f}")
     print("ratios:", json.dumps(report["ratios"]))
+    print("ratios per round (64 B, 64 connections):", json.dumps(report["ratios_per_round"]))
     print("added p50 at 1 connection (ms):", json.dumps(report["added_p50_ms_at_1_connection"]))
 
 

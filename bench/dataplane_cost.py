@@ -89,6 +89,16 @@ class MemoryTransport:
         pass
 
 
+def relay_step(client, client_t, upstream, upstream_t):
+    """One request in and its response back, the transports emptied after."""
+    def step():
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        upstream_t.out.clear()
+        client_t.out.clear()
+    return step
+
+
 def best_of(rounds: int, per_round: int, step) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -106,18 +116,11 @@ async def measure_floor(requests: int) -> float:
     upstream, upstream_t = minimal_proxy.Upstream(client), MemoryTransport()
     upstream.connection_made(upstream_t)
     client.upstream = upstream
-
-    def step():
-        client.data_received(REQUEST)
-        upstream.data_received(RESPONSE)
-        upstream_t.out.clear()
-        client_t.out.clear()
-
     client.data_received(REQUEST)
     upstream.data_received(RESPONSE)
     if not b"".join(client_t.out).startswith(b"HTTP/1.1 200") or not upstream_t.out:
         raise SystemExit("the floor did not relay the exchange: the measurement is not valid")
-    return best_of(ROUNDS, max(requests // ROUNDS, 1), step)
+    return best_of(ROUNDS, max(requests // ROUNDS, 1), relay_step(client, client_t, upstream, upstream_t))
 
 
 async def measure(requests: int) -> float:
@@ -141,14 +144,7 @@ async def measure(requests: int) -> float:
         raise SystemExit(f"unexpected exchange: {answer[:200]!r}")
     client_t.out.clear()
     upstream_t.out.clear()
-
-    def step():
-        client.data_received(REQUEST)
-        upstream.data_received(RESPONSE)
-        upstream_t.out.clear()
-        client_t.out.clear()
-
-    best = best_of(ROUNDS, max(requests // ROUNDS, 1), step)
+    best = best_of(ROUNDS, max(requests // ROUNDS, 1), relay_step(client, client_t, upstream, upstream_t))
     if client.active is not None or client.closed:
         raise SystemExit("the exchange did not complete: the measurement is not valid")
     return best

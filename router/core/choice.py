@@ -73,16 +73,17 @@ class PolicyInputs:
                 "saturated": self.saturated(service, b.cluster), "expected_s": self.expected(service, b, now)}
 
 
-def _weighted(candidates, rng: random.Random) -> RouteBackend:
+def _weighted(candidates, rng: random.Random) -> int:
+    """Index of a weighted draw among `candidates`."""
     total = 0.0
     for b in candidates:
         total += b.weight
     point = rng.random() * total
-    for b in candidates:
+    for i, b in enumerate(candidates):
         point -= b.weight
         if point < 0:
-            return b
-    return candidates[-1]
+            return i
+    return len(candidates) - 1
 
 
 def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
@@ -102,7 +103,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
                 route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
             if not live_all:
                 return Reject(502, f"no cluster with weight for route {route.name}")
-            return route.plain[live_all.index(_weighted(live_all, rng))]  # the common case, kept cheap
+            return route.plain[_weighted(live_all, rng)]  # the common case, kept cheap
 
     live = [b for b in route.live if b.cluster not in tried]
     panic = health.in_panic([b.cluster for b in route.live], now)
@@ -113,7 +114,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         return Reject(502, f"no healthy cluster for route {route.name}")
     reason = "panic" if panic else "failover" if tried else "weighted"
     if route.algorithm == "weighted":
-        return Forward(_weighted(pool, rng), reason)
+        return Forward(pool[_weighted(pool, rng)], reason)
 
     eligible = pool
     if route.max_rtt_s is not None:
@@ -157,7 +158,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         if reason == "weighted":
             reason = "affinity"
     else:
-        chosen = _weighted(candidates, rng)
+        chosen = candidates[_weighted(candidates, rng)]
     expected = cost[chosen.cluster] if cost is not None else inputs.expected(service, chosen, now)
     return Forward(chosen, reason, expected, wake)
 

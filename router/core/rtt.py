@@ -34,18 +34,13 @@ class RttState:
             self._ewma(self.probe_http, cluster).observe(http_s, now)
 
     def on_first_byte(self, service: str, cluster: str, ttfb_s: float, now: float) -> None:
-        # Once per request: rtt() written out, and no max() call.
-        net = self.probe_http.get(cluster) or self.network.get(cluster)
-        if net is not None and net.value:
-            ttfb_s -= net.value
-            if ttfb_s < 0.0:
-                ttfb_s = 0.0
+        net = self.rtt(cluster) or 0.0
         key = (service, cluster)
         e = self.server.get(key)
         if e is None:
             e = self.server[key] = PeakEwma(self.decay_s)
             self.by_service.setdefault(service, {})[cluster] = e
-        e.observe(ttfb_s, now)
+        e.observe(max(ttfb_s - net, 0.0), now)
 
     def forget(self, cluster: str) -> None:
         """Drop every estimate of a cluster that has just come back from an outage: samples that

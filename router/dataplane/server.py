@@ -182,13 +182,8 @@ class ClientConnection(asyncio.Protocol):
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             self._raise(413, "request body larger than the limit")
         req.t0 = self.ctx.clock()
-        if self.active is not None:
-            self.queue.append(req)  # pipelined: waits for the responses ahead of it
-        elif not self.queue:  # nothing ahead of it: start at once
-            self.active = Exchange(self, req)
-            self.active.start()
-        else:
-            self.queue.append(req)
+        self.queue.append(req)
+        if self.active is None:
             self._start_next()
 
     def on_body(self, body: bytes):

@@ -4,7 +4,11 @@ Each proxy is pinned to core 0 (one worker / one thread); the backend (an nginx 
 serving fixed bodies) and wrk share core 1. Cases: 64 connections with a 64-byte body
 (throughput), 1 connection (added latency), 64 connections with a 1 MiB body.
 
-    python bench/proxy.py [--duration 10] [--rounds 3] [--out FILE.json]
+    python bench/proxy.py [--duration 10] [--rounds 3] [--out FILE.json] [--python PATH]
+
+--python runs the router and the Python floor under another interpreter, one with the router
+installed (e.g. a venv made from Debian's /usr/bin/python3.11); how CPython was compiled moves
+the router's numbers, so the report names the interpreter and its configure arguments.
 
 Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 This is a benchmark, not a test: it prints measured numbers and ratios.
@@ -37,6 +41,23 @@ def ensure_tools() -> None:
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         for svc in ("nginx", "haproxy"):  # the packages start system services; we run our own
             subprocess.run(["service", svc, "stop"], check=False, capture_output=True)
+
+
+def describe_interpreter(python: str) -> dict:
+    """Version and build flags of the interpreter the router will run under; exits with a clear
+    message when it cannot import the router and its dependencies."""
+    probe = ("import json, sys, sysconfig, router, uvloop, httptools; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
+             "print(json.dumps({'executable': sys.executable, 'version': sys.version.split()[0], "
+             "'configure_args': a}))")
+    try:
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    except OSError as exc:
+        sys.exit(f"--python {python}: {exc}")
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"--python {python}: cannot import the router and its dependencies ({last}); "
+                 f"install it there first: {python} -m pip install -e {ROOT}")
+    return json.loads(out.stdout)
 
 
 def free_port() -> int:
@@ -137,7 +158,11 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (median reported)")
     ap.add_argument("--out")
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter for the router and the Python floor (default: this one)")
     args = ap.parse_args()
+    interpreter = describe_interpreter(args.python)
+    print(f"router runs under {interpreter['executable']} (Python {interpreter['version']})", flush=True)
     ensure_tools()
     work = tempfile.mkdtemp(prefix="edge-bench-")
     procs: list[subprocess.Popen] = []
@@ -188,11 +213,11 @@ spec:
   clusters: [{{name: local, weight: 1}}]
   strategy: {{algorithm: latency-aware, params: {{maxRTT: 200ms}}}}
 """)
-        router = start([sys.executable, "-m", "router", "serve", "--config", f"{work}/router.yaml",
+        router = start([args.python, "-m", "router", "serve", "--config", f"{work}/router.yaml",
                         "--listen", f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0",
                         "--log-level", "warning"], 0, work, "router")
         procs.append(router)
-        floor = start([sys.executable, os.path.join(ROOT, "bench", "minimal_proxy.py"), str(floor_port),
+        floor = start([args.python, os.path.join(ROOT, "bench", "minimal_proxy.py"), str(floor_port),
                        str(backend_port)], 0, work, "floor")
         procs.append(floor)
         for port in (backend_port, nginx_port, haproxy_port, router_port, floor_port):
@@ -221,6 +246,7 @@ spec:
         rss = {name: peak_rss_mb(pid if pid is not None else nginx_worker_pid(procs[0]))
                for name, (_, pid) in targets.items()}  # direct: the backend's worker
         report = build_report(results, rss)
+        report["python"] = interpreter
         print_table(report)
         if args.out:
             with open(args.out, "w") as fh:

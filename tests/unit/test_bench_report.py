@@ -1,0 +1,56 @@
+"""bench/proxy's report helpers: the ratios it prints come from the measured runs, and the
+interpreter it is pointed at is checked before anything starts."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location("bench_proxy", os.path.join(ROOT, "bench", "proxy.py"))
+bench_proxy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_proxy)
+
+
+def _case(rps, p50=0.5, rounds=None):
+    return {"rps": rps, "p50_ms": p50, "p99_ms": 2 * p50, "rounds_rps": rounds or [rps]}
+
+
+def test_report_ratios_come_from_the_runs():
+    results = {name: {"c64_64B": _case(rps, rounds=rounds), "c1_64B": _case(rps / 10, p50=p50),
+                      "c64_1MiB": _case(rps / 100)}
+               for name, rps, rounds, p50 in (("direct", 90000, None, 0.1), ("nginx", 40000, [38000, 42000], 0.15),
+                                             ("haproxy", 50000, [50000, 50000], 0.14),
+                                             ("router", 20000, [19000, 21000], 0.3),
+                                             ("python_floor", 32000, [30000, 35000], 0.2))}
+    report = bench_proxy.build_report(results, {n: 10.0 for n in results})
+    assert report["ratios"]["router_vs_nginx"] == 0.5
+    assert report["ratios"]["router_vs_haproxy"] == 0.4
+    assert report["ratios"]["router_vs_python_floor"] == 0.625
+    assert report["ratios_per_round"]["router_vs_nginx"] == [0.5, 0.5]
+    assert report["ratios_per_round"]["router_vs_python_floor"] == [0.633, 0.6]
+    assert report["added_p50_ms_at_1_connection"]["router"] == 0.2
+
+
+def test_interpreter_is_described():
+    info = bench_proxy.describe_interpreter(sys.executable)
+    assert info["version"] == sys.version.split()[0]
+    assert os.path.samefile(info["executable"], sys.executable)
+    assert "configure_args" in info
+
+
+def test_interpreter_that_cannot_run_the_router_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="cannot import the router"):
+        bench_proxy.describe_interpreter(_python_without_router(tmp_path))
+    with pytest.raises(SystemExit, match="No such file"):
+        bench_proxy.describe_interpreter(str(tmp_path / "no-such-python"))
+
+
+def _python_without_router(tmp_path) -> str:
+    """A wrapper that runs this interpreter isolated from site-packages, so `import router` fails."""
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)

@@ -160,16 +160,22 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter for the router and the Python floor (default: this one)")
+    ap.add_argument("--compare-python", metavar="PATH",
+                    help="also run a second router under this interpreter, as target router_alt in the same rounds")
     args = ap.parse_args()
     interpreter = describe_interpreter(args.python)
     print(f"router runs under {interpreter['executable']} (Python {interpreter['version']})", flush=True)
+    alt_interpreter = describe_interpreter(args.compare_python) if args.compare_python else None
+    if alt_interpreter:
+        print(f"router_alt runs under {alt_interpreter['executable']} (Python {alt_interpreter['version']})",
+              flush=True)
     ensure_tools()
     work = tempfile.mkdtemp(prefix="edge-bench-")
     procs: list[subprocess.Popen] = []
     try:
         with open(os.path.join(work, "big"), "wb") as fh:
             fh.write(b"x" * (1 << 20))
-        backend_port, nginx_port, haproxy_port, router_port, floor_port = (free_port() for _ in range(5))
+        backend_port, nginx_port, haproxy_port, router_port, floor_port, alt_port = (free_port() for _ in range(6))
         small = "x" * 63
         conf = nginx_conf(work, f"server {{ listen 127.0.0.1:{backend_port}; keepalive_timeout 300s; "
                                 f"location = /small {{ default_type text/plain; return 200 '{small}\n'; }} "
@@ -213,18 +219,20 @@ spec:
   clusters: [{{name: local, weight: 1}}]
   strategy: {{algorithm: latency-aware, params: {{maxRTT: 200ms}}}}
 """)
-        router = start([args.python, "-m", "router", "serve", "--config", f"{work}/router.yaml",
-                        "--listen", f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0",
-                        "--log-level", "warning"], 0, work, "router")
+        router = start_router(args.python, work, router_port, "router")
         procs.append(router)
         floor = start([args.python, os.path.join(ROOT, "bench", "minimal_proxy.py"), str(floor_port),
                        str(backend_port)], 0, work, "floor")
         procs.append(floor)
-        for port in (backend_port, nginx_port, haproxy_port, router_port, floor_port):
-            wait_port(port)
         targets = {"direct": (backend_port, None), "nginx": (nginx_port, nginx_worker_pid(nginx)),
                    "haproxy": (haproxy_port, haproxy.pid), "router": (router_port, router.pid),
                    "python_floor": (floor_port, floor.pid)}
+        if alt_interpreter:
+            alt = start_router(args.compare_python, work, alt_port, "router_alt")
+            procs.append(alt)
+            targets["router_alt"] = (alt_port, alt.pid)
+        for port, _ in targets.values():
+            wait_port(port)
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, path in CASES:
             runs: dict[str, list[dict]] = {}
@@ -247,6 +255,8 @@ spec:
                for name, (_, pid) in targets.items()}  # direct: the backend's worker
         report = build_report(results, rss)
         report["python"] = interpreter
+        if alt_interpreter:
+            report["python_router_alt"] = alt_interpreter
         print_table(report)
         if args.out:
             with open(args.out, "w") as fh:
@@ -269,6 +279,11 @@ spec:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def start_router(python: str, work: str, port: int, name: str) -> subprocess.Popen:
+    return start([python, "-m", "router", "serve", "--config", f"{work}/router.yaml", "--listen", f"127.0.0.1:{port}",
+                  "--admin", "127.0.0.1:0", "--log-level", "warning"], 0, work, name)
+
+
 def _write(work: str, name: str, text: str) -> None:
     with open(os.path.join(work, name), "w") as fh:
         fh.write(text)
@@ -283,7 +298,7 @@ def build_report(results: dict, rss: dict) -> dict:
                          "cpu_user_us_per_req": main.get("user_us"), "cpu_sys_us_per_req": main.get("sys_us"),
                          "rss_mb": round(rss[name], 1), "cases": cases}
     direct_p50 = results["direct"]["c1_64B"]["p50_ms"]
-    return {
+    report = {
         "targets": targets,
         "ratios": {"router_vs_nginx": round(results["router"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3),
                    "router_vs_haproxy": round(results["router"]["c64_64B"]["rps"] / results["haproxy"]["c64_64B"]["rps"], 3),
@@ -291,12 +306,21 @@ def build_report(results: dict, rss: dict) -> dict:
                    "router_vs_python_floor": round(results["router"]["c64_64B"]["rps"] / results["python_floor"]["c64_64B"]["rps"], 3),
                    "python_floor_vs_nginx": round(results["python_floor"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3)},
         "added_p50_ms_at_1_connection": {n: round(results[n]["c1_64B"]["p50_ms"] - direct_p50, 3)
-                                         for n in ("nginx", "haproxy", "router", "python_floor")},
+                                         for n in ("nginx", "haproxy", "router", "python_floor", "router_alt")
+                                         if n in results},
         # Paired: router and the other proxy ran back to back in the same round, so a slow spell of the
         # machine shows up on both sides of each ratio; the spread says how far one run can be trusted.
         "ratios_per_round": {f"router_vs_{other}": paired_ratios(results, "router", other)
                              for other in ("nginx", "haproxy", "python_floor")},
     }
+    if "router_alt" in results:
+        report["ratios"]["router_alt_vs_nginx"] = round(results["router_alt"]["c64_64B"]["rps"]
+                                                        / results["nginx"]["c64_64B"]["rps"], 3)
+        report["ratios"]["router_alt_vs_router"] = round(results["router_alt"]["c64_64B"]["rps"]
+                                                         / results["router"]["c64_64B"]["rps"], 3)
+        report["ratios_per_round"]["router_alt_vs_nginx"] = paired_ratios(results, "router_alt", "nginx")
+        report["ratios_per_round"]["router_alt_vs_router"] = paired_ratios(results, "router_alt", "router")
+    return report
 
 
 def paired_ratios(results: dict, name: str, other: str) -> list[float]:

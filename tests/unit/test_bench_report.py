@@ -54,3 +54,16 @@ def _python_without_router(tmp_path) -> str:
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
     script.chmod(0o755)
     return str(script)
+
+
+def test_second_router_is_compared_in_the_same_rounds():
+    results = {name: {"c64_64B": _case(rps, rounds=[rps, rps * 1.1]), "c1_64B": _case(rps / 10),
+                      "c64_1MiB": _case(rps / 100)}
+               for name, rps in (("direct", 90000), ("nginx", 40000), ("haproxy", 50000), ("router", 20000),
+                                 ("python_floor", 32000), ("router_alt", 26000))}
+    report = bench_proxy.build_report(results, {n: 10.0 for n in results})
+    assert report["ratios"]["router_alt_vs_nginx"] == 0.65
+    assert report["ratios"]["router_alt_vs_router"] == 1.3
+    assert report["ratios_per_round"]["router_alt_vs_router"] == [1.3, 1.3]
+    assert "router_alt" in report["added_p50_ms_at_1_connection"]
+    assert "router_alt" in report["targets"]

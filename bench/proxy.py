@@ -5,10 +5,12 @@ serving fixed bodies) and wrk share core 1. Cases: 64 connections with a 64-byte
 (throughput), 1 connection (added latency), 64 connections with a 1 MiB body.
 
     python bench/proxy.py [--duration 10] [--rounds 3] [--out FILE.json] [--python PATH]
+                          [--compare-python PATH]
 
 --python runs the router and the Python floor under another interpreter, one with the router
-installed (e.g. a venv made from Debian's /usr/bin/python3.11); how CPython was compiled moves
-the router's numbers, so the report names the interpreter and its configure arguments.
+installed (e.g. a venv made from Debian's /usr/bin/python3.11); --compare-python adds a second
+router (router_alt) under another interpreter in the same rounds. How CPython was compiled moves
+the router's numbers, so the report names each interpreter and its configure arguments.
 
 Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 This is a benchmark, not a test: it prints measured numbers and ratios.
@@ -43,7 +45,7 @@ def ensure_tools() -> None:
             subprocess.run(["service", svc, "stop"], check=False, capture_output=True)
 
 
-def describe_interpreter(python: str) -> dict:
+def describe_interpreter(python: str, flag: str = "--python") -> dict:
     """Version and build flags of the interpreter the router will run under; exits with a clear
     message when it cannot import the router and its dependencies."""
     probe = ("import json, sys, sysconfig, router, uvloop, httptools; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
@@ -52,10 +54,10 @@ def describe_interpreter(python: str) -> dict:
     try:
         out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
     except OSError as exc:
-        sys.exit(f"--python {python}: {exc}")
+        sys.exit(f"{flag} {python}: {exc}")
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        sys.exit(f"--python {python}: cannot import the router and its dependencies ({last}); "
+        sys.exit(f"{flag} {python}: cannot import the router and its dependencies ({last}); "
                  f"install it there first: {python} -m pip install -e {ROOT}")
     return json.loads(out.stdout)
 
@@ -164,11 +166,10 @@ def main() -> int:
                     help="also run a second router under this interpreter, as target router_alt in the same rounds")
     args = ap.parse_args()
     interpreter = describe_interpreter(args.python)
-    print(f"router runs under {interpreter['executable']} (Python {interpreter['version']})", flush=True)
-    alt_interpreter = describe_interpreter(args.compare_python) if args.compare_python else None
-    if alt_interpreter:
-        print(f"router_alt runs under {alt_interpreter['executable']} (Python {alt_interpreter['version']})",
-              flush=True)
+    alt_interpreter = describe_interpreter(args.compare_python, "--compare-python") if args.compare_python else None
+    for name, info in (("router", interpreter), ("router_alt", alt_interpreter)):
+        if info:
+            print(f"{name} runs under {info['executable']} (Python {info['version']})", flush=True)
     ensure_tools()
     work = tempfile.mkdtemp(prefix="edge-bench-")
     procs: list[subprocess.Popen] = []
@@ -300,11 +301,11 @@ def build_report(results: dict, rss: dict) -> dict:
     direct_p50 = results["direct"]["c1_64B"]["p50_ms"]
     report = {
         "targets": targets,
-        "ratios": {"router_vs_nginx": round(results["router"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3),
-                   "router_vs_haproxy": round(results["router"]["c64_64B"]["rps"] / results["haproxy"]["c64_64B"]["rps"], 3),
-                   "router_1MiB_vs_nginx": round(results["router"]["c64_1MiB"]["rps"] / results["nginx"]["c64_1MiB"]["rps"], 3),
-                   "router_vs_python_floor": round(results["router"]["c64_64B"]["rps"] / results["python_floor"]["c64_64B"]["rps"], 3),
-                   "python_floor_vs_nginx": round(results["python_floor"]["c64_64B"]["rps"] / results["nginx"]["c64_64B"]["rps"], 3)},
+        "ratios": {"router_vs_nginx": _ratio(results, "router", "nginx"),
+                   "router_vs_haproxy": _ratio(results, "router", "haproxy"),
+                   "router_1MiB_vs_nginx": _ratio(results, "router", "nginx", "c64_1MiB"),
+                   "router_vs_python_floor": _ratio(results, "router", "python_floor"),
+                   "python_floor_vs_nginx": _ratio(results, "python_floor", "nginx")},
         "added_p50_ms_at_1_connection": {n: round(results[n]["c1_64B"]["p50_ms"] - direct_p50, 3)
                                          for n in ("nginx", "haproxy", "router", "python_floor", "router_alt")
                                          if n in results},
@@ -314,13 +315,14 @@ def build_report(results: dict, rss: dict) -> dict:
                              for other in ("nginx", "haproxy", "python_floor")},
     }
     if "router_alt" in results:
-        report["ratios"]["router_alt_vs_nginx"] = round(results["router_alt"]["c64_64B"]["rps"]
-                                                        / results["nginx"]["c64_64B"]["rps"], 3)
-        report["ratios"]["router_alt_vs_router"] = round(results["router_alt"]["c64_64B"]["rps"]
-                                                         / results["router"]["c64_64B"]["rps"], 3)
-        report["ratios_per_round"]["router_alt_vs_nginx"] = paired_ratios(results, "router_alt", "nginx")
-        report["ratios_per_round"]["router_alt_vs_router"] = paired_ratios(results, "router_alt", "router")
+        for other in ("nginx", "router"):
+            report["ratios"][f"router_alt_vs_{other}"] = _ratio(results, "router_alt", other)
+            report["ratios_per_round"][f"router_alt_vs_{other}"] = paired_ratios(results, "router_alt", other)
     return report
+
+
+def _ratio(results: dict, name: str, other: str, case: str = "c64_64B") -> float:
+    return round(results[name][case]["rps"] / results[other][case]["rps"], 3)
 
 
 def paired_ratios(results: dict, name: str, other: str) -> list[float]:

@@ -29,6 +29,7 @@ def test_report_ratios_come_from_the_runs():
     assert report["ratios"]["router_vs_nginx"] == 0.5
     assert report["ratios"]["router_vs_haproxy"] == 0.4
     assert report["ratios"]["router_vs_python_floor"] == 0.625
+    assert report["ratios"]["router_1MiB_vs_nginx"] == 0.5
     assert report["ratios_per_round"]["router_vs_nginx"] == [0.5, 0.5]
     assert report["ratios_per_round"]["router_vs_python_floor"] == [0.633, 0.6]
     assert report["added_p50_ms_at_1_connection"]["router"] == 0.2

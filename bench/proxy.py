@@ -93,14 +93,26 @@ def start(cmd: list[str], core: int, work: str, name: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def nginx_worker_pid(master: subprocess.Popen) -> int:
-    try:
-        out = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
-        child = int(out[0])
-        out = subprocess.run(["pgrep", "-P", str(child)], capture_output=True, text=True).stdout.split()
-        return int(out[0]) if out else child
-    except (IndexError, ValueError):
-        return master.pid
+def nginx_worker_pid(master: subprocess.Popen, timeout_s: float = 10.0) -> int:
+    """The worker process of an nginx started with `daemon off` (the one that serves: its CPU and memory
+    are nginx's). The master spawns it after start-up, so this waits for it: measuring the idle master
+    instead would report nginx at zero CPU."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if fh.read().startswith(b"nginx: worker process"):
+                        return int(pid)
+            except OSError:
+                continue  # gone meanwhile
+        if master.poll() is not None:
+            raise SystemExit(f"nginx (pid {master.pid}) exited with {master.returncode} before a worker started")
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"nginx (pid {master.pid}) started no worker process within {timeout_s:g} s: "
+                             f"its CPU and memory cannot be measured")
+        time.sleep(0.05)
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -68,3 +70,40 @@ def test_second_router_is_compared_in_the_same_rounds():
     assert report["ratios_per_round"]["router_alt_vs_router"] == [1.3, 1.3]
     assert "router_alt" in report["added_p50_ms_at_1_connection"]
     assert "router_alt" in report["targets"]
+
+
+def _process_tree(script: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "-c", script], start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def test_nginx_is_measured_on_its_worker_not_its_master():
+    # A stand-in master that starts its worker late, beside a helper child that is not a worker.
+    master = _process_tree('sleep 30 & sleep 0.3; (exec -a "nginx: worker process" sleep 30) & wait')
+    try:
+        pid = bench_proxy.nginx_worker_pid(master)
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            assert fh.read().startswith(b"nginx: worker process")
+        assert pid != master.pid
+    finally:
+        _stop(master)
+
+
+def test_nginx_without_a_worker_is_an_error_not_a_zero():
+    master = _process_tree("sleep 30 & wait")
+    try:
+        with pytest.raises(SystemExit, match="no worker process"):
+            bench_proxy.nginx_worker_pid(master, timeout_s=0.5)
+    finally:
+        _stop(master)
+    exited = _process_tree("exit 3")
+    exited.wait(10)
+    with pytest.raises(SystemExit, match="exited with 3"):
+        bench_proxy.nginx_worker_pid(exited, timeout_s=5)

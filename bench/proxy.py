@@ -158,7 +158,16 @@ def run_wrk(port: int, conns: int, path: str, duration: int, pid: int | None = N
 def median_run(runs: list[dict]) -> dict:
     """The round with the median throughput (its latencies come with it), plus every round's rps."""
     ordered = sorted(runs, key=lambda r: r["rps"])
-    return dict(ordered[len(ordered) // 2], rounds_rps=[r["rps"] for r in runs])
+    return dict(ordered[len(ordered) // 2], rounds_rps=[r["rps"] for r in runs],
+                failures=[f for f in map(run_failures, runs) if f])
+
+
+def run_failures(run: dict) -> str:
+    """What went wrong in a wrk run, or "": an error answered fast would otherwise pass for throughput."""
+    parts = [f"{run['non2xx']} non-2xx responses"] if run.get("non2xx") else []
+    if run.get("socket_errors"):
+        parts.append(f"socket errors: {run['socket_errors']}")
+    return "; ".join(parts)
 
 
 def _lat(out: str, pct: str) -> float:
@@ -259,9 +268,11 @@ spec:
                         run_wrk(port, conns, path, 1)  # warm pools and caches
                     r = run_wrk(port, conns, path, args.duration, pid)
                     runs.setdefault(name, []).append(r)
+                    failed = run_failures(r)
                     print(f"{case:9} {name:12} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
                           f"p99 {r['p99_ms']:.3f} ms" + (f"  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
-                                                         if r["user_us"] is not None else ""), flush=True)
+                                                         if r["user_us"] is not None else "")
+                          + (f"  FAILED: {failed}" if failed else ""), flush=True)
             for name, rs in runs.items():
                 results[name][case] = median_run(rs)
         rss = {name: peak_rss_mb(pid if pid is not None else nginx_worker_pid(procs[0]))
@@ -326,6 +337,10 @@ def build_report(results: dict, rss: dict) -> dict:
         "ratios_per_round": {f"router_vs_{other}": paired_ratios(results, "router", other)
                              for other in ("nginx", "haproxy", "python_floor")},
     }
+    failures = {f"{name} {case}": case_result["failures"] for name, cases in results.items()
+                for case, case_result in cases.items() if case_result.get("failures")}
+    if failures:
+        report["failures"] = failures
     if "router_alt" in results:
         for other in ("nginx", "router"):
             report["ratios"][f"router_alt_vs_{other}"] = _ratio(results, "router_alt", other)
@@ -355,6 +370,9 @@ def print_table(report: dict) -> None:
     print("ratios:", json.dumps(report["ratios"]))
     print("ratios per round (64 B, 64 connections):", json.dumps(report["ratios_per_round"]))
     print("added p50 at 1 connection (ms):", json.dumps(report["added_p50_ms_at_1_connection"]))
+    for where, failures in report.get("failures", {}).items():
+        print(f"WARNING: {where} had failed requests, its numbers are not a clean measurement: "
+              f"{' | '.join(failures)}")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,19 @@ def test_nginx_without_a_worker_is_an_error_not_a_zero():
     exited.wait(10)
     with pytest.raises(SystemExit, match="exited with 3"):
         bench_proxy.nginx_worker_pid(exited, timeout_s=5)
+
+
+def test_failed_requests_are_reported_not_counted_as_throughput():
+    ok = {"rps": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "non2xx": 0, "socket_errors": ""}
+    bad = dict(ok, rps=5000.0, non2xx=4000)
+    cut = dict(ok, rps=900.0, socket_errors="connect 0, read 12, write 0, timeout 0")
+    median = bench_proxy.median_run([ok, bad, cut])
+    assert median["rps"] == 1000.0
+    assert median["failures"] == ["4000 non-2xx responses", "socket errors: connect 0, read 12, write 0, timeout 0"]
+    results = {name: {"c64_64B": _case(rps), "c1_64B": _case(rps / 10), "c64_1MiB": _case(rps / 100)}
+               for name, rps in (("direct", 90000), ("nginx", 40000), ("haproxy", 50000), ("router", 20000),
+                                 ("python_floor", 32000))}
+    assert "failures" not in bench_proxy.build_report(results, {n: 1.0 for n in results})
+    results["router"]["c64_64B"] = median
+    report = bench_proxy.build_report(results, {n: 1.0 for n in results})
+    assert report["failures"] == {"router c64_64B": median["failures"]}

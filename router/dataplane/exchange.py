@@ -112,7 +112,8 @@ class Exchange(ResponseRelay):
         ctx = self.ctx
         t = ctx.clock()
         try:
-            conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s)
+            conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s,
+                                          ctx.settings.limits)
         except (OSError, asyncio.TimeoutError) as exc:
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
             ctx.health.on_connect_failure(backend.cluster, ctx.clock(),

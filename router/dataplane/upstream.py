@@ -3,6 +3,8 @@
 An UpstreamConnection parses responses with httptools and hands events to the exchange
 currently attached to it (`on_response_head`, `on_response_body`, `on_response_end`,
 `on_upstream_lost`). Idle connections wait in the pool, closed after the idle timeout.
+A response head is held to the same limits as a request's (maxHeaderBytes with maxRequestLine for the
+status line, maxHeaders): an upstream that sends more gets a 502, not the router's memory.
 """
 from __future__ import annotations
 
@@ -12,15 +14,19 @@ from collections import deque
 
 import httptools
 
-from ..config.model import Endpoint
+from ..config.model import Endpoint, Limits
+
+DEFAULT_LIMITS = Limits()
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
-                 "idle_since", "tunnel", "keep_alive", "interim")
+                 "idle_since", "tunnel", "keep_alive", "interim", "limits", "head_bytes")
 
-    def __init__(self, pool_key: tuple):
+    def __init__(self, pool_key: tuple, limits: Limits = DEFAULT_LIMITS):
         self.pool_key = pool_key
+        self.limits = limits
+        self.head_bytes = 0  # read since the response began, while its head is incomplete; -1 once complete
         self.transport: asyncio.Transport | None = None
         self.exchange = None
         self.closed = False
@@ -46,20 +52,34 @@ class UpstreamConnection(asyncio.Protocol):
             return
         client = self.exchange.conn
         corked = client.cork()  # what this read produces (head, body, end) leaves in one send
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self.head_bytes > 0 or self.headers:  # a head (or trailers) still arriving
+                self._check_head_size()
         except httptools.HttpParserUpgrade as exc:
             self.tunnel = True
             rest = data[exc.args[0]:] if exc.args else b""
             self.exchange.on_upgraded(rest)
         except httptools.HttpParserError as exc:
-            ex, self.exchange = self.exchange, None
-            self.close()
-            if ex is not None:
-                ex.on_upstream_error(f"invalid response from upstream: {exc}")
+            self._fail(f"invalid response from upstream: {exc}")
         finally:
             if corked:
                 client.uncork()
+
+    def _check_head_size(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_header_count:
+            self._fail(f"upstream response has more than {limits.max_header_count} header fields")
+        elif self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes:
+            self._fail("upstream response header section too large")
+
+    def _fail(self, reason: str) -> None:
+        ex, self.exchange = self.exchange, None
+        self.close()
+        if ex is not None:
+            ex.on_upstream_error(reason)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -81,6 +101,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self):
         headers, self.headers = self.headers, []
+        limits = self.limits
+        if len(headers) > limits.max_header_count:  # a whole head in one read
+            self._fail(f"upstream response has more than {limits.max_header_count} header fields")
+            return
+        # head_bytes counts whole reads (body bytes too): only when it is over the limit is the head
+        # measured exactly, so a common response pays one comparison.
+        if self.head_bytes > limits.max_header_bytes and \
+                sum(len(name) + len(value) + 4 for name, value in headers) > limits.max_header_bytes:
+            self._fail("upstream response header section too large")
+            return
+        self.head_bytes = -1
         status = self.parser.get_status_code()
         # 100 Continue and 103 Early Hints: the real response follows; 101: the tunnel follows.
         self.interim = 100 <= status < 200
@@ -95,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self):
         if self.headers:
             self.headers = []  # trailers, after the head was handed over
+        self.head_bytes = 0  # the next response's head (after an interim one, the final one)
         if self.interim:
             self.interim = False
             return
@@ -105,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
     def reset_parser(self) -> None:
         """After a response without a body that the parser cannot know about (HEAD)."""
         self.parser = httptools.HttpResponseParser(self)
+        self.head_bytes = 0
 
     def write(self, data) -> None:
         self.transport.write(data)
@@ -145,14 +178,15 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, endpoint: Endpoint, key: tuple, timeout_s: float) -> UpstreamConnection:
+    async def connect(self, endpoint: Endpoint, key: tuple, timeout_s: float,
+                      limits: Limits = DEFAULT_LIMITS) -> UpstreamConnection:
         kwargs = {}
         if endpoint.scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             kwargs = {"ssl": self._ssl, "server_hostname": endpoint.host}
         _, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(key), endpoint.host, endpoint.port,
+            self.loop.create_connection(lambda: UpstreamConnection(key, limits), endpoint.host, endpoint.port,
                                         **kwargs), timeout_s)
         conn.transport.set_write_buffer_limits(high=256 * 1024)
         return conn

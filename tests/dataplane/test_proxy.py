@@ -289,3 +289,55 @@ async def test_immediate_error_on_a_closing_connection_closes_promptly(backends,
     raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: other.org\r\nConnection: close\r\n\r\n", timeout_s=5)
     assert raw.startswith(b"HTTP/1.1 404") and loop.time() - t < 1
     await wait_for(lambda: not app.ctx.connections, timeout_s=1, what="router side closed")
+
+
+@pytest.mark.parametrize("head, reason", [
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"Content-Length: 2\r\n\r\nok",
+     b"more than 100 header fields"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (80 * 1024) + b"\r\nContent-Length: 2\r\n\r\nok",
+     b"header section too large"),
+    (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (100 * 1024), b"header section too large"),  # never completes
+])
+async def test_oversized_upstream_response_head_is_502(router, head, reason):
+    """An upstream's response head is held to the request limits: 502, the client connection stays usable."""
+    async def handle(reader, writer):
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            for i in range(0, len(head), 16 * 1024):  # in pieces: the limit holds across reads too
+                writer.write(head[i:i + 16 * 1024])
+                await writer.drain()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+            assert status == 502 and reason in body, body
+            assert headers["x-router-cluster"] == "a" and headers.get("connection") != "close"
+        finally:
+            writer.close()
+
+
+async def test_upstream_head_in_small_pieces_within_the_limits_passes(router):
+    head = (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 600) for i in range(99))
+            + b"Content-Length: 2\r\n\r\nok")
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        for i in range(0, len(head), 7):
+            writer.write(head[i:i + 7])
+            if i % 700 == 0:
+                await writer.drain()
+        await writer.drain()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, body = await asyncio.wait_for(read_response(reader), 5)
+            assert status == 200 and body == b"ok" and headers["x-98"] == "v" * 600
+        finally:
+            writer.close()

@@ -16,8 +16,8 @@ FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfer-encoding"))
 
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 404: "Not Found",
-           408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-           431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
+           405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+           429: "Too Many Requests", 431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 

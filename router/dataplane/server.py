@@ -3,7 +3,7 @@
 Parses requests with httptools (llhttp, strict) plus the checks in headers.py, enforces the
 header deadline, size limits and idle timeout, queues pipelined requests, and runs one
 Exchange at a time so responses leave in request order. Reading pauses while the
-upstream cannot take more body or too much is buffered.
+upstream cannot take more body, too much is buffered, or PIPELINE_WINDOW requests wait.
 """
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange
-from .pause import PAUSE_BUFFER, PAUSE_STOPPED, PAUSE_UPSTREAM
+from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
 from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
 from .timers import LazyTimer
 
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
 LINGER_MAX_BYTES = 4 * 1024 * 1024
+# Pipelined requests: reading pauses while this many wait for their turn, so a client that sends
+# without reading answers holds the router's memory to one read's worth of requests; one read that
+# holds more than PIPELINE_MAX gets those answered, then 429 and close.
+PIPELINE_WINDOW = 16
+PIPELINE_MAX = 1000
 
 
 class ClientConnection(asyncio.Protocol):
@@ -182,9 +187,16 @@ class ClientConnection(asyncio.Protocol):
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             self._raise(413, "request body larger than the limit")
         req.t0 = self.ctx.clock()
-        self.queue.append(req)
+        queue = self.queue
         if self.active is None:
+            queue.append(req)
             self._start_next()
+            return
+        if len(queue) >= PIPELINE_MAX:
+            self._raise(429, "too many pipelined requests")
+        queue.append(req)
+        if len(queue) >= PIPELINE_WINDOW:
+            self.pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes):
         req = self.req
@@ -318,6 +330,8 @@ class ClientConnection(asyncio.Protocol):
     # --- internals ----------------------------------------------------------------------
     def _start_next(self) -> None:
         req = self.queue.pop(0)
+        if self.paused & PAUSE_PIPELINE and len(self.queue) < PIPELINE_WINDOW:
+            self.resume(PAUSE_PIPELINE)
         if req.reject is not None:
             self._answer_reject(req.reject)
             return

@@ -158,6 +158,52 @@ async def test_pipelined_requests_answered_in_order(proxy):
     assert [r.path for r in proxy.backend.seen] == ["/0", "/1", "/2", "/3", "/4", "/last"]
 
 
+async def _server_side(app):
+    """The router's protocol object for the one client connection open."""
+    await wait_for(lambda: len(app.ctx.connections) == 1, what="connection accepted")
+    (conn,) = app.ctx.connections
+    return conn
+
+
+async def test_pipelined_requests_pause_reading_until_answered(proxy):
+    """A client that pipelines without reading answers cannot make the router queue without bound."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        conn = await _server_side(proxy)
+        # One read holding 30 requests (fed as the transport would): the first is sent upstream, the rest wait.
+        conn.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(30)))
+        assert len(conn.queue) == 29 and not conn.transport.is_reading()
+        raw = b""
+        while raw.count(b"HTTP/1.1 200") < 30:
+            raw += await asyncio.wait_for(reader.read(65536), 5)
+        await wait_for(lambda: conn.transport.is_reading(), what="reading resumed")
+        writer.write(b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert statuses_of(raw + rest) == [200] * 31
+        assert [r.path for r in proxy.backend.seen] == [f"/{i}" for i in range(30)] + ["/after"]
+    finally:
+        writer.close()
+
+
+async def test_too_many_pipelined_requests_in_one_read_get_429(proxy):
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        conn = await _server_side(proxy)
+        conn.data_received(b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n" * 1200)
+        assert len(conn.queue) == 1001  # 1000 waiting and the refusal, answered in order after them
+        raw = b""
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            raw += chunk
+        statuses = statuses_of(raw)
+        assert statuses == [200] * 1001 + [429], statuses[-3:]
+        assert b"too many pipelined requests" in raw and len(proxy.backend.seen) == 1001
+    finally:
+        writer.close()
+
+
 async def test_bad_request_after_good_one_gets_both_answers(proxy):
     raw = await raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost : h\r\n\r\n")
     assert statuses_of(raw) == [200, 400], raw

@@ -96,6 +96,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_resume_writing()
 
     # httptools callbacks
+    def on_message_begin(self):
+        if self.exchange is None:
+            # Bytes after the response, in the read that ended it (later ones close it in data_received):
+            # the upstream sent more than it framed, so this connection's next answer could belong to
+            # nobody's request. It is not reused.
+            self.close()
+
     def on_header(self, name: bytes, value: bytes):
         self.headers.append((name, value))
 

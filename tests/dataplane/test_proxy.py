@@ -341,3 +341,30 @@ async def test_upstream_head_in_small_pieces_within_the_limits_passes(router):
             assert status == 200 and body == b"ok" and headers["x-98"] == "v" * 600
         finally:
             writer.close()
+
+
+async def test_upstream_bytes_past_its_response_are_not_read_as_the_next_answer(router):
+    """An upstream that sends more than it framed (here a 204 followed by the start of another response)
+    loses that connection: the next request gets a fresh connection and its own answer."""
+    connections = 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if first:
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsm")
+                first = False
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+            await writer.drain()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        (s1, _, b1), (s2, _, b2) = await asyncio.wait_for(keepalive_get(app.port, 2), 5)
+        assert (s1, b1) == (204, b"") and (s2, b2) == (200, b"real")
+        assert connections == 2

@@ -86,6 +86,9 @@ class ResponseRelay:
     def on_response_end(self) -> None:
         if self.finished:
             return
+        if not self.resp_started:  # a message end without a head of ours: never a silent non-answer
+            self.on_upstream_error("upstream response ended before its head")
+            return
         self.finished = True
         # the header timer was cleared when the head arrived
         if self.resp_chunked:

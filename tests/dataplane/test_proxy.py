@@ -368,3 +368,22 @@ async def test_upstream_bytes_past_its_response_are_not_read_as_the_next_answer(
         (s1, _, b1), (s2, _, b2) = await asyncio.wait_for(keepalive_get(app.port, 2), 5)
         assert (s1, b1) == (204, b"") and (s2, b2) == (200, b"real")
         assert connections == 2
+
+
+async def test_response_end_without_a_head_is_a_502_not_silence(router, monkeypatch):
+    """Should a message end ever reach an exchange before a head did (the case above, without the
+    connection check), the client gets a prompt 502 instead of waiting for an answer that never comes."""
+    from router.dataplane.upstream import UpstreamConnection
+    monkeypatch.delattr(UpstreamConnection, "on_message_begin")
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsm")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+        await writer.drain()
+        await reader.read()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        (s1, _, _), (s2, _, b2) = await asyncio.wait_for(keepalive_get(app.port, 2), 5)
+        assert s1 == 204 and s2 == 502 and b"ended before its head" in b2

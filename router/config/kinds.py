@@ -178,14 +178,16 @@ def read_router(doc: Doc) -> RouterSettings | None:
                         doc.value(lim, "maxBuffered", parse_size, dl.max_buffered_bytes))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
-    if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry"}):
+    if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",
+                        "bodyIdle"}):
         timeouts = Timeouts(doc.value(tim, "headerRead", _positive_duration, dt.header_read_s),
                             doc.value(tim, "idle", _positive_duration, dt.idle_s),
                             doc.value(tim, "connect", _positive_duration, dt.connect_s),
                             doc.value(tim, "upstreamHeader", _positive_duration, dt.upstream_header_s),
                             doc.value(tim, "upstreamIdle", _positive_duration, dt.upstream_idle_s),
                             doc.value(tim, "drain", parse_duration, dt.drain_s),
-                            doc.value(tim, "perTry", _positive_duration, dt.per_try_s))
+                            doc.value(tim, "perTry", _positive_duration, dt.per_try_s),
+                            doc.value(tim, "bodyIdle", _positive_duration, dt.body_idle_s))
     pnode, dp = spec.get("probes"), Probes()
     probes = dp
     if doc.fields(pnode, {"enabled", "interval", "timeout"}):

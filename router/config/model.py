@@ -106,6 +106,7 @@ class Timeouts:
     upstream_idle_s: float = 30.0
     drain_s: float = 20.0
     per_try_s: float | None = None  # upstream response head per try; retried when idempotent
+    body_idle_s: float = 60.0  # a request or response body that stops flowing for this long ends the exchange
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,16 @@ class ResponseRelay:
                 return
             self.respond_error(504, f"upstream did not answer within {timeouts.upstream_header_s:g}s")
 
+    def on_body_idle(self) -> None:
+        """No response bytes for bodyIdle: the upstream stalled mid-body, or the client stopped reading
+        (the upstream is paused for it). The head has gone out, so the client connection is aborted."""
+        if self.finished or not self.resp_started:
+            return
+        if self.upstream_paused:
+            self.conn.abort()  # the client's doing: counted as 499 when the connection is lost
+            return
+        self._truncated("upstream response body stalled")
+
     def _truncated(self, reason: str) -> None:
         """Never let a cut-short body look complete: abort the client connection."""
         self.finished = True

@@ -123,6 +123,8 @@ class ClientConnection(asyncio.Protocol):
                 elif self.timer.deadline == 0.0 or self.timer_kind != "header":
                     # From the read that began the head: a client gets header_read_s for all of it.
                     self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+            elif req is not None and not req.complete and not self.stopped:  # a body still arriving
+                self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
 
     def pause_writing(self):
         ex = self.active or self.tunnel
@@ -383,6 +385,15 @@ class ClientConnection(asyncio.Protocol):
             self._fail(HttpReject(408, "request headers not received in time"))
         elif self.active is None and not self.queue:
             self.close()  # a connection that never sent a byte is closed silently
+
+    def _on_body_deadline(self) -> None:
+        req = self.req
+        if req is None or req.complete or self.stopped or self.closed:
+            return
+        if self.paused:  # the router stopped reading (held, buffer full, upstream busy): not the client's stall
+            self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
+            return
+        self._fail(HttpReject(408, "request body not received in time"))
 
     def _on_idle(self) -> None:
         if self.active is None and not self.queue:

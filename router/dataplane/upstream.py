@@ -58,6 +58,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
             if self.head_bytes > 0 or self.headers:  # a head (or trailers) still arriving
                 self._check_head_size()
+            ex = self.exchange
+            if ex is not None and ex.resp_started:  # a body still arriving: its stall deadline moves on
+                client.upstream_timer.set(ex.ctx.settings.timeouts.body_idle_s, ex.on_body_idle)
         except httptools.HttpParserUpgrade as exc:
             self.tunnel = True
             rest = data[exc.args[0]:] if exc.args else b""

@@ -111,6 +111,26 @@ async def test_burst_onto_a_cold_service_is_held_woken_once_and_released_paced(r
         await cluster.stop()
 
 
+async def test_upload_held_longer_than_body_idle_is_not_timed_out(router):
+    """While held, the router stops reading the body: that pause is not the client's stall (bodyIdle)."""
+    cluster = await ZeroScaledCluster(cold_start_s=0.8).start()
+    try:
+        app = await router(service_config(cluster.port, timeouts={"bodyIdle": "300ms"}))
+        await wait_for(lambda: app.ctx.policy.warmth.states, what="static state")
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"POST /up HTTP/1.1\r\nHost: svc.example.com\r\nContent-Length: 10\r\n\r\nfirst")
+            await wait_for(lambda: app.ctx.activator.buffer.total == 1, what="request held")
+            writer.write(b"-last")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert cluster.served == ["/up"]
+        finally:
+            writer.close()
+    finally:
+        await cluster.stop()
+
+
 async def test_requests_held_behind_a_saturated_warm_copy_go_as_direct_ones_finish(router):
     cluster = await ZeroScaledCluster(cold_start_s=0.1, handler_s=0.3).start()
     cluster.ready = True

@@ -390,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         if req is None or req.complete or self.stopped or self.closed:
             return
-        if self.paused:  # the router stopped reading (held, buffer full, upstream busy): not the client's stall
+        if self.paused:  # the router stopped reading (held, buffer full, upstream busy): no stall of the client's
             self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
             return
         self._fail(HttpReject(408, "request body not received in time"))

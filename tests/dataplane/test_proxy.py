@@ -391,10 +391,12 @@ async def test_response_end_without_a_head_is_a_502_not_silence(router, monkeypa
 
 async def test_stalled_request_body_is_408(backends, router):
     (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(timeouts={"bodyIdle": "300ms"}))
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(timeouts={"bodyIdle": "300ms"}))
     loop = asyncio.get_running_loop()
     t = loop.time()
-    raw = await raw_request(app.port, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly-ten..", timeout_s=5)
+    raw = await raw_request(app.port, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly-ten..",
+                            timeout_s=5)
     assert raw.startswith(b"HTTP/1.1 408") and b"request body not received in time" in raw, raw
     assert loop.time() - t < 3
     await wait_for(lambda: not app.ctx.connections, what="client connection closed")

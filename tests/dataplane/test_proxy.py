@@ -311,14 +311,9 @@ async def test_oversized_upstream_response_head_is_502(router, head, reason):
                 await writer.drain()
     async with raw_upstream(handle) as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
-        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-            status, headers, body = await asyncio.wait_for(read_response(reader), 5)
-            assert status == 502 and reason in body, body
-            assert headers["x-router-cluster"] == "a" and headers.get("connection") != "close"
-        finally:
-            writer.close()
+        (status, headers, body), = await asyncio.wait_for(keepalive_get(app.port, 1), 5)
+        assert status == 502 and reason in body, body
+        assert headers["x-router-cluster"] == "a" and headers.get("connection") != "close"
 
 
 async def test_upstream_head_in_small_pieces_within_the_limits_passes(router):
@@ -334,13 +329,8 @@ async def test_upstream_head_in_small_pieces_within_the_limits_passes(router):
         await writer.drain()
     async with raw_upstream(handle) as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
-        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-            status, headers, body = await asyncio.wait_for(read_response(reader), 5)
-            assert status == 200 and body == b"ok" and headers["x-98"] == "v" * 600
-        finally:
-            writer.close()
+        (status, headers, body), = await asyncio.wait_for(keepalive_get(app.port, 1), 5)
+        assert status == 200 and body == b"ok" and headers["x-98"] == "v" * 600
 
 
 async def test_upstream_bytes_past_its_response_are_not_read_as_the_next_answer(router):

@@ -8,7 +8,6 @@ it response events, handled by the ResponseRelay half (relay.py).
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
@@ -60,10 +59,7 @@ class Exchange(ResponseRelay):
     # --- start: route, choose, connect ----------------------------------------------------
     def start(self) -> None:
         req = self.req
-        url = req.url
-        if url[:1] != b"/" and (url[:7].lower() == b"http://" or url[:8].lower() == b"https://"):
-            parts = urlsplit(url.decode("latin-1"))
-            req.url = url = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
+        url = req.url  # origin-form, or * (see origin_form)
         snap = self.ctx.snapshot
         host = req.facts["host"]
         hit = snap.by_host.get(host) if snap.by_host is not None else None

@@ -8,6 +8,7 @@ message ends.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"content-length"))
@@ -92,6 +93,32 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
     return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
             "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,
             "expect_continue": expect, "upgrade": upgrade}
+
+
+# host[:port] of an absolute-form target: a reg-name (RFC 3986 unreserved, sub-delims, pct-encoded) or an IP
+# literal; no userinfo (RFC 9110 4.2.4: a recipient treats it as an error).
+_AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+
+
+def origin_form(method: bytes, url: bytes) -> bytes:
+    """A request target that is not origin-form ("/path?query"), as sent upstream: an absolute-form
+    http(s) target becomes its path and query, "*" passes with OPTIONS; anything else is refused."""
+    if url == b"*":
+        if method == b"OPTIONS":
+            return url
+        raise HttpReject(400, "request target * is only for OPTIONS")
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise HttpReject(400, "malformed request target")
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    if not _AUTHORITY.fullmatch(rest, 0, end):
+        raise HttpReject(400, "malformed request target")
+    path = rest[end:]
+    return path if path[:1] == b"/" else b"/" + path
 
 
 def is_trusted(client_ip: str, trusted: tuple) -> bool:

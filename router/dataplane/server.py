@@ -15,7 +15,8 @@ from .context import ProxyContext
 from .exchange import Exchange
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
-from .headers import SPECIAL, HttpReject, forwarded_node, is_trusted, simple_response, validate_request
+from .headers import (SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
+                      validate_request)
 from .timers import LazyTimer
 
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
@@ -175,6 +176,12 @@ class ClientConnection(asyncio.Protocol):
         req.upgrade = p.should_upgrade()
         if req.method == b"CONNECT":
             self._raise(405, "CONNECT is not supported")
+        if req.url[:1] != b"/":
+            try:
+                req.url = origin_form(req.method, req.url)
+            except HttpReject as exc:
+                self.reject = exc
+                raise
         key = (req.version, *req.special)
         if key == self.last_special:
             req.facts = self.last_facts

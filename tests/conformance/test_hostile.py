@@ -53,6 +53,12 @@ CASES = {
     "connect-method": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
     "bad-version": (b"GET / HTTP/9.9\r\n" + H + b"\r\n", 400),
+    "asterisk-not-options": (b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "absolute-other-scheme": (b"GET ftp://h/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "absolute-userinfo": (b"GET http://user@h/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "absolute-broken-ipv6": (b"GET http://[::1/x HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "absolute-bad-port": (b"GET http://h:port/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "absolute-empty-host": (b"GET http:///x HTTP/1.1\r\n" + H + b"\r\n", 400),
 }
 
 

@@ -437,3 +437,13 @@ async def test_client_that_stops_reading_is_let_go(router):
             await wait_for(lambda: not app.ctx.connections, what="client connection aborted")
         finally:
             writer.close()
+
+
+async def test_absolute_form_target_is_sent_as_path_and_query(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    raw = await raw_request(app.port, b"GET HTTP://Api.Example.com:8080/p?q=1 HTTP/1.1\r\nHost: api.example.com\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200"), raw
+    assert b.seen[-1].path_qs == "/p?q=1" and b.seen[-1].headers["Host"] == "api.example.com"
+

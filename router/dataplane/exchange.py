@@ -8,6 +8,7 @@ it response events, handled by the ResponseRelay half (relay.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
@@ -17,6 +18,7 @@ from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
 
+log = logging.getLogger("router.dataplane")
 
 def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
@@ -119,6 +121,11 @@ class Exchange(ResponseRelay):
             self.tried = self.tried | {backend.cluster}
             ctx.metrics.retries.labels("connect").inc()
             self._choose()
+            return
+        except Exception:  # a fault of the router's own, not the cluster's: answer, never leave the client waiting
+            log.exception("internal error while connecting to cluster %s", backend.cluster)
+            if not self.finished:
+                self.respond_error(502, "internal error while connecting upstream", cluster="-")
             return
         finally:
             self.task = None

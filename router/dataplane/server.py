@@ -8,6 +8,7 @@ upstream cannot take more body, too much is buffered, or PIPELINE_WINDOW request
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httptools
 
@@ -18,6 +19,8 @@ from .request import Request
 from .headers import (SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
                       validate_request)
 from .timers import LazyTimer
+
+log = logging.getLogger("router.dataplane")
 
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
 LINGER_MAX_BYTES = 4 * 1024 * 1024
@@ -112,7 +115,11 @@ class ClientConnection(asyncio.Protocol):
             if self.req is not None and self.req.head_done:
                 self.req.tunnel_bytes = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
-            self._fail(self.reject or HttpReject(400, f"malformed request: {exc}"))
+            reject = self.reject
+            if reject is None:  # not a refusal of ours: a fault in the router's own code, never the client's
+                log.error("internal error while handling a request", exc_info=exc.__context__)
+                reject = HttpReject(500, "internal error")
+            self._fail(reject)
         except httptools.HttpParserError as exc:
             self._fail(HttpReject(400, f"malformed request: {exc}"))
         else:

@@ -447,3 +447,29 @@ async def test_absolute_form_target_is_sent_as_path_and_query(backends, router):
     assert raw.startswith(b"HTTP/1.1 200"), raw
     assert b.seen[-1].path_qs == "/p?q=1" and b.seen[-1].headers["Host"] == "api.example.com"
 
+
+async def test_internal_fault_is_500_and_logged_not_blamed_on_the_client(backends, router, monkeypatch, caplog):
+    from router.dataplane import exchange
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("policy fault")
+    monkeypatch.setattr(exchange, "choose_backend", broken)
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 500") and b"internal error" in raw and b"policy fault" not in raw, raw
+    assert any(r.exc_info and "policy fault" in str(r.exc_info[1]) for r in caplog.records)
+    monkeypatch.undo()
+    (status, _, _), = await keepalive_get(app.port, 1)
+    assert status == 200 and b.seen
+
+
+async def test_fault_while_connecting_is_a_prompt_502(backends, router, monkeypatch):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+
+    async def broken(*args, **kwargs):
+        raise ValueError("pool fault")
+    monkeypatch.setattr(app.ctx.pool, "connect", broken)
+    (status, _, body), = await asyncio.wait_for(keepalive_get(app.port, 1), 5)
+    assert status == 502 and b"internal error while connecting upstream" in body

@@ -1,0 +1,70 @@
+"""A misbehaving upstream: response-shaped input with broken or odd framing, interim responses, stalls
+and early closes. Whatever it sends, the client gets a response or a closed connection within the
+router's timeouts (never a hang), nothing of the router's own faults, and the worker keeps serving."""
+import asyncio
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.conftest import cluster_docs, raw_request, raw_upstream, router_doc, split_doc, wait_for
+
+_STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 N",
+                           b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
+                           b"HTTP/1.1 200 OK", b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 999 X",
+                           b"HTTP/1.1 2000 OK", b"HTTP/2 200", b"HTTP/1.1 200", b"garbage", b""])
+_NAME = st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection", b"Upgrade",
+                         b"Keep-Alive", b"X-Router-Cluster", b"Trailer", b"X-App", b"Content-Length ", b"X\x01"])
+_VALUE = st.one_of(st.sampled_from([b"0", b"5", b"10", b"-1", b"5, 5", b"abc", b"chunked", b"gzip", b"chunked, chunked",
+                                    b"close", b"keep-alive", b"X-App", b"upgrade", b"websocket", b""]),
+                   st.binary(max_size=8))
+_BODY = st.sampled_from([b"", b"hello", b"hellohello!", b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n",
+                         b"zz\r\n", b"0\r\nX-T: 1\r\n\r\n", b"5\r\nhel"])
+
+
+@st.composite
+def _responses(draw):
+    eol = draw(st.sampled_from([b"\r\n"] * 8 + [b"\n"]))
+    head = draw(_STATUS) + eol
+    for name, value in draw(st.lists(st.tuples(_NAME, _VALUE), max_size=4)):
+        head += name + b": " + value + eol
+    return head + eol + draw(_BODY), draw(st.booleans())  # (bytes, close after sending)
+
+
+@pytest.fixture
+async def fuzz_upstream(router):
+    current = {"response": b"", "close": True}
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(current["response"])
+                await writer.drain()
+                if current["close"]:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
+                           router_doc(timeouts={"upstreamHeader": "400ms", "bodyIdle": "400ms"}))
+        app.current = current
+        yield app
+
+
+@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(response=_responses())
+async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response):
+    app = fuzz_upstream
+    app.current["response"], app.current["close"] = response
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", timeout_s=4)
+    assert loop.time() - t < 3, f"no answer and no close: {raw[:200]!r}"
+    assert b"\r\n\r\ninternal error\n" not in raw, raw  # a fault of the router's own
+    if raw:
+        assert raw.startswith(b"HTTP/1.1 "), raw
+    await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")

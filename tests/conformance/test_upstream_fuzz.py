@@ -56,13 +56,18 @@ async def fuzz_upstream(router):
 
 @settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(response=_responses())
-async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response):
+@given(response=_responses(), sent=st.sampled_from([
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 11\r\n\r\nhello world",
+    b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"]))
+async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response, sent):
     app = fuzz_upstream
     app.current["response"], app.current["close"] = response
     loop = asyncio.get_running_loop()
     t = loop.time()
-    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", timeout_s=4)
+    raw = await raw_request(app.port, sent, timeout_s=4)
     assert loop.time() - t < 3, f"no answer and no close: {raw[:200]!r}"
     assert b"\r\n\r\ninternal error\n" not in raw, raw  # a fault of the router's own
     if raw:

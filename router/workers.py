@@ -4,7 +4,8 @@ The supervisor validates config, starts the workers, runs the admin server and m
 workers' metrics (prometheus_client multiprocess mode). Reload: the supervisor validates the
 new config first and only then sends SIGHUP to every worker; a bad config is refused once,
 with its FILE:LINE errors, and counted once. SIGTERM drains every worker; a worker that dies
-unexpectedly is replaced.
+unexpectedly is replaced, after a pause that doubles (0.5 s up to 30 s) while replacements keep dying
+within RESTART_STABLE_S of their start, so a worker that cannot start does not become a busy loop.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import sys
 import tempfile
 
 log = logging.getLogger("router.workers")
+
+RESTART_FIRST_S, RESTART_MAX_S = 0.5, 30.0
+RESTART_STABLE_S = 5.0  # a worker that lived this long resets the restart pause
 
 
 def run_workers(paths: list[str], listen: str | None, admin: str | None, n: int) -> int:
@@ -54,6 +58,7 @@ class Supervisor:
         self.draining = False
         self.placeholder: socket.socket | None = None
         self.port = 0
+        self.restart_pause_s = 0.0
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -73,6 +78,7 @@ class Supervisor:
             cmd += ["--config", p]
         proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
                                                     stderr=None)
+        proc.started_at = asyncio.get_running_loop().time()
         self.workers[proc.pid] = proc
         asyncio.get_running_loop().create_task(self._watch(proc))
 
@@ -85,8 +91,17 @@ class Supervisor:
         from prometheus_client import multiprocess
         multiprocess.mark_process_dead(proc.pid, self.mp_dir)
         self.workers.pop(proc.pid, None)
+        if self.stopping:
+            return
+        lived_s = asyncio.get_running_loop().time() - proc.started_at
+        self.restart_pause_s = (0.0 if lived_s >= RESTART_STABLE_S
+                                else min(max(2 * self.restart_pause_s, RESTART_FIRST_S), RESTART_MAX_S))
+        self.metrics.worker_restarts.inc()
+        log.error("worker %d exited with %s after %.1f s; starting a new one%s", proc.pid, rc, lived_s,
+                  f" in {self.restart_pause_s:g} s" if self.restart_pause_s else "")
+        if self.restart_pause_s:
+            await asyncio.sleep(self.restart_pause_s)  # a supervisor's pause, not a wait on a condition
         if not self.stopping:
-            log.error("worker %d exited with %s; starting a new one", proc.pid, rc)
             await self._spawn()
 
     def _apply(self, config) -> None:
@@ -106,6 +121,7 @@ class Supervisor:
 
     def _state(self) -> dict:
         return {"workers": sorted(self.workers), "ready": self._ready(), "files": list(self.config.files),
+                "restart_pause_s": self.restart_pause_s,
                 "last_reload_error": self.reloader.last_error,
                 "note": "per-request health lives in each worker; see router_* metrics for the merged view",
                 "routes": [{"name": s.name, "hosts": list(s.hosts),

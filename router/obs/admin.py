@@ -11,7 +11,6 @@ import os
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
 class AdminError(Exception):
@@ -81,6 +80,10 @@ class AdminServer:
     async def metrics(self, request: web.Request) -> web.Response:
         if self.before_scrape is not None:
             self.before_scrape()
+        # Imported here, not at the top: `serve --workers` must set PROMETHEUS_MULTIPROC_DIR before
+        # prometheus_client is first imported (it picks its value store then), and the CLI imports this
+        # module's AdminError first.
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         body = self.collect() if self.collect else generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

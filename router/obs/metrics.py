@@ -28,6 +28,9 @@ class Metrics:
         self.open_connections = Gauge("router_open_connections", "Open downstream connections",
                                       registry=r, multiprocess_mode="livesum")
         self.reloads = Counter("router_config_reloads_total", "Config reloads by result", ["result"], registry=r)
+        self.worker_restarts = Counter("router_worker_restarts_total",
+                                       "Worker processes that exited unexpectedly and were started again",
+                                       registry=r)
         self.rejected = Counter("router_rejected_requests_total", "Requests refused by the router itself",
                                 ["code", "reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],

@@ -53,3 +53,36 @@ def _mp_dir(pid: int) -> tuple[str, list[str]]:
         if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
             return item.split(b"=", 1)[1].decode(), children
     raise AssertionError("supervisor has no metrics dir")
+
+
+async def test_worker_that_cannot_start_is_retried_with_growing_pauses(backends, tmp_path):
+    (a,) = await backends("a")
+    good = cluster_docs({"a": a.port}) + split_doc({"a": 1})
+    (tmp_path / "c.yaml").write_text(good)
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def state():
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
+                    return await r.json()
+
+            async def ready():
+                return (await state())["ready"]
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            (tmp_path / "c.yaml").write_text("kind: [broken")  # a new worker cannot start with this
+            worker = subprocess.run(["pgrep", "-P", str(rp.pid)], capture_output=True, text=True).stdout.split()[0]
+            os.kill(int(worker), signal.SIGKILL)
+
+            async def backing_off():  # three quick failures in a row: 0.5, 1, 2 s
+                return (await state())["restart_pause_s"] >= 2.0
+            await wait_for(backing_off, timeout_s=15, interval_s=0.1, what="restart pause grown to 2 s")
+            async with s.get(f"http://127.0.0.1:{rp.admin_port}/metrics") as r:
+                text = await r.text()
+                restarts = re.search(r"^router_worker_restarts_total ([\d.]+)", text, re.M)
+            assert restarts and float(restarts.group(1)) >= 3
+            # The supervisor's own series are merged too: it refused the broken file once.
+            assert 'router_config_reloads_total{result="error"} 1.0' in text
+            (tmp_path / "c.yaml").write_text(good)  # fixed: the next try starts and serves
+            await wait_for(ready, timeout_s=15, interval_s=0.1, what="worker back")
+            assert await keepalive_text(rp.port, 1) == ["a"]
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0

@@ -261,7 +261,9 @@ class ClientConnection(asyncio.Protocol):
             self.resume(PAUSE_UPSTREAM)
         if self.closed:
             return
-        if not keep_alive or (self.ctx.draining and not self.queue):
+        # Stopped: nothing more will be parsed here (an upgrade that did not happen, a refused request),
+        # so once what is queued has been answered there is nothing to keep the connection for.
+        if not keep_alive or ((self.ctx.draining or self.stopped) and not self.queue):
             self.close()
             return
         if self.queue:

@@ -473,3 +473,23 @@ async def test_fault_while_connecting_is_a_prompt_502(backends, router, monkeypa
     monkeypatch.setattr(app.ctx.pool, "connect", broken)
     (status, _, body), = await asyncio.wait_for(keepalive_get(app.port, 1), 5)
     assert status == 502 and b"internal error while connecting upstream" in body
+
+
+async def test_upgrade_answered_with_an_error_closes_the_connection(router):
+    """The client's connection stopped at its Upgrade request: after a 502 nothing more can be read
+    from it as HTTP, so the router closes it instead of keeping it idle."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nBad Header : x\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)  # until the router closes
+            assert raw.startswith(b"HTTP/1.1 502"), raw
+            await wait_for(lambda: not app.ctx.connections, what="connection closed")
+        finally:
+            writer.close()

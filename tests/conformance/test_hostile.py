@@ -268,3 +268,44 @@ async def test_request_shaped_input_is_answered_never_faulted(proxy, data):
     await wait_for(lambda: not proxy.ctx.connections, timeout_s=3, what="connection cleanup")
     ok = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200")
+
+
+async def _answers(port: int, pieces: list[bytes], proxy) -> list[int]:
+    """Statuses of the answers to `pieces`, handed to the router as separate reads."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        conn = await _server_side(proxy)
+        for piece in pieces:
+            if conn.closed or conn.lingering or conn.transport.is_closing():
+                break
+            conn.data_received(piece)
+        raw = b""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.3
+        while (left := end - loop.time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+        return statuses_of(raw)
+    finally:
+        writer.close()
+        await wait_for(lambda: not proxy.ctx.connections, timeout_s=3, what="connection cleanup")
+
+
+@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=_requests(), cuts=st.lists(st.integers(1, 40), min_size=1, max_size=12))
+async def test_request_split_across_reads_is_answered_the_same(proxy, data, cuts):
+    """However the bytes are cut into reads, the router answers as it does to one read."""
+    pieces, i = [], 0
+    for size in cuts:
+        pieces.append(data[i:i + size])
+        i += size
+    pieces.append(data[i:])
+    whole = await _answers(proxy.port, [data], proxy)
+    split = await _answers(proxy.port, [p for p in pieces if p], proxy)
+    assert split == whole, (split, whole)

@@ -4,6 +4,7 @@ router's timeouts (never a hang), nothing of the router's own faults, and the wo
 import asyncio
 import os
 
+import httptools
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -75,3 +76,88 @@ async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, resp
     if raw:
         assert raw.startswith(b"HTTP/1.1 "), raw
     await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
+
+
+@pytest.fixture
+async def silent_upstream(router):
+    """An upstream that reads requests and never answers: the test hands the router its answer."""
+    async def handle(reader, writer):
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
+                           router_doc(timeouts={"upstreamHeader": "2s", "bodyIdle": "2s"}))
+        yield app
+
+
+async def _client_sees(app, pieces: list[bytes]) -> bytes:
+    """What the client receives when the upstream's answer reaches the router as these reads."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await wait_for(lambda: any(c.active is not None and c.active.upstream is not None
+                                   and c.active.upstream.transport is not None for c in app.ctx.connections),
+                       what="request sent upstream")
+        (conn,) = app.ctx.connections
+        upstream = conn.active.upstream
+        for piece in pieces:
+            if upstream.closed:
+                break
+            upstream.data_received(piece)
+        raw = b""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.2
+        while (left := end - loop.time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), left)
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+        return raw
+    finally:
+        writer.close()
+        await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
+
+
+@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(response=_responses(), cuts=st.lists(st.integers(1, 30), min_size=1, max_size=10))
+async def test_upstream_answer_split_across_reads_reaches_the_client_the_same(silent_upstream, response, cuts):
+    data = response[0]
+    pieces, i = [], 0
+    for size in cuts:
+        pieces.append(data[i:i + size])
+        i += size
+    pieces.append(data[i:])
+    whole = await _client_sees(silent_upstream, [data])
+    split = await _client_sees(silent_upstream, [p for p in pieces if p])
+    assert _meaning(split) == _meaning(whole), (split, whole)
+
+
+def _meaning(raw: bytes) -> tuple:
+    """A response as the client understands it: status, headers, body, and whether it ended properly
+    (chunk boundaries, which follow the reads, left out)."""
+    class Seen:
+        def __init__(self):
+            self.headers, self.body, self.complete = [], b"", False
+
+        def on_header(self, name, value):
+            self.headers.append((name.lower(), value))
+
+        def on_body(self, body):
+            self.body += body
+
+        def on_message_complete(self):
+            self.complete = True
+    seen = Seen()
+    parser = httptools.HttpResponseParser(seen)
+    try:
+        parser.feed_data(raw)
+        status = parser.get_status_code() if raw else None
+    except httptools.HttpParserError as exc:
+        return ("unparseable", str(exc), raw)
+    return status, seen.headers, seen.body, seen.complete

@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from router.app import RouterApp
 from router.obs.admin import start_site
@@ -151,29 +152,46 @@ async def router(tmp_path):
         await app.stop()
 
 
+# Fuzzing tests: 40 examples each in CI; ROUTER_FUZZ_EXAMPLES=2000 for a longer search.
+fuzz_settings = settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
 async def raw_request(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
     """Send raw bytes, read until the server closes or the deadline passes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        chunks = []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while True:
-            left = end - loop.time()
-            if left <= 0:
-                break
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except asyncio.TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_until_close(reader, timeout_s)
     finally:
         writer.close()
+
+
+async def read_until_close(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
+    """Everything the peer sends until it closes or the deadline passes."""
+    chunks = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while (left := end - loop.time()) > 0:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+        except asyncio.TimeoutError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def cut(data: bytes, sizes: list[int]) -> list[bytes]:
+    """`data` in pieces of these sizes (the rest in a last piece), empty pieces left out."""
+    pieces, i = [], 0
+    for size in sizes:
+        pieces.append(data[i:i + size])
+        i += size
+    pieces.append(data[i:])
+    return [p for p in pieces if p]
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:

@@ -1,11 +1,11 @@
 """Hostile HTTP/1.1 input on raw sockets: the right 4xx, a closed connection, nothing upstream."""
 import asyncio
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.conftest import cluster_docs, raw_request, router_doc, split_doc, statuses_of, wait_for
+from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_request, read_until_close, router_doc, split_doc,
+                            statuses_of, wait_for)
 
 H = b"Host: h\r\n"
 
@@ -257,8 +257,7 @@ def _requests(draw):
     return out
 
 
-@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings
 @given(data=_requests())
 async def test_request_shaped_input_is_answered_never_faulted(proxy, data):
     raw = await raw_request(proxy.port, data, timeout_s=0.3)
@@ -279,33 +278,16 @@ async def _answers(port: int, pieces: list[bytes], proxy) -> list[int]:
             if conn.closed or conn.lingering or conn.transport.is_closing():
                 break
             conn.data_received(piece)
-        raw = b""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 0.3
-        while (left := end - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except asyncio.TimeoutError:
-                break
-            if not chunk:
-                break
-            raw += chunk
-        return statuses_of(raw)
+        return statuses_of(await read_until_close(reader, 0.3))
     finally:
         writer.close()
         await wait_for(lambda: not proxy.ctx.connections, timeout_s=3, what="connection cleanup")
 
 
-@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings
 @given(data=_requests(), cuts=st.lists(st.integers(1, 40), min_size=1, max_size=12))
 async def test_request_split_across_reads_is_answered_the_same(proxy, data, cuts):
     """However the bytes are cut into reads, the router answers as it does to one read."""
-    pieces, i = [], 0
-    for size in cuts:
-        pieces.append(data[i:i + size])
-        i += size
-    pieces.append(data[i:])
     whole = await _answers(proxy.port, [data], proxy)
-    split = await _answers(proxy.port, [p for p in pieces if p], proxy)
+    split = await _answers(proxy.port, cut(data, cuts), proxy)
     assert split == whole, (split, whole)

@@ -2,13 +2,13 @@
 and early closes. Whatever it sends, the client gets a response or a closed connection within the
 router's timeouts (never a hang), nothing of the router's own faults, and the worker keeps serving."""
 import asyncio
-import os
 
 import httptools
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
-from tests.conftest import cluster_docs, raw_request, raw_upstream, router_doc, split_doc, wait_for
+from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_request, raw_upstream, read_until_close, router_doc,
+                            split_doc, wait_for)
 
 _STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 N",
                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
@@ -55,8 +55,7 @@ async def fuzz_upstream(router):
         yield app
 
 
-@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings
 @given(response=_responses(), sent=st.sampled_from([
     b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
@@ -106,35 +105,18 @@ async def _client_sees(app, pieces: list[bytes]) -> bytes:
             if upstream.closed:
                 break
             upstream.data_received(piece)
-        raw = b""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 0.2
-        while (left := end - loop.time()) > 0:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except asyncio.TimeoutError:
-                break
-            if not chunk:
-                break
-            raw += chunk
-        return raw
+        return await read_until_close(reader, 0.2)
     finally:
         writer.close()
         await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
 
 
-@settings(max_examples=int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "40")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@fuzz_settings
 @given(response=_responses(), cuts=st.lists(st.integers(1, 30), min_size=1, max_size=10))
 async def test_upstream_answer_split_across_reads_reaches_the_client_the_same(silent_upstream, response, cuts):
     data = response[0]
-    pieces, i = [], 0
-    for size in cuts:
-        pieces.append(data[i:i + size])
-        i += size
-    pieces.append(data[i:])
     whole = await _client_sees(silent_upstream, [data])
-    split = await _client_sees(silent_upstream, [p for p in pieces if p])
+    split = await _client_sees(silent_upstream, cut(data, cuts))
     assert _meaning(split) == _meaning(whole), (split, whole)
 
 

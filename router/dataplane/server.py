@@ -35,7 +35,7 @@ class ClientConnection(asyncio.Protocol):
     # Slots: a held request costs a connection each, and 10,000 may wait at once.
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
-                 "stopped", "closed", "reject", "timer_kind", "lingering", "corked", "discarded", "last_special",
+                 "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
                  "last_facts", "fwd_cache")
 
     def __init__(self, ctx: ProxyContext):
@@ -54,7 +54,6 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0
         self.stopped = False  # no more requests are parsed on this connection
         self.closed = False
-        self.reject: HttpReject | None = None
         self.timer_kind = ""
         self.lingering = 0  # bytes discarded since the final response, or 0 when not lingering
         self.discarded = 0  # bytes after a Connection: close request
@@ -115,9 +114,9 @@ class ClientConnection(asyncio.Protocol):
             if self.req is not None and self.req.head_done:
                 self.req.tunnel_bytes = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
-            reject = self.reject
-            if reject is None:  # not a refusal of ours: a fault in the router's own code, never the client's
-                log.error("internal error while handling a request", exc_info=exc.__context__)
+            reject = exc.__context__  # what the callback raised
+            if not isinstance(reject, HttpReject):  # a fault in the router's own code, never the client's
+                log.error("internal error while handling a request", exc_info=reject)
                 reject = HttpReject(500, "internal error")
             self._fail(reject)
         except httptools.HttpParserError as exc:
@@ -153,7 +152,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         req.url += url
         if len(req.url) > self.ctx.settings.limits.max_request_line_bytes:
-            self._raise(414, "request line too long")
+            raise HttpReject(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes):
         req = self.req
@@ -168,9 +167,9 @@ class ClientConnection(asyncio.Protocol):
         req.head_size += len(name) + len(value) + 4
         limits = self.ctx.settings.limits
         if req.header_count > limits.max_header_count:
-            self._raise(431, f"more than {limits.max_header_count} header fields")
+            raise HttpReject(431, f"more than {limits.max_header_count} header fields")
         if req.head_size > limits.max_header_bytes:
-            self._raise(431, "request header section too large")
+            raise HttpReject(431, "request header section too large")
 
     def on_headers_complete(self):
         req, p = self.req, self.parser
@@ -182,26 +181,18 @@ class ClientConnection(asyncio.Protocol):
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
         if req.method == b"CONNECT":
-            self._raise(405, "CONNECT is not supported")
+            raise HttpReject(405, "CONNECT is not supported")
         if req.url[:1] != b"/":
-            try:
-                req.url = origin_form(req.method, req.url)
-            except HttpReject as exc:
-                self.reject = exc
-                raise
+            req.url = origin_form(req.method, req.url)
         key = (req.version, *req.special)
         if key == self.last_special:
             req.facts = self.last_facts
         else:
-            try:
-                req.facts = validate_request(req.version, req.special)
-            except HttpReject as exc:
-                self.reject = exc
-                raise
+            req.facts = validate_request(req.version, req.special)
             self.last_special, self.last_facts = key, req.facts
         cl = req.facts["content_length"]
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
-            self._raise(413, "request body larger than the limit")
+            raise HttpReject(413, "request body larger than the limit")
         req.t0 = self.ctx.clock()
         queue = self.queue
         if self.active is None:
@@ -209,7 +200,7 @@ class ClientConnection(asyncio.Protocol):
             self._start_next()
             return
         if len(queue) >= PIPELINE_MAX:
-            self._raise(429, "too many pipelined requests")
+            raise HttpReject(429, "too many pipelined requests")
         queue.append(req)
         if len(queue) >= PIPELINE_WINDOW:
             self.pause(PAUSE_PIPELINE)
@@ -218,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         req.body_len += len(body)
         if req.body_len > self.ctx.settings.limits.max_body_bytes:
-            self._raise(413, "request body larger than the limit")
+            raise HttpReject(413, "request body larger than the limit")
         ex = self.active
         if ex is not None and ex.req is req and ex.streaming:
             ex.send_body(body)
@@ -356,10 +347,6 @@ class ClientConnection(asyncio.Protocol):
         self.active = Exchange(self, req)
         self.active.start()
 
-    def _raise(self, status: int, reason: str):
-        self.reject = HttpReject(status, reason)
-        raise self.reject
-
     def _fail(self, reject: HttpReject) -> None:
         """Stop parsing; answer `reject` after any response still owed, then close."""
         self._stop()
@@ -406,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         if req is None or req.complete or self.stopped or self.closed:
             return
-        if self.paused:  # the router stopped reading (held, buffer full, upstream busy): no stall of the client's
+        if self.paused:  # the router stopped reading (held, buffer full, upstream busy): not a client stall
             self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
             return
         self._fail(HttpReject(408, "request body not received in time"))

@@ -20,6 +20,7 @@ from .upstream import UpstreamConnection
 
 log = logging.getLogger("router.dataplane")
 
+
 def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
 

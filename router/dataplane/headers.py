@@ -18,8 +18,8 @@ PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfe
 
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-           429: "Too Many Requests", 431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
-           500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout"}
+           429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 class HttpReject(Exception):

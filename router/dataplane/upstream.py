@@ -17,6 +17,7 @@ import httptools
 from ..config.model import Endpoint, Limits
 
 DEFAULT_LIMITS = Limits()
+HEAD_TOO_LARGE = "upstream response header section too large"
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -72,11 +73,17 @@ class UpstreamConnection(asyncio.Protocol):
                 client.uncork()
 
     def _check_head_size(self) -> None:
+        """While a head (or trailers) is still arriving: its fields so far, and the bytes read for it."""
         limits = self.limits
-        if len(self.headers) > limits.max_header_count:
-            self._fail(f"upstream response has more than {limits.max_header_count} header fields")
-        elif self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes:
-            self._fail("upstream response header section too large")
+        if not self._too_many_fields(self.headers) and \
+                self.head_bytes > limits.max_header_bytes + limits.max_request_line_bytes:
+            self._fail(HEAD_TOO_LARGE)
+
+    def _too_many_fields(self, headers: list) -> bool:
+        if len(headers) > self.limits.max_header_count:
+            self._fail(f"upstream response has more than {self.limits.max_header_count} header fields")
+            return True
+        return False
 
     def _fail(self, reason: str) -> None:
         ex, self.exchange = self.exchange, None
@@ -111,15 +118,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self):
         headers, self.headers = self.headers, []
-        limits = self.limits
-        if len(headers) > limits.max_header_count:  # a whole head in one read
-            self._fail(f"upstream response has more than {limits.max_header_count} header fields")
+        if self._too_many_fields(headers):  # a whole head in one read
             return
         # head_bytes counts whole reads (body bytes too): only when it is over the limit is the head
         # measured exactly, so a common response pays one comparison.
-        if self.head_bytes > limits.max_header_bytes and \
-                sum(len(name) + len(value) + 4 for name, value in headers) > limits.max_header_bytes:
-            self._fail("upstream response header section too large")
+        limit = self.limits.max_header_bytes
+        if self.head_bytes > limit and sum(len(name) + len(value) + 4 for name, value in headers) > limit:
+            self._fail(HEAD_TOO_LARGE)
             return
         self.head_bytes = -1
         status = self.parser.get_status_code()

@@ -333,6 +333,10 @@ async def test_upstream_head_in_small_pieces_within_the_limits_passes(router):
         assert status == 200 and body == b"ok" and headers["x-98"] == "v" * 600
 
 
+# A 204 followed by the start of another response: bytes past the end of what the upstream framed.
+OVERRUN = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsm"
+
+
 async def test_upstream_bytes_past_its_response_are_not_read_as_the_next_answer(router):
     """An upstream that sends more than it framed (here a 204 followed by the start of another response)
     loses that connection: the next request gets a fresh connection and its own answer."""
@@ -348,7 +352,7 @@ async def test_upstream_bytes_past_its_response_are_not_read_as_the_next_answer(
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             if first:
-                writer.write(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsm")
+                writer.write(OVERRUN)
                 first = False
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
@@ -368,7 +372,7 @@ async def test_response_end_without_a_head_is_a_502_not_silence(router, monkeypa
 
     async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsm")
+        writer.write(OVERRUN)
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         await writer.drain()

@@ -16,8 +16,8 @@ from typing import Any, Callable
 from .errors import Problems
 from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, Timeouts, Workload)
-from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_quantity,
-                     parse_selector, parse_size, parse_weight)
+from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
+                     parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
 
 
@@ -171,11 +171,11 @@ def read_router(doc: Doc) -> RouterSettings | None:
     lim, dl = spec.get("limits"), Limits()
     limits = dl
     if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered"}):
-        limits = Limits(doc.value(lim, "maxRequestLine", parse_size, dl.max_request_line_bytes),
-                        doc.value(lim, "maxHeaderBytes", parse_size, dl.max_header_bytes),
-                        doc.value(lim, "maxHeaders", parse_size, dl.max_header_count),
-                        doc.value(lim, "maxBody", parse_size, dl.max_body_bytes),
-                        doc.value(lim, "maxBuffered", parse_size, dl.max_buffered_bytes))
+        limits = Limits(doc.value(lim, "maxRequestLine", parse_positive_size, dl.max_request_line_bytes),
+                        doc.value(lim, "maxHeaderBytes", parse_positive_size, dl.max_header_bytes),
+                        doc.value(lim, "maxHeaders", _positive_int, dl.max_header_count),
+                        doc.value(lim, "maxBody", parse_positive_size, dl.max_body_bytes),
+                        doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",

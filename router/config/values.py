@@ -4,6 +4,7 @@ Each returns the parsed value or raises ValueError with a message fit for an ope
 """
 from __future__ import annotations
 
+import math
 import re
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ from .model import Endpoint
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_S = (2**63 - 1) / 1e9  # Go's longest duration, about 292 years (2562047h)
 
 
 def parse_duration(value: object) -> float:
@@ -28,13 +30,17 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"bad duration {value!r}: expected a duration like 200ms or 1.5s")
         total += float(m.group(1)) * _UNIT_S[m.group(2)]
         pos = m.end()
-    return total
+    if total > MAX_DURATION_S:
+        raise ValueError(f"duration {value!r} is too long (at most 2562047h)")
+    return round(total, 9)  # nanoseconds, as Go keeps them
 
 
 def parse_weight(value: object) -> float:
-    """A plain non-negative number."""
+    """A plain non-negative finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"weight must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"weight must be a finite number, got {value!r}")
     if value < 0:
         raise ValueError(f"weight must not be negative, got {value}")
     return float(value)
@@ -44,28 +50,39 @@ _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|Ki|Mi|Gi)?$")
 _SUFFIX = {None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3}
 
 
-def parse_quantity(value: object) -> float:
-    """Kubernetes Quantity ("100m", "1", "2k") as used by SMI v1alpha1 weights."""
-    if isinstance(value, bool):
-        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+def parse_quantity(value: object, what: str = "weight", example: str = "100m or 1") -> float:
+    """Kubernetes Quantity ("100m", "1", "2k") as used by SMI v1alpha1 weights; `what` and
+    `example` word the error for other uses."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what} must be a quantity like {example}, got {value!r}")
     if isinstance(value, (int, float)):
-        return parse_weight(value)
-    if not isinstance(value, str):
-        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be a finite number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{what} must not be negative, got {value!r}")
+        return float(value)
     m = _QUANTITY.match(value.strip())
     if not m:
         if value.strip().startswith("-"):
-            raise ValueError(f"weight must not be negative, got {value!r}")
-        raise ValueError(f"weight must be a quantity like 100m or 1, got {value!r}")
+            raise ValueError(f"{what} must not be negative, got {value!r}")
+        raise ValueError(f"{what} must be a quantity like {example}, got {value!r}")
     return float(m.group(1)) * _SUFFIX[m.group(2)]
 
 
 def parse_size(value: object) -> int:
     """Byte sizes: 1024, "64Ki", "10Mi"."""
-    q = parse_quantity(value)
+    q = parse_quantity(value, "size", "1024, 64Ki or 10Mi")
     if q != int(q):
         raise ValueError(f"size must be a whole number of bytes, got {value!r}")
     return int(q)
+
+
+def parse_positive_size(value: object) -> int:
+    """A byte size of at least one byte (a limit of 0 would refuse every request)."""
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError(f"size must be at least 1 byte, got {value!r}")
+    return size
 
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")

@@ -131,6 +131,22 @@ def test_router_document(tmp_path):
     assert r.timeouts.header_read_s == 5 and r.timeouts.connect_s == 0.25
 
 
+@pytest.mark.parametrize("limits,expected", [
+    ("maxHeaders: 0", "spec.limits.maxHeaders: expected a positive integer, got 0"),
+    ("maxHeaders: 100m", "spec.limits.maxHeaders: expected a positive integer, got '100m'"),
+    ("maxBody: 0", "spec.limits.maxBody: size must be at least 1 byte, got 0"),
+    ("maxRequestLine: 0Ki", "spec.limits.maxRequestLine: size must be at least 1 byte, got '0Ki'"),
+    ("maxBuffered: -1", "spec.limits.maxBuffered: size must not be negative, got -1"),
+    ("maxHeaderBytes: .inf", "spec.limits.maxHeaderBytes: size must be a finite number, got inf"),
+    ("maxBody: 10MB", "spec.limits.maxBody: size must be a quantity like 1024, 64Ki or 10Mi, got '10MB'"),
+    ("maxBody: 1.5", "spec.limits.maxBody: size must be a whole number of bytes, got 1.5"),
+])
+def test_router_limits_refused(tmp_path, limits, expected):
+    path = write(tmp_path, "apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\n"
+                           f"spec:\n  limits:\n    {limits}\n")
+    assert f"{path}:6: {expected}" in errors_of(path)
+
+
 SPLIT_AT_LINE_16 = CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s}\nspec:\n  clusters:\n"
 
 
@@ -145,6 +161,9 @@ SPLIT_AT_LINE_16 = CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: Traf
     ("  - {name: us-west, weight: 1}\n", "  strategy: {params: {maxRTT: -1s}}\n",
      ":22: spec.strategy.params.maxRTT: bad duration '-1s'"),
     ("  - {name: us-west, weight: ten}\n", "", ":21: spec.clusters[0].weight: weight must be a number"),
+    ("  - {name: us-west, weight: .nan}\n  - {name: ap-east, weight: 1}\n", "",
+     ":21: spec.clusters[0].weight: weight must be a finite number, got nan"),
+    ("  - {name: us-west, weight: .inf}\n", "", ":21: spec.clusters[0].weight: weight must be a finite number"),
 ])
 def test_split_errors_name_file_line_field(tmp_path, entries, extra, expected):
     path = write(tmp_path, SPLIT_AT_LINE_16 + entries + extra)
@@ -205,7 +224,7 @@ def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["200 ms", "-1s", "5", "1d", "", "s", True, 5])
+@pytest.mark.parametrize("bad", ["200 ms", "-1s", "5", "1d", "", "s", True, 5, "2562048h", "1" + "0" * 400 + "s"])
 def test_bad_durations(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)

@@ -100,12 +100,13 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 
 
-def origin_form(method: bytes, url: bytes) -> bytes:
-    """A request target that is not origin-form ("/path?query"), as sent upstream: an absolute-form
-    http(s) target becomes its path and query, "*" passes with OPTIONS; anything else is refused."""
+def origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
+    """A request target that is not origin-form ("/path?query"), as sent upstream, and its authority:
+    an absolute-form http(s) target becomes its path and query plus its host[:port] (which replaces
+    the Host header, RFC 9112 3.2.2); "*" passes with OPTIONS (no authority); anything else is refused."""
     if url == b"*":
         if method == b"OPTIONS":
-            return url
+            return url, None
         raise HttpReject(400, "request target * is only for OPTIONS")
     scheme, sep, rest = url.partition(b"://")
     if not sep or scheme.lower() not in (b"http", b"https"):
@@ -118,7 +119,13 @@ def origin_form(method: bytes, url: bytes) -> bytes:
     if not _AUTHORITY.fullmatch(rest, 0, end):
         raise HttpReject(400, "malformed request target")
     path = rest[end:]
-    return path if path[:1] == b"/" else b"/" + path
+    return (path if path[:1] == b"/" else b"/" + path), rest[:end]
+
+
+def with_host(pairs: list[tuple[bytes, bytes]], authority: bytes) -> list[tuple[bytes, bytes]]:
+    """`pairs` with every Host value replaced by `authority` (a count of Hosts stays as it was, for
+    the checks that follow)."""
+    return [(name, authority) if name.lower() == b"host" else (name, value) for name, value in pairs]
 
 
 def is_trusted(client_ip: str, trusted: tuple) -> bool:

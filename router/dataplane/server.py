@@ -17,7 +17,7 @@ from .exchange import Exchange
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
 from .headers import (SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
-                      validate_request)
+                      validate_request, with_host)
 from .timers import LazyTimer
 
 log = logging.getLogger("router.dataplane")
@@ -183,7 +183,13 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             raise HttpReject(405, "CONNECT is not supported")
         if req.url[:1] != b"/":
-            req.url = origin_form(req.method, req.url)
+            req.url, authority = origin_form(req.method, req.url)
+            if authority is not None:  # the target's authority routes and is sent as Host
+                if any(name == b"host" for name, _ in req.special):
+                    req.special, req.headers = with_host(req.special, authority), with_host(req.headers, authority)
+                elif req.version == "1.0":  # (HTTP/1.1 without Host stays a 400)
+                    req.special.append((b"host", authority))
+                    req.headers.append((b"Host", authority))
         key = (req.version, *req.special)
         if key == self.last_special:
             req.facts = self.last_facts

@@ -443,13 +443,22 @@ async def test_client_that_stops_reading_is_let_go(router):
             writer.close()
 
 
-async def test_absolute_form_target_is_sent_as_path_and_query(backends, router):
-    (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
-    raw = await raw_request(app.port, b"GET HTTP://Api.Example.com:8080/p?q=1 HTTP/1.1\r\nHost: api.example.com\r\n"
+async def test_absolute_form_target_is_sent_as_path_and_query_and_its_authority_as_host(backends, router):
+    a, b = await backends("a", "b")
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + split_doc({"a": 1}, "default")
+                       + split_doc({"b": 1}, "api", hosts=["api.example.com"]))
+    raw = await raw_request(app.port, b"GET HTTP://Api.Example.com:8080/p?q=1 HTTP/1.1\r\nHost: other.example\r\n"
                                       b"Connection: close\r\n\r\n")
-    assert raw.startswith(b"HTTP/1.1 200"), raw
-    assert b.seen[-1].path_qs == "/p?q=1" and b.seen[-1].headers["Host"] == "api.example.com"
+    assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: b" in raw, raw
+    seen = b.seen[-1]
+    assert seen.path_qs == "/p?q=1" and seen.headers.getall("Host") == ["Api.Example.com:8080"]
+    assert seen.headers["X-Forwarded-Host"] == "Api.Example.com:8080"
+    raw = await raw_request(app.port, b"GET http://api.example.com/old HTTP/1.0\r\n\r\n")  # 1.0: no Host needed
+    assert raw.startswith(b"HTTP/1.1 200") and b.seen[-1].path_qs == "/old", raw
+    assert b.seen[-1].headers.getall("Host") == ["api.example.com"]
+    raw = await raw_request(app.port, b"GET http://api.example.com/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400") and b"without Host" in raw, raw  # HTTP/1.1 still needs Host
+    assert not a.seen and len(b.seen) == 2
 
 
 async def test_internal_fault_is_500_and_logged_not_blamed_on_the_client(backends, router, monkeypatch, caplog):

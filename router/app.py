@@ -28,6 +28,7 @@ from .dataplane.context import ProxyContext
 from .dataplane.server import serve
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
+from .openfiles import open_files_limit
 
 log = logging.getLogger("router")
 
@@ -236,6 +237,8 @@ class RouterApp:
                 services[svc.name] = {b.cluster: ctx.policy.breakdown(svc.name, b, now) for b in route.backends}
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
+                "open_files_limit": open_files_limit(),
+                "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
                          if ctx.activator is not None else {}),
@@ -247,6 +250,7 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
     app = RouterApp(paths, listen, admin)
     await app.start()
     app.install_signals()
-    log.info("serving on %s:%d, admin on %s:%d", app.listen[0], app.port, app.admin_addr[0], app.admin_port)
+    log.info("serving on %s:%d, admin on %s:%d; open files limit %d", app.listen[0], app.port, app.admin_addr[0],
+             app.admin_port, open_files_limit())
     await app.stopped.wait()
     return 0

@@ -90,7 +90,9 @@ def validate(paths: list[str]) -> int:
 
 
 def serve(args) -> int:
+    from .openfiles import raise_open_files_limit
     from .obs.admin import AdminError
+    raise_open_files_limit()  # before workers start: they inherit it
     try:
         if args.worker:
             import uvloop

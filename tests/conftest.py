@@ -273,12 +273,16 @@ class RouterProcess:
 
 
 @contextlib.asynccontextmanager
-async def router_process(config_dir, *extra: str, env: dict | None = None):
-    """`python -m router serve` on ephemeral ports; stopped (terminate, then kill) on exit."""
+async def router_process(config_dir, *extra: str, env: dict | None = None, open_files: int | None = None):
+    """`python -m router serve` on ephemeral ports; stopped (terminate, then kill) on exit.
+    `open_files` holds its open files limit (soft and hard) to that many."""
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
     proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config_dir),
                              "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict(os.environ, **(env or {})), preexec_fn=limit if open_files else None)
     loop = asyncio.get_running_loop()
     try:
         line = ""

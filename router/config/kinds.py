@@ -170,12 +170,14 @@ def read_router(doc: Doc) -> RouterSettings | None:
             doc.error(item, f"not a CIDR: {item.value!r}")
     lim, dl = spec.get("limits"), Limits()
     limits = dl
-    if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered"}):
+    if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered",
+                        "maxConnections"}):
         limits = Limits(doc.value(lim, "maxRequestLine", parse_positive_size, dl.max_request_line_bytes),
                         doc.value(lim, "maxHeaderBytes", parse_positive_size, dl.max_header_bytes),
                         doc.value(lim, "maxHeaders", _positive_int, dl.max_header_count),
                         doc.value(lim, "maxBody", parse_positive_size, dl.max_body_bytes),
-                        doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes))
+                        doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes),
+                        doc.value(lim, "maxConnections", _positive_int, dl.max_connections))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",

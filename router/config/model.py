@@ -95,6 +95,7 @@ class Limits:
     max_header_count: int = 100
     max_body_bytes: int = 10 * 1024 * 1024
     max_buffered_bytes: int = 1024 * 1024
+    max_connections: int | None = None  # client connections per process; None: from the open files limit
 
 
 @dataclass(frozen=True)

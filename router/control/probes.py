@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..config.model import ClusterConfig
 from ..core.choice import PolicyInputs
+from ..core.health import is_local_exhaustion
 
 log = logging.getLogger("router.probes")
 RETRY_AFTER_FAILURE = 0.25  # fraction of the interval before re-probing a failing cluster
@@ -88,6 +89,9 @@ class Prober:
             connect_s, http_s = await probe_once(cluster, self.timeout_s())
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            if is_local_exhaustion(exc):  # the router's own limit: says nothing about the cluster
+                self.last[cluster.name] = {"ok": None, "error": f"not probed: {reason}", "at": now}
+                return False
             self.policy.health.on_probe(cluster.name, False, time.monotonic(), reason)
             self.last[cluster.name] = {"ok": False, "error": reason, "at": now}
             if self.on_result:

@@ -13,7 +13,17 @@ Only clusters with something to remember have an entry, so "all is well" is an e
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
+
+# Errors of the router's own host, not of the cluster it was connecting to: out of file descriptors
+# or memory, or of local ports. They say nothing about a cluster's health, and trying another
+# cluster would hit the same wall.
+LOCAL_EXHAUSTION = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL))
+
+
+def is_local_exhaustion(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in LOCAL_EXHAUSTION
 
 
 @dataclass

@@ -16,7 +16,20 @@ from ..core.retry import RetryBudget
 from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
 from ..obs.metrics import Metrics
+from ..openfiles import open_files_limit
 from .upstream import UpstreamPool
+
+
+RESERVED_FILES = 64  # descriptors kept for what is not a proxied request: listeners, admin, probes, watches, logs
+
+
+def connection_limit(settings: RouterSettings) -> int:
+    """Client connections one process accepts: `maxConnections`, else as many as leave each one
+    room for its upstream connection within the open files limit (nginx's worker_connections,
+    counted the same way: both sides of a proxied request)."""
+    if settings.limits.max_connections is not None:
+        return settings.limits.max_connections
+    return max(1, (open_files_limit() - RESERVED_FILES) // 2)
 
 
 class ProxyContext:
@@ -37,6 +50,7 @@ class ProxyContext:
         self.settings: RouterSettings = snapshot.config.router
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
         self.connections: set = set()
+        self.max_connections = connection_limit(self.settings)
         self.draining = False
         self.via = self.settings.via.encode()
         self.clock = time.monotonic
@@ -62,6 +76,7 @@ class ProxyContext:
         self.snapshot = snapshot
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router
+        self.max_connections = connection_limit(self.settings)
         self.via = self.settings.via.encode()
         self._tails = {}
         self.metrics.config_version.set(snapshot.version)

@@ -8,10 +8,12 @@ it response events, handled by the ResponseRelay half (relay.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
+from ..core.health import is_local_exhaustion
 from .headers import HttpReject, forwarding_headers, request_lines
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
@@ -19,6 +21,8 @@ from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
 
 log = logging.getLogger("router.dataplane")
+EXHAUSTION_LOG_EVERY_S = 10.0
+_exhaustion_logged = [float("-inf")]  # when it was last logged (one line per 10 s, the metric counts all)
 
 
 def _path(url: bytes) -> str:
@@ -114,6 +118,9 @@ class Exchange(ResponseRelay):
             conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s,
                                           ctx.settings.limits)
         except (OSError, asyncio.TimeoutError) as exc:
+            if is_local_exhaustion(exc):  # the router's own limit, not the cluster's failure: no retry
+                self._out_of_resources(exc, backend.cluster)
+                return
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
             ctx.health.on_connect_failure(backend.cluster, ctx.clock(),
                                           "connect timeout" if isinstance(exc, asyncio.TimeoutError) else "connect refused")
@@ -137,6 +144,17 @@ class Exchange(ResponseRelay):
             ctx.pool.release(conn)
             return
         self._attach(conn)
+
+    def _out_of_resources(self, exc: OSError, cluster: str) -> None:
+        ctx = self.ctx
+        if ctx.clock() - _exhaustion_logged[0] >= EXHAUSTION_LOG_EVERY_S:
+            _exhaustion_logged[0] = ctx.clock()
+            log.warning("cannot open connections (to cluster %s): %s; answering 503 "
+                        "(router_rejected_requests_total counts them)", cluster, exc)
+        if not self.finished:
+            ctx.metrics.rejected.labels("503", "local resources exhausted").inc()
+            self.keep_alive = False  # closing the client connection gives a descriptor back
+            self.respond_error(503, f"router out of local resources ({errno.errorcode[exc.errno]})", cluster="-")
 
     def _attach(self, conn: UpstreamConnection) -> None:
         req, ctx, client = self.req, self.ctx, self.conn

@@ -75,6 +75,9 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=256 * 1024)
         self.ctx.connections.add(self)
         self.ctx.metrics.open_connections.inc()
+        if len(self.ctx.connections) > self.ctx.max_connections:  # answered at once, before reading a request
+            self._fail(HttpReject(503, "too many connections"))
+            return
         self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def connection_lost(self, exc):

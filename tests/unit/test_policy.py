@@ -1,5 +1,8 @@
 """Latency- and warmth-aware policy driven with a fake clock (numbers are seconds)."""
+import errno
+import os
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -253,3 +256,24 @@ async def test_a_cluster_back_from_an_outage_is_measured_afresh(monkeypatch):
     await prober.probe(cluster)
     assert p.health.is_healthy("a", 1e9) and p.rtt.rtt("a") == pytest.approx(0.143)
     assert p.rtt.server_time("svc", "a") == 0.0  # the held response's 6 s is forgotten too
+
+
+@pytest.mark.parametrize("err,healthy", [(errno.EMFILE, True), (errno.ENFILE, True), (errno.EADDRNOTAVAIL, True),
+                                         (errno.ECONNREFUSED, False)])
+async def test_a_probe_the_router_could_not_open_says_nothing_of_the_cluster(monkeypatch, err, healthy):
+    """Out of descriptors (or local ports) the probe never reached the cluster: no verdict either way."""
+    import types
+
+    from router.control import probes
+
+    p = PolicyInputs()
+
+    async def failing_probe(cluster, timeout_s):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(probes, "probe_once", failing_probe)
+    prober = probes.Prober(p, lambda: (), lambda: 1.0, lambda: 0.5)
+    cluster = types.SimpleNamespace(name="a")
+    for _ in range(5):
+        assert await prober.probe(cluster) is False
+    assert p.health.is_healthy("a", time.monotonic()) is healthy
+    assert (prober.last["a"]["ok"] is None) is healthy

@@ -104,7 +104,8 @@ class AdminServer:
                                      status=403)
         auth = request.headers.get("Authorization", "")
         given = auth[7:] if auth.startswith("Bearer ") else ""
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
+        # bytes compared as received (aiohttp keeps bytes that are not UTF-8 as surrogates)
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
         name = request.path.rsplit("/", 1)[1]

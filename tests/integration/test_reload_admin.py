@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 
 from router.obs.admin import AdminError
-from tests.conftest import (cluster_docs, keepalive_text, readiness_failed, router_doc, router_process, split_doc,
-                            wait_for)
+from tests.conftest import (cluster_docs, keepalive_text, raw_request, readiness_failed, router_doc, router_process,
+                            split_doc, wait_for)
 
 TOKEN = "s3cret-token"
 
@@ -81,6 +81,10 @@ async def test_admin_actions_need_the_bearer_token(backends, router, token_env):
     app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
     assert (await admin(app, "POST", "/admin/reload", token=None))[0] == 401
     assert (await admin(app, "POST", "/admin/reload", token="wrong"))[0] == 401
+    for raw in (b"Bearer \xff\xfe", "Bearer s3cret-tokén".encode(), b"Basic eDp5"):  # not UTF-8, not ASCII, not Bearer
+        answer = await raw_request(app.admin_port, b"POST /admin/reload HTTP/1.1\r\nHost: a\r\nAuthorization: " + raw
+                                   + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401"), (raw, answer[:200])
     assert (await admin(app, "GET", "/readyz", token=None))[0] == 200
     assert (await admin(app, "POST", "/admin/drain"))[0] == 200
     status, _ = await admin(app, "GET", "/readyz", token=None)

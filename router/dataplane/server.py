@@ -374,7 +374,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_reject(self, reject: HttpReject) -> None:
         self.ctx.metrics.rejected.labels(str(reject.status), reject.reason.split(":")[0][:40]).inc()
-        self.write(simple_response(reject.status, reject.reason, close=True))
+        extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
+        self.write(simple_response(reject.status, reject.reason, close=True, extra=extra))
         self.close()
 
     def _stop(self, pause: bool = True) -> None:

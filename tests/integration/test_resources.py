@@ -13,7 +13,7 @@ async def _get(session, port):
     try:
         async with session.get(f"http://127.0.0.1:{port}/x") as r:
             if r.status == 503:
-                assert r.headers["Connection"] == "close"
+                assert r.headers["Connection"] == "close" and r.headers["Retry-After"] == "1"
             return r.status, await r.text()
     except aiohttp.ClientConnectionError:  # accepted and closed by the event loop while out of descriptors
         return "closed", ""

@@ -214,6 +214,7 @@ class RouterApp:
         clusters = {c.name: {"endpoint": str(c.endpoint), "labels": dict(c.labels),
                              "health": ctx.health.describe(c.name, now), "rtt_s": rtt.rtt(c.name),
                              "connect_s": rtt.connect_time(c.name), "inflight": ctx.inflight.get(c.name, 0),
+                             "max_requests": c.max_requests,
                              "last_probe": self.prober.last.get(c.name) if self.prober else None}
                     for c in snap.config.clusters}
         routes = []

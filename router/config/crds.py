@@ -36,6 +36,7 @@ CLUSTER_SPEC = {
     "required": ["endpoint"],
     "properties": {
         "endpoint": {"type": "string", "pattern": r"^https?://[^/\s]+/?$"},
+        "maxRequests": {"type": "integer", "minimum": 1},
         "kubernetes": {"type": "object", "properties": {"kubeconfig": {"type": "string"},
                                                         "context": {"type": "string"},
                                                         "inCluster": {"type": "boolean"}}},

@@ -128,7 +128,7 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
         else:
             labels = {str(k): str(c.value) for k, c in lab.children.items()}
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"endpoint", "kubernetes", "probe"}, {"endpoint"}):
+    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests"}, {"endpoint"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -142,10 +142,11 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
     pnode = spec.get("probe")
     if doc.fields(pnode, {"path"}):
         probe_path = doc.value(pnode, "path", _path_prefix, "/")
+    max_requests = doc.value(spec, "maxRequests", _positive_int)
     if not name or endpoint is None:
         return None
     return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
-                         f"{doc.root.file}:{doc.root.line}")
+                         f"{doc.root.file}:{doc.root.line}", max_requests)
 
 
 def read_router(doc: Doc) -> RouterSettings | None:

@@ -38,6 +38,7 @@ class ClusterConfig:
     probe_path: str = "/"
     kubernetes: KubernetesRef | None = None
     source: str = ""
+    max_requests: int | None = None  # requests in flight to it at once (a circuit breaker); None: no limit
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)

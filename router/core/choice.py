@@ -93,7 +93,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         inputs = PolicyInputs(health=inputs)
     health, warmth = inputs.health, inputs.warmth
     live_all = route.live
-    if not tried:
+    if not tried and not route.limited:
         if len(live_all) == 1 and not warmth.states:  # one cluster, no warm/cold data: nothing to choose
             only = live_all[0]
             if not health.clusters or health.is_healthy(only.cluster, now):
@@ -113,6 +113,13 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             return Reject(502, f"no healthy cluster left for route {route.name} (tried {', '.join(sorted(tried))})")
         return Reject(502, f"no healthy cluster for route {route.name}")
     reason = "panic" if panic else "failover" if tried else "weighted"
+    if route.limited:  # a cluster at its request limit is passed over; all of them: 503 (Envoy's overflow)
+        room = [b for b in pool if b.max_requests is None or inputs.inflight.get(b.cluster, 0) < b.max_requests]
+        if not room:
+            return Reject(503, f"every cluster of route {route.name} is at its request limit")
+        if len(room) < len(pool):
+            pool = room
+            reason = "overflow" if reason == "weighted" else reason
     if route.algorithm == "weighted":
         return Forward(pool[_weighted(pool, rng)], reason)
 

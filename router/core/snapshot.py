@@ -20,6 +20,7 @@ class RouteBackend:
     weight: float
     endpoint: Endpoint
     pool_key: tuple = ()  # (scheme, host, port): keys the upstream connection pool
+    max_requests: int | None = None  # the cluster's limit on requests in flight
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Route:
     live_total: float = 0.0
     affinity: tuple[str, str] | None = None
     plain: tuple[Forward, ...] = ()  # Forward(backend, "weighted") for each of `live`, built once
+    limited: bool = False  # some backend has a request limit (the choice then checks in-flight counts)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,16 @@ def _prefix_match(path: str, prefix: str) -> bool:
 
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
+    limits = {c.name: c.max_requests for c in config.clusters}
 
     def route(split: SplitConfig) -> Route:
         backends = tuple(RouteBackend(b.cluster, b.weight, endpoints[b.cluster],
                                       (endpoints[b.cluster].scheme, endpoints[b.cluster].host,
-                                       endpoints[b.cluster].port)) for b in split.backends)
+                                       endpoints[b.cluster].port), limits[b.cluster]) for b in split.backends)
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
-                     sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live))
+                     sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
+                     any(b.max_requests is not None for b in live))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

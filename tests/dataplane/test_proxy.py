@@ -70,6 +70,27 @@ async def test_every_cluster_down_is_a_prompt_502(router):
     assert loop.time() - t < 2.0
 
 
+async def test_cluster_request_limit_sends_the_rest_elsewhere_then_503(backends, router):
+    a, b = await backends("a", "b")
+    a.delay_s = b.delay_s = 0.5
+    docs = cluster_docs({"a": a.port, "b": b.port}).replace(
+        f"endpoint: http://127.0.0.1:{a.port}\n", f"endpoint: http://127.0.0.1:{a.port}\n  maxRequests: 2\n")
+    app = await router(docs + split_doc({"a": 100, "b": 1}) + split_doc({"a": 1}, "only-a", hosts=["only-a"]))
+    results = await asyncio.gather(*[keepalive_get(app.port, 1) for _ in range(6)])
+    assert all(status == 200 for (status, _, _), in results), results
+    assert len(a.seen) <= 2 and len(a.seen) + len(b.seen) == 6  # a held to 2 at once, b took the rest
+    app.metrics.flush()
+    assert app.metrics.decisions.labels("overflow")._value.get() >= 3
+
+    async def get_only_a():
+        return await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: only-a\r\nConnection: close\r\n\r\n")
+    answers = await asyncio.gather(*[get_only_a() for _ in range(4)])
+    refused = [r for r in answers if r.startswith(b"HTTP/1.1 503")]
+    assert len(refused) == 2 and all(b"route only-a is at its request limit" in r and b"Retry-After: 1" in r
+                                     for r in refused), answers
+    assert app.state()["clusters"]["a"]["max_requests"] == 2 and app.ctx.health.is_healthy("a", app.ctx.clock())
+
+
 async def test_headers_hop_by_hop_forwarding_and_via(backends, router):
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))

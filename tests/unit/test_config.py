@@ -189,6 +189,11 @@ def test_cluster_errors(tmp_path):
         spec: {endpoint: "ftp://b"}
         ---
         apiVersion: edge.router/v1alpha1
+        kind: Cluster
+        metadata: {name: c}
+        spec: {endpoint: "http://c", maxRequests: 0}
+        ---
+        apiVersion: edge.router/v1alpha1
         kind: Gizmo
         metadata: {name: g}
         """)
@@ -197,7 +202,8 @@ def test_cluster_errors(tmp_path):
     assert f"{path}:4: spec.endpoint: endpoint is not an http(s) URL: 'not a url'" in errs
     assert f"{path}:14: spec.endpoint: endpoint is not an http(s) URL: 'ftp://b'" in errs
     assert any(e.startswith(f"{path}:11: metadata.name: duplicate Cluster name 'b'") for e in errs), errs
-    assert f"{path}:17: kind: unknown kind 'Gizmo' in apiVersion 'edge.router/v1alpha1'" in errs
+    assert f"{path}:19: spec.maxRequests: expected a positive integer, got 0" in errs
+    assert f"{path}:22: kind: unknown kind 'Gizmo' in apiVersion 'edge.router/v1alpha1'" in errs
 
 
 def test_yaml_syntax_error_has_line(tmp_path):

@@ -41,7 +41,7 @@ spec: {endpoint: "http://127.0.0.1:1", kubernetes: {kubeconfig: /k, context: c}}
 apiVersion: edge.router/v1alpha1
 kind: Cluster
 metadata: {name: b, labels: {region: b}}
-spec: {endpoint: "https://[::1]:8443"}
+spec: {endpoint: "https://[::1]:8443", maxRequests: 1024, probe: {path: /healthz}}
 ---
 apiVersion: edge.router/v1alpha1
 kind: Service

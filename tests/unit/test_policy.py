@@ -9,7 +9,7 @@ import pytest
 
 from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SplitConfig
 from router.core.affinity import affinity_key, pick_by_key
-from router.core.choice import PolicyInputs, choose_backend
+from router.core.choice import PolicyInputs, Reject, choose_backend
 from router.core.ewma import PeakEwma
 from router.core.health import HealthState
 from router.core.retry import RetryBudget
@@ -19,8 +19,9 @@ from router.core.warmth import Warmth, WarmthState
 NAMES = ["us-west", "eu-central", "ap-east"]
 
 
-def route(weights=(45, 35, 20), max_rtt=0.2, algorithm="latency-aware"):
-    clusters = tuple(ClusterConfig(n, (), Endpoint("http", "127.0.0.1", 1000 + i)) for i, n in enumerate(NAMES))
+def route(weights=(45, 35, 20), max_rtt=0.2, algorithm="latency-aware", max_requests=(None, None, None)):
+    clusters = tuple(ClusterConfig(n, (), Endpoint("http", "127.0.0.1", 1000 + i), max_requests=m)
+                     for i, (n, m) in enumerate(zip(NAMES, max_requests)))
     split = SplitConfig("seed", "t", (), "/", tuple(Backend(n, w) for n, w in zip(NAMES, weights)), algorithm, max_rtt)
     return build_snapshot(Config(RouterSettings(), clusters, (split,)), 1).route_for("h", "/")
 
@@ -277,3 +278,22 @@ async def test_a_probe_the_router_could_not_open_says_nothing_of_the_cluster(mon
         assert await prober.probe(cluster) is False
     assert p.health.is_healthy("a", time.monotonic()) is healthy
     assert (prober.last["a"]["ok"] is None) is healthy
+
+
+@pytest.mark.parametrize("algorithm,max_rtt", [("weighted", None), ("latency-aware", 0.2)])
+def test_a_cluster_at_its_request_limit_is_passed_over_and_all_full_is_503(algorithm, max_rtt):
+    r = route(algorithm=algorithm, max_rtt=max_rtt, max_requests=(2, None, 1))
+    p = PolicyInputs()
+    assert set(shares(r, p, 1.0)) == set(NAMES)  # below their limits: the weights as usual
+    p.start("", "us-west")
+    p.start("", "us-west")
+    got = shares(r, p, 1.0)
+    assert set(got) == {"eu-central", "ap-east"} and abs(got["eu-central"] - 35 / 55) < 0.03, got
+    assert choose_backend(r, p, 1.0, random.Random(1)).reason == "overflow"
+    p.start("", "ap-east")
+    assert set(shares(r, p, 1.0)) == {"eu-central"}  # no limit: takes what the others cannot
+    one = route(weights=(1, 0, 0), algorithm=algorithm, max_rtt=max_rtt, max_requests=(2, None, None))
+    d = choose_backend(one, p, 1.0, random.Random(1))
+    assert isinstance(d, Reject) and d.status == 503 and "request limit" in d.reason
+    p.finish("", "us-west")
+    assert choose_backend(one, p, 1.0, random.Random(1)).backend.cluster == "us-west"

@@ -159,13 +159,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes):
         req = self.req
-        lname = name.lower()
-        if lname in SPECIAL:
-            req.special.append((lname, value))
-            if lname == b"host" or lname == b"expect":  # interpreted and passed on
+        if not req.head_done:
+            lname = name.lower()
+            if lname in SPECIAL:
+                req.special.append((lname, value))
+                if lname == b"host" or lname == b"expect":  # interpreted and passed on
+                    req.headers.append((name, value))
+            else:
                 req.headers.append((name, value))
-        else:
-            req.headers.append((name, value))
+        # else: a trailer field after a chunked body. Never added to the head (which may not be sent yet:
+        # a queued request, or one waiting for its connection); dropped, as nginx and Envoy drop request
+        # trailers, but still counted against the limits.
         req.header_count += 1
         req.head_size += len(name) + len(value) + 4
         limits = self.ctx.settings.limits

@@ -211,6 +211,24 @@ async def test_too_many_pipelined_requests_in_one_read_get_429(proxy):
         writer.close()
 
 
+TRAILED = (b"POST /trailed HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+           b"Host: evil\r\nX-Injected: yes\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+
+
+@pytest.mark.parametrize("before", [b"", b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n"], ids=["alone", "pipelined"])
+async def test_request_trailers_never_become_upstream_headers(proxy, before):
+    """Trailer fields arrive after the head, but before the head goes upstream when the request waits
+    (for a connection, or its turn in a pipeline): they must not join it. They are dropped."""
+    raw = await raw_request(proxy.port, before + TRAILED + b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert statuses_of(raw) == [200] * (3 if before else 2), raw
+    seen = {r.path: r for r in proxy.backend.seen}
+    trailed = seen["/trailed"]
+    assert trailed.headers.getall("Host") == ["h"] and "X-Injected" not in trailed.headers
+    assert trailed.headers.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert proxy.backend.bodies[list(seen).index("/trailed")] == b"abc"
+    assert "/after" in seen
+
+
 async def test_bad_request_after_good_one_gets_both_answers(proxy):
     raw = await raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost : h\r\n\r\n")
     assert statuses_of(raw) == [200, 400], raw

@@ -176,11 +176,11 @@ class Exchange(ResponseRelay):
         elif facts["content_length"] is not None:
             parts += [b"Content-Length: ", str(facts["content_length"]).encode(), b"\r\n"]
         parts.append(b"\r\n")
-        if self.kept or req.body:
-            chunks = (self.kept or []) + (client.take_buffered(req) if req.body else [])
+        if self.kept or req.body:  # what arrived before the connection: one chunk upstream
+            body = b"".join((self.kept or []) + (client.take_buffered(req) if req.body else []))
             self.kept, self.kept_len = [], 0
-            for chunk in chunks:
-                parts += self._framed(chunk)
+            if body:
+                parts += self._framed(body)
         conn.write(b"".join(parts))  # head and buffered body in one send
         self.streaming = True
         if req.complete and facts["chunked"]:

@@ -36,7 +36,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
-                 "last_facts", "fwd_cache")
+                 "last_facts", "fwd_cache", "body_out")
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -63,6 +63,10 @@ class ClientConnection(asyncio.Protocol):
         self.last_special: tuple | None = None
         self.last_facts: dict | None = None
         self.fwd_cache: tuple | None = None  # (facts, via, trusted, forwarding header bytes)
+        # Body pieces of the active request parsed from the current read: sent upstream as one write
+        # (one chunk) when the read is parsed, not one per piece (a body in 1-byte chunks is not a
+        # system call and a chunk upstream per byte).
+        self.body_out: list[bytes] = []
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -135,6 +139,8 @@ class ClientConnection(asyncio.Protocol):
                     self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
             elif req is not None and not req.complete and not self.stopped:  # a body still arriving
                 self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
+        if self.body_out:
+            self._flush_body()
 
     def pause_writing(self):
         ex = self.active or self.tunnel
@@ -225,7 +231,7 @@ class ClientConnection(asyncio.Protocol):
             raise HttpReject(413, "request body larger than the limit")
         ex = self.active
         if ex is not None and ex.req is req and ex.streaming:
-            ex.send_body(body)
+            self.body_out.append(body)
             return
         req.body.append(body)
         self.buffered += len(body)
@@ -239,7 +245,15 @@ class ClientConnection(asyncio.Protocol):
             self._stop(pause=False)
         ex = self.active
         if ex is not None and ex.req is req:
+            if self.body_out:
+                self._flush_body()
             ex.on_request_end()
+
+    def _flush_body(self) -> None:
+        pieces, self.body_out = self.body_out, []
+        ex = self.active
+        if ex is not None and ex.streaming and not ex.finished and ex.upstream is not None:
+            ex.send_body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     # --- used by the exchange -----------------------------------------------------------
     def trusted(self) -> bool:

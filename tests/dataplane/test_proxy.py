@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, router_doc, split_doc,
-                            wait_for)
+from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, read_until_close,
+                            router_doc, split_doc, wait_for)
 
 
 def free_port_refusing() -> int:
@@ -89,6 +89,47 @@ async def test_cluster_request_limit_sends_the_rest_elsewhere_then_503(backends,
     assert len(refused) == 2 and all(b"route only-a is at its request limit" in r and b"Retry-After: 1" in r
                                      for r in refused), answers
     assert app.state()["clusters"]["a"]["max_requests"] == 2 and app.ctx.health.is_healthy("a", app.ctx.clock())
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["buffered", "streaming"])
+async def test_tiny_request_chunks_are_coalesced_per_read(router, streaming):
+    """A body sent as 4,096 one-byte chunks in one write reaches the cluster as a few chunks (one per
+    read of the client's bytes), not 4,096 chunks and as many small packets across the WAN: whether
+    it arrives before the upstream connection is ready (buffered) or after (streamed)."""
+    got, head_seen = {}, asyncio.Event()
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        head_seen.set()
+        chunks, body = 0, b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            chunks, body = chunks + 1, body + data[:-2]
+        got.update(chunks=chunks, body=body)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+        body = bytes(range(256)) * 16
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        chunked = b"".join(b"1\r\n%c\r\n" % c for c in body) + b"0\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            if streaming:
+                writer.write(head)
+                await asyncio.wait_for(head_seen.wait(), 5)
+                writer.write(chunked)
+            else:
+                writer.write(head + chunked)
+            raw = await read_until_close(reader, 5)
+        finally:
+            writer.close()
+        assert raw.startswith(b"HTTP/1.1 200"), raw
+        assert got["body"] == body and got["chunks"] <= 10, got["chunks"]
 
 
 async def test_headers_hop_by_hop_forwarding_and_via(backends, router):

@@ -84,12 +84,12 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
             named = (named or set()) | {token}
     raw_host = hosts[0] if hosts else b""
     host = raw_host.strip().lower()
+    if host and not _AUTHORITY.fullmatch(host):  # uri-host [":" port] (RFC 9110 7.2); empty is allowed
+        raise HttpReject(400, "malformed Host header")
     if host.startswith(b"["):
         host = host[:host.find(b"]") + 1]
     else:
         host = host.partition(b":")[0]
-    if host.translate(None, b" \t/\\@") != host:
-        raise HttpReject(400, "malformed Host header")
     return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
             "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,
             "expect_continue": expect, "upgrade": upgrade}

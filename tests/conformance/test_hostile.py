@@ -44,6 +44,13 @@ CASES = {
     "bare-lf-header": (b"GET / HTTP/1.1\r\nHost: h\nX-A: b\r\n\r\n", 400),
     "no-host-11": (b"GET / HTTP/1.1\r\n\r\n", 400),
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "host-bad-port": (b"GET / HTTP/1.1\r\nHost: h:abc\r\n\r\n", 400),
+    "host-userinfo": (b"GET / HTTP/1.1\r\nHost: user@h\r\n\r\n", 400),
+    "host-broken-ipv6": (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400),
+    "host-two-ports": (b"GET / HTTP/1.1\r\nHost: h:80:81\r\n\r\n", 400),
+    "host-list": (b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
+    "host-path": (b"GET / HTTP/1.1\r\nHost: h/x\r\n\r\n", 400),
+    "host-quote": (b"GET / HTTP/1.1\r\nHost: h\"x\r\n\r\n", 400),
     "connection-names-host": (b"GET / HTTP/1.1\r\n" + H + b"Connection: host\r\n\r\n", 400),
     "connection-names-cl": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nConnection: Content-Length\r\n\r\nx", 400),
     "connection-names-xff": (b"GET / HTTP/1.1\r\n" + H + b"Connection: keep-alive, X-Forwarded-For\r\n\r\n", 400),
@@ -61,6 +68,14 @@ CASES = {
     "absolute-bad-port": (b"GET http://h:port/ HTTP/1.1\r\n" + H + b"\r\n", 400),
     "absolute-empty-host": (b"GET http:///x HTTP/1.1\r\n" + H + b"\r\n", 400),
 }
+
+
+@pytest.mark.parametrize("host", [b"h", b"h:80", b"H.Example.COM.", b"[::1]:8080", b"127.0.0.1:1", b"my_svc~1",
+                                  b"xn--bcher-kva.example", b"h:", b"", b"%41"])
+async def test_valid_host_values_are_served(proxy, host):
+    raw = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200"), raw
+    assert proxy.backend.seen[-1].headers.get("Host", "") == host.decode()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

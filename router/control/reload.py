@@ -46,10 +46,28 @@ class ConfigSource:
         return load_config(*self.paths, documents=self.documents)
 
 
-class Reloader:
-    """Serialises reloads; `apply` swaps a good config in, `on_error` records a bad one."""
+def start_only_changes(started: Config, new: Config, overridden: frozenset[str] = frozenset()) -> list[str]:
+    """Fields of `new` that differ from the config the router started with but are read only at
+    start (the listeners, the admin token, what runs beside the data path): they take effect at
+    the next start, and a reload says so. `overridden`: Router fields a command-line flag set."""
+    a, b = started.router, new.router
+    out = [f"Router spec.{name}" for name, old, now in (
+        ("listen", a.listen, b.listen), ("admin", a.admin, b.admin),
+        ("adminToken", (a.admin_token_env, a.admin_token_file), (b.admin_token_env, b.admin_token_file)),
+        ("probes.enabled", a.probes.enabled, b.probes.enabled), ("rttDecay", a.rtt_decay_s, b.rtt_decay_s),
+        ("buffer", a.buffer, b.buffer), ("resources", a.resources, b.resources))
+        if old != now and name not in overridden]
+    kube = {c.name: c.kubernetes for c in started.clusters}
+    out += [f"Cluster {c.name} spec.kubernetes" for c in new.clusters
+            if c.kubernetes is not None and kube.get(c.name) != c.kubernetes]
+    return out
 
-    def __init__(self, source: ConfigSource, apply: Callable[[Config], None],
+
+class Reloader:
+    """Serialises reloads; `apply` swaps a good config in (and returns the changes that wait for the
+    next start); a bad one is recorded and refused."""
+
+    def __init__(self, source: ConfigSource, apply: Callable[[Config], list[str] | None],
                  count: Callable[[str], None]):
         self.source, self.apply, self.count = source, apply, count
         self.lock = asyncio.Lock()
@@ -67,11 +85,14 @@ class Reloader:
                 for line in str(exc).splitlines():
                     log.error("config reload (%s) refused, keeping the last good config: %s", trigger, line)
                 return {"ok": False, "errors": str(exc).splitlines()}
-            self.apply(config)
+            later = self.apply(config) or []
             self.last_error = None
             self.last_problems = []
             self.count("success")
             log.info("config reloaded (%s) from %s", trigger, ", ".join(config.files))
+            if later:
+                log.warning("config reloaded, but these changes take effect at the next start: %s", ", ".join(later))
+                return {"ok": True, "files": list(config.files), "next_start": later}
             return {"ok": True, "files": list(config.files)}
 
     async def watch(self, interval_s: float = 1.0) -> None:

@@ -1,5 +1,6 @@
 """Reload (admin, file change, SIGHUP), admin endpoints and tokens, drain on SIGTERM."""
 import asyncio
+import json
 import signal
 
 import aiohttp
@@ -45,6 +46,26 @@ async def test_admin_reload_swaps_good_config_and_refuses_bad(backends, router, 
     assert 'router_config_reloads_total{result="success"} 1.0' in metrics
     _, state = await admin(app, "GET", "/debug/state", token=None)
     assert "weight must not be negative" in state
+
+
+async def test_reload_names_the_changes_that_wait_for_the_next_start(backends, router, token_env, caplog):
+    (a,) = await backends("a")
+    base = cluster_docs({"a": a.port}) + split_doc({"a": 1})
+    app = await router(base + router_doc(timeouts={"connect": "2s"}))
+    cfg = app.config_dir / "router.yaml"
+    cfg.write_text(base + router_doc(timeouts={"connect": "1s"}, listen="127.0.0.1:1", rttDecay="5s",
+                                     buffer={"perService": 5}))
+    status, body = await admin(app, "POST", "/admin/reload")
+    assert status == 200 and json.loads(body)["next_start"] == ["Router spec.rttDecay", "Router spec.buffer"]
+    # listen was set by a flag, so the file's value would not apply after a restart either
+    assert any("take effect at the next start: Router spec.rttDecay, Router spec.buffer" in r.message
+               for r in caplog.records)
+    assert app.ctx.settings.timeouts.connect_s == 1.0  # the rest applied at once
+    state = json.loads((await admin(app, "GET", "/debug/state", token=None))[1])
+    assert state["next_start"] == ["Router spec.rttDecay", "Router spec.buffer"]
+    cfg.write_text(base + router_doc(timeouts={"connect": "1s"}))
+    status, body = await admin(app, "POST", "/admin/reload")
+    assert status == 200 and "next_start" not in json.loads(body)  # back to what it started with
 
 
 async def test_file_change_reloads_without_failing_requests(backends, router):

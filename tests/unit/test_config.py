@@ -268,3 +268,20 @@ def test_service_wake_and_keep_warm_switches(tmp_path):
     assert svc.wake_skipped is False and svc.keep_warm is True
     path = write(tmp_path, CLUSTERS + doc + "  keepWarm: maybe\n")
     assert f"{path}:21: spec.keepWarm: expected true or false, got 'maybe'" in errors_of(path)
+
+
+def test_start_only_changes_name_what_a_reload_cannot_apply(tmp_path):
+    from router.control.reload import start_only_changes
+    base = CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s}\n" \
+                      "spec:\n  clusters: [{name: us-west, weight: 1}]\n"
+    started = load_config(write(tmp_path, base, "a.yaml"))
+    changed = load_config(write(tmp_path, base.replace('spec: {endpoint: "http://10.0.0.2"}',
+                                                       'spec: {endpoint: "http://10.0.0.2", kubernetes: {context: eu}}')
+                                + "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: e}\n"
+                                  "spec: {listen: 1.2.3.4:80, adminToken: {file: /t}, timeouts: {connect: 1s}}\n",
+                                "b.yaml"))
+    assert start_only_changes(started, changed) == ["Router spec.listen", "Router spec.adminToken",
+                                                    "Cluster eu-central spec.kubernetes"]
+    assert start_only_changes(started, changed, frozenset({"listen"})) == ["Router spec.adminToken",
+                                                                            "Cluster eu-central spec.kubernetes"]
+    assert start_only_changes(started, started) == []

@@ -19,7 +19,8 @@ PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfe
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           508: "Loop Detected"}
 
 
 class HttpReject(Exception):
@@ -37,13 +38,13 @@ def split_tokens(value: bytes) -> list[bytes]:
 # Request headers the proxy looks at or drops. Everything else passes through untouched.
 SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"connection", b"expect", b"upgrade",
                      b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"keep-alive",
-                     b"proxy-connection", b"te", b"trailer"))
+                     b"proxy-connection", b"te", b"trailer", b"via"))
 _CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
 def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
     """Checks llhttp leaves to us, over the SPECIAL headers only. Returns facts; raises HttpReject."""
-    hosts, te, cl, conn_tokens, fwd = [], [], [], [], {}
+    hosts, te, cl, conn_tokens, fwd, via = [], [], [], [], {}, []
     expect, upgrade = False, None
     for lname, value in special:
         if lname == b"host":
@@ -60,6 +61,8 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
             upgrade = value
         elif lname in FORWARDING:
             fwd.setdefault(lname, []).append(value)
+        elif lname == b"via":  # received-by of each entry ("1.1 name, 1.0 other (comment)")
+            via += [entry.split()[1] for entry in value.split(b",") if len(entry.split()) > 1]
     if len(hosts) > 1:
         raise HttpReject(400, "more than one Host header")
     if not hosts and version == "1.1":
@@ -92,7 +95,7 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
         host = host.partition(b":")[0]
     return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
             "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,
-            "expect_continue": expect, "upgrade": upgrade}
+            "expect_continue": expect, "upgrade": upgrade, "via": via}
 
 
 # host[:port] of an absolute-form target: a reg-name (RFC 3986 unreserved, sub-delims, pct-encoded) or an IP

@@ -169,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
             lname = name.lower()
             if lname in SPECIAL:
                 req.special.append((lname, value))
-                if lname == b"host" or lname == b"expect":  # interpreted and passed on
+                if lname == b"host" or lname == b"expect" or lname == b"via":  # interpreted and passed on
                     req.headers.append((name, value))
             else:
                 req.headers.append((name, value))
@@ -209,6 +209,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             req.facts = validate_request(req.version, req.special)
             self.last_special, self.last_facts = key, req.facts
+        if req.facts["via"] and self.ctx.via in req.facts["via"]:  # it came through this router already
+            raise HttpReject(508, f"forwarding loop: the request already passed {self.ctx.via.decode()} (Via)")
         cl = req.facts["content_length"]
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             raise HttpReject(413, "request body larger than the limit")

@@ -132,6 +132,24 @@ async def test_tiny_request_chunks_are_coalesced_per_read(router, streaming):
         assert got["body"] == body and got["chunks"] <= 10, got["chunks"]
 
 
+async def test_forwarding_loop_is_stopped_at_the_second_pass(backends, router):
+    """A Cluster whose endpoint is the router itself: the request comes back carrying this router's
+    Via entry and is answered 508, instead of looping until connections or descriptors run out."""
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 cdn, 1.1 other-proxy (x)\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200") and b.seen[-1].headers.getall("Via") == [
+        "1.0 cdn, 1.1 other-proxy (x)", "1.1 edge-router"], raw  # other proxies' entries pass
+    (app.config_dir / "router.yaml").write_text(cluster_docs({"a": app.port}) + split_doc({"a": 1}))
+    assert (await app.reloader.reload("test"))["ok"]
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 508 Loop Detected") and b"forwarding loop" in raw, raw
+    assert loop.time() - t < 2.0 and len(b.seen) == 1
+
+
 async def test_headers_hop_by_hop_forwarding_and_via(backends, router):
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))

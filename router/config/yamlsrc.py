@@ -34,15 +34,22 @@ class Node:
 
 
 _loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Values one file may expand to. Aliases repeat a node wherever they point, so ten nested lists of
+# ten aliases (a few hundred bytes) would expand to 10^10 values: refused instead of hanging a reload.
+MAX_NODES = 200_000
 
 
-def _convert(node: yaml.Node, file: str, path: str) -> Node:
+def _convert(node: yaml.Node, file: str, path: str, budget: list[int]) -> Node:
     line = node.start_mark.line + 1
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError([Problem(file, line, path, f"YAML expands to more than {MAX_NODES} values "
+                                                     "(aliases repeating aliases?)")])
     if isinstance(node, yaml.MappingNode):
         out = Node({}, file, line, path, kind="map")
         for knode, vnode in node.value:
             key = _scalar(knode)
-            child = _convert(vnode, file, out.child_path(str(key)))
+            child = _convert(vnode, file, out.child_path(str(key)), budget)
             child.line = knode.start_mark.line + 1
             if key in out.children:
                 raise ConfigError([Problem(file, child.line, out.child_path(str(key)), "duplicate key")])
@@ -52,7 +59,7 @@ def _convert(node: yaml.Node, file: str, path: str) -> Node:
     if isinstance(node, yaml.SequenceNode):
         out = Node([], file, line, path, kind="seq")
         for i, item in enumerate(node.value):
-            child = _convert(item, file, out.child_path(i))
+            child = _convert(item, file, out.child_path(i), budget)
             out.items.append(child)
             out.value.append(child.value)
         return out
@@ -89,10 +96,11 @@ def parse_documents(text: str, path: str) -> Iterator[Node]:
         raise ConfigError([Problem(path, line, "", f"YAML syntax: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(path, 0, "", f"YAML syntax: {exc}")]) from None
+    budget = [MAX_NODES]
     for root in roots:
         if root is None:
             continue
-        yield _convert(root, path, "")
+        yield _convert(root, path, "", budget)
 
 
 def config_files(path: str) -> list[str]:

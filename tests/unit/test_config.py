@@ -285,3 +285,16 @@ def test_start_only_changes_name_what_a_reload_cannot_apply(tmp_path):
     assert start_only_changes(started, changed, frozenset({"listen"})) == ["Router spec.adminToken",
                                                                             "Cluster eu-central spec.kubernetes"]
     assert start_only_changes(started, started) == []
+
+
+def test_aliases_work_but_an_alias_bomb_is_refused(tmp_path):
+    shared = CLUSTERS.replace("metadata: {name: us-west, labels: {region: us-west}}",
+                              "metadata: {name: &w us-west, labels: {region: *w, zone: *w}}")
+    cfg = load_config(write(tmp_path, shared, "aliases.yaml"))
+    assert cfg.clusters[0].labels == (("region", "us-west"), ("zone", "us-west"))
+    bomb = ["apiVersion: edge.router/v1alpha1", "kind: Cluster", "metadata:", "  name: a", "  labels:",
+            '    l0: &l0 ["x","x","x","x","x","x","x","x","x","x"]']
+    bomb += [f"    l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    path = write(tmp_path, "\n".join(bomb + ['spec: {endpoint: "http://127.0.0.1:1"}']) + "\n", "bomb.yaml")
+    (err,) = errors_of(path)  # 10^10 values if expanded: refused at the budget, in well under a second
+    assert err.startswith(f"{path}:6: metadata.labels.l") and "YAML expands to more than 200000 values" in err

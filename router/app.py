@@ -106,7 +106,8 @@ class RouterApp:
             def on_result(cluster, ok, connect_s, http_s):
                 self.metrics.probes.labels(cluster, "ok" if ok else "fail").inc()
             self.prober = Prober(ctx.policy, lambda: ctx.snapshot.config.clusters,
-                                 lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result)
+                                 lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result,
+                                 dns=ctx.pool.dns)
             self.prober.sync()
         self.kube = KubernetesDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth, ctx.clock)
         self.kube.start(asyncio.get_running_loop())
@@ -244,6 +245,7 @@ class RouterApp:
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
                 "open_files_limit": open_files_limit(), "next_start": self.next_start,
+                "dns": ctx.pool.dns.describe(),
                 "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}

@@ -14,17 +14,23 @@ from typing import Callable
 from ..config.model import ClusterConfig
 from ..core.choice import PolicyInputs
 from ..core.health import is_local_exhaustion
+from ..dataplane.dns import DnsCache, is_ip
 
 log = logging.getLogger("router.probes")
 RETRY_AFTER_FAILURE = 0.25  # fraction of the interval before re-probing a failing cluster
 
 
-async def probe_once(cluster: ClusterConfig, timeout_s: float) -> tuple[float, float]:
-    """(connect_s, http_s) or raises OSError / asyncio.TimeoutError / ValueError."""
+async def probe_once(cluster: ClusterConfig, timeout_s: float, dns: DnsCache | None = None) -> tuple[float, float]:
+    """(connect_s, http_s) or raises OSError / asyncio.TimeoutError / ValueError. A named endpoint is
+    reached at the address the data path uses (`dns`), so a failing resolver that the data path rides
+    out on its last good addresses does not fail the probes either."""
     ep = cluster.endpoint
-    t0 = time.monotonic()
     ssl_ctx = True if ep.scheme == "https" else None
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(ep.host, ep.port, ssl=ssl_ctx), timeout_s)
+    host = ep.host if dns is None or is_ip(ep.host) else (await asyncio.wait_for(dns.resolve(ep.host, ep.port),
+                                                                                  timeout_s))[0]
+    t0 = time.monotonic()  # the connect alone: it is an RTT sample
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, ep.port, ssl=ssl_ctx, server_hostname=ep.host if ssl_ctx else None), timeout_s)
     connect_s = time.monotonic() - t0
     try:
         t1 = time.monotonic()
@@ -45,8 +51,9 @@ async def probe_once(cluster: ClusterConfig, timeout_s: float) -> tuple[float, f
 class Prober:
     def __init__(self, policy: PolicyInputs, clusters: Callable[[], tuple[ClusterConfig, ...]],
                  interval_s: Callable[[], float], timeout_s: Callable[[], float], on_result=None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, dns: DnsCache | None = None):
         self.policy, self.clusters = policy, clusters
+        self.dns = dns  # the data path's names and addresses
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.on_result = on_result  # (cluster, ok, connect_s, http_s) -> None, for metrics
         self.rng = rng or random.Random()
@@ -86,7 +93,7 @@ class Prober:
     async def probe(self, cluster: ClusterConfig) -> bool:
         now = time.monotonic()
         try:
-            connect_s, http_s = await probe_once(cluster, self.timeout_s())
+            connect_s, http_s = await probe_once(cluster, self.timeout_s(), self.dns)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             if is_local_exhaustion(exc):  # the router's own limit: says nothing about the cluster

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
@@ -23,6 +24,12 @@ from .upstream import UpstreamConnection
 log = logging.getLogger("router.dataplane")
 EXHAUSTION_LOG_EVERY_S = 10.0
 _exhaustion_logged = [float("-inf")]  # when it was last logged (one line per 10 s, the metric counts all)
+
+
+def _connect_failure(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "connect timeout"
+    return "name resolution failed" if isinstance(exc, socket.gaierror) else "connect refused"
 
 
 def _path(url: bytes) -> str:
@@ -122,8 +129,7 @@ class Exchange(ResponseRelay):
                 self._out_of_resources(exc, backend.cluster)
                 return
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
-            ctx.health.on_connect_failure(backend.cluster, ctx.clock(),
-                                          "connect timeout" if isinstance(exc, asyncio.TimeoutError) else "connect refused")
+            ctx.health.on_connect_failure(backend.cluster, ctx.clock(), _connect_failure(exc))
             if self.finished:
                 return
             self.tried = self.tried | {backend.cluster}

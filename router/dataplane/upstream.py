@@ -15,6 +15,7 @@ from collections import deque
 import httptools
 
 from ..config.model import Endpoint, Limits
+from .dns import DnsCache, is_ip
 
 DEFAULT_LIMITS = Limits()
 HEAD_TOO_LARGE = "upstream response header section too large"
@@ -183,6 +184,7 @@ class UpstreamPool:
         self.idle: dict[tuple, deque[UpstreamConnection]] = {}
         self._ssl = None
         self._sweep: asyncio.TimerHandle | None = None
+        self.dns = DnsCache(loop)
 
     def take_idle(self, key: tuple) -> UpstreamConnection | None:
         conns = self.idle.get(key)
@@ -200,11 +202,22 @@ class UpstreamPool:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             kwargs = {"ssl": self._ssl, "server_hostname": endpoint.host}
-        _, conn = await asyncio.wait_for(
-            self.loop.create_connection(lambda: UpstreamConnection(key, limits), endpoint.host, endpoint.port,
-                                        **kwargs), timeout_s)
+        _, conn = await asyncio.wait_for(self._open(endpoint, key, limits, kwargs), timeout_s)
         conn.transport.set_write_buffer_limits(high=256 * 1024)
         return conn
+
+    async def _open(self, endpoint: Endpoint, key: tuple, limits: Limits, kwargs: dict):
+        def protocol():
+            return UpstreamConnection(key, limits)
+        if is_ip(endpoint.host):
+            return await self.loop.create_connection(protocol, endpoint.host, endpoint.port, **kwargs)
+        error: OSError | None = None
+        for address in await self.dns.resolve(endpoint.host, endpoint.port):
+            try:
+                return await self.loop.create_connection(protocol, address, endpoint.port, **kwargs)
+            except OSError as exc:  # the next address, as create_connection does over a name's addresses
+                error = exc
+        raise error
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.exchange = None
@@ -235,6 +248,7 @@ class UpstreamPool:
             self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)
 
     def close_all(self) -> None:
+        self.dns.close()
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

@@ -247,7 +247,7 @@ async def test_a_cluster_back_from_an_outage_is_measured_afresh(monkeypatch):
     p.rtt.on_first_byte("svc", "a", 6.0, 2.0)  # a response held for 6 s
     answers = iter([(0.001, 0.45), (0.001, 0.143)])
 
-    async def fake_probe(cluster, timeout_s):
+    async def fake_probe(cluster, timeout_s, dns=None):
         return next(answers)
     monkeypatch.setattr(probes, "probe_once", fake_probe)
     prober = probes.Prober(p, lambda: (), lambda: 1.0, lambda: 0.5)
@@ -269,7 +269,7 @@ async def test_a_probe_the_router_could_not_open_says_nothing_of_the_cluster(mon
 
     p = PolicyInputs()
 
-    async def failing_probe(cluster, timeout_s):
+    async def failing_probe(cluster, timeout_s, dns=None):
         raise OSError(err, os.strerror(err))
     monkeypatch.setattr(probes, "probe_once", failing_probe)
     prober = probes.Prober(p, lambda: (), lambda: 1.0, lambda: 0.5)

@@ -182,7 +182,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",
-                        "bodyIdle"}):
+                        "bodyIdle", "tunnelIdle"}):
         timeouts = Timeouts(doc.value(tim, "headerRead", _positive_duration, dt.header_read_s),
                             doc.value(tim, "idle", _positive_duration, dt.idle_s),
                             doc.value(tim, "connect", _positive_duration, dt.connect_s),
@@ -190,7 +190,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                             doc.value(tim, "upstreamIdle", _positive_duration, dt.upstream_idle_s),
                             doc.value(tim, "drain", parse_duration, dt.drain_s),
                             doc.value(tim, "perTry", _positive_duration, dt.per_try_s),
-                            doc.value(tim, "bodyIdle", _positive_duration, dt.body_idle_s))
+                            doc.value(tim, "bodyIdle", _positive_duration, dt.body_idle_s),
+                            doc.value(tim, "tunnelIdle", _positive_duration, dt.tunnel_idle_s))
     pnode, dp = spec.get("probes"), Probes()
     probes = dp
     if doc.fields(pnode, {"enabled", "interval", "timeout"}):

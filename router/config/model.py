@@ -109,6 +109,7 @@ class Timeouts:
     drain_s: float = 20.0
     per_try_s: float | None = None  # upstream response head per try; retried when idempotent
     body_idle_s: float = 60.0  # a request or response body that stops flowing for this long ends the exchange
+    tunnel_idle_s: float = 300.0  # an upgraded connection (WebSocket) with no bytes either way is closed
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,19 @@ class ResponseRelay:
     def on_client_tunnel_data(self, data: bytes) -> None:
         if self.upstream is not None:
             self.upstream.write(data)
+            self.conn.timer.set(self.ctx.settings.timeouts.tunnel_idle_s, self.on_tunnel_idle)
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.conn.write(data)
+        self.conn.timer.set(self.ctx.settings.timeouts.tunnel_idle_s, self.on_tunnel_idle)
+
+    def on_tunnel_idle(self) -> None:
+        """No bytes either way for tunnelIdle (Envoy's stream idle timeout): both sides are closed."""
+        if self.conn.tunnel is not self:
+            return
+        self.finished = True
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.exchange = None
+            up.close()
+        self.conn.close()

@@ -294,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
 
     def start_tunnel(self, ex: Exchange) -> None:
         self.tunnel, self.active = ex, None
-        self._cancel_timer()
+        self._set_timer(self.ctx.settings.timeouts.tunnel_idle_s, ex.on_tunnel_idle, "tunnel")  # moved by data
         self.paused = 0
         self.transport.resume_reading()
 

@@ -244,6 +244,37 @@ async def test_websocket_upgrade_relays_both_ways(router):
         await b.stop()
 
 
+async def test_idle_tunnel_is_closed_both_ways_after_tunnel_idle(router):
+    """Bytes either way keep an upgraded connection open; none for tunnelIdle close both sides."""
+    upstream_eof = asyncio.Event()
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x-echo\r\n\r\n")
+        while data := await reader.read(100):
+            writer.write(data)
+        upstream_eof.set()
+        writer.close()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(timeouts={"tunnelIdle": "300ms"}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"GET /t HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x-echo\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101")
+            loop = asyncio.get_running_loop()
+            t = loop.time()
+            for i in range(4):  # 0.8 s of traffic every 0.2 s: longer than tunnelIdle, never idle that long
+                writer.write(b"ping%d" % i)
+                assert await asyncio.wait_for(reader.readexactly(5), 5) == b"ping%d" % i
+                await asyncio.sleep(0.2)  # the client's pace, not a wait on a condition
+            assert not upstream_eof.is_set()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
+            await asyncio.wait_for(upstream_eof.wait(), 5)
+            assert 0.9 < loop.time() - t < 3.0
+        finally:
+            writer.close()
+
+
 async def test_head_and_204_keep_the_connection_usable(router):
     async def head(request):
         return web.Response(body=b"x" * 100)

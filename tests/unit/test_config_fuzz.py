@@ -31,7 +31,7 @@ spec:
   buffer: {perService: 1000, total: 10000, maxBytes: 64Mi}
   limits: {maxRequestLine: 8Ki, maxHeaderBytes: 64Ki, maxHeaders: 100, maxBody: 10Mi, maxBuffered: 1Mi}
   timeouts: {headerRead: 10s, idle: 60s, connect: 2s, upstreamHeader: 30s, upstreamIdle: 30s, drain: 20s,
-             perTry: 2s, bodyIdle: 60s}
+             perTry: 2s, bodyIdle: 60s, tunnelIdle: 5m}
 ---
 apiVersion: edge.router/v1alpha1
 kind: Cluster

@@ -126,8 +126,8 @@ def _replace(doc, path, value):
         parent = parent[key]
     if value is REMOVE:
         del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
+    else:  # a copy: the [] and {} of BOUNDARY must not be shared between places or examples
+        parent[path[-1]] = copy.deepcopy(value)
 
 
 def _durations_and_sizes(obj):

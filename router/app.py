@@ -26,6 +26,7 @@ from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
 from .dataplane.server import serve
+from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
 from .openfiles import open_files_limit
@@ -74,6 +75,8 @@ class RouterApp:
         self.version = 1
         self.ctx = ProxyContext(loop, build_snapshot(self.config, self.version), self.metrics)
         self.metrics.config_version.set(self.version)
+        if self.config.router.access_log is not None:
+            self.ctx.access_log = AccessLog(loop, self.config.router.access_log, self.metrics.access_log_dropped.inc)
         if self.run_admin:
             token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
             self.admin = AdminServer(self.metrics.registry, self.state, self.ready,
@@ -192,6 +195,8 @@ class RouterApp:
                 task.cancel()
         if self.admin is not None:
             await self.admin.stop()
+        if self.ctx.access_log is not None:
+            await self.ctx.access_log.close()  # the last lines, answered during the drain
         self.stopped.set()
 
     # --- reload / drain -----------------------------------------------------------------

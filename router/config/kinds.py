@@ -154,7 +154,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources"}):
+                             "resources", "accessLog"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -207,7 +207,13 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
                           decision_header=doc.value(spec, "decisionHeader", _bool, False),
                           buffer=_read_buffer(doc, spec.get("buffer")),
-                          resources=_read_resources(doc, spec.get("resources")))
+                          resources=_read_resources(doc, spec.get("resources")),
+                          access_log=_read_access_log(doc, spec.get("accessLog")))
+
+
+def _read_access_log(doc: Doc, node: Node | None) -> str | None:
+    """accessLog: {path: /var/log/edge/access.log}, or {path: "-"} for stdout"""
+    return doc.string(node, "path") if doc.fields(node, {"path"}, {"path"}) else None
 
 
 def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:

@@ -149,6 +149,7 @@ class RouterSettings:
     probes: Probes = field(default_factory=Probes)
     rtt_decay_s: float = 10.0
     decision_header: bool = False
+    access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None
 

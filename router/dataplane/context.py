@@ -44,6 +44,7 @@ class ProxyContext:
         self.retry_budget = RetryBudget()
         self.activator = None  # set by the app: holds requests while a service starts
         self.keep_warm = None  # set by the app: a KeepWarmPolicy fed with what is sent where
+        self.access_log = None  # set by the app when the Router asks for one: an AccessLog
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.wake_hints: dict[tuple[str, str], float] = {}  # (service, cluster) -> last hinted
         self.rng = rng or random.Random()

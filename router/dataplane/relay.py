@@ -7,6 +7,8 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 """
 from __future__ import annotations
 
+import time
+
 from .headers import response_head, simple_response
 from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
@@ -107,7 +109,7 @@ class ResponseRelay:
             self.keep_alive = False  # answered before the body finished: the rest is not worth reading
         now = ctx.clock()
         ctx.health.on_response(self.backend.cluster, self.status, now)
-        ctx.metrics.count_request(self.backend.cluster, self.status, now - self.req.t0)
+        self._record(self.backend.cluster, self.status, now)
         self._end()
         self.conn.exchange_done(self.keep_alive)
 
@@ -180,7 +182,7 @@ class ResponseRelay:
         self._cancel_header_timer()
         cluster = self.backend.cluster if self.backend else "-"
         self.ctx.health.on_response(cluster, 502, self.ctx.clock())
-        self.ctx.metrics.count_request(cluster, 502, self.ctx.clock() - self.req.t0)
+        self._record(cluster, 502, self.ctx.clock(), reason)
         self._end()
         self.conn.abort()
 
@@ -201,10 +203,20 @@ class ResponseRelay:
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
         if status == 503:
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
-        self.ctx.metrics.count_request(cluster, status, self.ctx.clock() - self.req.t0)
+        self._record(cluster, status, self.ctx.clock(), reason)
         self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
         self._end()
         self.conn.exchange_done(keep)
+
+    def _record(self, cluster: str, status: int, now: float, reason: str = "") -> None:
+        """The request's answer in the metrics and, when configured, the access log."""
+        req, ctx = self.req, self.ctx
+        ctx.metrics.count_request(cluster, status, now - req.t0)
+        if ctx.access_log is not None:
+            if not reason and self.decision is not None:
+                reason = self.decision.reason  # how the cluster was chosen
+            ctx.access_log.log((time.time(), self.conn.client_ip, req.method, req.facts["host"], req.url, status,
+                                cluster, now - req.t0, reason))
 
     def on_client_lost(self) -> None:
         if self.task is not None:
@@ -216,7 +228,7 @@ class ResponseRelay:
             self.finished = True
             self._cancel_header_timer()
             cluster = self.backend.cluster if self.backend else "-"
-            self.ctx.metrics.count_request(cluster, 499, self.ctx.clock() - self.req.t0)
+            self._record(cluster, 499, self.ctx.clock(), "client closed the connection")
         self._end()
         self._abort_upstream()
 
@@ -263,7 +275,7 @@ class ResponseRelay:
         if self.req.tunnel_bytes:
             self.upstream.write(self.req.tunnel_bytes)
             self.req.tunnel_bytes = b""
-        self.ctx.metrics.count_request(self.backend.cluster, 101, self.ctx.clock() - self.req.t0)
+        self._record(self.backend.cluster, 101, self.ctx.clock())
 
     def on_client_tunnel_data(self, data: bytes) -> None:
         if self.upstream is not None:

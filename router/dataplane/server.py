@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httptools
 
@@ -371,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
         if self.paused & PAUSE_PIPELINE and len(self.queue) < PIPELINE_WINDOW:
             self.resume(PAUSE_PIPELINE)
         if req.reject is not None:
-            self._answer_reject(req.reject)
+            self._answer_reject(req)
             return
         self.active = Exchange(self, req)
         self.active.start()
@@ -392,8 +393,13 @@ class ClientConnection(asyncio.Protocol):
         if self.active is None:
             self._start_next()
 
-    def _answer_reject(self, reject: HttpReject) -> None:
+    def _answer_reject(self, req: Request) -> None:
+        reject = req.reject
         self.ctx.metrics.rejected.labels(str(reject.status), reject.reason.split(":")[0][:40]).inc()
+        if self.ctx.access_log is not None:  # as much of the request as was read
+            self.ctx.access_log.log((time.time(), self.client_ip, req.method, req.facts.get("host", ""), req.url,
+                                     reject.status, "-", self.ctx.clock() - req.t0 if req.t0 else 0.0,
+                                     reject.reason))
         extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
         self.write(simple_response(reject.status, reject.reason, close=True, extra=extra))
         self.close()

@@ -47,6 +47,9 @@ class Metrics:
         self.background_wakes = Counter("router_background_wakes_total",
                                         "Wakes nothing waits on, by cluster and reason (skipped, keepwarm)",
                                         ["cluster", "reason"], registry=r)
+        self.access_log_dropped = Counter("router_access_log_dropped_total",
+                                          "Access log lines dropped: the writer was behind, or a write failed",
+                                          registry=r)
         self.keepwarm_pings = Counter("router_keepwarm_pings_total", "Keep-alive requests to kept copies",
                                       ["cluster", "result"], registry=r)
         self.buffered = Gauge("router_buffered_requests", "Requests held while a service starts", ["service"],

@@ -28,6 +28,7 @@ spec:
   via: edge-router
   probes: {enabled: true, interval: 1s, timeout: 500ms}
   rttDecay: 10s
+  accessLog: {path: "-"}
   buffer: {perService: 1000, total: 10000, maxBytes: 64Mi}
   limits: {maxRequestLine: 8Ki, maxHeaderBytes: 64Ki, maxHeaders: 100, maxBody: 10Mi, maxBuffered: 1Mi}
   timeouts: {headerRead: 10s, idle: 60s, connect: 2s, upstreamHeader: 30s, upstreamIdle: 30s, drain: 20s,

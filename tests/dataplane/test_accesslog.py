@@ -1,0 +1,41 @@
+"""Access log: a JSON line per answered request (proxied, refused by the router, or malformed), written
+off the event loop; lines beyond what the writer can take are dropped and counted, never waited for."""
+import asyncio
+import json
+
+from router.obs.accesslog import AccessLog
+from tests.conftest import cluster_docs, raw_request, router_doc, split_doc, wait_for
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_each_answer_is_one_json_line(backends, router, tmp_path):
+    (a,) = await backends("a")
+    log_path = tmp_path / "access.log"
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}, hosts=["shop.example"])
+                       + router_doc(accessLog={"path": str(log_path)}))
+    await raw_request(app.port, b"GET /p?q=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+    await raw_request(app.port, b"POST /x HTTP/1.1\r\nHost: other.example\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+    await raw_request(app.port, b"GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    lines = await wait_for(lambda: len(_lines(log_path)) == 3 and _lines(log_path), what="three log lines")
+    ok, no_route, refused = lines
+    assert {k: ok[k] for k in ("client", "method", "host", "path", "status", "cluster", "reason")} == {
+        "client": "127.0.0.1", "method": "GET", "host": "shop.example", "path": "/p?q=1", "status": 200,
+        "cluster": "a", "reason": "weighted"}
+    assert ok["time"].endswith("Z") and 0 <= ok["duration_ms"] < 5000
+    assert (no_route["method"], no_route["status"], no_route["cluster"]) == ("POST", 404, "-")
+    assert no_route["reason"] == "no route for host 'other.example'"
+    assert (refused["status"], refused["path"], refused["reason"]) == (400, "/bad", "more than one Host header")
+    assert app.metrics.access_log_dropped._value.get() == 0
+
+
+async def test_lines_past_the_pending_limit_are_dropped_and_counted(tmp_path):
+    dropped = []
+    log = AccessLog(asyncio.get_running_loop(), str(tmp_path / "a.log"), dropped.append, max_pending=2)
+    for i in range(5):  # all before the first flush
+        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", 0.001, "weighted"))
+    await log.close()
+    assert [r["path"] for r in _lines(tmp_path / "a.log")] == ["/0", "/1"] and dropped == [1, 1, 1]

@@ -14,7 +14,7 @@ from typing import Callable
 from ..config.model import ClusterConfig
 from ..core.choice import PolicyInputs
 from ..core.health import is_local_exhaustion
-from ..dataplane.dns import DnsCache, is_ip
+from ..dataplane.dns import DnsCache
 
 log = logging.getLogger("router.probes")
 RETRY_AFTER_FAILURE = 0.25  # fraction of the interval before re-probing a failing cluster
@@ -26,8 +26,7 @@ async def probe_once(cluster: ClusterConfig, timeout_s: float, dns: DnsCache | N
     out on its last good addresses does not fail the probes either."""
     ep = cluster.endpoint
     ssl_ctx = True if ep.scheme == "https" else None
-    host = ep.host if dns is None or is_ip(ep.host) else (await asyncio.wait_for(dns.resolve(ep.host, ep.port),
-                                                                                  timeout_s))[0]
+    host = ep.host if dns is None else (await asyncio.wait_for(dns.resolve(ep.host, ep.port), timeout_s))[0]
     t0 = time.monotonic()  # the connect alone: it is an RTT sample
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(host, ep.port, ssl=ssl_ctx, server_hostname=ep.host if ssl_ctx else None), timeout_s)

@@ -6,7 +6,7 @@ their connect timeouts eject them all. Here a name is resolved once (concurrent 
 the lookup), refreshed in the background every REFRESH_S while it is in use, and a failed refresh
 keeps the last good addresses (as Envoy's STRICT_DNS clusters keep their hosts). Each connect starts
 at the next of a name's addresses and tries the others in turn (as create_connection tries every
-address of a name). IP literals never come here.
+address of a name). An IP literal is its own single address, with no lookup.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ class DnsCache:
     async def resolve(self, host: str, port: int) -> list[str]:
         """host's addresses, to try in this order (each call starts one further along, so connects
         spread over them); raises OSError (socket.gaierror) when the name has never resolved."""
+        if is_ip(host):
+            return [host]
         key = (host, port)
         self.used[key] = self.loop.time()
         addrs = self.addresses.get(key)

@@ -15,7 +15,7 @@ from collections import deque
 import httptools
 
 from ..config.model import Endpoint, Limits
-from .dns import DnsCache, is_ip
+from .dns import DnsCache
 
 DEFAULT_LIMITS = Limits()
 HEAD_TOO_LARGE = "upstream response header section too large"
@@ -209,8 +209,6 @@ class UpstreamPool:
     async def _open(self, endpoint: Endpoint, key: tuple, limits: Limits, kwargs: dict):
         def protocol():
             return UpstreamConnection(key, limits)
-        if is_ip(endpoint.host):
-            return await self.loop.create_connection(protocol, endpoint.host, endpoint.port, **kwargs)
         error: OSError | None = None
         for address in await self.dns.resolve(endpoint.host, endpoint.port):
             try:

@@ -7,8 +7,6 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 """
 from __future__ import annotations
 
-import time
-
 from .headers import response_head, simple_response
 from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
@@ -215,8 +213,7 @@ class ResponseRelay:
         if ctx.access_log is not None:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen
-            ctx.access_log.log((time.time(), self.conn.client_ip, req.method, req.facts["host"], req.url, status,
-                                cluster, now - req.t0, reason))
+            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason)
 
     def on_client_lost(self) -> None:
         if self.task is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import httptools
 
@@ -397,9 +396,8 @@ class ClientConnection(asyncio.Protocol):
         reject = req.reject
         self.ctx.metrics.rejected.labels(str(reject.status), reject.reason.split(":")[0][:40]).inc()
         if self.ctx.access_log is not None:  # as much of the request as was read
-            self.ctx.access_log.log((time.time(), self.client_ip, req.method, req.facts.get("host", ""), req.url,
-                                     reject.status, "-", self.ctx.clock() - req.t0 if req.t0 else 0.0,
-                                     reject.reason))
+            self.ctx.access_log.request(self.client_ip, req, reject.status, "-",
+                                        self.ctx.clock() - req.t0 if req.t0 else 0.0, reject.reason)
         extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
         self.write(simple_response(reject.status, reject.reason, close=True, extra=extra))
         self.close()

@@ -47,6 +47,11 @@ class AccessLog:
         self.handle: asyncio.TimerHandle | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-log")
 
+    def request(self, client: str, req, status: int, cluster: str, duration_s: float, reason: str) -> None:
+        """An answered request (a dataplane Request: as much of it as was read)."""
+        self.log((time.time(), client, req.method, req.facts.get("host", ""), req.url, status, cluster, duration_s,
+                  reason))
+
     def log(self, record: tuple) -> None:
         """Hot path: `record` is (time as epoch seconds, client, method bytes, host, path bytes, status,
         cluster, duration in seconds, reason)."""

@@ -20,7 +20,7 @@ from .control.kube_wake import CompositeWake, KnativeMinScaleWake, KubernetesSca
 from .control.kubernetes import KubernetesDiscovery
 from .control.wake import HttpWake
 from .control.probes import Prober
-from .control.reload import ConfigSource, Reloader, start_only_changes
+from .control.reload import ConfigSource, Reloader, cli_overrides
 from .control.resources import ResourceWatcher
 from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
@@ -41,9 +41,6 @@ class RouterApp:
                  probes: bool | None = None, wake_trigger=None):
         self.source = ConfigSource(paths)
         self.config: Config = self.source.load()
-        self.started_config = self.config  # what the listeners, token and side tasks were set up from
-        self.overridden = frozenset(name for name, flag in (("listen", listen), ("admin", admin)) if flag)
-        self.next_start: list[str] = []  # reloaded changes that wait for a restart
         self.listen = parse_hostport(listen or self.config.router.listen)
         self.admin_addr = parse_hostport(admin or self.config.router.admin) if run_admin else ("", 0)
         self.watch_interval_s = watch_interval_s
@@ -67,7 +64,8 @@ class RouterApp:
         self.resources: ResourceWatcher | None = None
         self.discovery = []
         count = (lambda r: self.metrics.reloads.labels(r).inc()) if count_reloads else (lambda r: None)
-        self.reloader = Reloader(self.source, self.apply, count)
+        self.reloader = Reloader(self.source, self.apply, count, started=self.config,
+                                 overridden=cli_overrides(listen, admin))
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,15 +198,13 @@ class RouterApp:
         self.stopped.set()
 
     # --- reload / drain -----------------------------------------------------------------
-    def apply(self, config: Config) -> list[str]:
+    def apply(self, config: Config) -> None:
         self.version += 1
         snapshot = build_snapshot(config, self.version)
         self.config = config
         self.ctx.swap(snapshot)
         if self.prober is not None:
             self.prober.sync()
-        self.next_start = start_only_changes(self.started_config, config, self.overridden)
-        return self.next_start
 
     async def drain(self) -> dict:
         self.ctx.start_drain()
@@ -249,7 +245,7 @@ class RouterApp:
                 services[svc.name] = {b.cluster: ctx.policy.breakdown(svc.name, b, now) for b in route.backends}
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
-                "open_files_limit": open_files_limit(), "next_start": self.next_start,
+                "open_files_limit": open_files_limit(), "next_start": self.reloader.next_start,
                 "dns": ctx.pool.dns.describe(),
                 "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,

@@ -40,22 +40,20 @@ class Supervisor:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from .config.values import parse_hostport
-        from .control.reload import ConfigSource, Reloader
+        from .control.reload import ConfigSource, Reloader, cli_overrides
         from .obs.metrics import Metrics
 
         self.paths, self.n, self.mp_dir = paths, n, mp_dir
         self.source = ConfigSource(paths)
         self.config = self.source.load()
-        self.started_config = self.config
-        self.overridden = frozenset(name for name, flag in (("listen", listen), ("admin", admin)) if flag)
-        self.next_start: list[str] = []  # reloaded changes that wait for a restart (of the workers, or all)
         self.listen = parse_hostport(listen or self.config.router.listen)
         self.admin_addr = parse_hostport(admin or self.config.router.admin)
         self.metrics = Metrics()  # the supervisor's own series (reloads) are written to mp_dir too
         self.merged = CollectorRegistry()
         MultiProcessCollector(self.merged, path=mp_dir)
         self.generate = lambda: generate_latest(self.merged)
-        self.reloader = Reloader(self.source, self._apply, lambda r: self.metrics.reloads.labels(r).inc())
+        self.reloader = Reloader(self.source, self._apply, lambda r: self.metrics.reloads.labels(r).inc(),
+                                 started=self.config, overridden=cli_overrides(listen, admin))
         self.workers: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.draining = False
@@ -107,13 +105,10 @@ class Supervisor:
         if not self.stopping:
             await self._spawn()
 
-    def _apply(self, config) -> list[str]:
+    def _apply(self, config) -> None:
         self.config = config
         for proc in list(self.workers.values()):
             proc.send_signal(signal.SIGHUP)
-        from .control.reload import start_only_changes
-        self.next_start = start_only_changes(self.started_config, config, self.overridden)
-        return self.next_start
 
     async def _drain(self) -> dict:
         self.draining = True
@@ -127,7 +122,7 @@ class Supervisor:
 
     def _state(self) -> dict:
         return {"workers": sorted(self.workers), "ready": self._ready(), "files": list(self.config.files),
-                "restart_pause_s": self.restart_pause_s, "next_start": self.next_start,
+                "restart_pause_s": self.restart_pause_s, "next_start": self.reloader.next_start,
                 "last_reload_error": self.reloader.last_error,
                 "note": "per-request health lives in each worker; see router_* metrics for the merged view",
                 "routes": [{"name": s.name, "hosts": list(s.hosts),

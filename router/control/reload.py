@@ -46,6 +46,12 @@ class ConfigSource:
         return load_config(*self.paths, documents=self.documents)
 
 
+def cli_overrides(listen: str | None, admin: str | None) -> frozenset[str]:
+    """The Router fields the command line set (`--listen`, `--admin`): what the file says for them
+    would not apply at the next start either."""
+    return frozenset(name for name, flag in (("listen", listen), ("admin", admin)) if flag)
+
+
 def start_only_changes(started: Config, new: Config, overridden: frozenset[str] = frozenset()) -> list[str]:
     """Fields of `new` that differ from the config the router started with but are read only at
     start (the listeners, the admin token, what runs beside the data path): they take effect at
@@ -65,15 +71,18 @@ def start_only_changes(started: Config, new: Config, overridden: frozenset[str] 
 
 
 class Reloader:
-    """Serialises reloads; `apply` swaps a good config in (and returns the changes that wait for the
-    next start); a bad one is recorded and refused."""
+    """Serialises reloads; `apply` swaps a good config in, a bad one is recorded and refused. Changes
+    to what is read only at start, against `started` (the config the process started with), are
+    kept in `next_start` and named in the answer."""
 
-    def __init__(self, source: ConfigSource, apply: Callable[[Config], list[str] | None],
-                 count: Callable[[str], None]):
+    def __init__(self, source: ConfigSource, apply: Callable[[Config], None], count: Callable[[str], None],
+                 started: Config, overridden: frozenset[str] = frozenset()):
         self.source, self.apply, self.count = source, apply, count
+        self.started, self.overridden = started, overridden
         self.lock = asyncio.Lock()
         self.last_error: str | None = None
         self.last_problems: list = []
+        self.next_start: list[str] = []
 
     async def reload(self, trigger: str) -> dict:
         async with self.lock:
@@ -86,14 +95,16 @@ class Reloader:
                 for line in str(exc).splitlines():
                     log.error("config reload (%s) refused, keeping the last good config: %s", trigger, line)
                 return {"ok": False, "errors": str(exc).splitlines()}
-            later = self.apply(config) or []
+            self.apply(config)
+            self.next_start = start_only_changes(self.started, config, self.overridden)
             self.last_error = None
             self.last_problems = []
             self.count("success")
             log.info("config reloaded (%s) from %s", trigger, ", ".join(config.files))
-            if later:
-                log.warning("config reloaded, but these changes take effect at the next start: %s", ", ".join(later))
-                return {"ok": True, "files": list(config.files), "next_start": later}
+            if self.next_start:
+                log.warning("config reloaded, but these changes take effect at the next start: %s",
+                            ", ".join(self.next_start))
+                return {"ok": True, "files": list(config.files), "next_start": self.next_start}
             return {"ok": True, "files": list(config.files)}
 
     async def watch(self, interval_s: float = 1.0) -> None:

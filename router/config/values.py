@@ -39,10 +39,14 @@ def parse_weight(value: object) -> float:
     """A plain non-negative finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"weight must be a number, got {value!r}")
+    return _finite_non_negative(value, "weight")
+
+
+def _finite_non_negative(value: int | float, what: str) -> float:
     if not math.isfinite(value):
-        raise ValueError(f"weight must be a finite number, got {value!r}")
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
     if value < 0:
-        raise ValueError(f"weight must not be negative, got {value}")
+        raise ValueError(f"{what} must not be negative, got {value!r}")
     return float(value)
 
 
@@ -56,11 +60,7 @@ def parse_quantity(value: object, what: str = "weight", example: str = "100m or 
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{what} must be a quantity like {example}, got {value!r}")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise ValueError(f"{what} must be a finite number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"{what} must not be negative, got {value!r}")
-        return float(value)
+        return _finite_non_negative(value, what)
     m = _QUANTITY.match(value.strip())
     if not m:
         if value.strip().startswith("-"):

@@ -111,6 +111,12 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _underscore_action(v: Any) -> str:
+    if v not in ("drop", "reject", "allow"):
+        raise ValueError(f"expected drop, reject or allow, got {v!r}")
+    return v
+
+
 def _path_prefix(v: Any) -> str:
     if not isinstance(v, str) or not v.startswith("/"):
         raise ValueError(f"path must start with '/', got {v!r}")
@@ -154,7 +160,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources", "accessLog"}):
+                             "resources", "accessLog", "normalizePath", "underscoreHeaders"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -206,6 +212,9 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
                           decision_header=doc.value(spec, "decisionHeader", _bool, False),
+                          normalize_path=doc.value(spec, "normalizePath", _bool, d.normalize_path),
+                          underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
+                                                       d.underscore_headers),
                           buffer=_read_buffer(doc, spec.get("buffer")),
                           resources=_read_resources(doc, spec.get("resources")),
                           access_log=_read_access_log(doc, spec.get("accessLog")))

@@ -149,6 +149,8 @@ class RouterSettings:
     probes: Probes = field(default_factory=Probes)
     rtt_decay_s: float = 10.0
     decision_header: bool = False
+    normalize_path: bool = True  # remove dot segments, merge slashes: route on and forward the same path
+    underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None

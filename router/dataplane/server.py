@@ -14,6 +14,7 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange
+from .paths import needs_normalizing, normalize as normalize_path
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
 from .headers import (SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
@@ -171,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
                 req.special.append((lname, value))
                 if lname == b"host" or lname == b"expect" or lname == b"via":  # interpreted and passed on
                     req.headers.append((name, value))
-            else:
+            elif b"_" not in name or self._keep_underscored(name):
                 req.headers.append((name, value))
         # else: a trailer field after a chunked body. Never added to the head (which may not be sent yet:
         # a queued request, or one waiting for its connection); dropped, as nginx and Envoy drop request
@@ -183,6 +184,18 @@ class ClientConnection(asyncio.Protocol):
             raise HttpReject(431, f"more than {limits.max_header_count} header fields")
         if req.head_size > limits.max_header_bytes:
             raise HttpReject(431, "request header section too large")
+
+    def _keep_underscored(self, name: bytes) -> bool:
+        """A header name with an underscore: servers that expose headers as CGI-style variables
+        (HTTP_X_FORWARDED_FOR) read X_Forwarded_For as X-Forwarded-For, which would get past the
+        forwarding headers the router sets. Dropped by default (nginx's underscores_in_headers off)."""
+        action = self.ctx.settings.underscore_headers
+        if action == "reject":
+            raise HttpReject(400, f"header name with an underscore: {name[:64].decode('latin-1')}")
+        if action == "drop":
+            self.ctx.metrics.dropped_headers.labels("underscore").inc()
+            return False
+        return True
 
     def on_headers_complete(self):
         req, p = self.req, self.parser
@@ -203,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
                 elif req.version == "1.0":  # (HTTP/1.1 without Host stays a 400)
                     req.special.append((b"host", authority))
                     req.headers.append((b"Host", authority))
+        if needs_normalizing(req.url) and self.ctx.settings.normalize_path:
+            req.url = normalize_path(req.url)  # routed on, and forwarded, as the cluster will resolve it
         key = (req.version, *req.special)
         if key == self.last_special:
             req.facts = self.last_facts

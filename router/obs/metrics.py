@@ -33,6 +33,8 @@ class Metrics:
                                        registry=r)
         self.rejected = Counter("router_rejected_requests_total", "Requests refused by the router itself",
                                 ["code", "reason"], registry=r)
+        self.dropped_headers = Counter("router_dropped_headers_total", "Request header fields dropped, by reason",
+                                       ["reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],
                                registry=r)
         self.cluster_rtt = Gauge("router_cluster_rtt_seconds", "RTT estimate per cluster (Peak-EWMA)",

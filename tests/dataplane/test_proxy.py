@@ -172,6 +172,60 @@ async def test_headers_hop_by_hop_forwarding_and_via(backends, router):
     assert "edge-router" in seen["Via"]
 
 
+def prefix_split(name: str, cluster: str, prefix: str) -> str:
+    return (f"---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  pathPrefix: {prefix}\n  clusters: [{{name: {cluster}, weight: 1}}]\n")
+
+
+async def test_path_is_routed_and_forwarded_as_the_cluster_resolves_it(backends, router):
+    """/public/../admin must not reach the /public split's cluster as a path its server resolves to
+    /admin: dot segments (also as %2e) are removed and slashes merged before routing, and the cluster
+    gets that path; with normalizePath: false the path goes as sent."""
+    main, public = await backends("main", "public")
+    docs = cluster_docs({"main": main.port, "public": public.port}) + split_doc({"main": 1}, "default") + \
+        prefix_split("public", "public", "/public")
+    app = await router(docs)
+    cases = [(b"/public/../admin", b"main", "/admin"), (b"/public/%2e%2E/admin?x=1", b"main", "/admin?x=1"),
+             (b"/public/./x/.././../admin/", b"main", "/admin/"), (b"/../public/x", b"public", "/public/x"),
+             (b"//public//x/./y?q=/../z", b"public", "/public/x/y?q=/../z"), (b"/public/x/..", b"public", "/public/"),
+             (b"/public/..%2Fadmin", b"public", "/public/..%2Fadmin"), (b"/public/.well-known/x", b"public",
+                                                                       "/public/.well-known/x")]
+    for target, cluster, seen_path in cases:
+        raw = await raw_request(app.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: " + cluster in raw, (target, raw)
+        backend = main if cluster == b"main" else public
+        assert backend.seen[-1].raw_path == seen_path, target
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(normalizePath=False))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, b"GET /public/../admin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert b"x-router-cluster: public" in raw and public.seen[-1].raw_path == "/public/../admin", raw
+
+
+async def test_header_names_with_underscores_are_dropped_rejected_or_allowed(backends, router):
+    """X_Forwarded_For reads as X-Forwarded-For to CGI-style servers (HTTP_X_FORWARDED_FOR) and would
+    pass a spoofed client address around the router's own header: dropped by default, as nginx does."""
+    (b,) = await backends("a")
+    docs = cluster_docs({"a": b.port}) + split_doc({"a": 1})
+    app = await router(docs)
+    req = (b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nX_Custom: 1\r\nX-Keep: yes\r\n"
+           b"Connection: close\r\n\r\n")
+    raw = await raw_request(app.port, req)
+    seen = b.seen[-1].headers
+    assert raw.startswith(b"HTTP/1.1 200") and seen["X-Keep"] == "yes", raw
+    assert "X_Forwarded_For" not in seen and "X_Custom" not in seen
+    assert seen.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert app.metrics.dropped_headers.labels("underscore")._value.get() == 2
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(underscoreHeaders="reject"))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, req)
+    assert raw.startswith(b"HTTP/1.1 400") and b"X_Forwarded_For" in raw and b"Connection: close" in raw, raw
+    assert len(b.seen) == 1
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(underscoreHeaders="allow"))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, req)
+    assert raw.startswith(b"HTTP/1.1 200") and b.seen[-1].headers["X_Custom"] == "1", raw
+
+
 async def test_trusted_proxy_headers_are_appended(backends, router):
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +

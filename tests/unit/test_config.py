@@ -129,6 +129,16 @@ def test_router_document(tmp_path):
     assert r.listen == "0.0.0.0:8443" and len(r.trusted_proxies) == 2
     assert r.limits.max_body_bytes == 1 << 20 and r.limits.max_header_count == 50
     assert r.timeouts.header_read_s == 5 and r.timeouts.connect_s == 0.25
+    assert r.normalize_path is True and r.underscore_headers == "drop"  # the edge defaults
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("underscoreHeaders: keep", "spec.underscoreHeaders: expected drop, reject or allow, got 'keep'"),
+    ("normalizePath: 'no'", "spec.normalizePath: expected true or false, got 'no'"),
+])
+def test_router_request_rules_refused(tmp_path, line, expected):
+    path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")
+    assert f"{path}:5: {expected}" in errors_of(path)
 
 
 @pytest.mark.parametrize("limits,expected", [

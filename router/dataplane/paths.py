@@ -1,0 +1,39 @@
+"""Request path normalization: the path a request is routed on is the path the cluster receives.
+
+A split scoped by `pathPrefix` routes on the request path. A client sending `/public/../admin`
+or `/public/%2e%2e/admin` matches a `/public` split, while most servers resolve those dot
+segments and serve `/admin`: the cluster chosen and the resource served would disagree (a path
+confusion). So, as Envoy's edge guidance recommends (normalize_path and merge_slashes), dot
+segments are removed (RFC 3986 5.2.4, `%2e` counted as a dot) and runs of slashes merged, before
+routing, and the normalized path is what is forwarded. Other percent-encodings (`%2F` among them)
+and the query are left exactly as received.
+"""
+from __future__ import annotations
+
+
+def needs_normalizing(url: bytes) -> bool:
+    """Cheap test on the hot path: can `url` hold a dot segment or an empty segment? Every dot
+    segment begins with "." or "%2e" right after a slash. (May say yes for a query; harmless.)"""
+    return b"/." in url or b"//" in url or b"/%2" in url
+
+
+def normalize(url: bytes) -> bytes:
+    """An origin-form target with the path's dot segments removed and repeated slashes merged;
+    a trailing slash stays (`/a/b/..` is `/a/`), and `..` never climbs above the root (`/../a`
+    is `/a`, as RFC 3986 resolves it)."""
+    path, sep, query = url.partition(b"?")
+    out: list[bytes] = []
+    trailing = False
+    for seg in path.split(b"/")[1:]:
+        dot = seg.replace(b"%2e", b".").replace(b"%2E", b".") if b"%" in seg else seg
+        if dot == b"..":
+            if out:
+                out.pop()
+            trailing = True
+        elif dot == b"." or not seg:
+            trailing = True
+        else:
+            out.append(seg)
+            trailing = False
+    new = b"/" + b"/".join(out) + (b"/" if trailing and out else b"")
+    return new + sep + query

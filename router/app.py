@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 
 from .config.model import Config
 from .config.values import parse_hostport
@@ -26,6 +27,7 @@ from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
 from .dataplane.server import serve
+from .dataplane.tls import replace_certificate, server_context
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
@@ -51,6 +53,8 @@ class RouterApp:
         self.version = 0
         self.ctx: ProxyContext | None = None
         self.server = None
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_state: dict | None = None  # what /debug/state shows: the pair in use, loads, last error
         self.admin: AdminServer | None = None
         self.port = self.admin_port = 0
         self.accepting = False
@@ -81,7 +85,12 @@ class RouterApp:
                                      {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
                                      token, before_scrape=self.metrics.flush)
             self.admin_port = await self.admin.start(*self.admin_addr)
-        self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port)
+        tls = self.config.router.tls
+        if tls is not None:
+            self.tls_context = server_context(tls.cert_file, tls.key_file)
+            self.tls_state = {"cert_file": tls.cert_file, "key_file": tls.key_file, "loads": 1, "last_error": None}
+        self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
+                                  ssl_context=self.tls_context)
         self.port = self.server.sockets[0].getsockname()[1]
         self.accepting = True
         self._start_control()
@@ -205,6 +214,15 @@ class RouterApp:
         self.ctx.swap(snapshot)
         if self.prober is not None:
             self.prober.sync()
+        tls = config.router.tls
+        if self.tls_context is not None and tls is not None:  # new handshakes get the pair as it is now
+            state = self.tls_state
+            try:
+                replace_certificate(self.tls_context, tls.cert_file, tls.key_file)
+                state.update(cert_file=tls.cert_file, key_file=tls.key_file, loads=state["loads"] + 1, last_error=None)
+            except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last one
+                state["last_error"] = str(exc)
+                log.error("TLS certificate %s not replaced, keeping the last one: %s", tls.cert_file, exc)
 
     async def drain(self) -> dict:
         self.ctx.start_drain()
@@ -246,7 +264,7 @@ class RouterApp:
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
                 "open_files_limit": open_files_limit(), "next_start": self.reloader.next_start,
-                "dns": ctx.pool.dns.describe(),
+                "dns": ctx.pool.dns.describe(), "tls": self.tls_state,
                 "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
@@ -259,7 +277,7 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
     app = RouterApp(paths, listen, admin)
     await app.start()
     app.install_signals()
-    log.info("serving on %s:%d, admin on %s:%d; open files limit %d", app.listen[0], app.port, app.admin_addr[0],
-             app.admin_port, open_files_limit())
+    log.info("serving on %s:%d%s, admin on %s:%d; open files limit %d", app.listen[0], app.port,
+             " (TLS)" if app.tls_context else "", app.admin_addr[0], app.admin_port, open_files_limit())
     await app.stopped.wait()
     return 0

@@ -145,8 +145,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, done.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reloader.reload("SIGHUP")))
         watcher = loop.create_task(self.reloader.watch(1.0))
-        log.info("serving on %s:%d, admin on %s:%d (%d workers)", self.listen[0], self.port,
-                 self.admin_addr[0], admin_port, self.n)
+        log.info("serving on %s:%d%s, admin on %s:%d (%d workers)", self.listen[0], self.port,
+                 " (TLS)" if self.config.router.tls else "", self.admin_addr[0], admin_port, self.n)
         await done.wait()
         self.stopping = True
         watcher.cancel()

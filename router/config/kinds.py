@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from .errors import Problems
 from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
-                    ServiceConfig, Timeouts, Workload)
-from .values import (normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
+                    ServiceConfig, Timeouts, Tls, Workload)
+from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
                      parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
 
@@ -160,7 +160,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources", "accessLog", "normalizePath", "underscoreHeaders"}):
+                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -217,12 +217,27 @@ def read_router(doc: Doc) -> RouterSettings | None:
                                                        d.underscore_headers),
                           buffer=_read_buffer(doc, spec.get("buffer")),
                           resources=_read_resources(doc, spec.get("resources")),
-                          access_log=_read_access_log(doc, spec.get("accessLog")))
+                          access_log=_read_access_log(doc, spec.get("accessLog")),
+                          tls=_read_tls(doc, spec.get("tls")))
 
 
 def _read_access_log(doc: Doc, node: Node | None) -> str | None:
     """accessLog: {path: /var/log/edge/access.log}, or {path: "-"} for stdout"""
     return doc.string(node, "path") if doc.fields(node, {"path"}, {"path"}) else None
+
+
+def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
+    """tls: {certFile: PATH, keyFile: PATH}; the pair must load (as `nginx -t` checks)."""
+    if not doc.fields(node, {"certFile", "keyFile"}, {"certFile", "keyFile"}):
+        return None
+    cert, key = doc.string(node, "certFile"), doc.string(node, "keyFile")
+    if cert is None or key is None:
+        return None
+    problem = check_tls_pair(cert, key)
+    if problem is not None:
+        doc.error(node.get(problem[0]), problem[1])
+        return None
+    return Tls(cert, key)
 
 
 def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:

@@ -122,6 +122,13 @@ class ResourceWatch:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """TLS on the client listener: a PEM certificate chain (leaf first) and its private key."""
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class BufferSettings:
     per_service: int = 1000
     total: int = 10_000
@@ -151,6 +158,7 @@ class RouterSettings:
     decision_header: bool = False
     normalize_path: bool = True  # remove dot segments, merge slashes: route on and forward the same path
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
+    tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None

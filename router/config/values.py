@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from urllib.parse import urlsplit
 
 from .model import Endpoint
@@ -133,3 +134,32 @@ def normalise_host(value: object) -> str:
     if not isinstance(value, str) or not value or any(c in value for c in " /\t"):
         raise ValueError(f"host must be a DNS name such as api.example.com or *.example.com, got {value!r}")
     return value.lower().rstrip(".")
+
+
+def check_tls_pair(cert_file: str, key_file: str) -> tuple[str, str] | None:
+    """None when the pair loads, else (which field is at fault, "certFile" or "keyFile", message)."""
+    for field, path, marker, what in (("certFile", cert_file, b"-----BEGIN CERTIFICATE-----", "certificate"),
+                                      ("keyFile", key_file, b"PRIVATE KEY-----", "private key")):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20)
+        except OSError as exc:
+            return field, f"cannot read {path}: {exc.strerror}"
+        if marker not in head:
+            return field, f"no PEM {what} in {path}"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file, _no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return "keyFile", f"the private key does not match the certificate in {cert_file}"
+        return "certFile", f"cannot load the certificate chain and key: {exc.reason or exc}"
+    except ValueError as exc:  # an encrypted key
+        return "keyFile", str(exc)
+    except OSError as exc:
+        return "certFile", f"cannot load the certificate chain and key: {exc}"
+    return None
+
+
+def _no_passphrase() -> bytes:
+    """Asked for when the key is encrypted: refuse (OpenSSL would otherwise prompt on the terminal)."""
+    raise ValueError("the private key is encrypted; give an unencrypted key (a Kubernetes TLS Secret holds one)")

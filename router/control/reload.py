@@ -22,17 +22,17 @@ class ConfigSource:
     def __init__(self, paths: list[str]):
         self.paths = list(paths)
         self.documents: tuple[tuple[str, str], ...] = ()  # custom resources read from a cluster
+        self.extra_files: tuple[str, ...] = ()  # files the config names and the router reads (TLS pair)
         self.stamp = self._stamp()
 
     def _stamp(self) -> tuple:
         out = []
-        for path in self.paths:
-            for f in config_files(path):
-                try:
-                    st = os.stat(f)
-                    out.append((f, st.st_mtime_ns, st.st_size))
-                except OSError:
-                    out.append((f, None, None))
+        for f in (*(f for path in self.paths for f in config_files(path)), *self.extra_files):
+            try:
+                st = os.stat(f)
+                out.append((f, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((f, None, None))
         return tuple(out)
 
     def changed(self) -> bool:
@@ -43,7 +43,13 @@ class ConfigSource:
         return False
 
     def load(self) -> Config:
-        return load_config(*self.paths, documents=self.documents)
+        config = load_config(*self.paths, documents=self.documents)
+        tls = config.router.tls
+        extra = (tls.cert_file, tls.key_file) if tls is not None else ()
+        if extra != self.extra_files:  # watched from now on: a renewed certificate reloads
+            self.extra_files = extra
+            self.stamp = self._stamp()
+        return config
 
 
 def cli_overrides(listen: str | None, admin: str | None) -> frozenset[str]:
@@ -62,7 +68,7 @@ def start_only_changes(started: Config, new: Config, overridden: frozenset[str] 
         ("adminToken", (a.admin_token_env, a.admin_token_file), (b.admin_token_env, b.admin_token_file)),
         ("probes.enabled", a.probes.enabled, b.probes.enabled), ("rttDecay", a.rtt_decay_s, b.rtt_decay_s),
         ("buffer", a.buffer, b.buffer), ("resources", a.resources, b.resources),
-        ("accessLog", a.access_log, b.access_log))
+        ("accessLog", a.access_log, b.access_log), ("tls", a.tls is None, b.tls is None))
         if old != now and name not in overridden]
     kube = {c.name: c.kubernetes for c in started.clusters}
     out += [f"Cluster {c.name} spec.kubernetes" for c in new.clusters

@@ -54,6 +54,7 @@ class ProxyContext:
         self.max_connections = connection_limit(self.settings)
         self.draining = False
         self.via = self.settings.via.encode()
+        self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
         self.clock = time.monotonic
         self._tails: dict[str, bytes] = {}
 
@@ -79,6 +80,7 @@ class ProxyContext:
         self.settings = snapshot.config.router
         self.max_connections = connection_limit(self.settings)
         self.via = self.settings.via.encode()
+        self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
         self._tails = {}
         self.metrics.config_version.set(snapshot.version)
 

@@ -158,7 +158,7 @@ def request_lines(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
 
 
 def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool, via: bytes,
-                       upgrade: bool) -> bytes:
+                       upgrade: bool, scheme: bytes) -> bytes:
     """X-Forwarded-*, Forwarded, Via (and the upgrade headers). The same for every request of a
     keep-alive connection that repeats its headers, so the connection keeps the last one."""
     host = facts["raw_host"]
@@ -166,10 +166,10 @@ def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool
     prior = fwd.get(b"x-forwarded-for")
     out = [b"X-Forwarded-For: ", b", ".join(prior) + b", " + client_ip if prior else client_ip, b"\r\n"]
     proto = fwd.get(b"x-forwarded-proto")
-    out += (b"X-Forwarded-Proto: ", proto[0] if proto else b"http", b"\r\n")
+    out += (b"X-Forwarded-Proto: ", proto[0] if proto else scheme, b"\r\n")
     fhost = fwd.get(b"x-forwarded-host")
     out += (b"X-Forwarded-Host: ", fhost[0] if fhost else host, b"\r\n")
-    element = b"for=" + node + b";proto=http"
+    element = b"for=" + node + b";proto=" + scheme
     if host:
         element += b';host="' + host.replace(b'"', b"") + b'"'
     prior = fwd.get(b"forwarded")

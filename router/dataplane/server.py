@@ -452,8 +452,11 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
 
-async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False) -> asyncio.base_events.Server:
+async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False,
+                ssl_context=None) -> asyncio.base_events.Server:
+    """The client listener; with `ssl_context`, TLS, its handshake bounded by the header deadline."""
+    tls = {"ssl": ssl_context, "ssl_handshake_timeout": ctx.settings.timeouts.header_read_s} if ssl_context else {}
     if sock is not None:
-        return await ctx.loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=1024)
+        return await ctx.loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=1024, **tls)
     return await ctx.loop.create_server(lambda: ClientConnection(ctx), host, port, backlog=1024,
-                                        reuse_port=reuse_port)
+                                        reuse_port=reuse_port, **tls)

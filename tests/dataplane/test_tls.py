@@ -1,0 +1,169 @@
+"""TLS on the client listener: HTTPS proxied with the right forwarding headers, the handshake
+bounded by the header deadline, and certificates replaced while serving (a bad pair refused)."""
+import asyncio
+import os
+import signal
+import ssl
+
+import aiohttp
+import pytest
+import trustme
+
+from tests.conftest import (cluster_docs, read_response, read_until_close, router_doc, router_process, split_doc,
+                            wait_for)
+
+
+@pytest.fixture
+def ca():
+    return trustme.CA()
+
+
+def write_pair(tmp_path, ca, name: str = "") -> tuple[str, str, bytes]:
+    """A localhost certificate from `ca` in cert.pem / key.pem (replaced in place); its DER form."""
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    for path, blob in ((cert, issued.cert_chain_pems[0].bytes()), (key, issued.private_key_pem.bytes())):
+        tmp = path.with_suffix(".new")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)  # as a Secret update swaps files: never half written
+    return str(cert), str(key), ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+
+def client_context(*cas) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    for ca in cas:
+        ca.configure_trust(ctx)
+    return ctx
+
+
+async def https(port: int, ctx: ssl.SSLContext):
+    return await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+
+
+async def test_https_is_proxied_with_https_forwarding_headers(backends, router, ca, tmp_path):
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}))
+    reader, writer = await https(app.port, client_context(ca))
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"  # not h2
+    for path in ("/one", "/two"):  # keep-alive over one TLS connection
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert status == 200 and headers["x-router-cluster"] == "a" and body == b"a:0"
+        assert b.seen[-1].path == path
+    writer.close()
+    seen = b.seen[-1].headers
+    assert seen["X-Forwarded-Proto"] == "https" and seen["Forwarded"].startswith("for=127.0.0.1;proto=https")
+    # plain HTTP sent to the TLS port: no answer, nothing reaches the cluster
+    r, w = await asyncio.open_connection("127.0.0.1", app.port)
+    w.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert await read_until_close(r, 5.0) == b""
+    w.close()
+    assert len(b.seen) == 2
+
+
+async def test_silent_client_is_closed_at_the_header_deadline(backends, router, ca, tmp_path):
+    """A TCP connection that never starts its handshake is closed at headerRead, as a silent
+    plain-text one is, instead of holding a socket for the TLS library's 60 s."""
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}, timeouts={"headerRead": "300ms"}))
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    r, w = await asyncio.open_connection("127.0.0.1", app.port)
+    assert await read_until_close(r, 5.0) == b""
+    assert loop.time() - t < 3.0
+    w.close()
+
+
+async def test_renewed_certificate_is_served_to_new_connections_and_a_bad_pair_is_refused(
+        backends, router, ca, tmp_path):
+    (b,) = await backends("a")
+    cert, key, first = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}), watch_interval_s=0.05)
+    ctx = client_context(ca)
+    reader, writer = await https(app.port, ctx)
+    assert writer.get_extra_info("ssl_object").getpeercert(binary_form=True) == first
+
+    async def served() -> bytes:
+        r, w = await https(app.port, ctx)
+        der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        w.close()
+        return der
+
+    async def served_is(der: bytes) -> bool:
+        return await served() == der
+
+    _, _, second = write_pair(tmp_path, ca)  # renewed in place: only the certificate files changed
+    await wait_for(lambda: served_is(second), 5.0, what="the renewed certificate")
+    writer.write(b"GET /still HTTP/1.1\r\nHost: h\r\n\r\n")  # the open connection carries on
+    status, _, _ = await read_response(reader)
+    assert status == 200
+    writer.close()
+
+    # a key that does not match: refused with its line, the last good pair keeps serving
+    other = ca.issue_cert("localhost")
+    (tmp_path / "key.pem").write_bytes(other.private_key_pem.bytes())
+    result = await app.reloader.reload("test")
+    assert not result["ok"] and any("tls.keyFile: the private key does not match" in e for e in result["errors"])
+    assert await served() == second
+    (app.config_dir / "router.yaml").write_text(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    result = await app.reloader.reload("test")  # TLS off is for the next start: the listener keeps it
+    assert result["ok"] and result["next_start"] == ["Router spec.tls"], result
+    assert await served() == second
+    state = app.state()["tls"]
+    assert state["cert_file"] == cert and state["loads"] >= 2 and state["last_error"] is None, state
+
+
+async def test_workers_serve_tls_and_take_a_renewed_certificate(backends, ca, tmp_path):
+    (b,) = await backends("a")
+    cert, key, first = write_pair(tmp_path, ca)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "c.yaml").write_text(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                                 router_doc(tls={"certFile": cert, "keyFile": key}))
+    ctx = client_context(ca)
+
+    async def served() -> bytes:
+        r, w = await https(rp.port, ctx)
+        w.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (await read_until_close(r, 5.0)).startswith(b"HTTP/1.1 200")
+        der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        w.close()
+        return der
+
+    async with router_process(conf, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def ready():
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/readyz") as r:
+                    return r.status == 200
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+        assert all(der == first for der in await asyncio.gather(*[served() for _ in range(8)]))
+        _, _, second = write_pair(tmp_path, ca)
+
+        async def renewed() -> bool:  # every worker: several connections land on both
+            return all(der == second for der in await asyncio.gather(*[served() for _ in range(8)]))
+        await wait_for(renewed, timeout_s=10, interval_s=0.1, what="both workers serving the renewed certificate")
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0
+
+
+async def test_tls_pair_errors_name_the_field(tmp_path, ca):
+    from router.config.errors import ConfigError
+    from router.config.loader import load_config
+    cert, key, _ = write_pair(tmp_path, ca)
+    cases = [({"certFile": str(tmp_path / "missing.pem"), "keyFile": key}, "spec.tls.certFile: cannot read"),
+             ({"certFile": key, "keyFile": key}, "spec.tls.certFile: no PEM certificate in"),
+             ({"certFile": cert, "keyFile": cert}, "spec.tls.keyFile: no PEM private key in"),
+             ({"certFile": cert}, "spec.tls: missing required field 'spec.tls.keyFile'")]
+    for i, (tls, expected) in enumerate(cases):
+        path = tmp_path / f"r{i}.yaml"
+        path.write_text(router_doc(tls=tls))
+        with pytest.raises(ConfigError) as err:
+            load_config(str(path))
+        assert expected in str(err.value), str(err.value)
+        assert str(err.value).startswith(f"{path}:"), str(err.value)

@@ -413,6 +413,9 @@ def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
+    if doc.seq(spec, "matches"):
+        doc.error(spec.get("matches"), "matches (HTTPRouteGroup references) are not supported (the split would "
+                                       "take every request for its service)")
     parse = parse_quantity if version == "v1alpha1" else parse_weight
     entries = []
     for item in doc.seq(spec, "backends"):
@@ -433,7 +436,10 @@ def _gateway_weight(v: Any) -> float:
 
 
 def read_httproute(doc: Doc) -> list[PendingSplit]:
-    """Each rule becomes one split; a rule's first PathPrefix match scopes it."""
+    """Each rule becomes one split per distinct PathPrefix among its matches (matches are ORed; a rule
+    without matches takes "/"). What the router cannot honour is refused with its line rather than
+    ignored, as the Gateway API asks of a rule it cannot implement: header, query and method matches
+    (ignored, the rule would take every request under its path), filters and timeouts."""
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
@@ -445,22 +451,46 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
     for i, rule in enumerate(doc.seq(spec, "rules")):
         if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"}, {"backendRefs"}):
             continue
-        prefix = "/"
-        for m in doc.seq(rule, "matches")[:1]:
-            path = m.get("path") if m.kind == "map" else None
+        prefixes = []
+        for m in doc.seq(rule, "matches"):
+            if not doc.fields(m, {"path", "headers", "queryParams", "method"}):
+                continue
+            for key, what in (("headers", "header"), ("queryParams", "query parameter"), ("method", "method")):
+                if m.get(key) is not None:
+                    doc.error(m.get(key), f"{what} matches are not supported (the rule would take every "
+                                          "request under its path)")
+            prefix = "/"
+            path = m.get("path")
             if path is not None and doc.fields(path, {"type", "value"}):
                 if doc.string(path, "type", "PathPrefix") != "PathPrefix":
                     doc.error(path, "only PathPrefix path matches are supported")
                 prefix = doc.value(path, "value", _path_prefix, "/")
+            if prefix not in prefixes:
+                prefixes.append(prefix)
+        _unsupported_filters(doc, rule)
+        if rule.get("timeouts") is not None:
+            doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
+                                            "(upstreamHeader, perTry)")
         entries = []
         for ref in doc.seq(rule, "backendRefs"):
             if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
                               {"name"}):
                 continue
+            _unsupported_filters(doc, ref)
             cluster = doc.string(ref, "name")
             weight = doc.value(ref, "weight", _gateway_weight, 1.0)
             if cluster and weight is not None:
                 entries.append(PendingEntry(cluster, weight, None, cluster, ref))
-        splits.append(PendingSplit(f"{name}/rule{i}", "httproute", hosts, prefix, entries, "weighted",
-                                   None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs"))))
+        prefixes = prefixes or ["/"]
+        for j, prefix in enumerate(prefixes):
+            split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
+            splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
+                                       None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs"))))
     return splits
+
+
+def _unsupported_filters(doc: Doc, node: Node) -> None:
+    for item in doc.seq(node, "filters"):
+        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else "?"
+        doc.error(item, f"filter {kind} is not supported (a route that cannot apply its filters is refused, "
+                        "not served without them)")

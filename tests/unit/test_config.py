@@ -113,6 +113,57 @@ def test_httproute_weights_default_one_and_path_prefix(tmp_path):
     assert rest.path_prefix == "/" and rest.backends[0].weight == 1_000_000
 
 
+def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          rules:
+          - matches: [{path: {value: /a}}, {path: {type: PathPrefix, value: /b}}, {path: {value: /a}}]
+            backendRefs: [{name: us-west}]
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert [(s.name, s.path_prefix) for s in cfg.splits] == [("web/rule0/match0", "/a"), ("web/rule0/match1", "/b")]
+    bad = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          rules:
+          - matches:
+            - path: {value: /a}
+              headers: [{name: x-canary, value: "1"}]
+            - method: POST
+            filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {add: [{name: x, value: y}]}
+            timeouts: {request: 10s}
+            backendRefs:
+            - name: us-west
+              filters: [{type: RequestMirror}]
+        ---
+        apiVersion: split.smi-spec.io/v1alpha4
+        kind: TrafficSplit
+        metadata: {name: smi}
+        spec:
+          service: web
+          matches: [{kind: HTTPRouteGroup, name: canary}]
+          backends: [{service: us-west, weight: 1}]
+        """)
+    path = write(tmp_path, bad, "bad.yaml")
+    errors = errors_of(path)
+    for line, expected in [(23, "spec.rules[0].matches[0].headers: header matches are not supported"),
+                           (24, "spec.rules[0].matches[1].method: method matches are not supported"),
+                           (26, "spec.rules[0].filters[0]: filter RequestHeaderModifier is not supported"),
+                           (28, "spec.rules[0].timeouts: route timeouts are not supported"),
+                           (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
+                           (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
+        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+
+
 def test_router_document(tmp_path):
     text = CLUSTERS + textwrap.dedent("""\
         ---

@@ -10,11 +10,12 @@ Accepted kinds:
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
+from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
                      parse_quantity, parse_selector, parse_size, parse_weight)
@@ -45,6 +46,8 @@ class PendingSplit:
     declared: int = 0  # entries written, valid or not
     services: tuple[tuple[str, Node], ...] = ()  # spec.service: a Service name, else a host
     affinity: tuple[str, str] | None = None
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
 
 
 class Doc:
@@ -271,7 +274,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
     name = doc.name()
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity"}, {"clusters"}):
+    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
+                             "responseHeaders"}, {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -300,7 +304,67 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     services = _service_refs(doc, spec)
     prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
-                        len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")))
+                        len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
+                        read_header_ops(doc, spec.get("requestHeaders")),
+                        read_header_ops(doc, spec.get("responseHeaders")))
+
+
+# RFC 9110 field-name token; a value without CR, LF, NUL or other control characters (HTAB allowed).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+# Written by the router itself, or framing and hop-by-hop: a route may not change them.
+_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                               "proxy-connection", "te", "trailer", "upgrade", "via", "x-forwarded-for",
+                               "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-router-cluster",
+                               "x-router-decision", "server-timing"))
+MAX_HEADER_OPS = 16  # per list, as the Gateway API allows
+
+
+def read_header_ops(doc: Doc, node: Node | None) -> HeaderOps | None:
+    """{set: [{name, value}], add: [{name, value}], remove: [name]} (Gateway API HTTPHeaderFilter)."""
+    if not doc.fields(node, {"set", "add", "remove"}):
+        return None
+    seen: dict[str, str] = {}
+
+    def name_of(item: Node, verb: str) -> str | None:
+        name = item.value if item.kind == "scalar" else None
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            doc.error(item, f"header name must be a token such as X-Env, got {name!r}")
+            return None
+        lower = name.lower()
+        if lower in _RESERVED_HEADERS:
+            doc.error(item, f"header {name} is written by the router (framing, forwarding or routing) and "
+                            "cannot be changed by a route")
+            return None
+        if lower in seen and (verb != "add" or seen[lower] != "add"):
+            doc.error(item, f"header {name} is named twice (already in {seen[lower]})")
+            return None
+        seen[lower] = verb
+        return name
+
+    lists = {}
+    for verb in ("set", "add"):
+        pairs = []
+        items = doc.seq(node, verb)
+        if len(items) > MAX_HEADER_OPS:
+            doc.error(node.get(verb), f"at most {MAX_HEADER_OPS} headers, got {len(items)}")
+        for item in items:
+            if not doc.fields(item, {"name", "value"}, {"name", "value"}) or item.get("name") is None \
+                    or item.get("value") is None:
+                continue
+            name = name_of(item.get("name"), verb)
+            value = item.get("value").value
+            if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+                doc.error(item.get("value"), f"header value must be a string without control characters, "
+                                             f"got {value!r}")
+            elif name is not None:
+                pairs.append((name, value.strip(" \t")))
+        lists[verb] = tuple(pairs)
+    removed = doc.seq(node, "remove")
+    if len(removed) > MAX_HEADER_OPS:
+        doc.error(node.get("remove"), f"at most {MAX_HEADER_OPS} headers, got {len(removed)}")
+    remove = tuple(n for n in (name_of(item, "remove") for item in removed) if n is not None)
+    return HeaderOps(lists["set"], lists["add"], remove) if lists["set"] or lists["add"] or remove else None
 
 
 def _service_refs(doc: Doc, spec: Node) -> tuple:
@@ -467,7 +531,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                 prefix = doc.value(path, "value", _path_prefix, "/")
             if prefix not in prefixes:
                 prefixes.append(prefix)
-        _unsupported_filters(doc, rule)
+        request_ops, response_ops = _rule_filters(doc, rule)
         if rule.get("timeouts") is not None:
             doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
                                             "(upstreamHeader, perTry)")
@@ -485,12 +549,38 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
         for j, prefix in enumerate(prefixes):
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
-                                       None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs"))))
+                                       None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
+                                       request_headers=request_ops, response_headers=response_ops))
     return splits
+
+
+_HEADER_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier"}
+
+
+def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None]:
+    """A rule's RequestHeaderModifier and ResponseHeaderModifier (each at most once); any other filter
+    is refused."""
+    found: dict[str, HeaderOps | None] = {}
+    for item in doc.seq(rule, "filters"):
+        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
+        if kind not in _HEADER_FILTERS:
+            _unsupported_filter(doc, item, kind)
+            continue
+        if not doc.fields(item, {"type", _HEADER_FILTERS[kind]}, {_HEADER_FILTERS[kind]}):
+            continue
+        if kind in found:
+            doc.error(item, f"filter {kind} is given twice")
+            continue
+        found[kind] = read_header_ops(doc, item.get(_HEADER_FILTERS[kind]))
+    return found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier")
 
 
 def _unsupported_filters(doc: Doc, node: Node) -> None:
     for item in doc.seq(node, "filters"):
-        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else "?"
-        doc.error(item, f"filter {kind} is not supported (a route that cannot apply its filters is refused, "
-                        "not served without them)")
+        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
+        _unsupported_filter(doc, item, kind)
+
+
+def _unsupported_filter(doc: Doc, item: Node, kind) -> None:
+    doc.error(item, f"filter {kind or '(no type)'} is not supported here (a route that cannot apply its filters "
+                    "is refused, not served without them)")

@@ -51,6 +51,15 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class HeaderOps:
+    """Header changes on one direction of a route (Gateway API's HTTPHeaderFilter): `set` replaces
+    every field of that name, `add` appends one, `remove` drops every field of that name."""
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -61,6 +70,8 @@ class SplitConfig:
     max_rtt_s: float | None = None
     source: str = ""
     affinity: tuple[str, str] | None = None  # ("header"|"cookie"|"path", name or segment count)
+    request_headers: HeaderOps | None = None  # changes to what the cluster receives
+    response_headers: HeaderOps | None = None  # changes to what the client receives
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.model import Config, Endpoint, SplitConfig
+from ..config.model import Config, Endpoint, HeaderOps, SplitConfig
 from .decisions import Forward
 
 
@@ -35,6 +35,12 @@ class Route:
     affinity: tuple[str, str] | None = None
     plain: tuple[Forward, ...] = ()  # Forward(backend, "weighted") for each of `live`, built once
     limited: bool = False  # some backend has a request limit (the choice then checks in-flight counts)
+    # Header changes, compiled: lowercase names whose fields are dropped (set and remove), and the
+    # lines appended (set and add). None / b"" when the route changes nothing in that direction.
+    request_drop: frozenset | None = None
+    request_add: bytes = b""
+    response_drop: frozenset | None = None
+    response_add: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,14 @@ def _prefix_match(path: str, prefix: str) -> bool:
     return path.startswith(prefix if prefix.endswith("/") else prefix + "/")
 
 
+def _compiled(ops: HeaderOps | None) -> tuple[frozenset | None, bytes]:
+    if ops is None:
+        return None, b""
+    drop = frozenset(name.lower().encode() for name in (*(n for n, _ in ops.set), *ops.remove))
+    add = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in (*ops.set, *ops.add))
+    return drop or None, add
+
+
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
     limits = {c.name: c.max_requests for c in config.clusters}
@@ -104,7 +118,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
-                     any(b.max_requests is not None for b in live))
+                     any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
+                     *_compiled(split.response_headers))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

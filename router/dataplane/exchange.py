@@ -167,7 +167,13 @@ class Exchange(ResponseRelay):
         conn.exchange = self
         self.upstream = conn
         facts = req.facts
-        parts = request_lines(req.method, req.url, req.headers, facts["named"])
+        route = self.route
+        if route.request_drop is None and not route.request_add:
+            parts = request_lines(req.method, req.url, req.headers, facts["named"])
+        else:  # the route's header changes: its set/remove names go, its set/add lines come after
+            parts = request_lines(req.method, req.url, req.headers, (facts["named"] or frozenset()) |
+                                  (route.request_drop or frozenset()))
+            parts.append(route.request_add)
         trusted = client.trusted()
         cached = client.fwd_cache
         if cached is not None and cached[0] is facts and cached[1] is ctx.via and cached[2] is trusted:

@@ -191,14 +191,15 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes,
-                  upgrade: bool) -> tuple[list[bytes], bytes | None, bool]:
+def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, upgrade: bool,
+                  drop: frozenset | None = None) -> tuple[list[bytes], bytes | None, bool]:
     """Status line + end-to-end headers + `tail` (the router's own headers); framing added by caller.
+    `drop`: lowercase names a route removes or sets.
 
     Returns the parts, the upstream's Content-Length (or None) and whether it was chunked.
     """
     out = [status_line(status)]
-    named = None
+    named = set(drop) if drop else None
     content_length, chunked = None, False
     for name, value in headers:
         lname = name.lower()

@@ -33,8 +33,11 @@ class ResponseRelay:
         if req.upgrade and status != 101:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
-        parts, cl, upstream_chunked = response_head(status, headers, self.ctx.response_tail(self.backend.cluster),
-                                                    status == 101)
+        route = self.route
+        tail = self.ctx.response_tail(self.backend.cluster)
+        if route.response_add:
+            tail = route.response_add + tail
+        parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop)
         if status == 101:
             pass
         elif no_body:

@@ -201,6 +201,32 @@ async def test_path_is_routed_and_forwarded_as_the_cluster_resolves_it(backends,
     assert b"x-router-cluster: public" in raw and public.seen[-1].raw_path == "/public/../admin", raw
 
 
+async def test_route_header_changes_reach_the_cluster_and_the_client(backends, router):
+    """requestHeaders / responseHeaders (and HTTPRoute's header filters): set replaces every field of
+    the name, add appends, remove drops; a route without them passes headers untouched."""
+    a, b = await backends("a", "b")
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + split_doc({"b": 1}, "plain") + (
+        "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: changed}\nspec:\n"
+        "  hosts: [changed.example.com]\n  clusters: [{name: a, weight: 1}]\n"
+        "  requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: edge}], remove: [cookie]}\n"
+        "  responseHeaders: {set: [{name: Content-Type, value: text/x-set}], add: [{name: X-Served-By, value: edge}],"
+        " remove: [Server]}\n"))
+    req = (b"GET / HTTP/1.1\r\nHost: changed.example.com\r\nX-Env: dev\r\nx-env: test\r\nX-Tag: client\r\n"
+           b"Cookie: secret=1\r\nX-Keep: yes\r\nConnection: close\r\n\r\n")
+    raw = await raw_request(app.port, req)
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: a" in head, raw
+    assert b"server:" not in head and head.count(b"content-type:") == 1 and b"content-type: text/x-set" in head
+    assert b"x-served-by: edge" in head
+    seen = a.seen[-1].headers
+    assert seen.getall("X-Env") == ["prod"] and seen.getall("X-Tag") == ["client", "edge"]
+    assert "Cookie" not in seen and seen["X-Keep"] == "yes"
+    raw = await raw_request(app.port, req.replace(b"changed.example.com", b"other.example.com"))
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert b"x-router-cluster: b" in head and b"server:" in head and b"x-served-by" not in head, raw
+    assert b.seen[-1].headers.getall("X-Env") == ["dev", "test"] and "Cookie" in b.seen[-1].headers
+
+
 async def test_header_names_with_underscores_are_dropped_rejected_or_allowed(backends, router):
     """X_Forwarded_For reads as X-Forwarded-For to CGI-style servers (HTTP_X_FORWARDED_FOR) and would
     pass a spoofed client address around the router's own header: dropped by default, as nginx does."""

@@ -7,6 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
+from router.config.model import HeaderOps
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -138,8 +139,8 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
               headers: [{name: x-canary, value: "1"}]
             - method: POST
             filters:
-            - type: RequestHeaderModifier
-              requestHeaderModifier: {add: [{name: x, value: y}]}
+            - type: RequestMirror
+              requestMirror: {backendRef: {name: x}}
             timeouts: {request: 10s}
             backendRefs:
             - name: us-west
@@ -157,11 +158,61 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
     errors = errors_of(path)
     for line, expected in [(23, "spec.rules[0].matches[0].headers: header matches are not supported"),
                            (24, "spec.rules[0].matches[1].method: method matches are not supported"),
-                           (26, "spec.rules[0].filters[0]: filter RequestHeaderModifier is not supported"),
+                           (26, "spec.rules[0].filters[0]: filter RequestMirror is not supported"),
                            (28, "spec.rules[0].timeouts: route timeouts are not supported"),
                            (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
                            (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+
+
+def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: native}
+        spec:
+          hosts: [a.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
+          responseHeaders: {remove: [Server]}
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          hostnames: [b.example.com]
+          rules:
+          - filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {add: [{name: X-Tag, value: a}, {name: X-Tag, value: b}]}
+            - type: ResponseHeaderModifier
+              responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
+            backendRefs: [{name: eu-central}]
+        """)
+    native, route = load_config(write(tmp_path, text)).splits
+    assert native.request_headers == HeaderOps((("X-Env", "prod"),), (("X-Tag", "a"),), ("Cookie",))
+    assert native.response_headers == HeaderOps((), (), ("Server",))
+    assert route.request_headers == HeaderOps((), (("X-Tag", "a"), ("X-Tag", "b")), ())
+    assert route.response_headers == HeaderOps((("Cache-Control", "no-store"),), (), ())
+
+
+@pytest.mark.parametrize("ops,expected", [
+    ("{set: [{name: Host, value: x}]}", "requestHeaders.set[0].name: header Host is written by the router"),
+    ("{remove: [X-Forwarded-For]}", "requestHeaders.remove[0]: header X-Forwarded-For is written by the router"),
+    ("{set: [{name: 'X Bad', value: x}]}", "requestHeaders.set[0].name: header name must be a token"),
+    ('{set: [{name: X-A, value: "a\\r\\nInjected: 1"}]}', "requestHeaders.set[0].value: header value must be a "
+                                                           "string without control characters"),
+    ("{set: [{name: X-A, value: 1}]}", "requestHeaders.set[0].value: header value must be a string"),
+    ("{set: [{name: X-A, value: a}], remove: [x-a]}", "requestHeaders.remove[0]: header x-a is named twice"),
+    ("{add: [{name: X-A}]}", "requestHeaders.add[0]: missing required field"),
+    ("{replace: []}", "requestHeaders.replace: unknown field"),
+])
+def test_header_changes_refused(tmp_path, ops, expected):
+    path = write(tmp_path, CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\n"
+                                      "metadata: {name: s}\nspec:\n  clusters: [{name: us-west, weight: 1}]\n"
+                                      f"  requestHeaders: {ops}\n")
+    assert any(f"spec.{expected}" in e for e in errors_of(path)), errors_of(path)
 
 
 def test_router_document(tmp_path):

@@ -75,6 +75,8 @@ metadata: {name: shop}
 spec:
   service: shop
   clusters: [{name: a, weight: 1}]
+  requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
+  responseHeaders: {remove: [Server]}
 ---
 apiVersion: split.smi-spec.io/v1alpha1
 kind: TrafficSplit
@@ -92,7 +94,9 @@ metadata: {name: r}
 spec:
   hostnames: [r.example.com]
   rules:
-  - matches: [{path: {type: PathPrefix, value: /api}}]
+  - matches: [{path: {type: PathPrefix, value: /api}}, {path: {value: /v2}}]
+    filters:
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}}
     backendRefs: [{name: a, weight: 3}, {name: b}]
   - backendRefs: [{name: b, weight: 1000000}]
 """))

@@ -163,7 +163,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls"}):
+                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
+                             "requestId"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -215,6 +216,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
                           decision_header=doc.value(spec, "decisionHeader", _bool, False),
+                          request_id=doc.value(spec, "requestId", _bool, d.request_id),
                           normalize_path=doc.value(spec, "normalizePath", _bool, d.normalize_path),
                           underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
                                                        d.underscore_headers),

@@ -167,6 +167,7 @@ class RouterSettings:
     probes: Probes = field(default_factory=Probes)
     rtt_decay_s: float = 10.0
     decision_header: bool = False
+    request_id: bool = False  # X-Request-Id made (or kept from trusted proxies), sent on, logged, returned
     normalize_path: bool = True  # remove dot segments, merge slashes: route on and forward the same path
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set

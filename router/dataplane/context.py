@@ -6,6 +6,7 @@ it once when its head is complete.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 
@@ -57,6 +58,14 @@ class ProxyContext:
         self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
         self.clock = time.monotonic
         self._tails: dict[str, bytes] = {}
+        # Request ids: 64 random bits per process, then a counter: unique across workers and replicas
+        # without a random draw per request; 32 hex digits, like a UUID without dashes.
+        self._id_prefix = os.urandom(8).hex().encode()
+        self._id_count = 0
+
+    def new_request_id(self) -> bytes:
+        self._id_count += 1
+        return b"%s%016x" % (self._id_prefix, self._id_count)
 
     def response_tail(self, cluster: str) -> bytes:
         """The router's own response headers for a cluster, built once per config."""

@@ -15,7 +15,7 @@ import socket
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
-from .headers import HttpReject, forwarding_headers, request_lines
+from .headers import REQUEST_ID, HttpReject, forwarding_headers, request_lines
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
@@ -168,12 +168,16 @@ class Exchange(ResponseRelay):
         self.upstream = conn
         facts = req.facts
         route = self.route
-        if route.request_drop is None and not route.request_add:
-            parts = request_lines(req.method, req.url, req.headers, facts["named"])
-        else:  # the route's header changes: its set/remove names go, its set/add lines come after
-            parts = request_lines(req.method, req.url, req.headers, (facts["named"] or frozenset()) |
-                                  (route.request_drop or frozenset()))
+        named = facts["named"]
+        if route.request_drop is not None:  # the route's header changes: its set/remove names go
+            named = (named or frozenset()) | route.request_drop
+        if req.request_id_made and facts["request_id"] is not None:  # the router's id replaces the client's
+            named = (named or frozenset()) | REQUEST_ID
+        parts = request_lines(req.method, req.url, req.headers, named)
+        if route.request_add:  # ... and its set/add lines come after
             parts.append(route.request_add)
+        if req.request_id_made:
+            parts.append(req.request_id_line)
         trusted = client.trusted()
         cached = client.fwd_cache
         if cached is not None and cached[0] is facts and cached[1] is ctx.via and cached[2] is trusted:

@@ -38,14 +38,17 @@ def split_tokens(value: bytes) -> list[bytes]:
 # Request headers the proxy looks at or drops. Everything else passes through untouched.
 SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"connection", b"expect", b"upgrade",
                      b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"keep-alive",
-                     b"proxy-connection", b"te", b"trailer", b"via"))
+                     b"proxy-connection", b"te", b"trailer", b"via", b"x-request-id"))
+# SPECIAL headers that are also passed on as they came (the rest are dropped or rewritten).
+PASSED_ON = frozenset((b"host", b"expect", b"via", b"x-request-id"))
+REQUEST_ID = frozenset((b"x-request-id",))
 _CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
 def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
     """Checks llhttp leaves to us, over the SPECIAL headers only. Returns facts; raises HttpReject."""
     hosts, te, cl, conn_tokens, fwd, via = [], [], [], [], {}, []
-    expect, upgrade = False, None
+    expect, upgrade, request_id = False, None, None
     for lname, value in special:
         if lname == b"host":
             hosts.append(value)
@@ -63,6 +66,8 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
             fwd.setdefault(lname, []).append(value)
         elif lname == b"via":  # received-by of each entry ("1.1 name, 1.0 other (comment)")
             via += [entry.split()[1] for entry in value.split(b",") if len(entry.split()) > 1]
+        elif lname == b"x-request-id" and request_id is None:
+            request_id = value.strip(b" \t")
     if len(hosts) > 1:
         raise HttpReject(400, "more than one Host header")
     if not hosts and version == "1.1":
@@ -95,7 +100,7 @@ def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
         host = host.partition(b":")[0]
     return {"host": host.decode("latin-1").rstrip("."), "raw_host": raw_host, "chunked": bool(te),
             "content_length": int(cl[0]) if cl else None, "named": named, "forwarding": fwd,
-            "expect_continue": expect, "upgrade": upgrade, "via": via}
+            "expect_continue": expect, "upgrade": upgrade, "via": via, "request_id": request_id}
 
 
 # host[:port] of an absolute-form target: a reg-name (RFC 3986 unreserved, sub-delims, pct-encoded) or an IP
@@ -180,6 +185,8 @@ def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool
     return b"".join(out)
 
 
+# Response headers response_head() looks at: framing and hop-by-hop, and the router's own.
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"x-router-cluster", b"x-request-id"}
 _STATUS_LINES: dict[int, bytes] = {}
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b"Keep-Alive", b"Close"))
 
@@ -192,9 +199,10 @@ def status_line(status: int) -> bytes:
 
 
 def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, upgrade: bool,
-                  drop: frozenset | None = None) -> tuple[list[bytes], bytes | None, bool]:
+                  drop: frozenset | None = None, own_request_id: bool = False) -> tuple[list[bytes], bytes | None, bool]:
     """Status line + end-to-end headers + `tail` (the router's own headers); framing added by caller.
-    `drop`: lowercase names a route removes or sets.
+    `drop`: lowercase names a route removes or sets; `own_request_id`: the tail has X-Request-Id, so
+    the upstream's is left out.
 
     Returns the parts, the upstream's Content-Length (or None) and whether it was chunked.
     """
@@ -203,7 +211,7 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
     content_length, chunked = None, False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname == b"x-router-cluster":
+        if lname in _RESPONSE_SPECIAL:
             if lname == b"content-length":
                 content_length = value
             elif lname == b"transfer-encoding":
@@ -211,7 +219,7 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
             elif lname == b"connection":
                 if value not in _PLAIN_CONNECTION:
                     named = (named or set()) | set(split_tokens(value))
-            elif upgrade and lname == b"upgrade":
+            elif upgrade and lname == b"upgrade" or lname == b"x-request-id" and not own_request_id:
                 out += (name, b": ", value, b"\r\n")
             continue
         out += (name, b": ", value, b"\r\n")

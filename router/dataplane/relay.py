@@ -37,7 +37,10 @@ class ResponseRelay:
         tail = self.ctx.response_tail(self.backend.cluster)
         if route.response_add:
             tail = route.response_add + tail
-        parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop)
+        if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
+            tail = req.request_id_line + tail
+        parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop,
+                                                    bool(req.request_id))
         if status == 101:
             pass
         elif no_body:
@@ -202,6 +205,8 @@ class ResponseRelay:
                 self.ctx.health.on_response(cluster, status, self.ctx.clock())
         keep = self.keep_alive and self.req.complete and not self.ctx.draining
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
+        if self.req.request_id:
+            extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))
         if status == 503:
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
         self._record(cluster, status, self.ctx.clock(), reason)

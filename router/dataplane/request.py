@@ -9,7 +9,8 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 class Request:
     __slots__ = ("method", "url", "version", "headers", "special", "facts", "keep_alive", "upgrade", "body", "body_len",
-                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "header_count", "t0")
+                 "complete", "reject", "tunnel_bytes", "head_done", "head_size", "header_count", "t0", "request_id",
+                 "request_id_line", "request_id_made")
 
     def __init__(self):
         self.url = b""
@@ -27,3 +28,6 @@ class Request:
         self.version = "1.1"
         self.facts: dict = {}
         self.t0 = 0.0
+        self.request_id = b""  # with Router requestId: the X-Request-Id this request goes by
+        self.request_id_line = b""  # its header line, returned to the client
+        self.request_id_made = False  # the router made it (and sends it upstream in place of the client's)

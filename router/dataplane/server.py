@@ -17,7 +17,7 @@ from .exchange import Exchange
 from .paths import needs_normalizing, normalize as normalize_path
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
-from .headers import (SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
+from .headers import (PASSED_ON, SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
                       validate_request, with_host)
 from .timers import LazyTimer
 
@@ -170,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
             lname = name.lower()
             if lname in SPECIAL:
                 req.special.append((lname, value))
-                if lname == b"host" or lname == b"expect" or lname == b"via":  # interpreted and passed on
+                if lname in PASSED_ON:  # interpreted and passed on
                     req.headers.append((name, value))
             elif b"_" not in name or self._keep_underscored(name):
                 req.headers.append((name, value))
@@ -184,6 +184,17 @@ class ClientConnection(asyncio.Protocol):
             raise HttpReject(431, f"more than {limits.max_header_count} header fields")
         if req.head_size > limits.max_header_bytes:
             raise HttpReject(431, "request header section too large")
+
+    def _identify(self, req: Request) -> None:
+        """X-Request-Id: kept when a trusted proxy sent one (it names the request end to end), else
+        the router's own, which replaces whatever an untrusted client sent (as Envoy does at the edge)."""
+        sent = req.facts["request_id"]
+        if sent and self.trusted():
+            req.request_id = sent
+        else:
+            req.request_id = self.ctx.new_request_id()
+            req.request_id_made = True
+        req.request_id_line = b"X-Request-Id: " + req.request_id + b"\r\n"
 
     def _keep_underscored(self, name: bytes) -> bool:
         """A header name with an underscore: servers that expose headers as CGI-style variables
@@ -226,6 +237,8 @@ class ClientConnection(asyncio.Protocol):
             self.last_special, self.last_facts = key, req.facts
         if req.facts["via"] and self.ctx.via in req.facts["via"]:  # it came through this router already
             raise HttpReject(508, f"forwarding loop: the request already passed {self.ctx.via.decode()} (Via)")
+        if self.ctx.settings.request_id:
+            self._identify(req)
         cl = req.facts["content_length"]
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             raise HttpReject(413, "request body larger than the limit")

@@ -227,6 +227,46 @@ async def test_route_header_changes_reach_the_cluster_and_the_client(backends, r
     assert b.seen[-1].headers.getall("X-Env") == ["dev", "test"] and "Cookie" in b.seen[-1].headers
 
 
+async def test_request_ids_are_made_sent_returned_or_kept_from_trusted_proxies(backends, router):
+    (b,) = await backends("a")
+    docs = cluster_docs({"a": b.port}) + split_doc({"a": 1}, "default")
+    app = await router(docs)
+    req = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: client-chosen\r\nConnection: close\r\n\r\n"
+    raw = await raw_request(app.port, req)  # off (the default): the client's header passes as it came
+    assert b"x-request-id" not in raw.lower() and b.seen[-1].headers.getall("X-Request-Id") == ["client-chosen"]
+
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(requestId=True))
+    assert (await app.reloader.reload("test"))["ok"]
+    ids = []
+    for _ in range(2):
+        raw = await raw_request(app.port, req)
+        status, headers, _ = response_of(raw)
+        sent = b.seen[-1].headers.getall("X-Request-Id")
+        assert status == 200 and len(sent) == 1 and sent[0] == headers["x-request-id"], (sent, raw)
+        assert len(sent[0]) == 32 and int(sent[0], 16) >= 0  # the router's, not the untrusted client's
+        ids.append(sent[0])
+    assert ids[0] != ids[1]
+    free = free_port_refusing()
+    (app.config_dir / "router.yaml").write_text(cluster_docs({"gone": free}) + split_doc({"gone": 1}, "default")
+                                                + router_doc(requestId=True))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, req)  # the router's own answers carry it too
+    assert raw.startswith(b"HTTP/1.1 502") and len(response_of(raw)[1]["x-request-id"]) == 32, raw
+
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(requestId=True, trustedProxies=["127.0.0.0/8"]))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, req)  # a trusted proxy's id names the request end to end
+    assert response_of(raw)[1]["x-request-id"] == "client-chosen", raw
+    assert b.seen[-1].headers.getall("X-Request-Id") == ["client-chosen"]
+
+
+def response_of(raw: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
 async def test_header_names_with_underscores_are_dropped_rejected_or_allowed(backends, router):
     """X_Forwarded_For reads as X-Forwarded-For to CGI-style servers (HTTP_X_FORWARDED_FOR) and would
     pass a spoofed client address around the router's own header: dropped by default, as nginx does."""

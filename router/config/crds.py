@@ -36,6 +36,9 @@ TRAFFIC_SPLIT_SPEC = {
             "header": {"type": "string"}, "cookie": {"type": "string"}, "pathSegments": {"type": "integer", "minimum": 1}}},
         "requestHeaders": HEADER_OPS,
         "responseHeaders": HEADER_OPS,
+        "rewrite": {"type": "object", "maxProperties": 2, "properties": {
+            "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"},
+            "hostname": {"type": "string", "minLength": 1}}},
     },
 }
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings,
+from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Rewrite, Limits, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
                      parse_quantity, parse_selector, parse_size, parse_weight)
@@ -48,6 +48,7 @@ class PendingSplit:
     affinity: tuple[str, str] | None = None
     request_headers: HeaderOps | None = None
     response_headers: HeaderOps | None = None
+    rewrite: Rewrite | None = None
 
 
 class Doc:
@@ -277,7 +278,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders"}, {"clusters"}):
+                             "responseHeaders", "rewrite"}, {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -308,7 +309,27 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
                         read_header_ops(doc, spec.get("requestHeaders")),
-                        read_header_ops(doc, spec.get("responseHeaders")))
+                        read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")))
+
+
+def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:
+    """rewrite: {pathPrefix: /} (the split's pathPrefix replaced) or {fullPath: /x}, and/or {hostname: h}."""
+    if not doc.fields(node, {"pathPrefix", "fullPath", "hostname"}):
+        return None
+    if node.get("pathPrefix") is not None and node.get("fullPath") is not None:
+        doc.error(node, "rewrite takes pathPrefix or fullPath, not both")
+        return None
+    hostname = doc.value(node, "hostname", _rewrite_host)
+    rewrite = Rewrite(doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix),
+                      hostname)
+    return rewrite if rewrite != Rewrite() else None
+
+
+def _rewrite_host(v: Any) -> str:
+    host = normalise_host(v)
+    if host.startswith("*") or not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?", host):
+        raise ValueError(f"hostname must be a DNS name such as api.internal, got {v!r}")
+    return host
 
 
 # RFC 9110 field-name token; a value without CR, LF, NUL or other control characters (HTAB allowed).
@@ -533,7 +554,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                 prefix = doc.value(path, "value", _path_prefix, "/")
             if prefix not in prefixes:
                 prefixes.append(prefix)
-        request_ops, response_ops = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite = _rule_filters(doc, rule)
         if rule.get("timeouts") is not None:
             doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
                                             "(upstreamHeader, perTry)")
@@ -552,35 +573,64 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
-                                       request_headers=request_ops, response_headers=response_ops))
+                                       request_headers=request_ops, response_headers=response_ops,
+                                       rewrite=rewrite))
     return splits
 
 
-_HEADER_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier"}
+_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
+            "URLRewrite": "urlRewrite"}
 
 
-def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None]:
-    """A rule's RequestHeaderModifier and ResponseHeaderModifier (each at most once); any other filter
-    is refused."""
-    found: dict[str, HeaderOps | None] = {}
+def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None]:
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier and URLRewrite (each at most once); any
+    other filter is refused."""
+    found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
-        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
-        if kind not in _HEADER_FILTERS:
+        kind = _filter_type(item)
+        if kind not in _FILTERS:
             _unsupported_filter(doc, item, kind)
             continue
-        if not doc.fields(item, {"type", _HEADER_FILTERS[kind]}, {_HEADER_FILTERS[kind]}):
+        if not doc.fields(item, {"type", _FILTERS[kind]}, {_FILTERS[kind]}) or item.get(_FILTERS[kind]) is None:
             continue
         if kind in found:
             doc.error(item, f"filter {kind} is given twice")
             continue
-        found[kind] = read_header_ops(doc, item.get(_HEADER_FILTERS[kind]))
-    return found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier")
+        body = item.get(_FILTERS[kind])
+        found[kind] = _url_rewrite(doc, body) if kind == "URLRewrite" else read_header_ops(doc, body)
+    return found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite")
+
+
+def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
+    """urlRewrite: {hostname, path: {type: ReplacePrefixMatch, replacePrefixMatch} | {type: ReplaceFullPath,
+    replaceFullPath}}"""
+    if not doc.fields(node, {"hostname", "path"}):
+        return None
+    prefix = full = None
+    path = node.get("path")
+    if path is not None and doc.fields(path, {"type", "replacePrefixMatch", "replaceFullPath"}, {"type"}):
+        kind = doc.string(path, "type")
+        key = {"ReplacePrefixMatch": "replacePrefixMatch", "ReplaceFullPath": "replaceFullPath"}.get(kind or "")
+        if key is None:
+            doc.error(path.get("type") or path, f"path type must be ReplacePrefixMatch or ReplaceFullPath, got {kind!r}")
+        elif path.get(key) is None:
+            doc.error(path, f"missing required field {path.child_path(key)!r}")
+        elif key == "replacePrefixMatch":
+            prefix = doc.value(path, key, _path_prefix)
+        else:
+            full = doc.value(path, key, _path_prefix)
+    rewrite = Rewrite(prefix, full, doc.value(node, "hostname", _rewrite_host))
+    return rewrite if rewrite != Rewrite() else None
 
 
 def _unsupported_filters(doc: Doc, node: Node) -> None:
     for item in doc.seq(node, "filters"):
-        kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
-        _unsupported_filter(doc, item, kind)
+        _unsupported_filter(doc, item, _filter_type(item))
+
+
+def _filter_type(item: Node) -> str | None:
+    kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
+    return kind if isinstance(kind, str) else None
 
 
 def _unsupported_filter(doc: Doc, item: Node, kind) -> None:

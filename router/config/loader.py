@@ -174,5 +174,6 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
             problems.add(at.file, at.line, at.path or "spec", "no backends")
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
-                               f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers))
+                               f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
+                               p.rewrite))
     return out

@@ -60,6 +60,15 @@ class HeaderOps:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """What the cluster is asked for instead (Gateway API's URLRewrite): the split's path prefix
+    replaced (`path_prefix`) or the whole path replaced (`full_path`), and/or another Host."""
+    path_prefix: str | None = None
+    full_path: str | None = None
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -72,6 +81,7 @@ class SplitConfig:
     affinity: tuple[str, str] | None = None  # ("header"|"cookie"|"path", name or segment count)
     request_headers: HeaderOps | None = None  # changes to what the cluster receives
     response_headers: HeaderOps | None = None  # changes to what the client receives
+    rewrite: Rewrite | None = None  # path or Host the cluster receives instead of the client's
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.model import Config, Endpoint, HeaderOps, SplitConfig
+from ..config.model import Config, Endpoint, HeaderOps, Rewrite, SplitConfig
 from .decisions import Forward
 
 
@@ -41,6 +41,9 @@ class Route:
     request_add: bytes = b""
     response_drop: frozenset | None = None
     response_add: bytes = b""
+    # URL rewrite, compiled: (path prefix, whole path, Host) the cluster gets, each None when kept;
+    # None when the route rewrites nothing.
+    rewrite: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ def _compiled(ops: HeaderOps | None) -> tuple[frozenset | None, bytes]:
     return drop or None, add
 
 
+def _rewrite(rw: Rewrite | None) -> tuple[bytes | None, bytes | None, bytes | None] | None:
+    if rw is None:
+        return None
+    encode = lambda v: v.encode() if v is not None else None  # noqa: E731
+    return encode(rw.path_prefix), encode(rw.full_path), encode(rw.hostname)
+
+
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
     limits = {c.name: c.max_requests for c in config.clusters}
@@ -119,7 +129,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
-                     *_compiled(split.response_headers))
+                     *_compiled(split.response_headers), _rewrite(split.rewrite))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

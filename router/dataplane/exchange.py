@@ -16,6 +16,7 @@ from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, request_lines
+from .paths import replace_path, replace_prefix
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
@@ -30,6 +31,20 @@ def _connect_failure(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "connect timeout"
     return "name resolution failed" if isinstance(exc, socket.gaierror) else "connect refused"
+
+
+def rewritten(url: bytes, headers: list, route) -> tuple[bytes, list]:
+    """The target and headers sent to the cluster under the route's URL rewrite (the client's path
+    and Host stay what routing, X-Forwarded-Host and the access log see)."""
+    prefix, path, host = route.rewrite
+    if url[:1] == b"/":  # not OPTIONS *
+        if prefix is not None:
+            url = replace_prefix(url, route.path_prefix, prefix)
+        elif path is not None:
+            url = replace_path(url, path)
+    if host is not None:  # (also for an HTTP/1.0 request that came without Host)
+        headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", host)]
+    return url, headers
 
 
 def _path(url: bytes) -> str:
@@ -173,7 +188,10 @@ class Exchange(ResponseRelay):
             named = (named or frozenset()) | route.request_drop
         if req.request_id_made and facts["request_id"] is not None:  # the router's id replaces the client's
             named = (named or frozenset()) | REQUEST_ID
-        parts = request_lines(req.method, req.url, req.headers, named)
+        if route.rewrite is None:
+            parts = request_lines(req.method, req.url, req.headers, named)
+        else:
+            parts = request_lines(req.method, *rewritten(req.url, req.headers, route), named)
         if route.request_add:  # ... and its set/add lines come after
             parts.append(route.request_add)
         if req.request_id_made:

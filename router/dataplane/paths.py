@@ -37,3 +37,19 @@ def normalize(url: bytes) -> bytes:
             trailing = False
     new = b"/" + b"/".join(out) + (b"/" if trailing and out else b"")
     return new + sep + query
+
+
+def replace_prefix(url: bytes, prefix: str, replacement: bytes) -> bytes:
+    """`url`'s path with the route's `prefix` (which it matched, segment-wise) replaced: /shop/cart
+    under /shop with "/" is /cart, with /v2/shop /v2/shop/cart; /shop alone becomes the replacement."""
+    rest = url[len(prefix.rstrip("/")):]  # "", "/...", or "?query"
+    base = replacement.rstrip(b"/")
+    if not rest.startswith(b"/"):
+        return (base or b"/") + rest
+    return base + rest
+
+
+def replace_path(url: bytes, path: bytes) -> bytes:
+    """`url` with its whole path replaced, the query kept."""
+    _, sep, query = url.partition(b"?")
+    return path + sep + query

@@ -227,6 +227,29 @@ async def test_route_header_changes_reach_the_cluster_and_the_client(backends, r
     assert b.seen[-1].headers.getall("X-Env") == ["dev", "test"] and "Cookie" in b.seen[-1].headers
 
 
+async def test_url_rewrite_changes_what_the_cluster_is_asked_for(backends, router):
+    """rewrite.pathPrefix replaces the split's prefix, fullPath the whole path, hostname the Host;
+    X-Forwarded-Host and the route keep the client's."""
+    a, b = await backends("a", "b")
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + (
+        "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: shop}\nspec:\n"
+        "  pathPrefix: /shop\n  clusters: [{name: a, weight: 1}]\n"
+        "  rewrite: {pathPrefix: /, hostname: shop.internal}\n"
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n"
+        "  rules:\n  - matches: [{path: {value: /old}}]\n    filters:\n    - type: URLRewrite\n"
+        "      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /new/place}}\n"
+        "    backendRefs: [{name: b}]\n"))
+    for target, backend, seen_path in [(b"/shop/cart?x=1", a, "/cart?x=1"), (b"/shop", a, "/"),
+                                       (b"/shop/", a, "/"), (b"/old/a/b?q=2", b, "/new/place?q=2")]:
+        raw = await raw_request(app.port, b"GET " + target + b" HTTP/1.1\r\nHost: Edge.Example\r\n"
+                                                            b"Connection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200"), (target, raw)
+        assert backend.seen[-1].raw_path == seen_path, target
+    seen = a.seen[-1].headers
+    assert seen.getall("Host") == ["shop.internal"] and seen["X-Forwarded-Host"] == "Edge.Example"
+    assert b.seen[-1].headers["Host"] == "Edge.Example"
+
+
 async def test_request_ids_are_made_sent_returned_or_kept_from_trusted_proxies(backends, router):
     (b,) = await backends("a")
     docs = cluster_docs({"a": b.port}) + split_doc({"a": 1}, "default")

@@ -7,7 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from router.config.model import HeaderOps
+from router.config.model import HeaderOps, Rewrite
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -195,6 +195,45 @@ def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
     assert native.response_headers == HeaderOps((), (), ("Server",))
     assert route.request_headers == HeaderOps((), (("X-Tag", "a"), ("X-Tag", "b")), ())
     assert route.response_headers == HeaderOps((("Cache-Control", "no-store"),), (), ())
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("rewrite: {pathPrefix: /, fullPath: /x}", "spec.rewrite: rewrite takes pathPrefix or fullPath, not both"),
+    ("rewrite: {pathPrefix: x}", "spec.rewrite.pathPrefix: path must start with '/'"),
+    ("rewrite: {hostname: 'a b'}", "spec.rewrite.hostname: host must be a DNS name"),
+    ("rewrite: {hostname: '*.x.com'}", "spec.rewrite.hostname: hostname must be a DNS name"),
+])
+def test_rewrite_refused(tmp_path, spec, expected):
+    path = write(tmp_path, CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\n"
+                                      "metadata: {name: s}\nspec:\n  clusters: [{name: us-west, weight: 1}]\n"
+                                      f"  {spec}\n")
+    assert any(expected in e for e in errors_of(path)), errors_of(path)
+
+
+def test_httproute_url_rewrite_filter(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          rules:
+          - matches: [{path: {value: /api}}]
+            filters:
+            - type: URLRewrite
+              urlRewrite: {hostname: api.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+            backendRefs: [{name: us-west}]
+          - filters:
+            - type: URLRewrite
+              urlRewrite: {path: {type: ReplaceRegex, replaceFullPath: /x}}
+            backendRefs: [{name: us-west}]
+        """)
+    path = write(tmp_path, text)
+    errors = errors_of(path)
+    assert any("spec.rules[1].filters[0].urlRewrite.path.type: path type must be ReplacePrefixMatch or "
+               "ReplaceFullPath, got 'ReplaceRegex'" in e for e in errors), errors
+    good = load_config(write(tmp_path, text.split("  - filters:")[0], "good.yaml"))
+    assert good.splits[0].rewrite == Rewrite("/v2", None, "api.internal")
 
 
 @pytest.mark.parametrize("ops,expected", [

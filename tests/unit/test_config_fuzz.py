@@ -77,6 +77,7 @@ spec:
   clusters: [{name: a, weight: 1}]
   requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
   responseHeaders: {remove: [Server]}
+  rewrite: {pathPrefix: /, hostname: shop.internal}
 ---
 apiVersion: split.smi-spec.io/v1alpha1
 kind: TrafficSplit
@@ -97,6 +98,7 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /api}}, {path: {value: /v2}}]
     filters:
     - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}}
+    - {type: URLRewrite, urlRewrite: {hostname: r.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}
     backendRefs: [{name: a, weight: 3}, {name: b}]
   - backendRefs: [{name: b, weight: 1000000}]
 """))

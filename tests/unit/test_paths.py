@@ -1,7 +1,7 @@
 """Path normalization: the path routed on is the path forwarded, with no dot or empty segments."""
 from hypothesis import given, settings, strategies as st
 
-from router.dataplane.paths import needs_normalizing, normalize
+from router.dataplane.paths import needs_normalizing, normalize, replace_path, replace_prefix
 
 SEGMENTS = st.sampled_from(["", ".", "..", "%2e", "%2E%2e", ".%2e", "a", "b", "...", ".x", "..%2F", "%2F", "%20",
                             "%41", "é".encode().decode("latin-1")])
@@ -36,3 +36,13 @@ def test_normalized_paths_have_no_dot_or_empty_segments_and_keep_the_query(url):
 def test_the_hot_path_precheck_never_skips_a_path_that_would_change(url):
     if not needs_normalizing(url):
         assert normalize(url) == url
+
+
+def test_prefix_and_full_path_replacement_keep_the_query():
+    assert replace_prefix(b"/shop/cart?x=1", "/shop", b"/") == b"/cart?x=1"
+    assert replace_prefix(b"/shop", "/shop", b"/") == b"/"
+    assert replace_prefix(b"/shop?x", "/shop", b"/") == b"/?x"
+    assert replace_prefix(b"/shop/cart", "/shop", b"/v2/shop") == b"/v2/shop/cart"
+    assert replace_prefix(b"/shop/cart", "/shop/", b"/xyz/") == b"/xyz/cart"
+    assert replace_prefix(b"/x", "/", b"/api") == b"/api/x"
+    assert replace_path(b"/a/b?q=1", b"/new") == b"/new?q=1" and replace_path(b"/a", b"/new") == b"/new"

@@ -19,7 +19,7 @@ HEADER_OPS = {"type": "object", "properties": {"set": HEADER_PAIRS, "add": HEADE
                                                "remove": {"type": "array", "maxItems": 16, "items": HEADER_NAME}}}
 TRAFFIC_SPLIT_SPEC = {
     "type": "object",
-    "required": ["clusters"],
+    "anyOf": [{"required": ["clusters"]}, {"required": ["redirect"]}],
     "properties": {
         "clusters": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["weight"],
@@ -39,6 +39,11 @@ TRAFFIC_SPLIT_SPEC = {
         "rewrite": {"type": "object", "maxProperties": 2, "properties": {
             "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"},
             "hostname": {"type": "string", "minLength": 1}}},
+        "redirect": {"type": "object", "properties": {
+            "scheme": {"type": "string", "enum": ["http", "https"]}, "hostname": {"type": "string", "minLength": 1},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "statusCode": {"type": "integer", "enum": [301, 302, 303, 307, 308]},
+            "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"}}},
     },
 }
 

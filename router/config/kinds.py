@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Rewrite, Limits, Probes, ResourceWatch, RouterSettings,
+from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Redirect, Rewrite, Limits, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
                      parse_quantity, parse_selector, parse_size, parse_weight)
@@ -49,6 +49,7 @@ class PendingSplit:
     request_headers: HeaderOps | None = None
     response_headers: HeaderOps | None = None
     rewrite: Rewrite | None = None
+    redirect: Redirect | None = None
 
 
 class Doc:
@@ -277,8 +278,9 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
     name = doc.name()
     spec = doc.root.get("spec")
+    redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite"}, {"clusters"}):
+                             "responseHeaders", "rewrite", "redirect"}, set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -306,10 +308,54 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     hosts = _hosts(doc, doc.seq(spec, "hosts"))
     services = _service_refs(doc, spec)
     prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
+    redirect = read_redirect(doc, spec.get("redirect"))
+    if redirect is not None:
+        for key in ("clusters", "rewrite"):
+            if spec.get(key) is not None:
+                doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
                         read_header_ops(doc, spec.get("requestHeaders")),
-                        read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")))
+                        read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
+                        redirect)
+
+
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirect | None:
+    """redirect: {scheme, hostname, port, statusCode} and a path: on a TrafficSplit `pathPrefix` (the
+    split's prefix replaced) or `fullPath`; in an HTTPRoute (`gateway`) `path: {type: ReplacePrefixMatch |
+    ReplaceFullPath, ...}`."""
+    paths = {"path"} if gateway else {"pathPrefix", "fullPath"}
+    if not doc.fields(node, {"scheme", "hostname", "port", "statusCode"} | paths):
+        return None
+    if gateway:
+        prefix, full = _path_modifier(doc, node.get("path")) if node.get("path") is not None else (None, None)
+    else:
+        prefix, full = doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix)
+        if prefix is not None and full is not None:
+            doc.error(node, "redirect takes pathPrefix or fullPath, not both")
+    return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", _rewrite_host),
+                    doc.value(node, "port", _port), prefix, full, doc.value(node, "statusCode", _redirect_code, 302))
+
+
+def _redirect_scheme(v: Any) -> str:
+    if v not in ("http", "https"):
+        raise ValueError(f"scheme must be http or https, got {v!r}")
+    return v
+
+
+def _port(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+        raise ValueError(f"port must be 1..65535, got {v!r}")
+    return v
+
+
+def _redirect_code(v: Any) -> int:
+    if v not in _REDIRECT_CODES or isinstance(v, bool):
+        raise ValueError(f"statusCode must be one of {', '.join(map(str, _REDIRECT_CODES))}, got {v!r}")
+    return v
 
 
 def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:
@@ -536,7 +582,9 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
     hosts = _hosts(doc, doc.seq(spec, "hostnames"))
     splits = []
     for i, rule in enumerate(doc.seq(spec, "rules")):
-        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"}, {"backendRefs"}):
+        redirects = rule.kind == "map" and "RequestRedirect" in {_filter_type(f) for f in doc.seq(rule, "filters")}
+        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"},
+                          set() if redirects else {"backendRefs"}):
             continue
         prefixes = []
         for m in doc.seq(rule, "matches"):
@@ -554,7 +602,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                 prefix = doc.value(path, "value", _path_prefix, "/")
             if prefix not in prefixes:
                 prefixes.append(prefix)
-        request_ops, response_ops, rewrite = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite, redirect = _rule_filters(doc, rule)
         if rule.get("timeouts") is not None:
             doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
                                             "(upstreamHeader, perTry)")
@@ -574,17 +622,18 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
-                                       rewrite=rewrite))
+                                       rewrite=rewrite, redirect=redirect))
     return splits
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
-            "URLRewrite": "urlRewrite"}
+            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect"}
 
 
-def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier and URLRewrite (each at most once); any
-    other filter is refused."""
+def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
+                                                 Redirect | None]:
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite and RequestRedirect (each at
+    most once; a redirect with neither a rewrite nor backendRefs); any other filter is refused."""
     found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
         kind = _filter_type(item)
@@ -597,8 +646,19 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
             doc.error(item, f"filter {kind} is given twice")
             continue
         body = item.get(_FILTERS[kind])
-        found[kind] = _url_rewrite(doc, body) if kind == "URLRewrite" else read_header_ops(doc, body)
-    return found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite")
+        if kind == "URLRewrite":
+            found[kind] = _url_rewrite(doc, body)
+        elif kind == "RequestRedirect":
+            found[kind] = read_redirect(doc, body, gateway=True)
+            if doc.seq(rule, "backendRefs"):
+                doc.error(rule.get("backendRefs"), "a rule with a RequestRedirect filter is answered by the router: "
+                                                   "backendRefs cannot go with it")
+            if "URLRewrite" in {_filter_type(f) for f in doc.seq(rule, "filters")}:
+                doc.error(item, "RequestRedirect and URLRewrite cannot be used together")
+        else:
+            found[kind] = read_header_ops(doc, body)
+    return (found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite"),
+            found.get("RequestRedirect"))
 
 
 def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
@@ -606,21 +666,27 @@ def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
     replaceFullPath}}"""
     if not doc.fields(node, {"hostname", "path"}):
         return None
-    prefix = full = None
     path = node.get("path")
-    if path is not None and doc.fields(path, {"type", "replacePrefixMatch", "replaceFullPath"}, {"type"}):
-        kind = doc.string(path, "type")
-        key = {"ReplacePrefixMatch": "replacePrefixMatch", "ReplaceFullPath": "replaceFullPath"}.get(kind or "")
-        if key is None:
-            doc.error(path.get("type") or path, f"path type must be ReplacePrefixMatch or ReplaceFullPath, got {kind!r}")
-        elif path.get(key) is None:
-            doc.error(path, f"missing required field {path.child_path(key)!r}")
-        elif key == "replacePrefixMatch":
-            prefix = doc.value(path, key, _path_prefix)
-        else:
-            full = doc.value(path, key, _path_prefix)
+    prefix, full = _path_modifier(doc, path) if path is not None else (None, None)
     rewrite = Rewrite(prefix, full, doc.value(node, "hostname", _rewrite_host))
     return rewrite if rewrite != Rewrite() else None
+
+
+def _path_modifier(doc: Doc, path: Node) -> tuple[str | None, str | None]:
+    """HTTPPathModifier {type: ReplacePrefixMatch | ReplaceFullPath, ...}: (prefix, full path)."""
+    if not doc.fields(path, {"type", "replacePrefixMatch", "replaceFullPath"}, {"type"}):
+        return None, None
+    kind = doc.string(path, "type")
+    key = {"ReplacePrefixMatch": "replacePrefixMatch", "ReplaceFullPath": "replaceFullPath"}.get(kind or "")
+    if key is None:
+        doc.error(path.get("type") or path, f"path type must be ReplacePrefixMatch or ReplaceFullPath, got {kind!r}")
+    elif path.get(key) is None:
+        doc.error(path, f"missing required field {path.child_path(key)!r}")
+    elif key == "replacePrefixMatch":
+        return doc.value(path, key, _path_prefix), None
+    else:
+        return None, doc.value(path, key, _path_prefix)
+    return None, None
 
 
 def _unsupported_filters(doc: Doc, node: Node) -> None:

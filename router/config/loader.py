@@ -170,10 +170,10 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
         at = p.at or p.node
         if p.entries and all(e.weight == 0 for e in p.entries):
             problems.add(at.file, at.line, at.path, "all weights are zero")
-        elif not p.declared:
+        elif not p.declared and p.redirect is None:
             problems.add(at.file, at.line, at.path or "spec", "no backends")
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
-                               p.rewrite))
+                               p.rewrite, p.redirect))
     return out

@@ -69,6 +69,18 @@ class Rewrite:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    """The router answers with a redirect (Gateway API's RequestRedirect); each part None keeps the
+    request's own: scheme, host, port, the split's path prefix or the whole path replaced."""
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path_prefix: str | None = None
+    full_path: str | None = None
+    status: int = 302
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -82,6 +94,7 @@ class SplitConfig:
     request_headers: HeaderOps | None = None  # changes to what the cluster receives
     response_headers: HeaderOps | None = None  # changes to what the client receives
     rewrite: Rewrite | None = None  # path or Host the cluster receives instead of the client's
+    redirect: Redirect | None = None  # answered by the router with a redirect; no clusters
 
 
 @dataclass(frozen=True)

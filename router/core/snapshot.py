@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.model import Config, Endpoint, HeaderOps, Rewrite, SplitConfig
+from ..config.model import Config, Endpoint, HeaderOps, Redirect, Rewrite, SplitConfig
 from .decisions import Forward
 
 
@@ -44,6 +44,9 @@ class Route:
     # URL rewrite, compiled: (path prefix, whole path, Host) the cluster gets, each None when kept;
     # None when the route rewrites nothing.
     rewrite: tuple | None = None
+    # Redirect answered by the router: (scheme, host, port, path prefix, whole path, status), the
+    # strings as bytes, each part None when the request's own is kept; None for a proxied route.
+    redirect: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,14 @@ def _rewrite(rw: Rewrite | None) -> tuple[bytes | None, bytes | None, bytes | No
     return encode(rw.path_prefix), encode(rw.full_path), encode(rw.hostname)
 
 
+def _redirect(rd: Redirect | None) -> tuple | None:
+    if rd is None:
+        return None
+    encode = lambda v: v.encode() if v is not None else None  # noqa: E731
+    return (encode(rd.scheme), encode(rd.hostname), rd.port, encode(rd.path_prefix), encode(rd.full_path),
+            rd.status)
+
+
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
     limits = {c.name: c.max_requests for c in config.clusters}
@@ -129,7 +140,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
-                     *_compiled(split.response_headers), _rewrite(split.rewrite))
+                     *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

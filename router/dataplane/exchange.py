@@ -15,7 +15,7 @@ import socket
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
-from .headers import REQUEST_ID, HttpReject, forwarding_headers, request_lines
+from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
 from .paths import replace_path, replace_prefix
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
@@ -99,6 +99,11 @@ class Exchange(ResponseRelay):
                 return
         route, self.service = hit
         self.route = route
+        if route.redirect is not None:  # answered here, nothing goes to a cluster
+            location = redirect_location(route.redirect, self.ctx.scheme, host, req.facts["raw_host"], url,
+                                         route.path_prefix)
+            self.respond_error(route.redirect[5], "redirect", cluster="-", location=location)
+            return
         if route.affinity is not None:
             self.affinity = affinity_key(route.affinity, req.headers, _path(url))
         self._choose()

@@ -10,13 +10,16 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .paths import replace_path, replace_prefix
+
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"content-length"))
 FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
 # Headers a client may not declare hop-by-hop: dropping them would change what the message means.
 PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfer-encoding"))
 
-REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 404: "Not Found",
+REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 301: "Moved Permanently", 302: "Found",
+           303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -237,11 +240,38 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
     return out, content_length, chunked
 
 
-def simple_response(status: int, body: str, close: bool, extra: list[tuple[str, str]] = ()) -> bytes:
+def simple_response(status: int, body: str, close: bool, extra: list[tuple[str, str]] = (),
+                    raw_extra: bytes = b"") -> bytes:
+    """The router's own answer; `raw_extra`: header lines as bytes (a Location built from the request)."""
     data = (body + "\n").encode()
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", "Content-Type: text/plain; charset=utf-8",
              f"Content-Length: {len(data)}"]
     lines += [f"{k}: {v}" for k, v in extra]
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+    return ("\r\n".join(lines) + "\r\n").encode() + raw_extra + b"\r\n" + data
+
+
+def redirect_location(redirect: tuple, own_scheme: bytes, host: str, raw_host: bytes, url: bytes,
+                      path_prefix: str) -> bytes:
+    """Where a redirect route sends the client: each part the route does not set is the request's own
+    (scheme, host, port: the port is dropped when the scheme changes, and when it is the scheme's
+    default). Without any host (HTTP/1.0 without Host) the Location is the path alone (RFC 9110 10.2.2)."""
+    scheme, new_host, port, prefix, full, _ = redirect
+    if url[:1] != b"/":  # OPTIONS *
+        url = b"/"
+    elif full is not None:
+        url = replace_path(url, full)
+    elif prefix is not None:
+        url = replace_prefix(url, path_prefix, prefix)
+    target = scheme or own_scheme
+    hostname = new_host or host.encode("latin-1")
+    if not hostname:
+        return url
+    if port is None and scheme is None:
+        tail = raw_host.strip().rpartition(b"]")[2] if raw_host.strip().startswith(b"[") else raw_host.strip()
+        _, colon, digits = tail.rpartition(b":")
+        port = int(digits) if colon and digits else None
+    if port == (443 if target == b"https" else 80):
+        port = None
+    return target + b"://" + hostname + (b":%d" % port if port else b"") + url

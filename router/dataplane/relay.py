@@ -191,7 +191,7 @@ class ResponseRelay:
         self.conn.abort()
 
     def respond_error(self, status: int, reason: str, cluster: str | None = None,
-                      retry_after_s: float | None = None) -> None:
+                      retry_after_s: float | None = None, location: bytes | None = None) -> None:
         self.finished = True
         self.hold_id = None
         self._cancel_header_timer()
@@ -203,14 +203,17 @@ class ResponseRelay:
             cluster = self.backend.cluster if self.backend else "-"
             if status in (502, 504) and cluster != "-":
                 self.ctx.health.on_response(cluster, status, self.ctx.clock())
-        keep = self.keep_alive and self.req.complete and not self.ctx.draining
+        # Answered before the parser saw the request end (a 404 or a redirect, from the head alone): a
+        # request without a body keeps the connection, one whose body is still coming does not.
+        keep = self.keep_alive and (self.req.complete or not self.req.has_body()) and not self.ctx.draining
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
         if self.req.request_id:
             extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))
         if status == 503:
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
         self._record(cluster, status, self.ctx.clock(), reason)
-        self.conn.write(simple_response(status, reason, close=not keep, extra=extra))
+        self.conn.write(simple_response(status, reason, close=not keep, extra=extra,
+                                        raw_extra=b"Location: " + location + b"\r\n" if location else b""))
         self._end()
         self.conn.exchange_done(keep)
 

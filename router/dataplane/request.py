@@ -31,3 +31,8 @@ class Request:
         self.request_id = b""  # with Router requestId: the X-Request-Id this request goes by
         self.request_id_line = b""  # its header line, returned to the client
         self.request_id_made = False  # the router made it (and sends it upstream in place of the client's)
+
+    def has_body(self) -> bool:
+        """Whether a body follows the head (framing read from the checked headers), or an upgrade."""
+        facts = self.facts
+        return bool(facts.get("chunked") or facts.get("content_length") or self.upgrade)

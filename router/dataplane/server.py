@@ -32,6 +32,12 @@ PIPELINE_WINDOW = 16
 PIPELINE_MAX = 1000
 
 
+class _PastLastRequest(Exception):
+    """Raised in a parser callback to stop parsing: the connection already gave its last answer (a
+    close after a request the router answered itself, or Connection: close), so requests pipelined
+    behind it in the same read are not started; the client may send them again elsewhere."""
+
+
 class ClientConnection(asyncio.Protocol):
     # Slots: a held request costs a connection each, and 10,000 may wait at once.
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
@@ -123,11 +129,17 @@ class ClientConnection(asyncio.Protocol):
                 self.req.tunnel_bytes = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
             reject = exc.__context__  # what the callback raised
+            if isinstance(reject, _PastLastRequest):
+                return
             if not isinstance(reject, HttpReject):  # a fault in the router's own code, never the client's
                 log.error("internal error while handling a request", exc_info=reject)
                 reject = HttpReject(500, "internal error")
             self._fail(reject)
         except httptools.HttpParserError as exc:
+            if self.stopped or self.lingering or self.closed:
+                # Bytes after the connection's last request (llhttp: "Data after `Connection: close`"): that
+                # request stands, as with nginx; what follows is not a request of this connection.
+                return
             self._fail(HttpReject(400, f"malformed request: {exc}"))
         else:
             req = self.req
@@ -155,6 +167,8 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self):
+        if self.stopped or self.lingering or self.closed:
+            raise _PastLastRequest
         self.req = Request()
         # The header deadline is armed after this read (data_received) if the head is still incomplete.
 
@@ -278,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
             if self.body_out:
                 self._flush_body()
             ex.on_request_end()
+        elif ex is None and not self.queue and not self.stopped and not self.lingering and not self.closed:
+            # already answered from its head alone (a 404, a redirect): the connection now idles
+            self._set_timer(self.ctx.settings.timeouts.idle_s, self._on_idle, "idle")
 
     def _flush_body(self) -> None:
         pieces, self.body_out = self.body_out, []
@@ -338,7 +355,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.lingering:  # (lingering: half-closed, nothing more can be sent)
             return
         if self.corked is not None:
             self.corked.append(data)

@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, read_until_close,
-                            router_doc, split_doc, wait_for)
+                            router_doc, split_doc, statuses_of, wait_for)
 
 
 def free_port_refusing() -> int:
@@ -248,6 +248,51 @@ async def test_url_rewrite_changes_what_the_cluster_is_asked_for(backends, route
     seen = a.seen[-1].headers
     assert seen.getall("Host") == ["shop.internal"] and seen["X-Forwarded-Host"] == "Edge.Example"
     assert b.seen[-1].headers["Host"] == "Edge.Example"
+
+
+async def test_requests_pipelined_behind_a_final_answer_are_not_started(backends, router, caplog):
+    """A request the router answers from its head (404 here) and then closes on: requests pipelined
+    behind it in the same read are not started (they were: sent to a cluster, whose answer then hit
+    the closed client connection). A bodiless one answered so keeps the connection."""
+    (a,) = await backends("a")
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}, "known", hosts=["x"]))
+    nxt = b"GET /q HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = await raw_request(app.port, b"GET /p HTTP/1.1\r\nHost: unknown\r\nConnection: close\r\n\r\n" + nxt)
+    assert statuses_of(raw) == [404], raw
+    raw = await raw_request(app.port, b"POST /p HTTP/1.1\r\nHost: unknown\r\nContent-Length: 5\r\n\r\nhello" + nxt)
+    assert statuses_of(raw) == [404] and b"Connection: close" in raw, raw  # its body was still due
+    assert not a.seen
+    raw = await raw_request(app.port, b"GET /p HTTP/1.1\r\nHost: unknown\r\n\r\n" +
+                            nxt.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert statuses_of(raw) == [404, 200] and len(a.seen) == 1, raw
+    # a proxied Connection: close request with bytes behind it stands (it was refused 400 as malformed)
+    raw = await raw_request(app.port, b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + nxt)
+    assert statuses_of(raw) == [200] and [r.path for r in a.seen] == ["/q", "/p"], raw
+    raw = await raw_request(app.port, b"POST /form HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\r\n")
+    assert statuses_of(raw) == [200] and a.bodies[-1] == b"abc", raw  # the CRLF some clients add after a body
+    assert "Fatal error" not in caplog.text and "write_eof" not in caplog.text
+
+
+async def test_redirect_routes_are_answered_by_the_router(backends, router):
+    (a,) = await backends("a")
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}, "default") + (
+        "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: moved}\nspec:\n"
+        "  hosts: [old.example.com]\n  redirect: {hostname: new.example.com, statusCode: 301}\n"
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n"
+        "  rules:\n  - matches: [{path: {value: /docs}}]\n    filters:\n    - type: RequestRedirect\n"
+        "      requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2/docs}}\n"))
+    cases = [(b"/p?q=1", b"old.example.com:8080", 301, b"http://new.example.com:8080/p?q=1"),
+             (b"/docs/intro?x", b"Edge.Example:8080", 302, b"https://edge.example/v2/docs/intro?x")]
+    for target, host, status, location in cases:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+                     b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # kept alive after it
+        got, headers, _ = await read_response(reader)
+        assert got == status and headers["location"] == location.decode(), (target, headers)
+        got, headers, _ = await read_response(reader)
+        assert got == 200 and headers["x-router-cluster"] == "a"
+        writer.close()
+    assert [r.path for r in a.seen] == ["/other", "/other"]  # no redirect reached a cluster
 
 
 async def test_request_ids_are_made_sent_returned_or_kept_from_trusted_proxies(backends, router):

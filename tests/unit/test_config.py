@@ -7,7 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from router.config.model import HeaderOps, Rewrite
+from router.config.model import HeaderOps, Redirect, Rewrite
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -221,6 +221,60 @@ def test_httproute_url_rewrite_filter(tmp_path):
                "ReplaceFullPath, got 'ReplaceRegex'" in e for e in errors), errors
     good = load_config(write(tmp_path, text.split("  - filters:")[0], "good.yaml"))
     assert good.splits[0].rewrite == Rewrite("/v2", None, "api.internal")
+
+
+def test_redirects_from_trafficsplit_and_httproute(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: moved}
+        spec:
+          hosts: [old.example.com]
+          redirect: {hostname: new.example.com, statusCode: 301}
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          rules:
+          - matches: [{path: {value: /docs}}]
+            filters:
+            - type: RequestRedirect
+              requestRedirect: {scheme: https, port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2/docs}}
+        """)
+    moved, docs = load_config(write(tmp_path, text)).splits
+    assert moved.redirect == Redirect(None, "new.example.com", None, None, None, 301) and not moved.backends
+    assert docs.redirect == Redirect("https", None, 8443, "/v2/docs", None, 302)
+    bad = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: moved}
+        spec:
+          clusters: [{name: us-west, weight: 1}]
+          redirect: {scheme: ftp, statusCode: 404, port: 0, pathPrefix: /, fullPath: /x}
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web}
+        spec:
+          rules:
+          - filters:
+            - {type: RequestRedirect, requestRedirect: {hostname: x.example}}
+            - {type: URLRewrite, urlRewrite: {hostname: y.example}}
+            backendRefs: [{name: us-west}]
+        """)
+    path = write(tmp_path, bad, "bad.yaml")
+    errors = errors_of(path)
+    for line, expected in [(20, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
+                           (21, "spec.redirect: redirect takes pathPrefix or fullPath, not both"),
+                           (21, "spec.redirect.scheme: scheme must be http or https, got 'ftp'"),
+                           (21, "spec.redirect.port: port must be 1..65535, got 0"),
+                           (21, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
+                           (29, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
+                           (31, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")]:
+        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
 @pytest.mark.parametrize("line,expected", [

@@ -42,7 +42,7 @@ METRICS = {
     "return_s": "fault end to the first request sent to the cluster again",
     "transitions": "times the cluster went from receiving traffic to none or back (1 s bins)",
     "recovery_s": "fault end to the last failed request",
-    "queue_max": "most requests held by the router at once",
+    "queue_max": "most requests held for one service at once (the hold queue's bound is per service)",
     "wake_attempts_during_outage": "scale PATCHes the Kubernetes API refused during its outage",
     "move_s": "reload to the last request sent to a cluster whose weight went to 0",
     "inflight_failed": "requests in flight at an action that failed",

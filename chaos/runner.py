@@ -149,9 +149,11 @@ class LabTarget:
 
 
 async def sample_admins(session: aiohttp.ClientSession, urls: list[str], now: float, rec: Record) -> dict | None:
-    """Health per cluster from each router's /debug/state and its held requests from /metrics.
+    """Health per cluster from each router's /debug/state and its held requests from /metrics (the
+    most held for one service, summed over the routers: each hold queue is bounded per service).
     Returns the first router's state (for live views)."""
-    held, first = 0.0, None
+    held: dict[str, float] = {}
+    first = None
     for url in urls:
         try:
             async with session.get(f"{url}/debug/state") as resp:
@@ -163,10 +165,11 @@ async def sample_admins(session: aiohttp.ClientSession, urls: list[str], now: fl
                 text = await resp.text()
             for fam in text_string_to_metric_families(text):
                 if fam.name == "router_buffered_requests":
-                    held += sum(x.value for x in fam.samples)
+                    for x in fam.samples:
+                        held[x.labels.get("service", "")] = held.get(x.labels.get("service", ""), 0.0) + x.value
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
             continue
-    rec.queue.append((now, held))
+    rec.queue.append((now, max(held.values(), default=0.0)))
     return first
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -227,6 +228,12 @@ def pytest_asyncio_loop_factories(config, item):
     """The router runs on uvloop in production; test it there."""
     import uvloop
     return {"uvloop": uvloop.new_event_loop}
+
+
+def loop_errors(caplog) -> list:
+    """Errors the router or the event loop logged (a write after the half-close, a fault in a callback);
+    a test backend's own log of requests the router cut off is expected."""
+    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("router", "asyncio"))]
 
 
 def statuses_of(raw: bytes) -> list[int]:

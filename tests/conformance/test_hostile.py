@@ -1,12 +1,11 @@
 """Hostile HTTP/1.1 input on raw sockets: the right 4xx, a closed connection, nothing upstream."""
 import asyncio
-import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_request, read_until_close, router_doc, split_doc,
-                            statuses_of, wait_for)
+from tests.conftest import (cluster_docs, cut, fuzz_settings, loop_errors, raw_request, read_until_close, router_doc,
+                            split_doc, statuses_of, wait_for)
 
 H = b"Host: h\r\n"
 
@@ -253,12 +252,6 @@ async def test_request_trailers_never_become_upstream_headers(proxy, before):
 async def test_bad_request_after_good_one_gets_both_answers(proxy):
     raw = await raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost : h\r\n\r\n")
     assert statuses_of(raw) == [200, 400], raw
-
-
-def loop_errors(caplog) -> list:
-    """Errors the router or the event loop logged (a write after the half-close, a fault in a callback);
-    the test backend's own log of requests the router cut off is expected."""
-    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("router", "asyncio"))]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,8 +7,8 @@ import httptools
 import pytest
 from hypothesis import given, strategies as st
 
-from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_request, raw_upstream, read_until_close, router_doc,
-                            split_doc, wait_for)
+from tests.conftest import (cluster_docs, cut, fuzz_settings, loop_errors, raw_request, raw_upstream, read_until_close,
+                            router_doc, split_doc, wait_for)
 
 _STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 N",
                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
@@ -63,7 +63,8 @@ async def fuzz_upstream(router):
     b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
     b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly bytes"]))
-async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response, sent):
+async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response, sent, caplog):
+    caplog.clear()  # (one fixture for every example)
     app = fuzz_upstream
     app.current["response"], app.current["close"] = response
     loop = asyncio.get_running_loop()
@@ -75,6 +76,7 @@ async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, resp
     if raw:
         assert raw.startswith(b"HTTP/1.1 "), raw
     await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
+    assert not loop_errors(caplog), (response, sent, caplog.text[-2000:])
 
 
 @pytest.fixture

@@ -47,6 +47,12 @@ class Route:
     # Redirect answered by the router: (scheme, host, port, path prefix, whole path, status), the
     # strings as bytes, each part None when the request's own is kept; None for a proxied route.
     redirect: tuple | None = None
+    request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
+    response_changes: bool = False  # response_drop or response_add
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite))
+        object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add))
 
 
 @dataclass(frozen=True)

@@ -182,16 +182,14 @@ class Exchange(ResponseRelay):
             self.keep_alive = False  # closing the client connection gives a descriptor back
             self.respond_error(503, f"router out of local resources ({errno.errorcode[exc.errno]})", cluster="-")
 
-    def _attach(self, conn: UpstreamConnection) -> None:
-        req, ctx, client = self.req, self.ctx, self.conn
-        conn.exchange = self
-        self.upstream = conn
-        facts = req.facts
-        route = self.route
-        named = facts["named"]
-        if route.request_drop is not None:  # the route's header changes: its set/remove names go
+    def _changed_request_lines(self) -> list[bytes]:
+        """The request line and headers under the route's changes (header set/add/remove, URL
+        rewrite) and the router's own X-Request-Id."""
+        req, route = self.req, self.route
+        named = req.facts["named"]
+        if route.request_drop is not None:  # the route's set/remove names go
             named = (named or frozenset()) | route.request_drop
-        if req.request_id_made and facts["request_id"] is not None:  # the router's id replaces the client's
+        if req.request_id_made and req.facts["request_id"] is not None:  # the router's id replaces the client's
             named = (named or frozenset()) | REQUEST_ID
         if route.rewrite is None:
             parts = request_lines(req.method, req.url, req.headers, named)
@@ -201,6 +199,17 @@ class Exchange(ResponseRelay):
             parts.append(route.request_add)
         if req.request_id_made:
             parts.append(req.request_id_line)
+        return parts
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        req, ctx, client = self.req, self.ctx, self.conn
+        conn.exchange = self
+        self.upstream = conn
+        facts = req.facts
+        if self.route.request_changes or req.request_id_made:
+            parts = self._changed_request_lines()
+        else:
+            parts = request_lines(req.method, req.url, req.headers, facts["named"])
         trusted = client.trusted()
         cached = client.fwd_cache
         if cached is not None and cached[0] is facts and cached[1] is ctx.via and cached[2] is trusted:

@@ -33,14 +33,17 @@ class ResponseRelay:
         if req.upgrade and status != 101:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
-        route = self.route
         tail = self.ctx.response_tail(self.backend.cluster)
-        if route.response_add:
-            tail = route.response_add + tail
-        if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
-            tail = req.request_id_line + tail
-        parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop,
-                                                    bool(req.request_id))
+        route = self.route
+        if route.response_changes or req.request_id:
+            if route.response_add:
+                tail = route.response_add + tail
+            if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
+                tail = req.request_id_line + tail
+            parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop,
+                                                        bool(req.request_id))
+        else:
+            parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101)
         if status == 101:
             pass
         elif no_body:

@@ -34,6 +34,12 @@ def write(tmp_path, text, name="c.yaml"):
     return str(p)
 
 
+def httproute(spec: str) -> str:
+    """CLUSTERS, then an HTTPRoute named web whose spec is `spec` (a block, dedented here)."""
+    return (CLUSTERS + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\n"
+            "spec:\n" + textwrap.indent(textwrap.dedent(spec), "  "))
+
+
 def errors_of(*paths):
     with pytest.raises(ConfigError) as exc:
         load_config(*paths)
@@ -92,12 +98,7 @@ def test_smi_trafficsplit(tmp_path, version, weights, expected):
 
 
 def test_httproute_weights_default_one_and_path_prefix(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
+    text = httproute("""\
           hostnames: [Web.Example.com]
           rules:
           - matches: [{path: {type: PathPrefix, value: /api}}]
@@ -115,24 +116,14 @@ def test_httproute_weights_default_one_and_path_prefix(tmp_path):
 
 
 def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
+    text = httproute("""\
           rules:
           - matches: [{path: {value: /a}}, {path: {type: PathPrefix, value: /b}}, {path: {value: /a}}]
             backendRefs: [{name: us-west}]
         """)
     cfg = load_config(write(tmp_path, text))
     assert [(s.name, s.path_prefix) for s in cfg.splits] == [("web/rule0/match0", "/a"), ("web/rule0/match1", "/b")]
-    bad = CLUSTERS + textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
+    bad = httproute("""\
           rules:
           - matches:
             - path: {value: /a}
@@ -145,6 +136,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
             backendRefs:
             - name: us-west
               filters: [{type: RequestMirror}]
+        """) + textwrap.dedent("""\
         ---
         apiVersion: split.smi-spec.io/v1alpha4
         kind: TrafficSplit
@@ -166,7 +158,16 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
 
 
 def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
+    text = httproute("""\
+          hostnames: [b.example.com]
+          rules:
+          - filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {add: [{name: X-Tag, value: a}, {name: X-Tag, value: b}]}
+            - type: ResponseHeaderModifier
+              responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
+            backendRefs: [{name: eu-central}]
+        """) + textwrap.dedent("""\
         ---
         apiVersion: edge.router/v1alpha1
         kind: TrafficSplit
@@ -176,21 +177,8 @@ def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
           clusters: [{name: us-west, weight: 1}]
           requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
           responseHeaders: {remove: [Server]}
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          hostnames: [b.example.com]
-          rules:
-          - filters:
-            - type: RequestHeaderModifier
-              requestHeaderModifier: {add: [{name: X-Tag, value: a}, {name: X-Tag, value: b}]}
-            - type: ResponseHeaderModifier
-              responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
-            backendRefs: [{name: eu-central}]
         """)
-    native, route = load_config(write(tmp_path, text)).splits
+    route, native = load_config(write(tmp_path, text)).splits
     assert native.request_headers == HeaderOps((("X-Env", "prod"),), (("X-Tag", "a"),), ("Cookie",))
     assert native.response_headers == HeaderOps((), (), ("Server",))
     assert route.request_headers == HeaderOps((), (("X-Tag", "a"), ("X-Tag", "b")), ())
@@ -198,12 +186,7 @@ def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
 
 
 def test_httproute_url_rewrite_filter(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
+    text = httproute("""\
           rules:
           - matches: [{path: {value: /api}}]
             filters:
@@ -224,7 +207,13 @@ def test_httproute_url_rewrite_filter(tmp_path):
 
 
 def test_redirects_from_trafficsplit_and_httproute(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
+    text = httproute("""\
+          rules:
+          - matches: [{path: {value: /docs}}]
+            filters:
+            - type: RequestRedirect
+              requestRedirect: {scheme: https, port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2/docs}}
+        """) + textwrap.dedent("""\
         ---
         apiVersion: edge.router/v1alpha1
         kind: TrafficSplit
@@ -232,21 +221,17 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         spec:
           hosts: [old.example.com]
           redirect: {hostname: new.example.com, statusCode: 301}
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          rules:
-          - matches: [{path: {value: /docs}}]
-            filters:
-            - type: RequestRedirect
-              requestRedirect: {scheme: https, port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2/docs}}
         """)
-    moved, docs = load_config(write(tmp_path, text)).splits
+    docs, moved = load_config(write(tmp_path, text)).splits
     assert moved.redirect == Redirect(None, "new.example.com", None, None, None, 301) and not moved.backends
     assert docs.redirect == Redirect("https", None, 8443, "/v2/docs", None, 302)
-    bad = CLUSTERS + textwrap.dedent("""\
+    bad = httproute("""\
+          rules:
+          - filters:
+            - {type: RequestRedirect, requestRedirect: {hostname: x.example}}
+            - {type: URLRewrite, urlRewrite: {hostname: y.example}}
+            backendRefs: [{name: us-west}]
+        """) + textwrap.dedent("""\
         ---
         apiVersion: edge.router/v1alpha1
         kind: TrafficSplit
@@ -254,26 +239,16 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         spec:
           clusters: [{name: us-west, weight: 1}]
           redirect: {scheme: ftp, statusCode: 404, port: 0, pathPrefix: /, fullPath: /x}
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          rules:
-          - filters:
-            - {type: RequestRedirect, requestRedirect: {hostname: x.example}}
-            - {type: URLRewrite, urlRewrite: {hostname: y.example}}
-            backendRefs: [{name: us-west}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
     errors = errors_of(path)
-    for line, expected in [(20, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
-                           (21, "spec.redirect: redirect takes pathPrefix or fullPath, not both"),
-                           (21, "spec.redirect.scheme: scheme must be http or https, got 'ftp'"),
-                           (21, "spec.redirect.port: port must be 1..65535, got 0"),
-                           (21, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
-                           (29, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
-                           (31, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")]:
+    for line, expected in [(30, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
+                           (31, "spec.redirect: redirect takes pathPrefix or fullPath, not both"),
+                           (31, "spec.redirect.scheme: scheme must be http or https, got 'ftp'"),
+                           (31, "spec.redirect.port: port must be 1..65535, got 0"),
+                           (31, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
+                           (22, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
+                           (24, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")]:
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 

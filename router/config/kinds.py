@@ -50,6 +50,7 @@ class PendingSplit:
     response_headers: HeaderOps | None = None
     rewrite: Rewrite | None = None
     redirect: Redirect | None = None
+    path_exact: bool = False  # path_prefix is an exact path (HTTPRoute's Exact match)
 
 
 class Doc:
@@ -569,8 +570,8 @@ def _gateway_weight(v: Any) -> float:
 
 
 def read_httproute(doc: Doc) -> list[PendingSplit]:
-    """Each rule becomes one split per distinct PathPrefix among its matches (matches are ORed; a rule
-    without matches takes "/"). What the router cannot honour is refused with its line rather than
+    """Each rule becomes one split per distinct PathPrefix or Exact path among its matches (matches are
+    ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with its line rather than
     ignored, as the Gateway API asks of a rule it cannot implement: header, query and method matches
     (ignored, the rule would take every request under its path), filters and timeouts."""
     name = doc.name()
@@ -594,15 +595,20 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                 if m.get(key) is not None:
                     doc.error(m.get(key), f"{what} matches are not supported (the rule would take every "
                                           "request under its path)")
-            prefix = "/"
+            match = ("/", False)  # (path, exact)
             path = m.get("path")
             if path is not None and doc.fields(path, {"type", "value"}):
-                if doc.string(path, "type", "PathPrefix") != "PathPrefix":
-                    doc.error(path, "only PathPrefix path matches are supported")
-                prefix = doc.value(path, "value", _path_prefix, "/")
-            if prefix not in prefixes:
-                prefixes.append(prefix)
+                kind = doc.string(path, "type", "PathPrefix")
+                if kind not in ("PathPrefix", "Exact"):
+                    doc.error(path.get("type"), f"path match type must be PathPrefix or Exact, got {kind!r} "
+                                                "(RegularExpression is not supported)")
+                match = (doc.value(path, "value", _path_prefix, "/"), kind == "Exact")
+            if match not in prefixes:
+                prefixes.append(match)
         request_ops, response_ops, rewrite, redirect = _rule_filters(doc, rule)
+        if any(exact for _, exact in prefixes) and (rewrite and rewrite.path_prefix or redirect and redirect.path_prefix):
+            doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
+                                           "prefix to replace)")
         if rule.get("timeouts") is not None:
             doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
                                             "(upstreamHeader, perTry)")
@@ -616,13 +622,13 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             weight = doc.value(ref, "weight", _gateway_weight, 1.0)
             if cluster and weight is not None:
                 entries.append(PendingEntry(cluster, weight, None, cluster, ref))
-        prefixes = prefixes or ["/"]
-        for j, prefix in enumerate(prefixes):
+        prefixes = prefixes or [("/", False)]
+        for j, (prefix, exact) in enumerate(prefixes):
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
-                                       rewrite=rewrite, redirect=redirect))
+                                       rewrite=rewrite, redirect=redirect, path_exact=exact))
     return splits
 
 

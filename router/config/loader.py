@@ -143,13 +143,13 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
     routes: dict[tuple[str, str], PendingSplit] = {}
     out = []
     for p in pending:
-        for key in [(h, p.path_prefix) for h in p.hosts] or [("", p.path_prefix)]:
+        for key in [(h, p.path_prefix, p.path_exact) for h in p.hosts] or [("", p.path_prefix, p.path_exact)]:
             if key in routes:
                 first = routes[key].node
                 what = f"host {key[0]!r}" if key[0] else "default route"
                 problems.add(p.node.file, p.node.line, "spec",
-                             f"{what} path {key[1]!r} already routed by {routes[key].name!r} "
-                             f"({first.file}:{first.line})")
+                             f"{what} {'exact path' if key[2] else 'path'} {key[1]!r} already routed by "
+                             f"{routes[key].name!r} ({first.file}:{first.line})")
             routes[key] = p
         weights: dict[str, float] = {}
         for e in p.entries:
@@ -175,5 +175,5 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
-                               p.rewrite, p.redirect))
+                               p.rewrite, p.redirect, p.path_exact))
     return out

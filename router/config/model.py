@@ -95,6 +95,7 @@ class SplitConfig:
     response_headers: HeaderOps | None = None  # changes to what the client receives
     rewrite: Rewrite | None = None  # path or Host the cluster receives instead of the client's
     redirect: Redirect | None = None  # answered by the router with a redirect; no clusters
+    path_exact: bool = False  # path_prefix is matched as the whole path (HTTPRoute's Exact)
 
 
 @dataclass(frozen=True)

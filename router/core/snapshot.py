@@ -47,6 +47,7 @@ class Route:
     # Redirect answered by the router: (scheme, host, port, path prefix, whole path, status), the
     # strings as bytes, each part None when the request's own is kept; None for a proxied route.
     redirect: tuple | None = None
+    path_exact: bool = False  # path_prefix is matched as the whole path
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -100,7 +101,7 @@ class RoutingSnapshot:
                     break
         for candidates in (routes or (), self.default):
             for route in candidates:
-                if _prefix_match(path, route.path_prefix):
+                if path == route.path_prefix if route.path_exact else _prefix_match(path, route.path_prefix):
                     return route
         return None
 
@@ -146,7 +147,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
-                     *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect))
+                     *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
+                     split.path_exact)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}
@@ -162,10 +164,10 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                 exact.setdefault(host, []).append(r)
 
     def order(routes: list[Route]) -> tuple[Route, ...]:
-        return tuple(sorted(routes, key=lambda r: -len(r.path_prefix)))
+        return tuple(sorted(routes, key=lambda r: (not r.path_exact, -len(r.path_prefix))))  # exact paths first
 
     return RoutingSnapshot(
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
         order(default), {h: svc.name for svc in config.services for h in svc.hosts},
-        None if any(s.path_prefix != "/" for s in config.splits) else {})
+        None if any(s.path_prefix != "/" or s.path_exact for s in config.splits) else {})

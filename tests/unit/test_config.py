@@ -157,6 +157,38 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
+def test_httproute_exact_path_matches_come_before_prefixes(tmp_path):
+    from router.core.snapshot import build_snapshot
+    text = httproute("""\
+          rules:
+          - matches: [{path: {type: Exact, value: /api/health}}, {path: {value: /api}}]
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {type: PathPrefix, value: /api/health}}]
+            backendRefs: [{name: eu-central}]
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert [(s.name, s.path_prefix, s.path_exact) for s in cfg.splits] == [
+        ("web/rule0/match0", "/api/health", True), ("web/rule0/match1", "/api", False), ("web/rule1", "/api/health", False)]
+    snap = build_snapshot(cfg, 1)
+    assert snap.by_host is None  # the path decides
+    route = lambda path: snap.route_for("any", path).name  # noqa: E731
+    assert route("/api/health") == "web/rule0/match0"  # Exact wins over the longer-or-equal prefix
+    assert route("/api/health/") == route("/api/health/x") == "web/rule1"
+    assert route("/api/other") == "web/rule0/match1" and snap.route_for("any", "/") is None
+    bad = httproute("""\
+          rules:
+          - matches: [{path: {type: RegularExpression, value: /a.*}}]
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {type: Exact, value: /b}}]
+            filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
+            backendRefs: [{name: us-west}]
+        """)
+    errors = errors_of(write(tmp_path, bad, "bad.yaml"))
+    assert any("spec.rules[0].matches[0].path.type: path match type must be PathPrefix or Exact, got "
+               "'RegularExpression'" in e for e in errors), errors
+    assert any("spec.rules[1].filters: ReplacePrefixMatch needs PathPrefix matches" in e for e in errors), errors
+
+
 def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
     text = httproute("""\
           hostnames: [b.example.com]

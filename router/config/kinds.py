@@ -117,6 +117,12 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _escaped_slashes_action(v: Any) -> str:
+    if v not in ("keep", "reject", "unescape"):
+        raise ValueError(f"expected keep, reject or unescape, got {v!r}")
+    return v
+
+
 def _underscore_action(v: Any) -> str:
     if v not in ("drop", "reject", "allow"):
         raise ValueError(f"expected drop, reject or allow, got {v!r}")
@@ -167,7 +173,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
-                             "requestId"}):
+                             "requestId", "escapedSlashes"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -221,6 +227,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           decision_header=doc.value(spec, "decisionHeader", _bool, False),
                           request_id=doc.value(spec, "requestId", _bool, d.request_id),
                           normalize_path=doc.value(spec, "normalizePath", _bool, d.normalize_path),
+                          escaped_slashes=doc.value(spec, "escapedSlashes", _escaped_slashes_action,
+                                                    d.escaped_slashes),
                           underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
                                                        d.underscore_headers),
                           buffer=_read_buffer(doc, spec.get("buffer")),

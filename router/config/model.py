@@ -193,6 +193,7 @@ class RouterSettings:
     decision_header: bool = False
     request_id: bool = False  # X-Request-Id made (or kept from trusted proxies), sent on, logged, returned
     normalize_path: bool = True  # remove dot segments, merge slashes: route on and forward the same path
+    escaped_slashes: str = "keep"  # %2F and %5C in a path: keep (as Envoy), reject (400) or unescape
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log

@@ -53,3 +53,17 @@ def replace_path(url: bytes, path: bytes) -> bytes:
     """`url` with its whole path replaced, the query kept."""
     _, sep, query = url.partition(b"?")
     return path + sep + query
+
+
+def unescape_slashes(url: bytes) -> bytes | None:
+    """`url` with `%2F` and `%5C` in its path decoded to "/" and "\\", or None when the path has none."""
+    path, sep, query = url.partition(b"?")
+    low = path.lower()
+    if b"%2f" not in low and b"%5c" not in low:
+        return None
+    for enc, dec in ((b"%2f", b"/"), (b"%5c", b"\\")):
+        i = low.find(enc)
+        while i >= 0:
+            path, low = path[:i] + dec + path[i + 3:], low[:i] + dec + low[i + 3:]
+            i = low.find(enc, i + 1)
+    return path + sep + query

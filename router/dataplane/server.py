@@ -14,7 +14,7 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange
-from .paths import needs_normalizing, normalize as normalize_path
+from .paths import needs_normalizing, normalize as normalize_path, unescape_slashes
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .request import Request
 from .headers import (PASSED_ON, SPECIAL, HttpReject, forwarded_node, is_trusted, origin_form, simple_response,
@@ -199,6 +199,17 @@ class ClientConnection(asyncio.Protocol):
         if req.head_size > limits.max_header_bytes:
             raise HttpReject(431, "request header section too large")
 
+    def _escaped_slashes(self, req: Request) -> None:
+        """%2F / %5C in the path: servers that decode them before resolving dot segments see
+        /public/..%2Fadmin as /admin. Refused (400), or decoded here so that normalization (next) and
+        routing see what such a server sees."""
+        unescaped = unescape_slashes(req.url)
+        if unescaped is None:
+            return
+        if self.ctx.settings.escaped_slashes == "reject":
+            raise HttpReject(400, "escaped slash in the request path (%2F or %5C)")
+        req.url = unescaped
+
     def _identify(self, req: Request) -> None:
         """X-Request-Id: kept when a trusted proxy sent one (it names the request end to end), else
         the router's own, which replaces whatever an untrusted client sent (as Envoy does at the edge)."""
@@ -241,6 +252,8 @@ class ClientConnection(asyncio.Protocol):
                 elif req.version == "1.0":  # (HTTP/1.1 without Host stays a 400)
                     req.special.append((b"host", authority))
                     req.headers.append((b"Host", authority))
+        if b"%" in req.url and self.ctx.settings.escaped_slashes != "keep":
+            self._escaped_slashes(req)
         if needs_normalizing(req.url) and self.ctx.settings.normalize_path:
             req.url = normalize_path(req.url)  # routed on, and forwarded, as the cluster will resolve it
         key = (req.version, *req.special)

@@ -199,6 +199,18 @@ async def test_path_is_routed_and_forwarded_as_the_cluster_resolves_it(backends,
     assert (await app.reloader.reload("test"))["ok"]
     raw = await raw_request(app.port, b"GET /public/../admin HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert b"x-router-cluster: public" in raw and public.seen[-1].raw_path == "/public/../admin", raw
+    # escaped slashes: kept by default (above), refused, or decoded before normalizing and routing
+    escaped = b"GET /public/..%2Fadmin?q=%2F HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(escapedSlashes="reject"))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, escaped)
+    assert raw.startswith(b"HTTP/1.1 400") and b"escaped slash" in raw, raw
+    (app.config_dir / "router.yaml").write_text(docs + router_doc(escapedSlashes="unescape"))
+    assert (await app.reloader.reload("test"))["ok"]
+    raw = await raw_request(app.port, escaped)
+    assert b"x-router-cluster: main" in raw and main.seen[-1].raw_path == "/admin?q=%2F", raw
+    raw = await raw_request(app.port, escaped.replace(b"%2F", b"%20", 1))  # other escapes: no change
+    assert b"x-router-cluster: public" in raw and public.seen[-1].raw_path == "/public/..%20admin?q=%2F", raw
 
 
 async def test_route_header_changes_reach_the_cluster_and_the_client(backends, router):

@@ -330,6 +330,7 @@ def test_router_document(tmp_path):
 @pytest.mark.parametrize("line,expected", [
     ("underscoreHeaders: keep", "spec.underscoreHeaders: expected drop, reject or allow, got 'keep'"),
     ("normalizePath: 'no'", "spec.normalizePath: expected true or false, got 'no'"),
+    ("escapedSlashes: decode", "spec.escapedSlashes: expected keep, reject or unescape, got 'decode'"),
 ])
 def test_router_request_rules_refused(tmp_path, line, expected):
     path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")

@@ -1,7 +1,7 @@
 """Path normalization: the path routed on is the path forwarded, with no dot or empty segments."""
 from hypothesis import given, settings, strategies as st
 
-from router.dataplane.paths import needs_normalizing, normalize, replace_path, replace_prefix
+from router.dataplane.paths import needs_normalizing, normalize, replace_path, replace_prefix, unescape_slashes
 
 SEGMENTS = st.sampled_from(["", ".", "..", "%2e", "%2E%2e", ".%2e", "a", "b", "...", ".x", "..%2F", "%2F", "%20",
                             "%41", "é".encode().decode("latin-1")])
@@ -46,3 +46,9 @@ def test_prefix_and_full_path_replacement_keep_the_query():
     assert replace_prefix(b"/shop/cart", "/shop/", b"/xyz/") == b"/xyz/cart"
     assert replace_prefix(b"/x", "/", b"/api") == b"/api/x"
     assert replace_path(b"/a/b?q=1", b"/new") == b"/new?q=1" and replace_path(b"/a", b"/new") == b"/new"
+
+
+def test_escaped_slashes_are_decoded_in_the_path_only():
+    assert unescape_slashes(b"/a%2Fb%2f..%5Cc?x=%2F") == b"/a/b/..\\c?x=%2F"
+    assert unescape_slashes(b"/a/b?x=%2F") is None and unescape_slashes(b"/%41") is None
+    assert normalize(unescape_slashes(b"/public/..%2Fadmin")) == b"/admin"

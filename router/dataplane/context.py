@@ -89,7 +89,6 @@ class ProxyContext:
         self.settings = snapshot.config.router
         self.max_connections = connection_limit(self.settings)
         self.via = self.settings.via.encode()
-        self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
         self._tails = {}
         self.metrics.config_version.set(snapshot.version)
 

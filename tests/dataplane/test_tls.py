@@ -115,6 +115,11 @@ async def test_renewed_certificate_is_served_to_new_connections_and_a_bad_pair_i
     result = await app.reloader.reload("test")  # TLS off is for the next start: the listener keeps it
     assert result["ok"] and result["next_start"] == ["Router spec.tls"], result
     assert await served() == second
+    r, w = await https(app.port, ctx)  # still HTTPS until the restart, and said so to the cluster
+    w.write(b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await read_until_close(r, 5.0)).startswith(b"HTTP/1.1 200")
+    w.close()
+    assert b.seen[-1].headers["X-Forwarded-Proto"] == "https"
     state = app.state()["tls"]
     assert state["cert_file"] == cert and state["loads"] >= 2 and state["last_error"] is None, state
 

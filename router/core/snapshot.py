@@ -120,19 +120,20 @@ def _compiled(ops: HeaderOps | None) -> tuple[frozenset | None, bytes]:
     return drop or None, add
 
 
+def _bytes(v: str | None) -> bytes | None:
+    return v.encode() if v is not None else None
+
+
 def _rewrite(rw: Rewrite | None) -> tuple[bytes | None, bytes | None, bytes | None] | None:
     if rw is None:
         return None
-    encode = lambda v: v.encode() if v is not None else None  # noqa: E731
-    return encode(rw.path_prefix), encode(rw.full_path), encode(rw.hostname)
+    return _bytes(rw.path_prefix), _bytes(rw.full_path), _bytes(rw.hostname)
 
 
 def _redirect(rd: Redirect | None) -> tuple | None:
     if rd is None:
         return None
-    encode = lambda v: v.encode() if v is not None else None  # noqa: E731
-    return (encode(rd.scheme), encode(rd.hostname), rd.port, encode(rd.path_prefix), encode(rd.full_path),
-            rd.status)
+    return _bytes(rd.scheme), _bytes(rd.hostname), rd.port, _bytes(rd.path_prefix), _bytes(rd.full_path), rd.status
 
 
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:

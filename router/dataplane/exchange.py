@@ -16,7 +16,7 @@ from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
-from .paths import replace_path, replace_prefix
+from .paths import replaced
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
@@ -37,11 +37,7 @@ def rewritten(url: bytes, headers: list, route) -> tuple[bytes, list]:
     """The target and headers sent to the cluster under the route's URL rewrite (the client's path
     and Host stay what routing, X-Forwarded-Host and the access log see)."""
     prefix, path, host = route.rewrite
-    if url[:1] == b"/":  # not OPTIONS *
-        if prefix is not None:
-            url = replace_prefix(url, route.path_prefix, prefix)
-        elif path is not None:
-            url = replace_path(url, path)
+    url = replaced(url, route.path_prefix, prefix, path)
     if host is not None:  # (also for an HTTP/1.0 request that came without Host)
         headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", host)]
     return url, headers

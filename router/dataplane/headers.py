@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .paths import replace_path, replace_prefix
+from .paths import replaced
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"content-length"))
@@ -19,7 +19,8 @@ FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfer-encoding"))
 
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 301: "Moved Permanently", 302: "Found",
-           303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found",
+           303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+           404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -258,12 +259,7 @@ def redirect_location(redirect: tuple, own_scheme: bytes, host: str, raw_host: b
     (scheme, host, port: the port is dropped when the scheme changes, and when it is the scheme's
     default). Without any host (HTTP/1.0 without Host) the Location is the path alone (RFC 9110 10.2.2)."""
     scheme, new_host, port, prefix, full, _ = redirect
-    if url[:1] != b"/":  # OPTIONS *
-        url = b"/"
-    elif full is not None:
-        url = replace_path(url, full)
-    elif prefix is not None:
-        url = replace_prefix(url, path_prefix, prefix)
+    url = replaced(url if url[:1] == b"/" else b"/", path_prefix, prefix, full)  # (OPTIONS * goes to /)
     target = scheme or own_scheme
     hostname = new_host or host.encode("latin-1")
     if not hostname:

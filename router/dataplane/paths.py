@@ -55,6 +55,18 @@ def replace_path(url: bytes, path: bytes) -> bytes:
     return path + sep + query
 
 
+def replaced(url: bytes, route_prefix: str, prefix: bytes | None, full: bytes | None) -> bytes:
+    """`url` with the route's prefix replaced by `prefix`, or its whole path by `full` (at most one is
+    set; the query is kept); as it is when neither is, or when the target is not a path (OPTIONS *)."""
+    if url[:1] != b"/":
+        return url
+    if full is not None:
+        return replace_path(url, full)
+    if prefix is not None:
+        return replace_prefix(url, route_prefix, prefix)
+    return url
+
+
 def unescape_slashes(url: bytes) -> bytes | None:
     """`url` with `%2F` and `%5C` in its path decoded to "/" and "\\", or None when the path has none."""
     path, sep, query = url.partition(b"?")

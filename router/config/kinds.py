@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Redirect, Rewrite, Limits, Probes, ResourceWatch, RouterSettings,
-                    ServiceConfig, Timeouts, Tls, Workload)
-from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
-                     parse_quantity, parse_selector, parse_size, parse_weight)
+from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, Redirect, ResourceWatch,
+                    Rewrite, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
+from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport,
+                     parse_positive_size, parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
 
 
@@ -114,18 +114,6 @@ class Doc:
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {v!r}")
-    return v
-
-
-def _escaped_slashes_action(v: Any) -> str:
-    if v not in ("keep", "reject", "unescape"):
-        raise ValueError(f"expected keep, reject or unescape, got {v!r}")
-    return v
-
-
-def _underscore_action(v: Any) -> str:
-    if v not in ("drop", "reject", "allow"):
-        raise ValueError(f"expected drop, reject or allow, got {v!r}")
     return v
 
 
@@ -342,17 +330,9 @@ def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirec
     if gateway:
         prefix, full = _path_modifier(doc, node.get("path")) if node.get("path") is not None else (None, None)
     else:
-        prefix, full = doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix)
-        if prefix is not None and full is not None:
-            doc.error(node, "redirect takes pathPrefix or fullPath, not both")
+        prefix, full = _prefix_or_full(doc, node, "redirect")
     return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", _rewrite_host),
                     doc.value(node, "port", _port), prefix, full, doc.value(node, "statusCode", _redirect_code, 302))
-
-
-def _redirect_scheme(v: Any) -> str:
-    if v not in ("http", "https"):
-        raise ValueError(f"scheme must be http or https, got {v!r}")
-    return v
 
 
 def _port(v: Any) -> int:
@@ -371,13 +351,16 @@ def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:
     """rewrite: {pathPrefix: /} (the split's pathPrefix replaced) or {fullPath: /x}, and/or {hostname: h}."""
     if not doc.fields(node, {"pathPrefix", "fullPath", "hostname"}):
         return None
-    if node.get("pathPrefix") is not None and node.get("fullPath") is not None:
-        doc.error(node, "rewrite takes pathPrefix or fullPath, not both")
-        return None
-    hostname = doc.value(node, "hostname", _rewrite_host)
-    rewrite = Rewrite(doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix),
-                      hostname)
+    rewrite = Rewrite(*_prefix_or_full(doc, node, "rewrite"), doc.value(node, "hostname", _rewrite_host))
     return rewrite if rewrite != Rewrite() else None
+
+
+def _prefix_or_full(doc: Doc, node: Node, what: str) -> tuple[str | None, str | None]:
+    """A TrafficSplit's `pathPrefix` (the split's prefix replaced) or `fullPath`, not both."""
+    prefix, full = doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix)
+    if prefix is not None and full is not None:
+        doc.error(node, f"{what} takes pathPrefix or fullPath, not both")
+    return prefix, full
 
 
 def _rewrite_host(v: Any) -> str:
@@ -521,11 +504,13 @@ def read_service(doc: Doc) -> ServiceConfig | None:
                          doc.value(spec, "keepWarm", _bool, False))
 
 
-def _one_of(what: str, *allowed: str) -> Callable[[Any], str]:
-    """A parser accepting exactly one of `allowed`."""
+def _one_of(what: str | None, *allowed: str) -> Callable[[Any], str]:
+    """A parser accepting exactly one of `allowed` ("WHAT must be a or b", or "expected a or b")."""
+    lead = f"{what} must be" if what else "expected"
+
     def parse(v: Any) -> str:
         if v not in allowed:
-            raise ValueError(f"{what} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {v!r}")
+            raise ValueError(f"{lead} {', '.join(allowed[:-1])} or {allowed[-1]}, got {v!r}")
         return v
     return parse
 
@@ -533,6 +518,9 @@ def _one_of(what: str, *allowed: str) -> Callable[[Any], str]:
 _http_method = _one_of("method", "GET", "POST", "HEAD", "PUT")
 _workload_kind = _one_of("workload kind", "Deployment", "KnativeService")
 _algorithm = _one_of("algorithm", "latency-aware", "weighted")
+_redirect_scheme = _one_of("scheme", "http", "https")
+_underscore_action = _one_of(None, "drop", "reject", "allow")
+_escaped_slashes_action = _one_of(None, "keep", "reject", "unescape")
 
 
 def _positive_int(v: Any) -> int:
@@ -579,9 +567,9 @@ def _gateway_weight(v: Any) -> float:
 
 def read_httproute(doc: Doc) -> list[PendingSplit]:
     """Each rule becomes one split per distinct PathPrefix or Exact path among its matches (matches are
-    ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with its line rather than
-    ignored, as the Gateway API asks of a rule it cannot implement: header, query and method matches
-    (ignored, the rule would take every request under its path), filters and timeouts."""
+    ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with
+    its line rather than ignored, as the Gateway API asks of a rule it cannot implement: header, query
+    and method matches (ignored, the rule would take every request under its path), filters and timeouts."""
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
@@ -614,7 +602,8 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             if match not in prefixes:
                 prefixes.append(match)
         request_ops, response_ops, rewrite, redirect = _rule_filters(doc, rule)
-        if any(exact for _, exact in prefixes) and (rewrite and rewrite.path_prefix or redirect and redirect.path_prefix):
+        replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
+        if replaces_prefix and any(exact for _, exact in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
                                            "prefix to replace)")
         if rule.get("timeouts") is not None:

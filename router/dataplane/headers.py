@@ -203,7 +203,8 @@ def status_line(status: int) -> bytes:
 
 
 def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, upgrade: bool,
-                  drop: frozenset | None = None, own_request_id: bool = False) -> tuple[list[bytes], bytes | None, bool]:
+                  drop: frozenset | None = None,
+                  own_request_id: bool = False) -> tuple[list[bytes], bytes | None, bool]:
     """Status line + end-to-end headers + `tail` (the router's own headers); framing added by caller.
     `drop`: lowercase names a route removes or sets; `own_request_id`: the tail has X-Request-Id, so
     the upstream's is left out.

@@ -148,7 +148,8 @@ def check_tls_pair(cert_file: str, key_file: str) -> tuple[str, str] | None:
         if marker not in head:
             return field, f"no PEM {what} in {path}"
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file, _no_passphrase)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file, refuse_passphrase)
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             return "keyFile", f"the private key does not match the certificate in {cert_file}"
@@ -160,6 +161,6 @@ def check_tls_pair(cert_file: str, key_file: str) -> tuple[str, str] | None:
     return None
 
 
-def _no_passphrase() -> bytes:
+def refuse_passphrase() -> bytes:
     """Asked for when the key is encrypted: refuse (OpenSSL would otherwise prompt on the terminal)."""
     raise ValueError("the private key is encrypted; give an unencrypted key (a Kubernetes TLS Secret holds one)")

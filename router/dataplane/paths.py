@@ -7,6 +7,9 @@ confusion). So, as Envoy's edge guidance recommends (normalize_path and merge_sl
 segments are removed (RFC 3986 5.2.4, `%2e` counted as a dot) and runs of slashes merged, before
 routing, and the normalized path is what is forwarded. Other percent-encodings (`%2F` among them)
 and the query are left exactly as received.
+
+Also here: a route's path rewrite (prefix or whole path replaced) and the decoding of escaped
+slashes that Router escapedSlashes: unescape asks for.
 """
 from __future__ import annotations
 

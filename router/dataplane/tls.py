@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 
-from ..config.values import _no_passphrase
+from ..config.values import refuse_passphrase
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -18,7 +18,7 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
-    ctx.load_cert_chain(cert_file, key_file, _no_passphrase)
+    ctx.load_cert_chain(cert_file, key_file, refuse_passphrase)
     return ctx
 
 
@@ -26,4 +26,4 @@ def replace_certificate(live: ssl.SSLContext, cert_file: str, key_file: str) -> 
     """Load the pair into `live` for new handshakes; raises (leaving `live` as it was) when it
     does not load."""
     server_context(cert_file, key_file)
-    live.load_cert_chain(cert_file, key_file, _no_passphrase)
+    live.load_cert_chain(cert_file, key_file, refuse_passphrase)

@@ -195,16 +195,26 @@ def cut(data: bytes, sizes: list[int]) -> list[bytes]:
     return [p for p in pieces if p]
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
-    """Read one Content-Length or chunked response from a keep-alive connection."""
-    head = await reader.readuntil(b"\r\n\r\n")
+def parse_head(head: bytes) -> tuple[int, dict]:
+    """Status and headers (lowercase names) of a response head."""
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
     headers = {}
     for line in lines[1:]:
         if line:
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers
+
+
+def response_of(raw: bytes) -> tuple[int, dict, bytes]:
+    """Status, headers and the bytes after the head, of the first response in `raw`."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    return (*parse_head(head), rest)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    """Read one Content-Length or chunked response from a keep-alive connection."""
+    status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
     if "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding") == "chunked":

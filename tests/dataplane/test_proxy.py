@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, read_until_close,
-                            router_doc, split_doc, statuses_of, wait_for)
+                            response_of, router_doc, split_doc, statuses_of, wait_for)
 
 
 def free_port_refusing() -> int:
@@ -338,13 +338,6 @@ async def test_request_ids_are_made_sent_returned_or_kept_from_trusted_proxies(b
     raw = await raw_request(app.port, req)  # a trusted proxy's id names the request end to end
     assert response_of(raw)[1]["x-request-id"] == "client-chosen", raw
     assert b.seen[-1].headers.getall("X-Request-Id") == ["client-chosen"]
-
-
-def response_of(raw: bytes) -> tuple[int, dict, bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
 
 
 async def test_header_names_with_underscores_are_dropped_rejected_or_allowed(backends, router):

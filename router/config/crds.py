@@ -44,6 +44,8 @@ TRAFFIC_SPLIT_SPEC = {
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
             "statusCode": {"type": "integer", "enum": [301, 302, 303, 307, 308]},
             "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"}}},
+        "timeouts": {"type": "object", "properties": {
+            "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION}}},
     },
 }
 

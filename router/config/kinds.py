@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .errors import Problems
 from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, Redirect, ResourceWatch,
-                    Rewrite, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
+                    Rewrite, RouteTimeouts, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -51,6 +51,7 @@ class PendingSplit:
     rewrite: Rewrite | None = None
     redirect: Redirect | None = None
     path_exact: bool = False  # path_prefix is an exact path (HTTPRoute's Exact match)
+    timeouts: RouteTimeouts | None = None
 
 
 class Doc:
@@ -277,7 +278,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     spec = doc.root.get("spec")
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect"}, set() if redirects else {"clusters"}):
+                             "responseHeaders", "rewrite", "redirect", "timeouts"},
+                       set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -307,14 +309,30 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
-        for key in ("clusters", "rewrite"):
+        for key in ("clusters", "rewrite", "timeouts"):
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
                         read_header_ops(doc, spec.get("requestHeaders")),
                         read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
-                        redirect)
+                        redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")))
+
+
+def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> RouteTimeouts | None:
+    """A TrafficSplit's `timeouts: {request, perTry}` (positive durations), or an HTTPRoute rule's
+    `timeouts: {request, backendRequest}` (`gateway`; 0s turns that timeout off, as the Gateway API
+    asks). The per-try timeout may not exceed the request timeout, which covers every try."""
+    per_try_key = "backendRequest" if gateway else "perTry"
+    if not doc.fields(node, {"request", per_try_key}):
+        return None
+    parse = parse_duration if gateway else _positive_duration
+    request, per_try = doc.value(node, "request", parse), doc.value(node, per_try_key, parse)
+    if request and per_try and per_try > request:
+        doc.error(node.get(per_try_key), f"{per_try_key} ({per_try:g}s) is longer than request ({request:g}s), "
+                                         "which covers every try")
+    timeouts = RouteTimeouts(request or None, per_try)
+    return timeouts if timeouts != RouteTimeouts() else None
 
 
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
@@ -569,7 +587,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
     """Each rule becomes one split per distinct PathPrefix or Exact path among its matches (matches are
     ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with
     its line rather than ignored, as the Gateway API asks of a rule it cannot implement: header, query
-    and method matches (ignored, the rule would take every request under its path), filters and timeouts."""
+    and method matches (ignored, the rule would take every request under its path) and other filters."""
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
@@ -606,9 +624,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
         if replaces_prefix and any(exact for _, exact in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
                                            "prefix to replace)")
-        if rule.get("timeouts") is not None:
-            doc.error(rule.get("timeouts"), "route timeouts are not supported; the Router's timeouts apply "
-                                            "(upstreamHeader, perTry)")
+        timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
         entries = []
         for ref in doc.seq(rule, "backendRefs"):
             if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
@@ -625,7 +641,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
-                                       rewrite=rewrite, redirect=redirect, path_exact=exact))
+                                       rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts))
     return splits
 
 

@@ -81,6 +81,16 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class RouteTimeouts:
+    """A route's own timeouts (Gateway API's HTTPRouteTimeouts). `request_s`: the whole exchange, from
+    the request head read to the response's last byte, tries and a scale-from-zero hold included (None:
+    none, as without it). `per_try_s`: each try's wait for a response head before the next choice (None:
+    the Router's perTry; 0: none for this route)."""
+    request_s: float | None = None
+    per_try_s: float | None = None
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -96,6 +106,7 @@ class SplitConfig:
     rewrite: Rewrite | None = None  # path or Host the cluster receives instead of the client's
     redirect: Redirect | None = None  # answered by the router with a redirect; no clusters
     path_exact: bool = False  # path_prefix is matched as the whole path (HTTPRoute's Exact)
+    timeouts: RouteTimeouts | None = None  # the route's own; None: the Router's
 
 
 @dataclass(frozen=True)

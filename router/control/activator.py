@@ -118,6 +118,9 @@ class Activator:
         limit = svc.hold_limit_s
         client = client_deadline_s(ex.req.headers)
         deadline = now + (min(limit, client) if client else limit)
+        route_deadline = ex.request_deadline()  # the route's request timeout covers the hold too
+        if route_deadline is not None:
+            deadline = min(deadline, route_deadline)
         hid = next(self.ids)
         res = self.buffer.on_hold(hid, svc.name, ex.req.head_size + 512, now, deadline, ready_in)
         if isinstance(res, Refuse):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.model import Config, Endpoint, HeaderOps, Redirect, Rewrite, SplitConfig
+from ..config.model import Config, Endpoint, HeaderOps, Redirect, Rewrite, RouteTimeouts, SplitConfig
 from .decisions import Forward
 
 
@@ -48,6 +48,10 @@ class Route:
     # strings as bytes, each part None when the request's own is kept; None for a proxied route.
     redirect: tuple | None = None
     path_exact: bool = False  # path_prefix is matched as the whole path
+    # The route's own timeouts: the whole exchange (None: no deadline) and each try's wait for a
+    # response head (None: the Router's perTry; 0: none).
+    request_timeout_s: float | None = None
+    per_try_s: float | None = None
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -136,6 +140,10 @@ def _redirect(rd: Redirect | None) -> tuple | None:
     return _bytes(rd.scheme), _bytes(rd.hostname), rd.port, _bytes(rd.path_prefix), _bytes(rd.full_path), rd.status
 
 
+def _timeouts(t: RouteTimeouts | None) -> tuple[float | None, float | None]:
+    return (t.request_s, t.per_try_s) if t is not None else (None, None)
+
+
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
     limits = {c.name: c.max_requests for c in config.clusters}
@@ -149,7 +157,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
-                     split.path_exact)
+                     split.path_exact, *_timeouts(split.timeouts))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

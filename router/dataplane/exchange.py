@@ -51,7 +51,8 @@ class Exchange(ResponseRelay):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
-                 "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to")
+                 "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
+                 "deadline_handle")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -79,6 +80,7 @@ class Exchange(ResponseRelay):
         self.hold_id: int | None = None  # while held by the activator
         self.held_s: float | None = None  # how long it was held, once released
         self.released_to: str | None = None
+        self.deadline_handle = None  # the route's request timeout, once the response head went out
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -133,6 +135,19 @@ class Exchange(ResponseRelay):
             self._attach(conn)
         else:
             self.task = ctx.loop.create_task(self._connect(self.backend))
+            self.arm_deadline()
+
+    def request_deadline(self) -> float | None:
+        """When the route's request timeout runs out for this request (its clock starts when the head
+        was read), or None."""
+        timeout = self.route.request_timeout_s
+        return None if timeout is None else self.req.t0 + timeout
+
+    def arm_deadline(self) -> None:
+        """While connecting, the route's request timeout still runs (_attach's header wait takes over)."""
+        deadline = self.request_deadline()
+        if deadline is not None:
+            self.conn.upstream_timer.set(deadline - self.ctx.clock(), self._on_header_timeout)
 
     async def _connect(self, backend) -> None:
         ctx = self.ctx
@@ -230,10 +245,14 @@ class Exchange(ResponseRelay):
         if req.complete and facts["chunked"]:
             self.on_request_end()
         self.sent_at = ctx.clock()
-        timeouts = ctx.settings.timeouts
-        wait = timeouts.upstream_header_s
-        if timeouts.per_try_s is not None and self._may_retry():
-            wait = min(wait, timeouts.per_try_s)
+        timeouts, route = ctx.settings.timeouts, self.route
+        if route.request_timeout_s is None:
+            wait = timeouts.upstream_header_s
+        else:  # the route's deadline replaces upstreamHeader
+            wait = self.req.t0 + route.request_timeout_s - self.sent_at
+        per_try = timeouts.per_try_s if route.per_try_s is None else route.per_try_s
+        if per_try and self._may_retry():
+            wait = min(wait, per_try)
         client.upstream_timer.set(wait, self._on_header_timeout)
 
     # --- request body -------------------------------------------------------------------
@@ -298,6 +317,8 @@ class Exchange(ResponseRelay):
         if self.ended:
             return
         self.ended = True
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
         activator = self.ctx.activator
         # A request ending frees a slot that held requests may be waiting for: released ones, and
         # direct ones that found a warm copy saturated and so made later requests wait.

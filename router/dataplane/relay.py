@@ -79,6 +79,9 @@ class ResponseRelay:
         self.head_mark = (corked, len(corked)) if corked is not None else None
         self.conn.write(b"".join(parts))
         self.resp_started = True
+        if route.request_timeout_s is not None and status != 101:  # the deadline covers the body too
+            self.deadline_handle = ctx.loop.call_later(req.t0 + route.request_timeout_s - now,
+                                                       self._on_request_deadline)
         if req.method == b"HEAD" and status != 101:
             # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
             self.upstream.reset_parser()
@@ -133,6 +136,7 @@ class ResponseRelay:
             self._cancel_header_timer()
             self.ctx.metrics.retries.labels("stale_connection").inc()
             self.task = self.ctx.loop.create_task(self._connect(self.backend))
+            self.arm_deadline()
             return
         if self.conn.tunnel is self:
             self.finished = True
@@ -162,16 +166,32 @@ class ResponseRelay:
             self.respond_error(502, reason)
 
     def _on_header_timeout(self) -> None:
-        if not self.finished and not self.resp_started:
-            timeouts = self.ctx.settings.timeouts
-            if timeouts.per_try_s is not None and self._retry_elsewhere("timeout"):
+        """No response head yet: a per-try timeout (try the next choice), or the overall wait is over:
+        upstreamHeader since this try was sent, or the route's request timeout since the head was read."""
+        if self.finished or self.resp_started:
+            return
+        ctx, route = self.ctx, self.route
+        timeouts = ctx.settings.timeouts
+        deadline = self.request_deadline()
+        left = (timeouts.upstream_header_s - (ctx.clock() - self.sent_at) if deadline is None
+                else deadline - ctx.clock())
+        if left > 0.001:
+            per_try = timeouts.per_try_s if route.per_try_s is None else route.per_try_s
+            if per_try and self._retry_elsewhere("timeout"):
                 return
             # Nowhere else to try: this try may still answer, so it gets the rest of the overall timeout.
-            left = timeouts.upstream_header_s - (self.ctx.clock() - self.sent_at)
-            if left > 0.001:
-                self.conn.upstream_timer.set(left, self._on_header_timeout)
-                return
+            self.conn.upstream_timer.set(left, self._on_header_timeout)
+            return
+        if deadline is None:
             self.respond_error(504, f"upstream did not answer within {timeouts.upstream_header_s:g}s")
+        else:
+            self.respond_error(504, f"no answer within the route's request timeout ({route.request_timeout_s:g}s)")
+
+    def _on_request_deadline(self) -> None:
+        """The route's request timeout ran out mid-response: the head has gone out, so the client
+        connection is aborted (a cut-short body must not look complete)."""
+        if not self.finished:
+            self._truncated(f"route's request timeout ({self.route.request_timeout_s:g}s) ran out mid-response", 504)
 
     def on_body_idle(self) -> None:
         """No response bytes for bodyIdle: the upstream stalled mid-body, or the client stopped reading
@@ -183,13 +203,14 @@ class ResponseRelay:
             return
         self._truncated("upstream response body stalled")
 
-    def _truncated(self, reason: str) -> None:
-        """Never let a cut-short body look complete: abort the client connection."""
+    def _truncated(self, reason: str, status: int = 502) -> None:
+        """Never let a cut-short body look complete: abort the client connection. `status` is what
+        the metrics and the access log record."""
         self.finished = True
         self._cancel_header_timer()
         cluster = self.backend.cluster if self.backend else "-"
-        self.ctx.health.on_response(cluster, 502, self.ctx.clock())
-        self._record(cluster, 502, self.ctx.clock(), reason)
+        self.ctx.health.on_response(cluster, status, self.ctx.clock())
+        self._record(cluster, status, self.ctx.clock(), reason)
         self._end()
         self.conn.abort()
 

@@ -63,7 +63,8 @@ class ZeroScaledCluster:
         await self.runner.cleanup()
 
 
-def service_config(port: int, state: str = "cached", hold: str = "5s", **router_spec) -> str:
+def service_config(port: int, state: str = "cached", hold: str = "5s", split_timeouts: str = "{}",
+                   **router_spec) -> str:
     return cluster_docs({"a": port}) + textwrap.dedent(f"""\
         ---
         apiVersion: edge.router/v1alpha1
@@ -84,6 +85,7 @@ def service_config(port: int, state: str = "cached", hold: str = "5s", **router_
           service: svc
           clusters: [{{name: a, weight: 1}}]
           strategy: {{params: {{maxRTT: 200ms}}}}
+          timeouts: {split_timeouts}
         """) + router_doc(decisionHeader=True, **router_spec)
 
 
@@ -164,6 +166,31 @@ async def test_deadline_shorter_than_predicted_start_is_refused_at_once(router):
         assert raw.startswith(b"HTTP/1.1 503") and b"Retry-After: 6" in raw, raw
         assert loop.time() - t < 1
         assert cluster.served == []
+    finally:
+        await cluster.stop()
+
+
+async def test_route_request_timeout_bounds_the_hold(router):
+    cluster = await ZeroScaledCluster(cold_start_s=5).start()
+    try:
+        # A 2 s route timeout cannot wait out a 6 s predicted start: 503 at once, as for x-request-timeout.
+        app = await router(service_config(cluster.port, state="cold", hold="10s",
+                                          split_timeouts="{request: 2s}"))
+        await wait_for(lambda: app.ctx.policy.warmth.states, what="static state")
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 503") and b"before the request's deadline" in raw, raw
+        assert loop.time() - t < 1
+        # 1 s predicted (cached): held, but until the route's 1.2 s rather than the 10 s holdLimit.
+        app = await router(service_config(cluster.port, state="cached", hold="10s",
+                                          split_timeouts="{request: 1200ms}"))
+        await wait_for(lambda: app.ctx.policy.warmth.states, what="static state")
+        t = loop.time()
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 504") and b"no copy of svc became ready" in raw, raw
+        assert 1.1 <= loop.time() - t < 2.5
+        assert app.ctx.activator.buffer.outcomes["expired"] == 1
     finally:
         await cluster.stop()
 

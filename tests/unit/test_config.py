@@ -7,7 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from router.config.model import HeaderOps, Redirect, Rewrite
+from router.config.model import HeaderOps, Redirect, Rewrite, RouteTimeouts
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -132,7 +132,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
             filters:
             - type: RequestMirror
               requestMirror: {backendRef: {name: x}}
-            timeouts: {request: 10s}
+            timeouts: {request: 1s, backendRequest: 2s}
             backendRefs:
             - name: us-west
               filters: [{type: RequestMirror}]
@@ -151,7 +151,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
     for line, expected in [(23, "spec.rules[0].matches[0].headers: header matches are not supported"),
                            (24, "spec.rules[0].matches[1].method: method matches are not supported"),
                            (26, "spec.rules[0].filters[0]: filter RequestMirror is not supported"),
-                           (28, "spec.rules[0].timeouts: route timeouts are not supported"),
+                           (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
                            (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
                            (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
@@ -284,6 +284,59 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
+def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
+    from router.core.snapshot import build_snapshot
+    text = httproute("""\
+          hostnames: [web]
+          rules:
+          - matches: [{path: {value: /a}}]
+            timeouts: {request: 10s, backendRequest: 2s}
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {value: /b}}]
+            timeouts: {request: 0s, backendRequest: 0s}
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {value: /c}}]
+            timeouts: {request: 0s}
+            backendRefs: [{name: us-west}]
+        """) + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: s}
+        spec:
+          clusters: [{name: us-west, weight: 1}]
+          timeouts: {request: 1m30s, perTry: 500ms}
+        """)
+    cfg = load_config(write(tmp_path, text))
+    a, b, c, s = cfg.splits
+    assert a.timeouts == RouteTimeouts(10.0, 2.0)
+    assert b.timeouts == RouteTimeouts(None, 0.0)  # 0s: no deadline, and no per-try timeout even if the Router has one
+    assert c.timeouts is None  # as if unset
+    assert s.timeouts == RouteTimeouts(90.0, 0.5)
+    snap = build_snapshot(cfg, 1)
+    route = snap.route_for("web", "/a/x")
+    assert (route.request_timeout_s, route.per_try_s) == (10.0, 2.0)
+    route = snap.route_for("other", "/")
+    assert (route.request_timeout_s, route.per_try_s) == (90.0, 0.5)
+    route = snap.route_for("web", "/c")
+    assert (route.request_timeout_s, route.per_try_s) == (None, None)
+    bad = httproute("""\
+          rules:
+          - timeouts: {request: 1s, backendRequest: 2s}
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {value: /b}}]
+            timeouts: {request: -1s, total: 2s}
+            backendRefs: [{name: us-west}]
+        """)
+    path = write(tmp_path, bad, "bad.yaml")
+    errors = errors_of(path)
+    for line, expected in [(21, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than request "
+                                "(1s), which covers every try"),
+                           (24, "spec.rules[1].timeouts.request: bad duration '-1s'"),
+                           (24, "spec.rules[1].timeouts.total: unknown field")]:
+        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+
+
 @pytest.mark.parametrize("line,expected", [
     ("requestHeaders: {set: [{name: Host, value: x}]}", "requestHeaders.set[0].name: header Host is written by the router"),
     ("requestHeaders: {remove: [X-Forwarded-For]}",
@@ -300,6 +353,9 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
     ("rewrite: {pathPrefix: x}", "rewrite.pathPrefix: path must start with '/'"),
     ("rewrite: {hostname: 'a b'}", "rewrite.hostname: host must be a DNS name"),
     ("rewrite: {hostname: '*.x.com'}", "rewrite.hostname: hostname must be a DNS name"),
+    ("timeouts: {request: 0s}", "timeouts.request: duration must be positive"),
+    ("timeouts: {perTry: 2s, request: 1s}", "timeouts.perTry: perTry (2s) is longer than request (1s)"),
+    ("timeouts: {backendRequest: 1s}", "timeouts.backendRequest: unknown field"),
 ])
 def test_header_changes_and_rewrites_refused(tmp_path, line, expected):
     path = write(tmp_path, CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\n"

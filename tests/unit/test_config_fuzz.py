@@ -78,6 +78,7 @@ spec:
   requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
   responseHeaders: {remove: [Server]}
   rewrite: {pathPrefix: /, hostname: shop.internal}
+  timeouts: {request: 10s, perTry: 1s}
 ---
 apiVersion: split.smi-spec.io/v1alpha1
 kind: TrafficSplit
@@ -100,6 +101,7 @@ spec:
     - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}}
     - {type: URLRewrite, urlRewrite: {hostname: r.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}
     backendRefs: [{name: a, weight: 3}, {name: b}]
+    timeouts: {request: 5s, backendRequest: 0s}
   - backendRefs: [{name: b, weight: 1000000}]
   - matches: [{path: {type: Exact, value: /x}}]
     backendRefs: [{name: a}]
@@ -173,6 +175,11 @@ def test_mutated_config_is_refused_with_a_location_or_served(data):
             continue
         assert split.backends and all(math.isfinite(b.weight) and b.weight >= 0 for b in split.backends), split
         assert any(b.weight > 0 for b in split.backends), split
+        t = split.timeouts
+        if t is not None:  # a deadline is positive (0s means none), a per-try timeout fits in it
+            assert t.request_s is None or math.isfinite(t.request_s) and t.request_s > 0, t
+            assert t.per_try_s is None or math.isfinite(t.per_try_s) and t.per_try_s >= 0, t
+            assert not (t.request_s and t.per_try_s and t.per_try_s > t.request_s), t
     for name, value in _durations_and_sizes(config.router):  # 0 only where it has a meaning
         assert math.isfinite(value) and (value > 0 or name in ("max_bytes", "drain_s")), (name, value)
     build_snapshot(config, 1)

@@ -1,6 +1,7 @@
 """A route's own timeouts on real sockets: the whole-request deadline before and after the response
 head, the per-try timeout of one route, and an HTTPRoute's 0s turning the Router's per-try timeout off."""
 import asyncio
+import socket
 import textwrap
 
 from aiohttp import web
@@ -116,3 +117,27 @@ async def test_httproute_zero_backend_request_turns_the_routers_per_try_off(back
     took, raw = await timed_get(app.port, "web", "/other")
     assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: b" in raw, raw
     await wait_for(lambda: len(slow.seen) == 2, what="a saw both first tries")
+
+
+async def test_request_timeout_runs_while_connecting(router):
+    # A listener whose accept queue is full drops further SYNs: the router's connect hangs (its connect
+    # timeout is 2 s), and the route's 300 ms deadline answers first.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fillers = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(srv.getsockname())
+            fillers.append(s)
+        app = await router(cluster_docs({"a": srv.getsockname()[1]})
+                           + timed_split({"a": 1}, "s", ["h"], request="300ms"))
+        took, raw = await timed_get(app.port, "h")
+        assert raw.startswith(b"HTTP/1.1 504") and b"request timeout (0.3s)" in raw, raw
+        assert 0.28 <= took < 1.5
+    finally:
+        for s in fillers:
+            s.close()
+        srv.close()

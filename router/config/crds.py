@@ -44,6 +44,10 @@ TRAFFIC_SPLIT_SPEC = {
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
             "statusCode": {"type": "integer", "enum": [301, 302, 303, 307, 308]},
             "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"}}},
+        "rateLimit": {"type": "object", "required": ["requestsPerSecond"], "properties": {
+            "requestsPerSecond": {"type": "number", "minimum": 0, "maximum": 1e9},
+            "burst": {"type": "integer", "minimum": 1},
+            "key": {"type": "string", "pattern": r"^(route|client|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+)$"}}},
         "timeouts": {"type": "object", "properties": {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION}}},
     },

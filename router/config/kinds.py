@@ -10,13 +10,14 @@ Accepted kinds:
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, Redirect, ResourceWatch,
-                    Rewrite, RouteTimeouts, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
+from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, RateLimit, Redirect,
+                    ResourceWatch, Rewrite, RouteTimeouts, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -52,6 +53,7 @@ class PendingSplit:
     redirect: Redirect | None = None
     path_exact: bool = False  # path_prefix is an exact path (HTTPRoute's Exact match)
     timeouts: RouteTimeouts | None = None
+    rate_limit: RateLimit | None = None
 
 
 class Doc:
@@ -278,7 +280,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     spec = doc.root.get("spec")
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect", "timeouts"},
+                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -316,7 +318,33 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
                         read_header_ops(doc, spec.get("requestHeaders")),
                         read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
-                        redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")))
+                        redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
+                        rate_limit=read_rate_limit(doc, spec.get("rateLimit")))
+
+
+def read_rate_limit(doc: Doc, node: Node | None) -> RateLimit | None:
+    """rateLimit: {requestsPerSecond: 100, burst: 200, key: route | client | header:NAME}."""
+    if not doc.fields(node, {"requestsPerSecond", "burst", "key"}, {"requestsPerSecond"}):
+        return None
+    rate = doc.value(node, "requestsPerSecond", _positive_rate)
+    if rate is None:
+        return None
+    burst = doc.value(node, "burst", _positive_int, max(1, math.ceil(rate)))
+    return RateLimit(rate, burst, doc.value(node, "key", _rate_key, "route"))
+
+
+def _positive_rate(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 or v > 1e9:
+        raise ValueError(f"requestsPerSecond must be a positive number (at most 1e9), got {v!r}")
+    return float(v)
+
+
+def _rate_key(v: Any) -> str:
+    if v in ("route", "client"):
+        return v
+    if isinstance(v, str) and v.startswith("header:") and _TOKEN.fullmatch(v[7:]):
+        return "header:" + v[7:].lower()
+    raise ValueError(f"key must be route, client or header:NAME (such as header:X-Api-Key), got {v!r}")
 
 
 def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> RouteTimeouts | None:

@@ -91,6 +91,16 @@ class RouteTimeouts:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A route's local rate limit: `rate` requests a second sustained, up to `burst` at once, counted
+    in one bucket for the route (`key` "route"), one per client address ("client"), or one per value
+    of a request header ("header:NAME", the name lowercase)."""
+    rate: float
+    burst: int
+    key: str = "route"
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -107,6 +117,7 @@ class SplitConfig:
     redirect: Redirect | None = None  # answered by the router with a redirect; no clusters
     path_exact: bool = False  # path_prefix is matched as the whole path (HTTPRoute's Exact)
     timeouts: RouteTimeouts | None = None  # the route's own; None: the Router's
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)

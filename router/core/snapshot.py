@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.model import Config, Endpoint, HeaderOps, Redirect, Rewrite, RouteTimeouts, SplitConfig
+from ..config.model import Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts, SplitConfig
 from .decisions import Forward
 
 
@@ -52,6 +52,7 @@ class Route:
     # response head (None: the Router's perTry; 0: none).
     request_timeout_s: float | None = None
     per_try_s: float | None = None
+    rate_limit: RateLimit | None = None  # the route's local rate limit (buckets kept by the ProxyContext)
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -157,7 +158,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
-                     split.path_exact, *_timeouts(split.timeouts))
+                     split.path_exact, *_timeouts(split.timeouts), split.rate_limit)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

@@ -13,6 +13,7 @@ import time
 from ..config.model import RouterSettings
 from ..core.choice import PolicyInputs
 from ..core.health import HealthState
+from ..core.ratelimit import RateLimiter
 from ..core.retry import RetryBudget
 from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
@@ -62,6 +63,16 @@ class ProxyContext:
         # without a random draw per request; 32 hex digits, like a UUID without dashes.
         self._id_prefix = os.urandom(8).hex().encode()
         self._id_count = 0
+        self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
+
+    def rate_limiter(self, route) -> RateLimiter:
+        """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""
+        key = (route.name, route.rate_limit)
+        limiter = self.rate_limiters.get(key)
+        if limiter is None:
+            limit = route.rate_limit
+            limiter = self.rate_limiters[key] = RateLimiter(limit.rate, limit.burst)
+        return limiter
 
     def new_request_id(self) -> bytes:
         self._id_count += 1
@@ -90,6 +101,8 @@ class ProxyContext:
         self.max_connections = connection_limit(self.settings)
         self.via = self.settings.via.encode()
         self._tails = {}
+        kept = {(s.name, s.rate_limit) for s in snapshot.config.splits if s.rate_limit is not None}
+        self.rate_limiters = {k: v for k, v in self.rate_limiters.items() if k in kept}
         self.metrics.config_version.set(snapshot.version)
 
     def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:

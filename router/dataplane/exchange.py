@@ -15,7 +15,7 @@ import socket
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
-from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
+from .headers import REQUEST_ID, HttpReject, client_address, forwarding_headers, redirect_location, request_lines
 from .paths import replaced
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
@@ -97,6 +97,8 @@ class Exchange(ResponseRelay):
                 return
         route, self.service = hit
         self.route = route
+        if route.rate_limit is not None and self._rate_limited(route):
+            return
         if route.redirect is not None:  # answered here, nothing goes to a cluster
             location = redirect_location(route.redirect, self.ctx.scheme, host, req.facts["raw_host"], url,
                                          route.path_prefix)
@@ -105,6 +107,24 @@ class Exchange(ResponseRelay):
         if route.affinity is not None:
             self.affinity = affinity_key(route.affinity, req.headers, _path(url))
         self._choose()
+
+    def _rate_limited(self, route) -> bool:
+        """Take a token from the route's bucket for this request's key, or answer 429."""
+        ctx, req, kind = self.ctx, self.req, route.rate_limit.key
+        if kind == "route":
+            key = ""
+        elif kind == "client":
+            conn = self.conn
+            key = client_address(conn.client_ip, req.facts, ctx.settings.trusted_proxies, conn.trusted())
+        else:  # header:NAME; requests without it share one bucket
+            name = kind[7:].encode()
+            key = next((v.decode("latin-1") for n, v in req.headers if n.lower() == name), "")
+        wait = ctx.rate_limiter(route).take(key, ctx.clock())
+        if not wait:
+            return False
+        ctx.metrics.rate_limited.labels(route.name).inc()
+        self.respond_error(429, "rate limit exceeded", cluster="-", retry_after_s=wait)
+        return True
 
     def _choose(self, decision=None) -> None:
         ctx = self.ctx

@@ -150,6 +150,20 @@ def is_trusted(client_ip: str, trusted: tuple) -> bool:
     return any(addr in net for net in trusted)
 
 
+def client_address(peer_ip: str, facts: dict, trusted: tuple, peer_trusted: bool) -> str:
+    """Who sent the request: the peer, or, when the peer is a trusted proxy, the nearest address in
+    X-Forwarded-For that is not one (nginx's real_ip_recursive): what a trusted proxy reports is
+    believed, what the client wrote before it is not."""
+    prior = facts["forwarding"].get(b"x-forwarded-for") if peer_trusted else None
+    if not prior:
+        return peer_ip
+    hops = [hop.strip(b" \t").decode("latin-1") for value in prior for hop in value.split(b",")]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0]
+
+
 def forwarded_node(client_ip: str) -> bytes:
     ip = client_ip.encode()
     return b'"[' + ip + b']"' if b":" in ip else ip

@@ -233,7 +233,7 @@ class ResponseRelay:
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
         if self.req.request_id:
             extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))
-        if status == 503:
+        if status in (429, 503):
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
         self._record(cluster, status, self.ctx.clock(), reason)
         self.conn.write(simple_response(status, reason, close=not keep, extra=extra,

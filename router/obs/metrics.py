@@ -33,6 +33,8 @@ class Metrics:
                                        registry=r)
         self.rejected = Counter("router_rejected_requests_total", "Requests refused by the router itself",
                                 ["code", "reason"], registry=r)
+        self.rate_limited = Counter("router_rate_limited_total", "Requests refused 429 by a route's rate limit",
+                                    ["route"], registry=r)
         self.dropped_headers = Counter("router_dropped_headers_total", "Request header fields dropped, by reason",
                                        ["reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],

@@ -7,7 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from router.config.model import HeaderOps, Redirect, Rewrite, RouteTimeouts
+from router.config.model import HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -284,6 +284,30 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
+def test_rate_limit(tmp_path):
+    text = CLUSTERS + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: s}
+        spec:
+          hosts: [a.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          rateLimit: {requestsPerSecond: 2.5}
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: t}
+        spec:
+          hosts: [b.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          rateLimit: {requestsPerSecond: 100, burst: 20, key: header:X-Api-Key}
+        """)
+    s, t = load_config(write(tmp_path, text)).splits
+    assert s.rate_limit == RateLimit(2.5, 3, "route")  # burst defaults to the rate, rounded up
+    assert t.rate_limit == RateLimit(100.0, 20, "header:x-api-key")
+
+
 def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
     from router.core.snapshot import build_snapshot
     text = httproute("""\
@@ -356,6 +380,12 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
     ("timeouts: {request: 0s}", "timeouts.request: duration must be positive"),
     ("timeouts: {perTry: 2s, request: 1s}", "timeouts.perTry: perTry (2s) is longer than request (1s)"),
     ("timeouts: {backendRequest: 1s}", "timeouts.backendRequest: unknown field"),
+    ("rateLimit: {burst: 5}", "rateLimit: missing required field 'spec.rateLimit.requestsPerSecond'"),
+    ("rateLimit: {requestsPerSecond: 0}", "rateLimit.requestsPerSecond: requestsPerSecond must be a positive number"),
+    ("rateLimit: {requestsPerSecond: .inf}", "rateLimit.requestsPerSecond: requestsPerSecond must be a positive"),
+    ("rateLimit: {requestsPerSecond: 10, burst: 0}", "rateLimit.burst: expected a positive integer, got 0"),
+    ("rateLimit: {requestsPerSecond: 10, key: ip}", "rateLimit.key: key must be route, client or header:NAME"),
+    ("rateLimit: {requestsPerSecond: 10, key: 'header:X Y'}", "rateLimit.key: key must be route, client or header"),
 ])
 def test_header_changes_and_rewrites_refused(tmp_path, line, expected):
     path = write(tmp_path, CLUSTERS + "---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\n"

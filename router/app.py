@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import ssl
+import time
 
 from .config.model import Config
 from .config.values import parse_hostport
@@ -27,7 +28,7 @@ from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
 from .dataplane.server import serve
-from .dataplane.tls import replace_certificate, server_context
+from .dataplane.tls import certificate_not_after, replace_certificate, server_context
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
@@ -89,6 +90,7 @@ class RouterApp:
         if tls is not None:
             self.tls_context = server_context(tls.cert_file, tls.key_file)
             self.tls_state = {"cert_file": tls.cert_file, "key_file": tls.key_file, "loads": 1, "last_error": None}
+            self._note_certificate(tls.cert_file)
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
                                   ssl_context=self.tls_context)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -220,9 +222,22 @@ class RouterApp:
             try:
                 replace_certificate(self.tls_context, tls.cert_file, tls.key_file)
                 state.update(cert_file=tls.cert_file, key_file=tls.key_file, loads=state["loads"] + 1, last_error=None)
+                self._note_certificate(tls.cert_file)
             except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last one
                 state["last_error"] = str(exc)
                 log.error("TLS certificate %s not replaced, keeping the last one: %s", tls.cert_file, exc)
+
+    def _note_certificate(self, cert_file: str) -> None:
+        """The served certificate's expiry: in /debug/state and the metrics, and a warning once it has passed."""
+        not_after = certificate_not_after(cert_file)
+        self.tls_state["not_after"] = None if not_after is None else \
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
+        if not_after is None:
+            return
+        self.metrics.tls_not_after.set(not_after)
+        if not_after <= time.time():
+            log.warning("TLS certificate %s expired at %s: clients will refuse it", cert_file,
+                        self.tls_state["not_after"])
 
     async def drain(self) -> dict:
         self.ctx.start_drain()

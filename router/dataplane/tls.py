@@ -7,9 +7,16 @@ is first loaded into a scratch context: a bad pair is refused without touching t
 """
 from __future__ import annotations
 
+import base64
+import calendar
+import re
 import ssl
+import time
 
 from ..config.values import refuse_passphrase
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
+_UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -27,3 +34,54 @@ def replace_certificate(live: ssl.SSLContext, cert_file: str, key_file: str) -> 
     does not load."""
     server_context(cert_file, key_file)
     live.load_cert_chain(cert_file, key_file, refuse_passphrase)
+
+
+def certificate_not_after(cert_file: str) -> float | None:
+    """When the first certificate in `cert_file` (the served one; a chain follows it) expires, in
+    seconds since the epoch; None when the file holds no certificate this can read. The ssl module
+    does not show a loaded certificate, so the DER is read here: Certificate, tbsCertificate, an
+    optional version, serialNumber, signature, issuer, then validity's notBefore and notAfter."""
+    try:
+        with open(cert_file, "rb") as fh:
+            found = _PEM_CERT.search(fh.read(1 << 20))
+        if found is None:
+            return None
+        der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
+        _, pos, _ = _element(der, 0)  # Certificate: into it
+        _, pos, _ = _element(der, pos)  # tbsCertificate: into it
+        tag, _, after = _element(der, pos)
+        if tag == 0xA0:  # [0] version
+            pos = after
+        for _ in range(3):  # serialNumber, signature, issuer
+            pos = _element(der, pos)[2]
+        _, pos, _ = _element(der, pos)  # validity: into it
+        pos = _element(der, pos)[2]  # past notBefore
+        tag, start, end = _element(der, pos)
+        return _asn1_time(tag, der[start:end].decode("ascii"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """The DER element at `pos`: (tag, where its contents start, where the next element starts)."""
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if not 1 <= n <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(der[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _asn1_time(tag: int, text: str) -> float:
+    """UTCTime (YYMMDDHHMMSSZ; YY below 50 is 20YY, as RFC 5280 says) or GeneralizedTime (YYYYMMDDHHMMSSZ)."""
+    if tag == _UTC_TIME and len(text) == 13:
+        yy = int(text[:2])
+        text = str(2000 + yy if yy < 50 else 1900 + yy) + text[2:]
+    elif tag != _GENERALIZED_TIME or len(text) != 15:
+        raise ValueError("not an RFC 5280 time")
+    return float(calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ")))

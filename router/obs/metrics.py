@@ -69,6 +69,9 @@ class Metrics:
                              registry=r)
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
+        self.tls_not_after = Gauge("router_tls_certificate_expiry_timestamp_seconds",
+                                   "When the TLS certificate the listener serves expires (seconds since the epoch)",
+                                   registry=r, multiprocess_mode="min")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._counts: dict[tuple[str, int], int] = {}
         self._decisions: dict[str, int] = {}

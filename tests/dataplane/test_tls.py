@@ -172,3 +172,62 @@ async def test_tls_pair_errors_name_the_field(tmp_path, ca):
             load_config(str(path))
         assert expected in str(err.value), str(err.value)
         assert str(err.value).startswith(f"{path}:"), str(err.value)
+
+
+
+def self_signed(tmp_path, not_after) -> tuple[str, str]:
+    """A self-signed certificate expiring at `not_after` (UTCTime up to 2049, GeneralizedTime from 2050,
+    as RFC 5280 asks and the builder does) and its key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+            .not_valid_after(not_after).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"cert-{not_after.year}.pem", tmp_path / f"key-{not_after.year}.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_certificate_expiry_is_read_from_either_time_encoding(tmp_path, ca):
+    import datetime
+
+    from router.dataplane.tls import certificate_not_after
+    utc = datetime.timezone.utc
+    for when in (datetime.datetime(2049, 12, 31, 23, 59, 58, tzinfo=utc),  # UTCTime "491231235958Z"
+                 datetime.datetime(2050, 1, 1, 0, 0, 1, tzinfo=utc),  # GeneralizedTime
+                 datetime.datetime(2021, 6, 30, 12, 0, 0, tzinfo=utc)):
+        assert certificate_not_after(self_signed(tmp_path, when)[0]) == when.timestamp()
+    cert, _, _ = write_pair(tmp_path, ca)  # a chain: the first certificate is the one served
+    (tmp_path / "chain.pem").write_bytes(open(cert, "rb").read() + ca.cert_pem.bytes())
+    assert certificate_not_after(str(tmp_path / "chain.pem")) == certificate_not_after(cert)
+    (tmp_path / "junk.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert certificate_not_after(str(tmp_path / "junk.pem")) is None
+    assert certificate_not_after(str(tmp_path / "missing.pem")) is None
+
+
+async def test_certificate_expiry_in_metrics_and_state_and_an_expired_one_is_warned_of(
+        backends, router, ca, tmp_path, caplog):
+    import datetime
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}))
+    assert app.metrics.tls_not_after._value.get() == 32503680000.0  # trustme's certificates: year 3000
+    assert app.state()["tls"]["not_after"] == "3000-01-01T00:00:00Z"
+    # An expired pair loads (clients refuse it, OpenSSL does not): the gauge follows and a warning says so.
+    old_cert, old_key = self_signed(tmp_path, datetime.datetime(2021, 6, 30, tzinfo=datetime.timezone.utc))
+    os.replace(old_key, key)
+    os.replace(old_cert, cert)
+    assert (await app.reloader.reload("test"))["ok"]
+    assert app.metrics.tls_not_after._value.get() == datetime.datetime(2021, 6, 30, tzinfo=datetime.timezone.utc
+                                                                      ).timestamp()
+    assert app.state()["tls"]["not_after"] == "2021-06-30T00:00:00Z"
+    assert f"TLS certificate {cert} expired at 2021-06-30T00:00:00Z" in caplog.text

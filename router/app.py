@@ -27,6 +27,7 @@ from .control.resources import ResourceWatcher
 from .core.choice import effective_weights
 from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
+from .dataplane.redirect import serve_https_redirect
 from .dataplane.server import serve
 from .dataplane.tls import certificate_not_after, replace_certificate, server_context
 from .obs.accesslog import AccessLog
@@ -54,6 +55,8 @@ class RouterApp:
         self.version = 0
         self.ctx: ProxyContext | None = None
         self.server = None
+        self.redirect_server = None  # the HTTPS redirect listener, with httpsRedirect
+        self.redirect_port = 0
         self.tls_context: ssl.SSLContext | None = None
         self.tls_state: dict | None = None  # what /debug/state shows: the pair in use, loads, last error
         self.admin: AdminServer | None = None
@@ -94,6 +97,11 @@ class RouterApp:
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
                                   ssl_context=self.tls_context)
         self.port = self.server.sockets[0].getsockname()[1]
+        redirect = self.config.router.https_redirect
+        if redirect is not None:
+            self.redirect_server = await serve_https_redirect(self.ctx, redirect, *parse_hostport(redirect.listen),
+                                                              reuse_port=self.reuse_port)
+            self.redirect_port = self.redirect_server.sockets[0].getsockname()[1]
         self.accepting = True
         self._start_control()
         if self.watch_interval_s > 0:
@@ -173,8 +181,9 @@ class RouterApp:
             return
         self.accepting = False
         deadline_s = self.config.router.timeouts.drain_s
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.redirect_server):
+            if server is not None:
+                server.close()
         self.ctx.start_drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
@@ -292,7 +301,9 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
     app = RouterApp(paths, listen, admin)
     await app.start()
     app.install_signals()
-    log.info("serving on %s:%d%s, admin on %s:%d; open files limit %d", app.listen[0], app.port,
-             " (TLS)" if app.tls_context else "", app.admin_addr[0], app.admin_port, open_files_limit())
+    log.info("serving on %s:%d%s%s, admin on %s:%d; open files limit %d", app.listen[0], app.port,
+             " (TLS)" if app.tls_context else "",
+             f", redirecting to https on port {app.redirect_port}" if app.redirect_server else "",
+             app.admin_addr[0], app.admin_port, open_files_limit())
     await app.stopped.wait()
     return 0

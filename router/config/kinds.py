@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, KubernetesRef, Limits, Probes, RateLimit, Redirect,
-                    ResourceWatch, Rewrite, RouteTimeouts, RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
+from .model import (BufferSettings, ClusterConfig, HeaderOps, HttpsRedirect, KubernetesRef, Limits, Probes,
+                    RateLimit, Redirect, ResourceWatch, Rewrite, RouteTimeouts, RouterSettings, ServiceConfig,
+                    Timeouts, Tls, Workload)
 from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_quantity, parse_selector, parse_size, parse_weight)
 from .yamlsrc import Node
@@ -164,7 +165,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
-                             "requestId", "escapedSlashes"}):
+                             "requestId", "escapedSlashes", "httpsRedirect"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -225,7 +226,17 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           buffer=_read_buffer(doc, spec.get("buffer")),
                           resources=_read_resources(doc, spec.get("resources")),
                           access_log=_read_access_log(doc, spec.get("accessLog")),
-                          tls=_read_tls(doc, spec.get("tls")))
+                          tls=_read_tls(doc, spec.get("tls")),
+                          https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport))
+
+
+def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:
+    """httpsRedirect: {listen: 0.0.0.0:8080, port: 443, statusCode: 301}"""
+    if not doc.fields(node, {"listen", "port", "statusCode"}, {"listen"}):
+        return None
+    listen = doc.value(node, "listen", hostport)
+    port, status = doc.value(node, "port", _port, 443), doc.value(node, "statusCode", _redirect_code, 301)
+    return HttpsRedirect(listen, port, status) if listen is not None else None
 
 
 def _read_access_log(doc: Doc, node: Node | None) -> str | None:

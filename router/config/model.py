@@ -200,6 +200,16 @@ class Probes:
 
 
 @dataclass(frozen=True)
+class HttpsRedirect:
+    """A second, plain-HTTP listener that answers every request with a redirect to the same URL over
+    https (nginx's `return 301 https://$host$request_uri`, Envoy's https_redirect): `port` is the
+    HTTPS port clients reach (left out of Location when 443)."""
+    listen: str
+    port: int = 443
+    status: int = 301
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     listen: str = "0.0.0.0:8080"
     admin: str = "127.0.0.1:9901"
@@ -218,6 +228,7 @@ class RouterSettings:
     escaped_slashes: str = "keep"  # %2F and %5C in a path: keep (as Envoy), reject (400) or unescape
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
+    https_redirect: HttpsRedirect | None = None  # a plain listener redirecting every request to https
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None

@@ -44,6 +44,7 @@ class ClientConnection(asyncio.Protocol):
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
                  "last_facts", "fwd_cache", "body_out")
+    exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -431,7 +432,7 @@ class ClientConnection(asyncio.Protocol):
         if req.reject is not None:
             self._answer_reject(req)
             return
-        self.active = Exchange(self, req)
+        self.active = self.exchange_class(self, req)
         self.active.start()
 
     def _fail(self, reject: HttpReject) -> None:

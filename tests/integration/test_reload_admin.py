@@ -54,15 +54,16 @@ async def test_reload_names_the_changes_that_wait_for_the_next_start(backends, r
     app = await router(base + router_doc(timeouts={"connect": "2s"}))
     cfg = app.config_dir / "router.yaml"
     cfg.write_text(base + router_doc(timeouts={"connect": "1s"}, listen="127.0.0.1:1", rttDecay="5s",
-                                     buffer={"perService": 5}))
+                                     buffer={"perService": 5}, httpsRedirect={"listen": "127.0.0.1:0"}))
     status, body = await admin(app, "POST", "/admin/reload")
-    assert status == 200 and json.loads(body)["next_start"] == ["Router spec.rttDecay", "Router spec.buffer"]
+    later = ["Router spec.rttDecay", "Router spec.buffer", "Router spec.httpsRedirect"]
+    assert status == 200 and json.loads(body)["next_start"] == later
     # listen was set by a flag, so the file's value would not apply after a restart either
-    assert any("take effect at the next start: Router spec.rttDecay, Router spec.buffer" in r.message
-               for r in caplog.records)
+    assert any("take effect at the next start: " + ", ".join(later) in r.message for r in caplog.records)
     assert app.ctx.settings.timeouts.connect_s == 1.0  # the rest applied at once
+    assert app.redirect_server is None
     state = json.loads((await admin(app, "GET", "/debug/state", token=None))[1])
-    assert state["next_start"] == ["Router spec.rttDecay", "Router spec.buffer"]
+    assert state["next_start"] == later
     cfg.write_text(base + router_doc(timeouts={"connect": "1s"}))
     status, body = await admin(app, "POST", "/admin/reload")
     assert status == 200 and "next_start" not in json.loads(body)  # back to what it started with

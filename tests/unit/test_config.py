@@ -417,6 +417,10 @@ def test_router_document(tmp_path):
     ("underscoreHeaders: keep", "spec.underscoreHeaders: expected drop, reject or allow, got 'keep'"),
     ("normalizePath: 'no'", "spec.normalizePath: expected true or false, got 'no'"),
     ("escapedSlashes: decode", "spec.escapedSlashes: expected keep, reject or unescape, got 'decode'"),
+    ("httpsRedirect: {port: 443}", "spec.httpsRedirect: missing required field 'spec.httpsRedirect.listen'"),
+    ("httpsRedirect: {listen: '0.0.0.0:80', statusCode: 200}",
+     "spec.httpsRedirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308, got 200"),
+    ("httpsRedirect: {listen: 'x:80', port: 0}", "spec.httpsRedirect.port: port must be 1..65535, got 0"),
 ])
 def test_router_request_rules_refused(tmp_path, line, expected):
     path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")

@@ -1,0 +1,43 @@
+"""The HTTPS redirect listener (Router `httpsRedirect`): plain HTTP parsed and checked exactly as on
+the main listener (the same limits, timeouts and refusals of hostile input), every request answered
+with a redirect to the same host, path and query over https. Nothing goes to a cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from ..config.model import HttpsRedirect
+from .context import ProxyContext
+from .exchange import Exchange
+from .headers import redirect_location
+from .server import ClientConnection
+
+
+class HttpsRedirectExchange(Exchange):
+    __slots__ = ()
+
+    def start(self) -> None:
+        req = self.req
+        host = req.facts["host"]
+        if not host:  # HTTP/1.0 without Host: a relative Location would send it back here
+            self.respond_error(400, "a redirect to https needs a Host header", cluster="-")
+            return
+        location = redirect_location(self.conn.redirect, b"http", host, req.facts["raw_host"], req.url, "/")
+        self.respond_error(self.conn.redirect[5], "redirect to https", cluster="-", location=location)
+
+
+class HttpsRedirectConnection(ClientConnection):
+    __slots__ = ("redirect",)
+
+    def __init__(self, ctx: ProxyContext, redirect: tuple):
+        super().__init__(ctx)
+        self.redirect = redirect  # as a redirect route's: (scheme, host, port, prefix, full path, status)
+
+    exchange_class = HttpsRedirectExchange
+
+
+async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,
+                               reuse_port: bool = False) -> asyncio.base_events.Server:
+    redirect = (b"https", None, settings.port, None, None, settings.status)
+    return await ctx.loop.create_server(lambda: HttpsRedirectConnection(ctx, redirect), host, port, backlog=1024,
+                                        reuse_port=reuse_port)

@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import time
+from dataclasses import asdict
 
 from .config.model import Config
 from .config.values import parse_hostport
@@ -236,6 +237,13 @@ class RouterApp:
                 state["last_error"] = str(exc)
                 log.error("TLS certificate %s not replaced, keeping the last one: %s", tls.cert_file, exc)
 
+    def _rate_limit_state(self, split) -> dict | None:
+        """A route's limit and how many buckets (keys) this process holds for it."""
+        if split.rate_limit is None:
+            return None
+        limiter = self.ctx.rate_limiters.get((split.name, split.rate_limit))
+        return {**asdict(split.rate_limit), "buckets": len(limiter.buckets) if limiter else 0}
+
     def _note_certificate(self, cert_file: str) -> None:
         """The served certificate's expiry: in /debug/state and the metrics, and a warning once it has passed."""
         not_after = certificate_not_after(cert_file)
@@ -273,7 +281,8 @@ class RouterApp:
             total = sum(b.weight for b in split.backends) or 1.0
             routes.append({"name": split.name, "kind": split.kind, "hosts": list(split.hosts),
                            "pathPrefix": split.path_prefix, "maxRTT_s": split.max_rtt_s,
-                           "source": split.source,
+                           "source": split.source, "timeouts": asdict(split.timeouts) if split.timeouts else None,
+                           "rate_limit": self._rate_limit_state(split),
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),
@@ -289,6 +298,7 @@ class RouterApp:
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
                 "open_files_limit": open_files_limit(), "next_start": self.reloader.next_start,
                 "dns": ctx.pool.dns.describe(), "tls": self.tls_state,
+                "https_redirect_port": self.redirect_port or None,
                 "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}

@@ -10,6 +10,7 @@ async def test_every_request_is_redirected_to_https_on_a_kept_connection(backend
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
                        router_doc(httpsRedirect={"listen": "127.0.0.1:0"}))
     assert app.redirect_port and app.redirect_port != app.port
+    assert app.state()["https_redirect_port"] == app.redirect_port
     reader, writer = await asyncio.open_connection("127.0.0.1", app.redirect_port)
     try:
         for sent, location in ((b"GET /a/../b//c?x=1&y=%20 HTTP/1.1\r\nHost: Shop.Example.com:8080\r\n\r\n",

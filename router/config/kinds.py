@@ -1,130 +1,18 @@
-"""Per-kind document readers. Each turns one YAML document into model pieces,
-reporting problems (file, line, field) instead of raising, so all errors surface together.
-
-Accepted kinds:
-  edge.router/v1alpha1 Cluster, Router, TrafficSplit
-  networking.knative.dev/v1alpha1 TrafficSplit (the seed format)
-  split.smi-spec.io/v1alpha1..v1alpha4 TrafficSplit
-  gateway.networking.k8s.io/v1, v1beta1 HTTPRoute
+"""Readers of the documents that are not splits: Cluster, Router and Service (edge.router/v1alpha1).
+Splits (TrafficSplit in its three formats, HTTPRoute) are read in splits.py.
 """
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import Problems
-from .model import (BufferSettings, ClusterConfig, HeaderOps, HttpsRedirect, KubernetesRef, Limits, Probes,
-                    RateLimit, Redirect, ResourceWatch, Rewrite, RouteTimeouts, RouterSettings, ServiceConfig,
-                    Timeouts, Tls, Workload)
-from .values import (check_tls_pair, normalise_host, parse_duration, parse_endpoint, parse_hostport,
-                     parse_positive_size, parse_quantity, parse_selector, parse_size, parse_weight)
+from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
+                  redirect_code)
+from .model import (BufferSettings, ClusterConfig, HttpsRedirect, KubernetesRef, Limits, Probes, ResourceWatch,
+                    RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
+from .values import (check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
+                     parse_positive_size, parse_size)
 from .yamlsrc import Node
-
-
-@dataclass
-class PendingEntry:
-    """A split entry before its Clusters are resolved: by selector, or by name."""
-    label: str
-    weight: float
-    selector: tuple[tuple[str, str], ...] | None
-    cluster_name: str | None
-    node: Node
-
-
-@dataclass
-class PendingSplit:
-    name: str
-    kind: str
-    hosts: tuple[str, ...]
-    path_prefix: str
-    entries: list[PendingEntry]
-    algorithm: str
-    max_rtt_s: float | None
-    node: Node
-    at: Node | None = None  # where weight problems are reported (the list of entries)
-    declared: int = 0  # entries written, valid or not
-    services: tuple[tuple[str, Node], ...] = ()  # spec.service: a Service name, else a host
-    affinity: tuple[str, str] | None = None
-    request_headers: HeaderOps | None = None
-    response_headers: HeaderOps | None = None
-    rewrite: Rewrite | None = None
-    redirect: Redirect | None = None
-    path_exact: bool = False  # path_prefix is an exact path (HTTPRoute's Exact match)
-    timeouts: RouteTimeouts | None = None
-    rate_limit: RateLimit | None = None
-
-
-class Doc:
-    """Helpers bound to one document for field checks with line numbers."""
-
-    def __init__(self, root: Node, problems: Problems):
-        self.root, self.problems = root, problems
-
-    def error(self, node: Node, message: str) -> None:
-        self.problems.add(node.file, node.line, node.path, message)
-
-    def fields(self, node: Node | None, allowed: set[str], required: set[str] = frozenset()) -> bool:
-        if node is None:
-            return False
-        if node.kind != "map":
-            self.error(node, "expected a mapping")
-            return False
-        for key, child in node.children.items():
-            if key not in allowed:
-                self.error(child, f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        for key in sorted(required - set(node.children)):
-            self.error(node, f"missing required field {node.child_path(key)!r}")
-        return True
-
-    def value(self, node: Node | None, key: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
-        child = node.get(key) if node is not None and node.kind == "map" else None
-        if child is None:
-            return default
-        try:
-            return parse(child.value)
-        except ValueError as exc:
-            self.error(child, str(exc))
-            return default
-
-    def string(self, node: Node | None, key: str, default: str | None = None) -> str | None:
-        def check(v: Any) -> str:
-            if not isinstance(v, str) or not v:
-                raise ValueError(f"expected a non-empty string, got {v!r}")
-            return v
-        return self.value(node, key, check, default)
-
-    def seq(self, node: Node | None, key: str) -> list[Node]:
-        child = node.get(key) if node is not None and node.kind == "map" else None
-        if child is None:
-            return []
-        if child.kind != "seq":
-            self.error(child, "expected a list")
-            return []
-        return child.items
-
-    def name(self) -> str:
-        meta = self.root.get("metadata")
-        if self.fields(meta, {"name", "namespace", "labels", "annotations", "uid", "resourceVersion",
-                              "generation", "creationTimestamp", "managedFields"}, {"name"}):
-            return self.string(meta, "name", "") or ""
-        if meta is None:
-            self.error(self.root, "missing required field 'metadata.name'")
-        return ""
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
-    return v
-
-
-def _path_prefix(v: Any) -> str:
-    if not isinstance(v, str) or not v.startswith("/"):
-        raise ValueError(f"path must start with '/', got {v!r}")
-    return v
 
 
 def read_cluster(doc: Doc) -> ClusterConfig | None:
@@ -147,12 +35,12 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
     knode = spec.get("kubernetes")
     if doc.fields(knode, {"kubeconfig", "context", "inCluster"}):
         kube = KubernetesRef(doc.string(knode, "kubeconfig"), doc.string(knode, "context"),
-                             doc.value(knode, "inCluster", _bool, False))
+                             doc.value(knode, "inCluster", parse_bool, False))
     probe_path = "/"
     pnode = spec.get("probe")
     if doc.fields(pnode, {"path"}):
-        probe_path = doc.value(pnode, "path", _path_prefix, "/")
-    max_requests = doc.value(spec, "maxRequests", _positive_int)
+        probe_path = doc.value(pnode, "path", parse_path, "/")
+    max_requests = doc.value(spec, "maxRequests", positive_int)
     if not name or endpoint is None:
         return None
     return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
@@ -186,39 +74,39 @@ def read_router(doc: Doc) -> RouterSettings | None:
                         "maxConnections"}):
         limits = Limits(doc.value(lim, "maxRequestLine", parse_positive_size, dl.max_request_line_bytes),
                         doc.value(lim, "maxHeaderBytes", parse_positive_size, dl.max_header_bytes),
-                        doc.value(lim, "maxHeaders", _positive_int, dl.max_header_count),
+                        doc.value(lim, "maxHeaders", positive_int, dl.max_header_count),
                         doc.value(lim, "maxBody", parse_positive_size, dl.max_body_bytes),
                         doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes),
-                        doc.value(lim, "maxConnections", _positive_int, dl.max_connections))
+                        doc.value(lim, "maxConnections", positive_int, dl.max_connections))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",
                         "bodyIdle", "tunnelIdle"}):
-        timeouts = Timeouts(doc.value(tim, "headerRead", _positive_duration, dt.header_read_s),
-                            doc.value(tim, "idle", _positive_duration, dt.idle_s),
-                            doc.value(tim, "connect", _positive_duration, dt.connect_s),
-                            doc.value(tim, "upstreamHeader", _positive_duration, dt.upstream_header_s),
-                            doc.value(tim, "upstreamIdle", _positive_duration, dt.upstream_idle_s),
+        timeouts = Timeouts(doc.value(tim, "headerRead", positive_duration, dt.header_read_s),
+                            doc.value(tim, "idle", positive_duration, dt.idle_s),
+                            doc.value(tim, "connect", positive_duration, dt.connect_s),
+                            doc.value(tim, "upstreamHeader", positive_duration, dt.upstream_header_s),
+                            doc.value(tim, "upstreamIdle", positive_duration, dt.upstream_idle_s),
                             doc.value(tim, "drain", parse_duration, dt.drain_s),
-                            doc.value(tim, "perTry", _positive_duration, dt.per_try_s),
-                            doc.value(tim, "bodyIdle", _positive_duration, dt.body_idle_s),
-                            doc.value(tim, "tunnelIdle", _positive_duration, dt.tunnel_idle_s))
+                            doc.value(tim, "perTry", positive_duration, dt.per_try_s),
+                            doc.value(tim, "bodyIdle", positive_duration, dt.body_idle_s),
+                            doc.value(tim, "tunnelIdle", positive_duration, dt.tunnel_idle_s))
     pnode, dp = spec.get("probes"), Probes()
     probes = dp
     if doc.fields(pnode, {"enabled", "interval", "timeout"}):
-        probes = Probes(doc.value(pnode, "enabled", _bool, dp.enabled),
-                        doc.value(pnode, "interval", _positive_duration, dp.interval_s),
-                        doc.value(pnode, "timeout", _positive_duration, dp.timeout_s))
+        probes = Probes(doc.value(pnode, "enabled", parse_bool, dp.enabled),
+                        doc.value(pnode, "interval", positive_duration, dp.interval_s),
+                        doc.value(pnode, "timeout", positive_duration, dp.timeout_s))
     return RouterSettings(listen=doc.value(spec, "listen", hostport, d.listen),
                           admin=doc.value(spec, "admin", hostport, d.admin),
                           admin_token_env=token_env, admin_token_file=token_file,
                           trusted_proxies=tuple(proxies), limits=limits, timeouts=timeouts,
-                          server_timing=doc.value(spec, "serverTiming", _bool, False),
+                          server_timing=doc.value(spec, "serverTiming", parse_bool, False),
                           via=doc.string(spec, "via", d.via), probes=probes,
-                          rtt_decay_s=doc.value(spec, "rttDecay", _positive_duration, d.rtt_decay_s),
-                          decision_header=doc.value(spec, "decisionHeader", _bool, False),
-                          request_id=doc.value(spec, "requestId", _bool, d.request_id),
-                          normalize_path=doc.value(spec, "normalizePath", _bool, d.normalize_path),
+                          rtt_decay_s=doc.value(spec, "rttDecay", positive_duration, d.rtt_decay_s),
+                          decision_header=doc.value(spec, "decisionHeader", parse_bool, False),
+                          request_id=doc.value(spec, "requestId", parse_bool, d.request_id),
+                          normalize_path=doc.value(spec, "normalizePath", parse_bool, d.normalize_path),
                           escaped_slashes=doc.value(spec, "escapedSlashes", _escaped_slashes_action,
                                                     d.escaped_slashes),
                           underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
@@ -235,7 +123,7 @@ def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], 
     if not doc.fields(node, {"listen", "port", "statusCode"}, {"listen"}):
         return None
     listen = doc.value(node, "listen", hostport)
-    port, status = doc.value(node, "port", _port, 443), doc.value(node, "statusCode", _redirect_code, 301)
+    port, status = doc.value(node, "port", parse_port, 443), doc.value(node, "statusCode", redirect_code, 301)
     return HttpsRedirect(listen, port, status) if listen is not None else None
 
 
@@ -263,256 +151,16 @@ def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:
     if not doc.fields(node, {"namespace", "kubeconfig", "context", "inCluster"}, {"namespace"}):
         return None
     return ResourceWatch(doc.string(node, "namespace", "default"), doc.string(node, "kubeconfig"),
-                         doc.string(node, "context"), doc.value(node, "inCluster", _bool, False))
+                         doc.string(node, "context"), doc.value(node, "inCluster", parse_bool, False))
 
 
 def _read_buffer(doc: Doc, node: Node | None) -> BufferSettings:
     d = BufferSettings()
     if not doc.fields(node, {"perService", "total", "maxBytes"}):
         return d
-    return BufferSettings(doc.value(node, "perService", _positive_int, d.per_service),
-                          doc.value(node, "total", _positive_int, d.total),
+    return BufferSettings(doc.value(node, "perService", positive_int, d.per_service),
+                          doc.value(node, "total", positive_int, d.total),
                           doc.value(node, "maxBytes", parse_size, d.max_bytes))
-
-
-def _hosts(doc: Doc, nodes: list[Node]) -> tuple[str, ...]:
-    out = []
-    for item in nodes:
-        try:
-            out.append(normalise_host(item.value))
-        except ValueError as exc:
-            doc.error(item, str(exc))
-    return tuple(out)
-
-
-def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
-    """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
-    name = doc.name()
-    spec = doc.root.get("spec")
-    redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
-    if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit"},
-                       set() if redirects else {"clusters"}):
-        if spec is None:
-            doc.error(doc.root, "missing required field 'spec'")
-        return None
-    entries = []
-    for item in doc.seq(spec, "clusters"):
-        if not doc.fields(item, {"name", "weight", "selector"}, {"weight"}):
-            continue
-        label = doc.string(item, "name") or ""
-        selector = doc.value(item, "selector", parse_selector)
-        if item.get("selector") is None and not label:
-            doc.error(item, "entry needs a selector or a name")
-            continue
-        weight = doc.value(item, "weight", parse_weight)
-        if weight is None:
-            continue
-        entries.append(PendingEntry(label or str(item.get("selector").value), weight, selector,
-                                    None if item.get("selector") is not None else label, item))
-    algorithm, max_rtt = "latency-aware", None
-    strat = spec.get("strategy")
-    if doc.fields(strat, {"algorithm", "params"}):
-        algorithm = doc.value(strat, "algorithm", _algorithm, algorithm)
-        params = strat.get("params")
-        if doc.fields(params, {"maxRTT"}):
-            max_rtt = doc.value(params, "maxRTT", _positive_duration)
-    hosts = _hosts(doc, doc.seq(spec, "hosts"))
-    services = _service_refs(doc, spec)
-    prefix = doc.value(spec, "pathPrefix", _path_prefix, "/")
-    redirect = read_redirect(doc, spec.get("redirect"))
-    if redirect is not None:
-        for key in ("clusters", "rewrite", "timeouts"):
-            if spec.get(key) is not None:
-                doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
-    return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
-                        len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
-                        read_header_ops(doc, spec.get("requestHeaders")),
-                        read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
-                        redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
-                        rate_limit=read_rate_limit(doc, spec.get("rateLimit")))
-
-
-def read_rate_limit(doc: Doc, node: Node | None) -> RateLimit | None:
-    """rateLimit: {requestsPerSecond: 100, burst: 200, key: route | client | header:NAME}."""
-    if not doc.fields(node, {"requestsPerSecond", "burst", "key"}, {"requestsPerSecond"}):
-        return None
-    rate = doc.value(node, "requestsPerSecond", _positive_rate)
-    if rate is None:
-        return None
-    burst = doc.value(node, "burst", _positive_int, max(1, math.ceil(rate)))
-    return RateLimit(rate, burst, doc.value(node, "key", _rate_key, "route"))
-
-
-def _positive_rate(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 or v > 1e9:
-        raise ValueError(f"requestsPerSecond must be a positive number (at most 1e9), got {v!r}")
-    return float(v)
-
-
-def _rate_key(v: Any) -> str:
-    if v in ("route", "client"):
-        return v
-    if isinstance(v, str) and v.startswith("header:") and _TOKEN.fullmatch(v[7:]):
-        return "header:" + v[7:].lower()
-    raise ValueError(f"key must be route, client or header:NAME (such as header:X-Api-Key), got {v!r}")
-
-
-def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> RouteTimeouts | None:
-    """A TrafficSplit's `timeouts: {request, perTry}` (positive durations), or an HTTPRoute rule's
-    `timeouts: {request, backendRequest}` (`gateway`; 0s turns that timeout off, as the Gateway API
-    asks). The per-try timeout may not exceed the request timeout, which covers every try."""
-    per_try_key = "backendRequest" if gateway else "perTry"
-    if not doc.fields(node, {"request", per_try_key}):
-        return None
-    parse = parse_duration if gateway else _positive_duration
-    request, per_try = doc.value(node, "request", parse), doc.value(node, per_try_key, parse)
-    if request and per_try and per_try > request:
-        doc.error(node.get(per_try_key), f"{per_try_key} ({per_try:g}s) is longer than request ({request:g}s), "
-                                         "which covers every try")
-    timeouts = RouteTimeouts(request or None, per_try)
-    return timeouts if timeouts != RouteTimeouts() else None
-
-
-_REDIRECT_CODES = (301, 302, 303, 307, 308)
-
-
-def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirect | None:
-    """redirect: {scheme, hostname, port, statusCode} and a path: on a TrafficSplit `pathPrefix` (the
-    split's prefix replaced) or `fullPath`; in an HTTPRoute (`gateway`) `path: {type: ReplacePrefixMatch |
-    ReplaceFullPath, ...}`."""
-    paths = {"path"} if gateway else {"pathPrefix", "fullPath"}
-    if not doc.fields(node, {"scheme", "hostname", "port", "statusCode"} | paths):
-        return None
-    if gateway:
-        prefix, full = _path_modifier(doc, node.get("path")) if node.get("path") is not None else (None, None)
-    else:
-        prefix, full = _prefix_or_full(doc, node, "redirect")
-    return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", _rewrite_host),
-                    doc.value(node, "port", _port), prefix, full, doc.value(node, "statusCode", _redirect_code, 302))
-
-
-def _port(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-        raise ValueError(f"port must be 1..65535, got {v!r}")
-    return v
-
-
-def _redirect_code(v: Any) -> int:
-    if v not in _REDIRECT_CODES or isinstance(v, bool):
-        raise ValueError(f"statusCode must be one of {', '.join(map(str, _REDIRECT_CODES))}, got {v!r}")
-    return v
-
-
-def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:
-    """rewrite: {pathPrefix: /} (the split's pathPrefix replaced) or {fullPath: /x}, and/or {hostname: h}."""
-    if not doc.fields(node, {"pathPrefix", "fullPath", "hostname"}):
-        return None
-    rewrite = Rewrite(*_prefix_or_full(doc, node, "rewrite"), doc.value(node, "hostname", _rewrite_host))
-    return rewrite if rewrite != Rewrite() else None
-
-
-def _prefix_or_full(doc: Doc, node: Node, what: str) -> tuple[str | None, str | None]:
-    """A TrafficSplit's `pathPrefix` (the split's prefix replaced) or `fullPath`, not both."""
-    prefix, full = doc.value(node, "pathPrefix", _path_prefix), doc.value(node, "fullPath", _path_prefix)
-    if prefix is not None and full is not None:
-        doc.error(node, f"{what} takes pathPrefix or fullPath, not both")
-    return prefix, full
-
-
-def _rewrite_host(v: Any) -> str:
-    host = normalise_host(v)
-    if host.startswith("*") or not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?", host):
-        raise ValueError(f"hostname must be a DNS name such as api.internal, got {v!r}")
-    return host
-
-
-# RFC 9110 field-name token; a value without CR, LF, NUL or other control characters (HTAB allowed).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
-# Written by the router itself, or framing and hop-by-hop: a route may not change them.
-_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                               "proxy-connection", "te", "trailer", "upgrade", "via", "x-forwarded-for",
-                               "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-router-cluster",
-                               "x-router-decision", "server-timing"))
-MAX_HEADER_OPS = 16  # per list, as the Gateway API allows
-
-
-def read_header_ops(doc: Doc, node: Node | None) -> HeaderOps | None:
-    """{set: [{name, value}], add: [{name, value}], remove: [name]} (Gateway API HTTPHeaderFilter)."""
-    if not doc.fields(node, {"set", "add", "remove"}):
-        return None
-    seen: dict[str, str] = {}
-
-    def name_of(item: Node, verb: str) -> str | None:
-        name = item.value if item.kind == "scalar" else None
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            doc.error(item, f"header name must be a token such as X-Env, got {name!r}")
-            return None
-        lower = name.lower()
-        if lower in _RESERVED_HEADERS:
-            doc.error(item, f"header {name} is written by the router (framing, forwarding or routing) and "
-                            "cannot be changed by a route")
-            return None
-        if lower in seen and (verb != "add" or seen[lower] != "add"):
-            doc.error(item, f"header {name} is named twice (already in {seen[lower]})")
-            return None
-        seen[lower] = verb
-        return name
-
-    lists = {}
-    for verb in ("set", "add"):
-        pairs = []
-        items = doc.seq(node, verb)
-        if len(items) > MAX_HEADER_OPS:
-            doc.error(node.get(verb), f"at most {MAX_HEADER_OPS} headers, got {len(items)}")
-        for item in items:
-            if not doc.fields(item, {"name", "value"}, {"name", "value"}) or item.get("name") is None \
-                    or item.get("value") is None:
-                continue
-            name = name_of(item.get("name"), verb)
-            value = item.get("value").value
-            if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
-                doc.error(item.get("value"), f"header value must be a string without control characters, "
-                                             f"got {value!r}")
-            elif name is not None:
-                pairs.append((name, value.strip(" \t")))
-        lists[verb] = tuple(pairs)
-    removed = doc.seq(node, "remove")
-    if len(removed) > MAX_HEADER_OPS:
-        doc.error(node.get("remove"), f"at most {MAX_HEADER_OPS} headers, got {len(removed)}")
-    remove = tuple(n for n in (name_of(item, "remove") for item in removed) if n is not None)
-    return HeaderOps(lists["set"], lists["add"], remove) if lists["set"] or lists["add"] or remove else None
-
-
-def _service_refs(doc: Doc, spec: Node) -> tuple:
-    node = spec.get("service")
-    if node is None:
-        return ()
-    try:
-        return ((normalise_host(node.value), node),)
-    except ValueError as exc:
-        doc.error(node, str(exc))
-        return ()
-
-
-def read_affinity(doc: Doc, node: Node | None) -> tuple[str, str] | None:
-    """affinity: {header: X-User} | {cookie: session} | {pathSegments: 2}"""
-    if not doc.fields(node, {"header", "cookie", "pathSegments"}):
-        return None
-    if len(node.children) != 1:
-        doc.error(node, "affinity takes exactly one of header, cookie, pathSegments")
-        return None
-    (key, child), = node.children.items()
-    if key == "pathSegments":
-        if isinstance(child.value, bool) or not isinstance(child.value, int) or child.value < 1:
-            doc.error(child, f"pathSegments must be a positive integer, got {child.value!r}")
-            return None
-        return ("path", str(child.value))
-    if not isinstance(child.value, str) or not child.value:
-        doc.error(child, f"expected a {key} name, got {child.value!r}")
-        return None
-    return (key, child.value)
 
 
 def read_service(doc: Doc) -> ServiceConfig | None:
@@ -524,14 +172,14 @@ def read_service(doc: Doc) -> ServiceConfig | None:
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
-    hosts = _hosts(doc, doc.seq(spec, "hosts"))
+    hosts = read_hosts(doc, doc.seq(spec, "hosts"))
     workload = None
     wnode = spec.get("workload")
     if doc.fields(wnode, {"kind", "namespace", "name", "image"}, {"kind", "name"}):
         kind = doc.value(wnode, "kind", _workload_kind)
         workload = Workload(kind or "Deployment", doc.string(wnode, "namespace", "default"),
                             doc.string(wnode, "name", ""), doc.string(wnode, "image"))
-    cc = doc.value(spec, "containerConcurrency", _positive_int)
+    cc = doc.value(spec, "containerConcurrency", positive_int)
     state = []
     snode = spec.get("state")
     if snode is not None:
@@ -547,216 +195,27 @@ def read_service(doc: Doc) -> ServiceConfig | None:
     if doc.fields(wnode, {"http"}):
         hnode = wnode.get("http")
         if doc.fields(hnode, {"path", "method"}):
-            wake_path = doc.value(hnode, "path", _path_prefix, "/")
+            wake_path = doc.value(hnode, "path", parse_path, "/")
             wake_method = doc.value(hnode, "method", _http_method, "GET")
-    parallel = doc.value(spec, "wakeParallelism", _positive_int, 1)
+    parallel = doc.value(spec, "wakeParallelism", positive_int, 1)
     if parallel > 2:
         doc.error(spec.get("wakeParallelism"), "wakeParallelism must be 1 or 2")
     if not name:
         return None
     return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}",
-                         doc.value(spec, "holdLimit", _positive_duration, 30.0), wake_path, wake_method,
-                         doc.value(spec, "readinessPath", _path_prefix, "/"), min(parallel, 2),
-                         doc.value(spec, "spillover", _bool, False), doc.value(spec, "wakeSkipped", _bool, True),
-                         doc.value(spec, "keepWarm", _bool, False))
+                         doc.value(spec, "holdLimit", positive_duration, 30.0), wake_path, wake_method,
+                         doc.value(spec, "readinessPath", parse_path, "/"), min(parallel, 2),
+                         doc.value(spec, "spillover", parse_bool, False), doc.value(spec, "wakeSkipped", parse_bool, True),
+                         doc.value(spec, "keepWarm", parse_bool, False))
 
 
-def _one_of(what: str | None, *allowed: str) -> Callable[[Any], str]:
-    """A parser accepting exactly one of `allowed` ("WHAT must be a or b", or "expected a or b")."""
-    lead = f"{what} must be" if what else "expected"
-
-    def parse(v: Any) -> str:
-        if v not in allowed:
-            raise ValueError(f"{lead} {', '.join(allowed[:-1])} or {allowed[-1]}, got {v!r}")
-        return v
-    return parse
+_http_method = one_of("method", "GET", "POST", "HEAD", "PUT")
 
 
-_http_method = _one_of("method", "GET", "POST", "HEAD", "PUT")
-_workload_kind = _one_of("workload kind", "Deployment", "KnativeService")
-_algorithm = _one_of("algorithm", "latency-aware", "weighted")
-_redirect_scheme = _one_of("scheme", "http", "https")
-_underscore_action = _one_of(None, "drop", "reject", "allow")
-_escaped_slashes_action = _one_of(None, "keep", "reject", "unescape")
+_workload_kind = one_of("workload kind", "Deployment", "KnativeService")
 
 
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"expected a positive integer, got {v!r}")
-    return v
+_underscore_action = one_of(None, "drop", "reject", "allow")
 
 
-def _positive_duration(v: Any) -> float:
-    d = parse_duration(v)
-    if d <= 0:
-        raise ValueError(f"duration must be positive, got {v!r}")
-    return d
-
-
-def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
-    name = doc.name()
-    spec = doc.root.get("spec")
-    if not doc.fields(spec, {"service", "backends", "matches"}, {"service", "backends"}):
-        if spec is None:
-            doc.error(doc.root, "missing required field 'spec'")
-        return None
-    if doc.seq(spec, "matches"):
-        doc.error(spec.get("matches"), "matches (HTTPRouteGroup references) are not supported (the split would "
-                                       "take every request for its service)")
-    parse = parse_quantity if version == "v1alpha1" else parse_weight
-    entries = []
-    for item in doc.seq(spec, "backends"):
-        if not doc.fields(item, {"service", "weight"}, {"service", "weight"}):
-            continue
-        cluster, weight = doc.string(item, "service"), doc.value(item, "weight", parse)
-        if cluster and weight is not None:
-            entries.append(PendingEntry(cluster, weight, None, cluster, item))
-    return PendingSplit(name, f"smi/{version}", (), "/", entries, "weighted", None, doc.root,
-                        spec.get("backends"), len(doc.seq(spec, "backends")), _service_refs(doc, spec))
-
-
-def _gateway_weight(v: Any) -> float:
-    w = parse_weight(v)
-    if w != int(w) or w > 1_000_000:
-        raise ValueError(f"weight must be an integer 0..1000000, got {v!r}")
-    return w
-
-
-def read_httproute(doc: Doc) -> list[PendingSplit]:
-    """Each rule becomes one split per distinct PathPrefix or Exact path among its matches (matches are
-    ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with
-    its line rather than ignored, as the Gateway API asks of a rule it cannot implement: header, query
-    and method matches (ignored, the rule would take every request under its path) and other filters."""
-    name = doc.name()
-    spec = doc.root.get("spec")
-    if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
-        if spec is None:
-            doc.error(doc.root, "missing required field 'spec'")
-        return []
-    hosts = _hosts(doc, doc.seq(spec, "hostnames"))
-    splits = []
-    for i, rule in enumerate(doc.seq(spec, "rules")):
-        redirects = rule.kind == "map" and "RequestRedirect" in {_filter_type(f) for f in doc.seq(rule, "filters")}
-        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"},
-                          set() if redirects else {"backendRefs"}):
-            continue
-        prefixes = []
-        for m in doc.seq(rule, "matches"):
-            if not doc.fields(m, {"path", "headers", "queryParams", "method"}):
-                continue
-            for key, what in (("headers", "header"), ("queryParams", "query parameter"), ("method", "method")):
-                if m.get(key) is not None:
-                    doc.error(m.get(key), f"{what} matches are not supported (the rule would take every "
-                                          "request under its path)")
-            match = ("/", False)  # (path, exact)
-            path = m.get("path")
-            if path is not None and doc.fields(path, {"type", "value"}):
-                kind = doc.string(path, "type", "PathPrefix")
-                if kind not in ("PathPrefix", "Exact"):
-                    doc.error(path.get("type"), f"path match type must be PathPrefix or Exact, got {kind!r} "
-                                                "(RegularExpression is not supported)")
-                match = (doc.value(path, "value", _path_prefix, "/"), kind == "Exact")
-            if match not in prefixes:
-                prefixes.append(match)
-        request_ops, response_ops, rewrite, redirect = _rule_filters(doc, rule)
-        replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
-        if replaces_prefix and any(exact for _, exact in prefixes):
-            doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
-                                           "prefix to replace)")
-        timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
-        entries = []
-        for ref in doc.seq(rule, "backendRefs"):
-            if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
-                              {"name"}):
-                continue
-            _unsupported_filters(doc, ref)
-            cluster = doc.string(ref, "name")
-            weight = doc.value(ref, "weight", _gateway_weight, 1.0)
-            if cluster and weight is not None:
-                entries.append(PendingEntry(cluster, weight, None, cluster, ref))
-        prefixes = prefixes or [("/", False)]
-        for j, (prefix, exact) in enumerate(prefixes):
-            split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
-            splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
-                                       None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
-                                       request_headers=request_ops, response_headers=response_ops,
-                                       rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts))
-    return splits
-
-
-_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
-            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect"}
-
-
-def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
-                                                 Redirect | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite and RequestRedirect (each at
-    most once; a redirect with neither a rewrite nor backendRefs); any other filter is refused."""
-    found: dict[str, Any] = {}
-    for item in doc.seq(rule, "filters"):
-        kind = _filter_type(item)
-        if kind not in _FILTERS:
-            _unsupported_filter(doc, item, kind)
-            continue
-        if not doc.fields(item, {"type", _FILTERS[kind]}, {_FILTERS[kind]}) or item.get(_FILTERS[kind]) is None:
-            continue
-        if kind in found:
-            doc.error(item, f"filter {kind} is given twice")
-            continue
-        body = item.get(_FILTERS[kind])
-        if kind == "URLRewrite":
-            found[kind] = _url_rewrite(doc, body)
-        elif kind == "RequestRedirect":
-            found[kind] = read_redirect(doc, body, gateway=True)
-            if doc.seq(rule, "backendRefs"):
-                doc.error(rule.get("backendRefs"), "a rule with a RequestRedirect filter is answered by the router: "
-                                                   "backendRefs cannot go with it")
-            if "URLRewrite" in {_filter_type(f) for f in doc.seq(rule, "filters")}:
-                doc.error(item, "RequestRedirect and URLRewrite cannot be used together")
-        else:
-            found[kind] = read_header_ops(doc, body)
-    return (found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite"),
-            found.get("RequestRedirect"))
-
-
-def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
-    """urlRewrite: {hostname, path: {type: ReplacePrefixMatch, replacePrefixMatch} | {type: ReplaceFullPath,
-    replaceFullPath}}"""
-    if not doc.fields(node, {"hostname", "path"}):
-        return None
-    path = node.get("path")
-    prefix, full = _path_modifier(doc, path) if path is not None else (None, None)
-    rewrite = Rewrite(prefix, full, doc.value(node, "hostname", _rewrite_host))
-    return rewrite if rewrite != Rewrite() else None
-
-
-def _path_modifier(doc: Doc, path: Node) -> tuple[str | None, str | None]:
-    """HTTPPathModifier {type: ReplacePrefixMatch | ReplaceFullPath, ...}: (prefix, full path)."""
-    if not doc.fields(path, {"type", "replacePrefixMatch", "replaceFullPath"}, {"type"}):
-        return None, None
-    kind = doc.string(path, "type")
-    key = {"ReplacePrefixMatch": "replacePrefixMatch", "ReplaceFullPath": "replaceFullPath"}.get(kind or "")
-    if key is None:
-        doc.error(path.get("type") or path, f"path type must be ReplacePrefixMatch or ReplaceFullPath, got {kind!r}")
-    elif path.get(key) is None:
-        doc.error(path, f"missing required field {path.child_path(key)!r}")
-    elif key == "replacePrefixMatch":
-        return doc.value(path, key, _path_prefix), None
-    else:
-        return None, doc.value(path, key, _path_prefix)
-    return None, None
-
-
-def _unsupported_filters(doc: Doc, node: Node) -> None:
-    for item in doc.seq(node, "filters"):
-        _unsupported_filter(doc, item, _filter_type(item))
-
-
-def _filter_type(item: Node) -> str | None:
-    kind = item.get("type").value if item.kind == "map" and item.get("type") is not None else None
-    return kind if isinstance(kind, str) else None
-
-
-def _unsupported_filter(doc: Doc, item: Node, kind) -> None:
-    doc.error(item, f"filter {kind or '(no type)'} is not supported here (a route that cannot apply its filters "
-                    "is refused, not served without them)")
+_escaped_slashes_action = one_of(None, "keep", "reject", "unescape")

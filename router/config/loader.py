@@ -6,10 +6,11 @@ collected; `load_config` raises one ConfigError listing them all.
 """
 from __future__ import annotations
 
+from .doc import Doc
 from .errors import ConfigError, Problems
-from .kinds import (Doc, PendingSplit, read_cluster, read_httproute, read_native_split, read_router,
-                    read_service, read_smi_split)
+from .kinds import read_cluster, read_router, read_service
 from .model import Backend, ClusterConfig, Config, RouterSettings, ServiceConfig, SplitConfig
+from .splits import PendingSplit, read_httproute, read_native_split, read_smi_split
 from .yamlsrc import Node, config_files, parse_documents, read_documents
 
 EDGE = "edge.router/v1alpha1"

@@ -28,12 +28,11 @@ class HttpsRedirectExchange(Exchange):
 
 class HttpsRedirectConnection(ClientConnection):
     __slots__ = ("redirect",)
+    exchange_class = HttpsRedirectExchange
 
     def __init__(self, ctx: ProxyContext, redirect: tuple):
         super().__init__(ctx)
         self.redirect = redirect  # as a redirect route's: (scheme, host, port, prefix, full path, status)
-
-    exchange_class = HttpsRedirectExchange
 
 
 async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,

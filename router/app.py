@@ -283,6 +283,8 @@ class RouterApp:
                            "pathPrefix": split.path_prefix, "maxRTT_s": split.max_rtt_s,
                            "source": split.source, "timeouts": asdict(split.timeouts) if split.timeouts else None,
                            "rate_limit": self._rate_limit_state(split),
+                           "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}
+                           if split.retry else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

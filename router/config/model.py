@@ -91,6 +91,15 @@ class RouteTimeouts:
 
 
 @dataclass(frozen=True)
+class RetryOn:
+    """A route's retry on response status (Envoy's retriable_status_codes, Gateway API's HTTPRoute
+    `retry`): a response head with one of `codes` is dropped and the request sent to the next choice,
+    at most `attempts` times, when it may be retried at all (idempotent, its body kept)."""
+    codes: frozenset[int]
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """A route's local rate limit: `rate` requests a second sustained, up to `burst` at once, counted
     in one bucket for the route (`key` "route"), one per client address ("client"), or one per value
@@ -118,6 +127,7 @@ class SplitConfig:
     path_exact: bool = False  # path_prefix is matched as the whole path (HTTPRoute's Exact)
     timeouts: RouteTimeouts | None = None  # the route's own; None: the Router's
     rate_limit: RateLimit | None = None
+    retry: RetryOn | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts
+from .model import HeaderOps, RateLimit, Redirect, RetryOn, Rewrite, RouteTimeouts
 from .values import normalise_host, parse_duration, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -51,6 +51,7 @@ class PendingSplit:
     path_exact: bool = False  # path_prefix is an exact path (HTTPRoute's Exact match)
     timeouts: RouteTimeouts | None = None
     rate_limit: RateLimit | None = None
+    retry: RetryOn | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -59,7 +60,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     spec = doc.root.get("spec")
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit"},
+                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -90,7 +91,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     prefix = doc.value(spec, "pathPrefix", parse_path, "/")
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
-        for key in ("clusters", "rewrite", "timeouts"):
+        for key in ("clusters", "rewrite", "timeouts", "retry"):
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
@@ -98,7 +99,25 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         read_header_ops(doc, spec.get("requestHeaders")),
                         read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
                         redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
-                        rate_limit=read_rate_limit(doc, spec.get("rateLimit")))
+                        rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
+                        retry=read_retry(doc, spec.get("retry")))
+
+
+def read_retry(doc: Doc, node: Node | None, gateway: bool = False) -> RetryOn | None:
+    """retry: {codes: [503], attempts: 1}: status codes 400..599; an HTTPRoute rule's `backoff` is
+    refused (a retry goes to another cluster at once)."""
+    if not doc.fields(node, {"codes", "attempts", "backoff"} if gateway else {"codes", "attempts"}, {"codes"}):
+        return None
+    if node.get("backoff") is not None:
+        doc.error(node.get("backoff"), "backoff is not supported: a retry goes to the next cluster at once")
+    codes = set()
+    for item in doc.seq(node, "codes"):
+        if isinstance(item.value, bool) or not isinstance(item.value, int) or not 400 <= item.value <= 599:
+            doc.error(item, f"a retried status code must be 400..599, got {item.value!r}")
+        else:
+            codes.add(item.value)
+    attempts = doc.value(node, "attempts", positive_int, 1)
+    return RetryOn(frozenset(codes), attempts) if codes else None
 
 
 def read_rate_limit(doc: Doc, node: Node | None) -> RateLimit | None:
@@ -324,7 +343,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
     splits = []
     for i, rule in enumerate(doc.seq(spec, "rules")):
         redirects = rule.kind == "map" and "RequestRedirect" in {_filter_type(f) for f in doc.seq(rule, "filters")}
-        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "name"},
+        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "retry", "name"},
                           set() if redirects else {"backendRefs"}):
             continue
         prefixes = []
@@ -351,6 +370,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
                                            "prefix to replace)")
         timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
+        retry = read_retry(doc, rule.get("retry"), gateway=True)
         entries = []
         for ref in doc.seq(rule, "backendRefs"):
             if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
@@ -367,7 +387,8 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
-                                       rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts))
+                                       rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
+                                       retry=retry))
     return splits
 
 

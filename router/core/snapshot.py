@@ -53,6 +53,8 @@ class Route:
     request_timeout_s: float | None = None
     per_try_s: float | None = None
     rate_limit: RateLimit | None = None  # the route's local rate limit (buckets kept by the ProxyContext)
+    retry_codes: frozenset | None = None  # response statuses retried on the next choice ...
+    retry_attempts: int = 0  # ... at most this many times per request
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -158,7 +160,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
-                     split.path_exact, *_timeouts(split.timeouts), split.rate_limit)
+                     split.path_exact, *_timeouts(split.timeouts), split.rate_limit,
+                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

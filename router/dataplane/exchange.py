@@ -52,7 +52,7 @@ class Exchange(ResponseRelay):
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
-                 "deadline_handle")
+                 "deadline_handle", "status_retries")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -81,6 +81,7 @@ class Exchange(ResponseRelay):
         self.held_s: float | None = None  # how long it was held, once released
         self.released_to: str | None = None
         self.deadline_handle = None  # the route's request timeout, once the response head went out
+        self.status_retries = 0  # responses dropped for the route's retry codes
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -359,8 +360,9 @@ class Exchange(ResponseRelay):
         return (not self.resp_started and self.kept is not None and req.method in IDEMPOTENT
                 and not req.upgrade and not self.finished)
 
-    def _retry_elsewhere(self, reason: str) -> bool:
-        """Reset or timeout before any response byte: try the next choice, within the budget."""
+    def _retry_elsewhere(self, reason: str, status: int = 502) -> bool:
+        """Reset, timeout or a retried status before any response byte: try the next choice, within
+        the budget. `status`: what the failed try counts as for outlier detection."""
         if not self._may_retry():
             return False
         ctx = self.ctx
@@ -377,7 +379,7 @@ class Exchange(ResponseRelay):
             ctx.metrics.retries.labels("budget_exhausted").inc()
             return False
         self.retrying = True
-        ctx.health.on_response(cluster, 502, ctx.clock())  # counts toward outlier ejection
+        ctx.health.on_response(cluster, status, ctx.clock())  # a 5xx counts toward outlier ejection
         self.tried = self.tried | {cluster}
         ctx.metrics.retries.labels(reason).inc()
         self._cancel_header_timer()

@@ -22,6 +22,11 @@ class ResponseRelay:
             if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
+        route = self.route
+        if route.retry_codes is not None and status in route.retry_codes \
+                and self.status_retries < route.retry_attempts and self._retry_elsewhere("status", status):
+            self.status_retries += 1  # this answer is dropped (its connection closed) for the next choice's
+            return
         self._cancel_header_timer()
         self.status = status
         ctx = self.ctx
@@ -34,7 +39,6 @@ class ResponseRelay:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
         tail = self.ctx.response_tail(self.backend.cluster)
-        route = self.route
         if route.response_changes or req.request_id:
             if route.response_add:
                 tail = route.response_add + tail

@@ -284,6 +284,23 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
+def test_retry_on_status(tmp_path):
+    from router.config.model import RetryOn
+    text = httproute("""\
+          rules:
+          - retry: {codes: [502, 503], attempts: 2}
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {value: /b}}]
+            retry: {codes: [503], backoff: 100ms}
+            backendRefs: [{name: us-west}]
+        """)
+    path = write(tmp_path, text)
+    errors = errors_of(path)
+    assert any(e.startswith(f"{path}:24: spec.rules[1].retry.backoff: backoff is not supported") for e in errors), errors
+    cfg = load_config(write(tmp_path, text.replace(", backoff: 100ms", "")))
+    assert [s.retry for s in cfg.splits] == [RetryOn(frozenset({502, 503}), 2), RetryOn(frozenset({503}), 1)]
+
+
 def test_rate_limit(tmp_path):
     text = CLUSTERS + textwrap.dedent("""\
         ---
@@ -380,6 +397,10 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
     ("timeouts: {request: 0s}", "timeouts.request: duration must be positive"),
     ("timeouts: {perTry: 2s, request: 1s}", "timeouts.perTry: perTry (2s) is longer than request (1s)"),
     ("timeouts: {backendRequest: 1s}", "timeouts.backendRequest: unknown field"),
+    ("retry: {codes: [200]}", "retry.codes[0]: a retried status code must be 400..599, got 200"),
+    ("retry: {codes: [503], attempts: 0}", "retry.attempts: expected a positive integer, got 0"),
+    ("retry: {codes: [503], backoff: 1s}", "retry.backoff: unknown field"),
+    ("retry: {attempts: 2}", "retry: missing required field 'spec.retry.codes'"),
     ("rateLimit: {burst: 5}", "rateLimit: missing required field 'spec.rateLimit.requestsPerSecond'"),
     ("rateLimit: {requestsPerSecond: 0}", "rateLimit.requestsPerSecond: requestsPerSecond must be a positive number"),
     ("rateLimit: {requestsPerSecond: .inf}", "rateLimit.requestsPerSecond: requestsPerSecond must be a positive"),

@@ -199,6 +199,8 @@ class RouterApp:
         if self.ctx.connections:
             log.warning("drain deadline passed with %d connections open", len(self.ctx.connections))
         self.ctx.pool.close_all()
+        for copy in list(self.ctx.mirrors):
+            copy.abort()
         if self.prober is not None:
             self.prober.stop()
         if self.ctx.activator is not None:
@@ -285,6 +287,7 @@ class RouterApp:
                            "rate_limit": self._rate_limit_state(split),
                            "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}
                            if split.retry else None,
+                           "mirror": asdict(split.mirror) if split.mirror else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

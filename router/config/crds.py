@@ -44,6 +44,8 @@ TRAFFIC_SPLIT_SPEC = {
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
             "statusCode": {"type": "integer", "enum": [301, 302, 303, 307, 308]},
             "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"}}},
+        "mirror": {"type": "object", "required": ["cluster"], "properties": {
+            "cluster": {"type": "string", "minLength": 1}, "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
         "retry": {"type": "object", "required": ["codes"], "properties": {
             "codes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 400, "maximum": 599}},
             "attempts": {"type": "integer", "minimum": 1}}},

@@ -173,8 +173,13 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
             problems.add(at.file, at.line, at.path, "all weights are zero")
         elif not p.declared and p.redirect is None:
             problems.add(at.file, at.line, at.path or "spec", "no backends")
+        mirror = None
+        if p.mirror is not None:
+            mirror, node = p.mirror
+            if mirror.cluster not in by_name:
+                problems.add(node.file, node.line, node.path, f"no Cluster named {mirror.cluster!r}")
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
-                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry))
+                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror))
     return out

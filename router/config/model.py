@@ -91,6 +91,14 @@ class RouteTimeouts:
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """A copy of a route's requests sent to another Cluster, its answers dropped (Gateway API's
+    RequestMirror, Envoy's request_mirror_policies): `percent` of the requests, chosen at random."""
+    cluster: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
 class RetryOn:
     """A route's retry on response status (Envoy's retriable_status_codes, Gateway API's HTTPRoute
     `retry`): a response head with one of `codes` is dropped and the request sent to the next choice,
@@ -128,6 +136,7 @@ class SplitConfig:
     timeouts: RouteTimeouts | None = None  # the route's own; None: the Router's
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
+    mirror: Mirror | None = None
 
 
 @dataclass(frozen=True)

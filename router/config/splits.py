@@ -15,7 +15,7 @@ from typing import Any
 
 from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import HeaderOps, RateLimit, Redirect, RetryOn, Rewrite, RouteTimeouts
+from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteTimeouts
 from .values import normalise_host, parse_duration, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -52,6 +52,7 @@ class PendingSplit:
     timeouts: RouteTimeouts | None = None
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
+    mirror: tuple[Mirror, Node] | None = None  # the Cluster it names is checked by the loader, at the node
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -60,7 +61,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     spec = doc.root.get("spec")
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry"},
+                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -91,7 +92,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     prefix = doc.value(spec, "pathPrefix", parse_path, "/")
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
-        for key in ("clusters", "rewrite", "timeouts", "retry"):
+        for key in ("clusters", "rewrite", "timeouts", "retry", "mirror"):
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
@@ -100,7 +101,50 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
                         redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
                         rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
-                        retry=read_retry(doc, spec.get("retry")))
+                        retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")))
+
+
+def read_mirror(doc: Doc, node: Node | None) -> tuple[Mirror, Node] | None:
+    """mirror: {cluster: NAME, percent: 0..100} (percent defaults to 100)."""
+    if not doc.fields(node, {"cluster", "percent"}, {"cluster"}):
+        return None
+    cluster = doc.string(node, "cluster")
+    percent = doc.value(node, "percent", _percent, 100.0)
+    return (Mirror(cluster, percent), node.get("cluster")) if cluster else None
+
+
+def _percent(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+        raise ValueError(f"percent must be a number 0..100, got {v!r}")
+    return float(v)
+
+
+def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
+    """requestMirror: {backendRef: {name}, percent | fraction: {numerator, denominator}}."""
+    if not doc.fields(node, {"backendRef", "percent", "fraction"}, {"backendRef"}):
+        return None
+    ref = node.get("backendRef")
+    if not doc.fields(ref, {"name", "port", "kind", "group", "namespace"}, {"name"}):
+        return None
+    percent = doc.value(node, "percent", _percent, 100.0)
+    fraction = node.get("fraction")
+    if fraction is not None and node.get("percent") is not None:
+        doc.error(fraction, "requestMirror takes percent or fraction, not both")
+    elif doc.fields(fraction, {"numerator", "denominator"}, {"numerator"}):
+        numerator = doc.value(fraction, "numerator", _non_negative_int, 0)
+        denominator = doc.value(fraction, "denominator", positive_int, 100)
+        if numerator > denominator:
+            doc.error(fraction, f"numerator ({numerator}) is above denominator ({denominator})")
+        else:
+            percent = 100.0 * numerator / denominator
+    name = doc.string(ref, "name")
+    return (Mirror(name, percent), ref.get("name")) if name else None
+
+
+def _non_negative_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected a whole number 0 or above, got {v!r}")
+    return v
 
 
 def read_retry(doc: Doc, node: Node | None, gateway: bool = False) -> RetryOn | None:
@@ -364,7 +408,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                 match = (doc.value(path, "value", parse_path, "/"), kind == "Exact")
             if match not in prefixes:
                 prefixes.append(match)
-        request_ops, response_ops, rewrite, redirect = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite, redirect, mirror = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
         if replaces_prefix and any(exact for _, exact in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
@@ -388,18 +432,19 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
-                                       retry=retry))
+                                       retry=retry, mirror=mirror))
     return splits
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
-            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect"}
+            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect", "RequestMirror": "requestMirror"}
 
 
 def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
-                                                 Redirect | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite and RequestRedirect (each at
-    most once; a redirect with neither a rewrite nor backendRefs); any other filter is refused."""
+                                                 Redirect | None, tuple[Mirror, Node] | None]:
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect and
+    RequestMirror (each at most once; a redirect with neither a rewrite nor backendRefs); any other
+    filter is refused."""
     found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
         kind = _filter_type(item)
@@ -414,6 +459,8 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
         body = item.get(_FILTERS[kind])
         if kind == "URLRewrite":
             found[kind] = _url_rewrite(doc, body)
+        elif kind == "RequestMirror":
+            found[kind] = _gateway_mirror(doc, body)
         elif kind == "RequestRedirect":
             found[kind] = read_redirect(doc, body, gateway=True)
             if doc.seq(rule, "backendRefs"):
@@ -424,7 +471,7 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
         else:
             found[kind] = read_header_ops(doc, body)
     return (found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite"),
-            found.get("RequestRedirect"))
+            found.get("RequestRedirect"), found.get("RequestMirror"))
 
 
 def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:

@@ -55,6 +55,7 @@ class Route:
     rate_limit: RateLimit | None = None  # the route's local rate limit (buckets kept by the ProxyContext)
     retry_codes: frozenset | None = None  # response statuses retried on the next choice ...
     retry_attempts: int = 0  # ... at most this many times per request
+    mirror: tuple[RouteBackend, float] | None = None  # (the mirror cluster, percent of requests copied)
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -151,17 +152,20 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
     endpoints = {c.name: c.endpoint for c in config.clusters}
     limits = {c.name: c.max_requests for c in config.clusters}
 
+    def backend(cluster: str, weight: float) -> RouteBackend:
+        ep = endpoints[cluster]
+        return RouteBackend(cluster, weight, ep, (ep.scheme, ep.host, ep.port), limits[cluster])
+
     def route(split: SplitConfig) -> Route:
-        backends = tuple(RouteBackend(b.cluster, b.weight, endpoints[b.cluster],
-                                      (endpoints[b.cluster].scheme, endpoints[b.cluster].host,
-                                       endpoints[b.cluster].port), limits[b.cluster]) for b in split.backends)
+        backends = tuple(backend(b.cluster, b.weight) for b in split.backends)
+        mirror = (backend(split.mirror.cluster, 0.0), split.mirror.percent) if split.mirror else None
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
                      split.path_exact, *_timeouts(split.timeouts), split.rate_limit,
-                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)))
+                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

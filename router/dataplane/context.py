@@ -64,6 +64,7 @@ class ProxyContext:
         self._id_prefix = os.urandom(8).hex().encode()
         self._id_count = 0
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
+        self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""

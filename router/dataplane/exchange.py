@@ -16,6 +16,7 @@ from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
 from .headers import REQUEST_ID, HttpReject, client_address, forwarding_headers, redirect_location, request_lines
+from .mirror import mirror_request
 from .paths import replaced
 from .pause import PAUSE_HELD
 from .relay import ResponseRelay
@@ -52,7 +53,7 @@ class Exchange(ResponseRelay):
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
-                 "deadline_handle", "status_retries")
+                 "deadline_handle", "status_retries", "mirrored")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -82,6 +83,7 @@ class Exchange(ResponseRelay):
         self.released_to: str | None = None
         self.deadline_handle = None  # the route's request timeout, once the response head went out
         self.status_retries = 0  # responses dropped for the route's retry codes
+        self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -214,7 +216,7 @@ class Exchange(ResponseRelay):
             self.keep_alive = False  # closing the client connection gives a descriptor back
             self.respond_error(503, f"router out of local resources ({errno.errorcode[exc.errno]})", cluster="-")
 
-    def _changed_request_lines(self) -> list[bytes]:
+    def changed_request_lines(self) -> list[bytes]:
         """The request line and headers under the route's changes (header set/add/remove, URL
         rewrite) and the router's own X-Request-Id."""
         req, route = self.req, self.route
@@ -239,7 +241,7 @@ class Exchange(ResponseRelay):
         self.upstream = conn
         facts = req.facts
         if self.route.request_changes or req.request_id_made:
-            parts = self._changed_request_lines()
+            parts = self.changed_request_lines()
         else:
             parts = request_lines(req.method, req.url, req.headers, facts["named"])
         trusted = client.trusted()
@@ -267,6 +269,9 @@ class Exchange(ResponseRelay):
             self.on_request_end()
         self.sent_at = ctx.clock()
         timeouts, route = ctx.settings.timeouts, self.route
+        if route.mirror is not None and req.complete and not self.mirrored:
+            self.mirrored = True
+            mirror_request(self)
         if route.request_timeout_s is None:
             wait = timeouts.upstream_header_s
         else:  # the route's deadline replaces upstreamHeader
@@ -295,6 +300,10 @@ class Exchange(ResponseRelay):
     def on_request_end(self) -> None:
         if self.upstream is not None and self.req.facts["chunked"] and not self.finished:
             self.upstream.write(b"0\r\n\r\n")
+        route = self.route
+        if route is not None and route.mirror is not None and self.streaming and not self.mirrored:
+            self.mirrored = True  # the body has gone to the cluster as it came: now the copy
+            mirror_request(self)
 
     def on_request_rejected(self, reject: HttpReject) -> None:
         """The client's request broke a limit mid-body (413) or its framing went bad."""

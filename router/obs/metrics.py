@@ -35,6 +35,8 @@ class Metrics:
                                 ["code", "reason"], registry=r)
         self.rate_limited = Counter("router_rate_limited_total", "Requests refused 429 by a route's rate limit",
                                     ["route"], registry=r)
+        self.mirrored = Counter("router_mirrored_requests_total", "Request copies for mirror clusters, by result",
+                                ["cluster", "result"], registry=r)
         self.dropped_headers = Counter("router_dropped_headers_total", "Request header fields dropped, by reason",
                                        ["reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],

@@ -51,9 +51,9 @@ async def fuzz_upstream(router):
     async with raw_upstream(handle) as port:
         # Host t has a route request timeout, shorter than the Router's: its deadline fires before a head,
         # mid-body, or never, whatever the upstream does; and a 503 is retried on b (the same upstream),
-        # whatever follows the dropped head.
+        # whatever follows the dropped head; and a copy of each request goes to b, whose answer is dropped.
         timed = split_doc({"a": 1, "b": 1}, "timed", ["t"]) + "  timeouts: {request: 250ms}\n" + \
-            "  retry: {codes: [503]}\n"
+            "  retry: {codes: [503]}\n  mirror: {cluster: b}\n"
         app = await router(cluster_docs({"a": port, "b": port}) + split_doc({"a": 1}) + timed +
                            router_doc(timeouts={"upstreamHeader": "400ms", "bodyIdle": "400ms"}))
         app.current = current
@@ -82,7 +82,8 @@ async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, resp
     assert b"\r\n\r\ninternal error\n" not in raw, raw  # a fault of the router's own
     if raw:
         assert raw.startswith(b"HTTP/1.1 "), raw
-    await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.mirrors, timeout_s=3,
+                   what="client connection closed, request copy done")
     assert not loop_errors(caplog), (response, sent, caplog.text[-2000:])
 
 

@@ -150,7 +150,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
     errors = errors_of(path)
     for line, expected in [(23, "spec.rules[0].matches[0].headers: header matches are not supported"),
                            (24, "spec.rules[0].matches[1].method: method matches are not supported"),
-                           (26, "spec.rules[0].filters[0]: filter RequestMirror is not supported"),
+                           (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
                            (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
                            (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
                            (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
@@ -284,6 +284,47 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 
+def test_mirror(tmp_path):
+    from router.config.model import Mirror
+    from router.core.snapshot import build_snapshot
+    text = httproute("""\
+          rules:
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: eu-central}, fraction: {numerator: 1, denominator: 8}}}
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {value: /b}}]
+            filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: ap-east}, percent: 30}}
+            backendRefs: [{name: us-west}]
+        """) + textwrap.dedent("""\
+        ---
+        apiVersion: edge.router/v1alpha1
+        kind: TrafficSplit
+        metadata: {name: s}
+        spec:
+          hosts: [s.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          mirror: {cluster: ap-east}
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert [s.mirror for s in cfg.splits] == [Mirror("eu-central", 12.5), Mirror("ap-east", 30.0),
+                                               Mirror("ap-east", 100.0)]
+    route = build_snapshot(cfg, 1).route_for("s.example.com", "/")
+    assert route.mirror[0].cluster == "ap-east" and route.mirror[0].pool_key == ("https", "ap.example.com", 8443)
+    bad = httproute("""\
+          rules:
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: ap-east}, fraction: {numerator: 3, denominator: 2}}}
+            - {type: RequestMirror, requestMirror: {backendRef: {name: ap-east}, percent: 5, fraction: {numerator: 1}}}
+            backendRefs: [{name: us-west}]
+        """)
+    path = write(tmp_path, bad, "bad.yaml")
+    errors = errors_of(path)
+    for line, expected in [(22, "spec.rules[0].filters[0].requestMirror.fraction: numerator (3) is above denominator (2)"),
+                           (23, "spec.rules[0].filters[1]: filter RequestMirror is given twice")]:
+        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+
+
 def test_retry_on_status(tmp_path):
     from router.config.model import RetryOn
     text = httproute("""\
@@ -397,6 +438,9 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
     ("timeouts: {request: 0s}", "timeouts.request: duration must be positive"),
     ("timeouts: {perTry: 2s, request: 1s}", "timeouts.perTry: perTry (2s) is longer than request (1s)"),
     ("timeouts: {backendRequest: 1s}", "timeouts.backendRequest: unknown field"),
+    ("mirror: {cluster: nowhere}", "mirror.cluster: no Cluster named 'nowhere'"),
+    ("mirror: {cluster: eu-central, percent: 101}", "mirror.percent: percent must be a number 0..100, got 101"),
+    ("mirror: {percent: 5}", "mirror: missing required field 'spec.mirror.cluster'"),
     ("retry: {codes: [200]}", "retry.codes[0]: a retried status code must be 400..599, got 200"),
     ("retry: {codes: [503], attempts: 0}", "retry.attempts: expected a positive integer, got 0"),
     ("retry: {codes: [503], backoff: 1s}", "retry.backoff: unknown field"),

@@ -110,6 +110,13 @@ def split_doc(weights: dict[str, float], name: str = "split", hosts: list[str] |
             f"spec:\n{host_line}  clusters:\n{entries}")
 
 
+def httproute_doc(rules: str, hostnames: list[str] | None = None, name: str = "web") -> str:
+    """An HTTPRoute (gateway.networking.k8s.io/v1) whose spec.rules is `rules` (a YAML list, dedented here)."""
+    host_line = f"  hostnames: [{', '.join(hostnames)}]\n" if hostnames else ""
+    return (f"---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n"
+            f"{host_line}  rules:\n" + textwrap.indent(textwrap.dedent(rules), "  "))
+
+
 def router_doc(**spec) -> str:
     import yaml
     return "---\n" + yaml.safe_dump({"apiVersion": "edge.router/v1alpha1", "kind": "Router",

@@ -3,7 +3,7 @@ dropped; the client's exchange is the primary cluster's alone, whatever the mirr
 import asyncio
 import textwrap
 
-from tests.conftest import cluster_docs, raw_request, response_of, split_doc, wait_for
+from tests.conftest import cluster_docs, httproute_doc, raw_request, response_of, split_doc, wait_for
 
 
 def mirrored_split(weights: dict, mirror: str) -> str:
@@ -87,13 +87,7 @@ async def test_percent_and_big_bodies(backends, router):
 
 async def test_httproute_request_mirror(backends, router):
     a, m = await backends("a", "m")
-    route = textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          rules:
+    route = httproute_doc("""\
           - filters:
             - type: RequestMirror
               requestMirror: {backendRef: {name: m, port: 80}, fraction: {numerator: 1, denominator: 1}}

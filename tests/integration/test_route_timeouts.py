@@ -2,12 +2,11 @@
 head, the per-try timeout of one route, and an HTTPRoute's 0s turning the Router's per-try timeout off."""
 import asyncio
 import socket
-import textwrap
 
 from aiohttp import web
 
-from tests.conftest import (cluster_docs, raw_request, read_until_close, response_of, router_doc, serve_app,
-                            split_doc, wait_for)
+from tests.conftest import (cluster_docs, httproute_doc, raw_request, read_until_close, response_of, router_doc,
+                            serve_app, split_doc, wait_for)
 
 
 def timed_split(weights: dict, name: str, hosts: list[str], **timeouts: str) -> str:
@@ -97,21 +96,14 @@ async def test_route_per_try_timeout_retries_elsewhere_only_on_its_route(backend
 async def test_httproute_zero_backend_request_turns_the_routers_per_try_off(backends, router):
     slow, fast = await backends("a", "b")
     slow.delay_s = 0.5
-    route = textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          hostnames: [web]
-          rules:
+    route = httproute_doc("""\
           - matches: [{path: {value: /patient}}]
             timeouts: {request: 0s, backendRequest: 0s}
             backendRefs: [{name: a, weight: 1000000}, {name: b, weight: 1}]
           - matches: [{path: {value: /}}]
             timeouts: {request: 2s, backendRequest: 150ms}
             backendRefs: [{name: a, weight: 1000000}, {name: b, weight: 1}]
-        """)
+        """, ["web"])
     app = await router(cluster_docs({"a": slow.port, "b": fast.port}) + route
                        + router_doc(timeouts={"perTry": "150ms"}))
     took, raw = await timed_get(app.port, "web", "/patient")

@@ -1,8 +1,7 @@
 """Retry on response status on real sockets: a route's retry codes send an idempotent request to the
 next cluster, at most `attempts` times; a POST, or a request with nowhere else to go, gets the answer."""
-import textwrap
 
-from tests.conftest import cluster_docs, raw_request, response_of, split_doc
+from tests.conftest import cluster_docs, httproute_doc, raw_request, response_of, split_doc
 
 
 def retried_split(weights: dict, retry: str) -> str:
@@ -48,13 +47,7 @@ async def test_attempts_and_an_answer_from_the_last_cluster(backends, router):
 async def test_httproute_retry(backends, router):
     a, b = await backends("a", "b")
     a.status = 502
-    route = textwrap.dedent("""\
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: web}
-        spec:
-          rules:
+    route = httproute_doc("""\
           - retry: {codes: [502], attempts: 1}
             backendRefs: [{name: a, weight: 1000000}, {name: b, weight: 1}]
         """)

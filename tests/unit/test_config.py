@@ -40,6 +40,13 @@ def httproute(spec: str) -> str:
             "spec:\n" + textwrap.indent(textwrap.dedent(spec), "  "))
 
 
+def native_split(spec: str, name: str = "s") -> str:
+    """A TrafficSplit (edge.router/v1alpha1) document named `name` whose spec is `spec` (a block,
+    dedented here); five lines of header, as written out in full."""
+    return (f"---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: {name}}}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec), "  "))
+
+
 def errors_of(*paths):
     with pytest.raises(ConfigError) as exc:
         load_config(*paths)
@@ -66,16 +73,11 @@ def test_shipped_config_dir_is_valid():
 
 def test_selector_matching_several_clusters_shares_the_weight(tmp_path):
     text = CLUSTERS.replace("region: eu-central}", "region: eu-central, tier: a}").replace(
-        "zone: ap-east}", "zone: ap-east, tier: a}") + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: s}
-        spec:
+        "zone: ap-east}", "zone: ap-east, tier: a}") + native_split("""\
           clusters:
           - {selector: tier=a, weight: 50}
           - {name: us-west, weight: 50}
-        """)
+        """, "s")
     cfg = load_config(write(tmp_path, text))
     assert {b.cluster: b.weight for b in cfg.splits[0].backends} == {"eu-central": 25, "ap-east": 25, "us-west": 50}
 
@@ -199,17 +201,12 @@ def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
             - type: ResponseHeaderModifier
               responseHeaderModifier: {set: [{name: Cache-Control, value: no-store}]}
             backendRefs: [{name: eu-central}]
-        """) + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: native}
-        spec:
+        """) + native_split("""\
           hosts: [a.example.com]
           clusters: [{name: us-west, weight: 1}]
           requestHeaders: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: a}], remove: [Cookie]}
           responseHeaders: {remove: [Server]}
-        """)
+        """, "native")
     route, native = load_config(write(tmp_path, text)).splits
     assert native.request_headers == HeaderOps((("X-Env", "prod"),), (("X-Tag", "a"),), ("Cookie",))
     assert native.response_headers == HeaderOps((), (), ("Server",))
@@ -245,15 +242,10 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
             filters:
             - type: RequestRedirect
               requestRedirect: {scheme: https, port: 8443, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2/docs}}
-        """) + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: moved}
-        spec:
+        """) + native_split("""\
           hosts: [old.example.com]
           redirect: {hostname: new.example.com, statusCode: 301}
-        """)
+        """, "moved")
     docs, moved = load_config(write(tmp_path, text)).splits
     assert moved.redirect == Redirect(None, "new.example.com", None, None, None, 301) and not moved.backends
     assert docs.redirect == Redirect("https", None, 8443, "/v2/docs", None, 302)
@@ -263,15 +255,10 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
             - {type: RequestRedirect, requestRedirect: {hostname: x.example}}
             - {type: URLRewrite, urlRewrite: {hostname: y.example}}
             backendRefs: [{name: us-west}]
-        """) + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: moved}
-        spec:
+        """) + native_split("""\
           clusters: [{name: us-west, weight: 1}]
           redirect: {scheme: ftp, statusCode: 404, port: 0, pathPrefix: /, fullPath: /x}
-        """)
+        """, "moved")
     path = write(tmp_path, bad, "bad.yaml")
     errors = errors_of(path)
     for line, expected in [(30, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
@@ -296,16 +283,11 @@ def test_mirror(tmp_path):
             filters:
             - {type: RequestMirror, requestMirror: {backendRef: {name: ap-east}, percent: 30}}
             backendRefs: [{name: us-west}]
-        """) + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: s}
-        spec:
+        """) + native_split("""\
           hosts: [s.example.com]
           clusters: [{name: us-west, weight: 1}]
           mirror: {cluster: ap-east}
-        """)
+        """, "s")
     cfg = load_config(write(tmp_path, text))
     assert [s.mirror for s in cfg.splits] == [Mirror("eu-central", 12.5), Mirror("ap-east", 30.0),
                                                Mirror("ap-east", 100.0)]
@@ -343,24 +325,10 @@ def test_retry_on_status(tmp_path):
 
 
 def test_rate_limit(tmp_path):
-    text = CLUSTERS + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: s}
-        spec:
-          hosts: [a.example.com]
-          clusters: [{name: us-west, weight: 1}]
-          rateLimit: {requestsPerSecond: 2.5}
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: t}
-        spec:
-          hosts: [b.example.com]
-          clusters: [{name: us-west, weight: 1}]
-          rateLimit: {requestsPerSecond: 100, burst: 20, key: header:X-Api-Key}
-        """)
+    one = "clusters: [{name: us-west, weight: 1}]\n"
+    text = (CLUSTERS + native_split(one + "hosts: [a.example.com]\nrateLimit: {requestsPerSecond: 2.5}\n", "s")
+            + native_split(one + "hosts: [b.example.com]\n"
+                           "rateLimit: {requestsPerSecond: 100, burst: 20, key: header:X-Api-Key}\n", "t"))
     s, t = load_config(write(tmp_path, text)).splits
     assert s.rate_limit == RateLimit(2.5, 3, "route")  # burst defaults to the rate, rounded up
     assert t.rate_limit == RateLimit(100.0, 20, "header:x-api-key")
@@ -380,15 +348,10 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
           - matches: [{path: {value: /c}}]
             timeouts: {request: 0s}
             backendRefs: [{name: us-west}]
-        """) + textwrap.dedent("""\
-        ---
-        apiVersion: edge.router/v1alpha1
-        kind: TrafficSplit
-        metadata: {name: s}
-        spec:
+        """) + native_split("""\
           clusters: [{name: us-west, weight: 1}]
           timeouts: {request: 1m30s, perTry: 500ms}
-        """)
+        """, "s")
     cfg = load_config(write(tmp_path, text))
     a, b, c, s = cfg.splits
     assert a.timeouts == RouteTimeouts(10.0, 2.0)

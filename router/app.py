@@ -278,7 +278,7 @@ class RouterApp:
                     for c in snap.config.clusters}
         routes = []
         for split in snap.config.splits:
-            route = snap.route_for(split.hosts[0] if split.hosts else "", split.path_prefix)
+            route = snap.named.get(split.name)
             eff = effective_weights(route, ctx.health, now) if route else {}
             total = sum(b.weight for b in split.backends) or 1.0
             routes.append({"name": split.name, "kind": split.kind, "hosts": list(split.hosts),
@@ -288,6 +288,7 @@ class RouterApp:
                            "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}
                            if split.retry else None,
                            "mirror": asdict(split.mirror) if split.mirror else None,
+                           "match": asdict(split.match) if split.match else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

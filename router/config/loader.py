@@ -141,15 +141,17 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
         for ref, _node in p.services:
             p.hosts = p.hosts + tuple(h for h in service_hosts.get(ref, (ref,)) if h not in p.hosts)
     _check_unique([(p.name, f"{p.node.file}:{p.node.line}") for p in pending], "TrafficSplit", problems)
-    routes: dict[tuple[str, str], PendingSplit] = {}
+    routes: dict[tuple, PendingSplit] = {}
     out = []
     for p in pending:
-        for key in [(h, p.path_prefix, p.path_exact) for h in p.hosts] or [("", p.path_prefix, p.path_exact)]:
+        for key in [(h, p.path_prefix, p.path_exact, p.match) for h in p.hosts] or \
+                [("", p.path_prefix, p.path_exact, p.match)]:
             if key in routes:
                 first = routes[key].node
                 what = f"host {key[0]!r}" if key[0] else "default route"
+                also = " with the same header, query and method conditions" if key[3] else ""
                 problems.add(p.node.file, p.node.line, "spec",
-                             f"{what} {'exact path' if key[2] else 'path'} {key[1]!r} already routed by "
+                             f"{what} {'exact path' if key[2] else 'path'} {key[1]!r}{also} already routed by "
                              f"{routes[key].name!r} ({first.file}:{first.line})")
             routes[key] = p
         weights: dict[str, float] = {}
@@ -181,5 +183,6 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
-                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror))
+                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
+                               p.match))
     return out

@@ -91,6 +91,16 @@ class RouteTimeouts:
 
 
 @dataclass(frozen=True)
+class RouteMatch:
+    """Conditions beyond host and path (HTTPRoute's header, query parameter and method matches), all of
+    which a request must meet: header names compared without case, their values, query parameter names
+    and values (the first of a name, decoded) exactly."""
+    headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value)
+    query: tuple[tuple[str, str], ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True)
 class Mirror:
     """A copy of a route's requests sent to another Cluster, its answers dropped (Gateway API's
     RequestMirror, Envoy's request_mirror_policies): `percent` of the requests, chosen at random."""
@@ -137,6 +147,7 @@ class SplitConfig:
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
     mirror: Mirror | None = None
+    match: RouteMatch | None = None  # header, query and method conditions; None: host and path alone
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteTimeouts
+from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts
 from .values import normalise_host, parse_duration, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -53,6 +53,7 @@ class PendingSplit:
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
     mirror: tuple[Mirror, Node] | None = None  # the Cluster it names is checked by the loader, at the node
+    match: RouteMatch | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -373,10 +374,10 @@ def _gateway_weight(v: Any) -> float:
 
 
 def read_httproute(doc: Doc) -> list[PendingSplit]:
-    """Each rule becomes one split per distinct PathPrefix or Exact path among its matches (matches are
-    ORed; a rule without matches takes the prefix "/"). What the router cannot honour is refused with
-    its line rather than ignored, as the Gateway API asks of a rule it cannot implement: header, query
-    and method matches (ignored, the rule would take every request under its path) and other filters."""
+    """Each rule becomes one split per distinct match (path, and header, query parameter and method
+    conditions; matches are ORed; a rule without matches takes the prefix "/"). What the router cannot
+    honour is refused with its line rather than ignored, as the Gateway API asks of a rule it cannot
+    implement: regular expression matches, and filters other than those read here."""
     name = doc.name()
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"parentRefs", "hostnames", "rules"}, {"rules"}):
@@ -390,14 +391,10 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
         if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "retry", "name"},
                           set() if redirects else {"backendRefs"}):
             continue
-        prefixes = []
+        prefixes = []  # (path, exact, RouteMatch | None)
         for m in doc.seq(rule, "matches"):
             if not doc.fields(m, {"path", "headers", "queryParams", "method"}):
                 continue
-            for key, what in (("headers", "header"), ("queryParams", "query parameter"), ("method", "method")):
-                if m.get(key) is not None:
-                    doc.error(m.get(key), f"{what} matches are not supported (the rule would take every "
-                                          "request under its path)")
             match = ("/", False)  # (path, exact)
             path = m.get("path")
             if path is not None and doc.fields(path, {"type", "value"}):
@@ -406,11 +403,12 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                     doc.error(path.get("type"), f"path match type must be PathPrefix or Exact, got {kind!r} "
                                                 "(RegularExpression is not supported)")
                 match = (doc.value(path, "value", parse_path, "/"), kind == "Exact")
+            match += (_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
         request_ops, response_ops, rewrite, redirect, mirror = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
-        if replaces_prefix and any(exact for _, exact in prefixes):
+        if replaces_prefix and any(exact for _, exact, _ in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
                                            "prefix to replace)")
         timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
@@ -425,15 +423,56 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             weight = doc.value(ref, "weight", _gateway_weight, 1.0)
             if cluster and weight is not None:
                 entries.append(PendingEntry(cluster, weight, None, cluster, ref))
-        prefixes = prefixes or [("/", False)]
-        for j, (prefix, exact) in enumerate(prefixes):
+        prefixes = prefixes or [("/", False, None)]
+        for j, (prefix, exact, conditions) in enumerate(prefixes):
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
-                                       retry=retry, mirror=mirror))
+                                       retry=retry, mirror=mirror, match=conditions))
     return splits
+
+
+_METHODS = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+
+def _conditions(doc: Doc, m: Node) -> RouteMatch | None:
+    """A match's header and query parameter conditions (type Exact; a name once per match) and method."""
+    found = {}
+    for key, what in (("headers", "header"), ("queryParams", "query parameter")):
+        pairs: dict[str, str] = {}
+        for item in doc.seq(m, key):
+            if not doc.fields(item, {"name", "value", "type"}, {"name", "value"}):
+                continue
+            kind = doc.string(item, "type", "Exact")
+            if kind != "Exact":
+                doc.error(item.get("type"), f"{what} match type must be Exact, got {kind!r} (RegularExpression "
+                                            "is not supported)")
+            name, value = doc.value(item, "name", _token_name), doc.value(item, "value", _match_value)
+            if name is None or value is None:
+                continue
+            name = name.lower() if key == "headers" else name
+            if name in pairs:
+                doc.error(item.get("name"), f"{what} {name} is matched twice")
+                continue
+            pairs[name] = value
+        found[key] = tuple(pairs.items())
+    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS))
+    return conditions if conditions != RouteMatch() else None
+
+
+def _token_name(v: Any) -> str:
+    if not isinstance(v, str) or not _TOKEN.fullmatch(v):
+        raise ValueError(f"name must be a token such as X-Canary, got {v!r}")
+    return v
+
+
+def _match_value(v: Any) -> str:
+    if not isinstance(v, str) or len(v) > 4096 or not _FIELD_VALUE.fullmatch(v):
+        raise ValueError(f"value must be a string of at most 4096 characters without control characters, "
+                         f"got {v!r}")
+    return v
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",

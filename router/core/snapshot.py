@@ -6,8 +6,10 @@ to a Route (the split's backends with their endpoints).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
-from ..config.model import Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts, SplitConfig
+from ..config.model import (Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch, RouteTimeouts,
+                            SplitConfig)
 from .decisions import Forward
 
 
@@ -56,6 +58,9 @@ class Route:
     retry_codes: frozenset | None = None  # response statuses retried on the next choice ...
     retry_attempts: int = 0  # ... at most this many times per request
     mirror: tuple[RouteBackend, float] | None = None  # (the mirror cluster, percent of requests copied)
+    # Header, query and method conditions, compiled: ((lowercase name, value) bytes pairs, (name, value)
+    # str pairs, method bytes or None); None when host and path alone decide.
+    match: tuple | None = None
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -72,14 +77,15 @@ class RoutingSnapshot:
     wildcard: tuple  # (suffix, tuple[Route]) longest suffix first
     default: tuple  # tuple[Route]
     services: dict = None  # host -> Service name (exact, and "*.suffix" entries)
-    # When no route looks at the path, (route, service) per Host, filled as requests arrive
+    # When no route looks at the path (or headers), (route, service) per Host, filled as requests arrive
     # (bounded, so random Host headers cannot grow it); None when some route has a path prefix.
     by_host: dict | None = None
+    named: dict = None  # split name -> Route
 
-    def resolve(self, host: str, path: str) -> tuple[Route, str] | None:
+    def resolve(self, host: str, path: str, req=None) -> tuple[Route, str] | None:
         """The route and the service name for a request, or None when no route matches; remembered in
         `by_host` when that memo is on. Callers read `by_host` first (before working out the path)."""
-        route = self.route_for(host, path)
+        route = self.route_for(host, path, req)
         if route is None:
             return None
         hit = (route, self.service_for(host, route))
@@ -100,7 +106,9 @@ class RoutingSnapshot:
                 return name
         return route.name
 
-    def route_for(self, host: str, path: str) -> Route | None:
+    def route_for(self, host: str, path: str, req=None) -> Route | None:
+        """The first route for the host (exact, then wildcard, then the default routes) whose path, and
+        conditions when it has some, `req` meets (without `req`, routes with conditions are passed over)."""
         routes = self.exact.get(host)
         if routes is None:
             for suffix, candidates in self.wildcard:
@@ -110,8 +118,27 @@ class RoutingSnapshot:
         for candidates in (routes or (), self.default):
             for route in candidates:
                 if path == route.path_prefix if route.path_exact else _prefix_match(path, route.path_prefix):
-                    return route
+                    if route.match is None or req is not None and meets(route.match, req):
+                        return route
         return None
+
+
+def meets(match: tuple, req) -> bool:
+    """Whether a request (method, url and headers as the data path holds them) meets a route's
+    compiled conditions: every header and query pair, and the method."""
+    headers, query, method = match
+    if method is not None and req.method != method:
+        return False
+    for name, value in headers:
+        if not any(value == v and name == n.lower() for n, v in req.headers):
+            return False
+    if query:
+        first: dict[str, str] = {}
+        for k, v in parse_qsl(req.url.partition(b"?")[2].decode("latin-1"), keep_blank_values=True):
+            first.setdefault(k, v)
+        if any(first.get(name) != value for name, value in query):
+            return False
+    return True
 
 
 def _prefix_match(path: str, prefix: str) -> bool:
@@ -144,6 +171,13 @@ def _redirect(rd: Redirect | None) -> tuple | None:
     return _bytes(rd.scheme), _bytes(rd.hostname), rd.port, _bytes(rd.path_prefix), _bytes(rd.full_path), rd.status
 
 
+def _match(m: RouteMatch | None) -> tuple | None:
+    if m is None:
+        return None
+    return (tuple((n.encode(), v.encode("latin-1")) for n, v in m.headers), m.query,
+            m.method.encode() if m.method else None)
+
+
 def _timeouts(t: RouteTimeouts | None) -> tuple[float | None, float | None]:
     return (t.request_s, t.per_try_s) if t is not None else (None, None)
 
@@ -165,13 +199,15 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
                      split.path_exact, *_timeouts(split.timeouts), split.rate_limit,
-                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror)
+                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
+                     _match(split.match))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}
     default: list[Route] = []
+    named: dict[str, Route] = {}
     for split in config.splits:
-        r = route(split)
+        r = named[split.name] = route(split)
         if not split.hosts:
             default.append(r)
         for host in split.hosts:
@@ -181,10 +217,15 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                 exact.setdefault(host, []).append(r)
 
     def order(routes: list[Route]) -> tuple[Route, ...]:
-        return tuple(sorted(routes, key=lambda r: (not r.path_exact, -len(r.path_prefix))))  # exact paths first
+        # The Gateway API's precedence: an exact path, the longest prefix, then a method condition, the
+        # most header conditions, the most query conditions; ties keep the order the splits were read in.
+        def key(r: Route) -> tuple:
+            headers, query, method = r.match or ((), (), None)
+            return not r.path_exact, -len(r.path_prefix), method is None, -len(headers), -len(query)
+        return tuple(sorted(routes, key=key))
 
     return RoutingSnapshot(
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
         order(default), {h: svc.name for svc in config.services for h in svc.hosts},
-        None if any(s.path_prefix != "/" or s.path_exact for s in config.splits) else {})
+        None if any(s.path_prefix != "/" or s.path_exact or s.match for s in config.splits) else {}, named)

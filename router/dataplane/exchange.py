@@ -94,7 +94,7 @@ class Exchange(ResponseRelay):
         host = req.facts["host"]
         hit = snap.by_host.get(host) if snap.by_host is not None else None
         if hit is None:  # the path matters, or a Host not seen yet
-            hit = snap.resolve(host, _path(url))
+            hit = snap.resolve(host, _path(url), req)
             if hit is None:
                 self.respond_error(404, f"no route for host {host!r}", cluster="-")
                 return

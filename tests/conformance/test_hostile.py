@@ -4,8 +4,8 @@ import asyncio
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tests.conftest import (cluster_docs, cut, fuzz_settings, loop_errors, raw_request, read_until_close, router_doc,
-                            split_doc, statuses_of, wait_for)
+from tests.conftest import (cluster_docs, cut, fuzz_settings, httproute_doc, loop_errors, raw_request,
+                            read_until_close, router_doc, split_doc, statuses_of, wait_for)
 
 H = b"Host: h\r\n"
 
@@ -13,7 +13,7 @@ H = b"Host: h\r\n"
 @pytest.fixture
 async def proxy(backends, router):
     (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + MOVED +
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + MOVED + MATCHED +
                        router_doc(timeouts={"headerRead": "1s"}, limits={"maxBody": "1Mi"},
                                   httpsRedirect={"listen": "127.0.0.1:0"}))
     app.backend = b
@@ -23,6 +23,14 @@ async def proxy(backends, router):
 # A route the router answers itself (a redirect, from the request head alone), beside the proxied one.
 MOVED = ("---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {name: moved}\nspec:\n"
          "  pathPrefix: /moved\n  redirect: {hostname: new.example, statusCode: 301}\n")
+
+
+# Routes for Host h that look at headers, the query and the method (the rest of h's requests fall to the
+# default route): every request has its headers and query read for routing.
+MATCHED = httproute_doc("""\
+    - matches: [{headers: [{name: X-Canary, value: "1"}]}, {queryParams: [{name: v, value: "2"}], method: GET}]
+      backendRefs: [{name: a}]
+    """, ["h"], "matched")
 
 
 CASES = {

@@ -129,8 +129,8 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
           rules:
           - matches:
             - path: {value: /a}
-              headers: [{name: x-canary, value: "1"}]
-            - method: POST
+              headers: [{name: x-canary, value: "1", type: RegularExpression}, {name: "x y", value: a}]
+            - method: FETCH
             filters:
             - type: RequestMirror
               requestMirror: {backendRef: {name: x}}
@@ -150,12 +150,49 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
         """)
     path = write(tmp_path, bad, "bad.yaml")
     errors = errors_of(path)
-    for line, expected in [(23, "spec.rules[0].matches[0].headers: header matches are not supported"),
-                           (24, "spec.rules[0].matches[1].method: method matches are not supported"),
+    for line, expected in [(23, "spec.rules[0].matches[0].headers[0].type: header match type must be Exact, got "
+                                "'RegularExpression' (RegularExpression is not supported)"),
+                           (23, "spec.rules[0].matches[0].headers[1].name: name must be a token"),
+                           (24, "spec.rules[0].matches[1].method: method must be GET, HEAD, POST"),
                            (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
                            (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
                            (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
                            (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
+        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+
+
+def test_httproute_header_query_and_method_matches(tmp_path):
+    from router.config.model import RouteMatch
+    text = httproute("""\
+          rules:
+          - matches:
+            - headers: [{name: X-Canary, value: "yes"}, {name: X-Env, value: prod, type: Exact}]
+              queryParams: [{name: v, value: "2"}]
+              method: GET
+            - path: {value: /a}
+            backendRefs: [{name: us-west}]
+          - backendRefs: [{name: eu-central}]
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert [(s.name, s.path_prefix, s.match) for s in cfg.splits] == [
+        ("web/rule0/match0", "/", RouteMatch((("x-canary", "yes"), ("x-env", "prod")), (("v", "2"),), "GET")),
+        ("web/rule0/match1", "/a", None), ("web/rule1", "/", None)]  # the same path, other conditions: both
+    bad = httproute("""\
+          rules:
+          - matches: [{headers: [{name: X-A, value: "1"}, {name: x-a, value: "2"}]}]
+            backendRefs: [{name: us-west}]
+          - matches: [{headers: [{name: X-A, value: "1"}]}]
+            backendRefs: [{name: eu-central}]
+          - matches: [{queryParams: [{name: q, value: "a\\nb"}]}]
+            backendRefs: [{name: eu-central}]
+        """)
+    path = write(tmp_path, bad, "bad.yaml")
+    errors = errors_of(path)
+    for line, expected in [(21, "spec.rules[0].matches[0].headers[1].name: header x-a is matched twice"),
+                           (23, "spec: default route path '/' with the same header, query and method conditions "
+                                "already routed by 'web/rule0'"),
+                           (25, "spec.rules[2].matches[0].queryParams[0].value: value must be a string of at most "
+                                "4096 characters without control characters")]:
         assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
 
 

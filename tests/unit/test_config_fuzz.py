@@ -105,6 +105,8 @@ spec:
   - backendRefs: [{name: b, weight: 1000000}]
   - matches: [{path: {type: Exact, value: /x}}]
     backendRefs: [{name: a}]
+  - matches: [{headers: [{name: X-Canary, value: "1"}], queryParams: [{name: v, value: "2"}], method: GET}]
+    backendRefs: [{name: b}]
 """))
 
 REMOVE = object()

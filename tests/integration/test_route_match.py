@@ -1,0 +1,42 @@
+"""HTTPRoute header, query parameter and method matches on real sockets, with the Gateway API's
+precedence between rules that share a path."""
+import asyncio
+
+from tests.conftest import cluster_docs, httproute_doc, read_response
+
+
+async def test_requests_go_by_their_headers_query_and_method(backends, router):
+    a, b, c = await backends("a", "b", "c")
+    route = httproute_doc("""\
+        - matches: [{headers: [{name: X-Canary, value: "yes"}]}]
+          backendRefs: [{name: b}]
+        - matches: [{method: POST}]
+          backendRefs: [{name: c}]
+        - matches: [{path: {value: /api}, queryParams: [{name: v, value: "2"}]}]
+          backendRefs: [{name: b}]
+        - backendRefs: [{name: a}]
+        """, ["web"])
+    app = await router(cluster_docs({"a": a.port, "b": b.port, "c": c.port}) + route)
+    assert app.ctx.snapshot.by_host is None  # the route depends on more than the Host
+
+    cases = [(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n", "a"),
+             (b"GET / HTTP/1.1\r\nHost: web\r\nX-Canary: yes\r\n\r\n", "b"),
+             (b"GET /x HTTP/1.1\r\nHost: web\r\nx-canary: yes\r\n\r\n", "b"),  # names without case
+             (b"GET / HTTP/1.1\r\nHost: web\r\nX-Canary: Yes\r\n\r\n", "a"),  # values exactly
+             (b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n", "c"),
+             # a method condition ranks above header conditions
+             (b"POST / HTTP/1.1\r\nHost: web\r\nX-Canary: yes\r\nContent-Length: 0\r\n\r\n", "c"),
+             (b"GET /api?v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),
+             (b"GET /api/x?x=1&v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),
+             (b"GET /api?v=2&v=3 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),  # the first of a name counts
+             (b"GET /api?v=3&v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "a"),
+             (b"GET /api?v=%32 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),  # decoded
+             (b"GET /apix?v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "a")]
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        for request, expected in cases:  # one keep-alive connection: each request routed on its own
+            writer.write(request)
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["x-router-cluster"]) == (200, expected), request
+    finally:
+        writer.close()

@@ -129,8 +129,9 @@ def meets(match: tuple, req) -> bool:
     headers, query, method = match
     if method is not None and req.method != method:
         return False
-    for name, value in headers:
-        if not any(value == v and name == n.lower() for n, v in req.headers):
+    for name, value in headers:  # the fields the router reads itself (Upgrade, ...) are kept apart, lowercase
+        if not any(value == v and name == n.lower() for n, v in req.headers) and \
+                not any(value == v and name == n for n, v in req.special):
             return False
     if query:
         first: dict[str, str] = {}

@@ -14,6 +14,8 @@ async def test_requests_go_by_their_headers_query_and_method(backends, router):
           backendRefs: [{name: c}]
         - matches: [{path: {value: /api}, queryParams: [{name: v, value: "2"}]}]
           backendRefs: [{name: b}]
+        - matches: [{path: {value: /ws}, headers: [{name: Upgrade, value: websocket}]}]
+          backendRefs: [{name: c}]
         - backendRefs: [{name: a}]
         """, ["web"])
     app = await router(cluster_docs({"a": a.port, "b": b.port, "c": c.port}) + route)
@@ -31,12 +33,21 @@ async def test_requests_go_by_their_headers_query_and_method(backends, router):
              (b"GET /api?v=2&v=3 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),  # the first of a name counts
              (b"GET /api?v=3&v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "a"),
              (b"GET /api?v=%32 HTTP/1.1\r\nHost: web\r\n\r\n", "b"),  # decoded
-             (b"GET /apix?v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "a")]
+             (b"GET /apix?v=2 HTTP/1.1\r\nHost: web\r\n\r\n", "a"),
+             (b"GET /ws HTTP/1.1\r\nHost: web\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", "a")]
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     try:
         for request, expected in cases:  # one keep-alive connection: each request routed on its own
             writer.write(request)
             status, headers, _ = await read_response(reader)
             assert (status, headers["x-router-cluster"]) == (200, expected), request
+    finally:
+        writer.close()
+    # a header the router reads itself (Upgrade) can be matched on too
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert (status, headers["x-router-cluster"]) == (200, "c")
     finally:
         writer.close()

@@ -1,5 +1,5 @@
 """Readers of the split documents, each into PendingSplits (resolved against the Clusters by the
-loader), and of a route's options (header changes, rewrite, redirect, timeouts, rate limit, affinity).
+loader); a route's options are read by route_options.py, HTTPRoute's matches and filters here.
 
 Accepted kinds:
   edge.router/v1alpha1 TrafficSplit, and networking.knative.dev/v1alpha1 TrafficSplit (the seed format)
@@ -8,15 +8,15 @@ Accepted kinds:
 """
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_hosts,
-                  redirect_code)
+from .doc import Doc, one_of, parse_path, positive_duration, positive_int, read_hosts
 from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts
-from .values import normalise_host, parse_duration, parse_quantity, parse_selector, parse_weight
+from .route_options import (FIELD_VALUE, TOKEN, non_negative_int, parse_percent, path_modifier, read_affinity,
+                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
+                            read_route_timeouts, rewrite_host)
+from .values import normalise_host, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
 
@@ -105,21 +105,6 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")))
 
 
-def read_mirror(doc: Doc, node: Node | None) -> tuple[Mirror, Node] | None:
-    """mirror: {cluster: NAME, percent: 0..100} (percent defaults to 100)."""
-    if not doc.fields(node, {"cluster", "percent"}, {"cluster"}):
-        return None
-    cluster = doc.string(node, "cluster")
-    percent = doc.value(node, "percent", _percent, 100.0)
-    return (Mirror(cluster, percent), node.get("cluster")) if cluster else None
-
-
-def _percent(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-        raise ValueError(f"percent must be a number 0..100, got {v!r}")
-    return float(v)
-
-
 def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
     """requestMirror: {backendRef: {name}, percent | fraction: {numerator, denominator}}."""
     if not doc.fields(node, {"backendRef", "percent", "fraction"}, {"backendRef"}):
@@ -127,12 +112,12 @@ def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
     ref = node.get("backendRef")
     if not doc.fields(ref, {"name", "port", "kind", "group", "namespace"}, {"name"}):
         return None
-    percent = doc.value(node, "percent", _percent, 100.0)
+    percent = doc.value(node, "percent", parse_percent, 100.0)
     fraction = node.get("fraction")
     if fraction is not None and node.get("percent") is not None:
         doc.error(fraction, "requestMirror takes percent or fraction, not both")
     elif doc.fields(fraction, {"numerator", "denominator"}, {"numerator"}):
-        numerator = doc.value(fraction, "numerator", _non_negative_int, 0)
+        numerator = doc.value(fraction, "numerator", non_negative_int, 0)
         denominator = doc.value(fraction, "denominator", positive_int, 100)
         if numerator > denominator:
             doc.error(fraction, f"numerator ({numerator}) is above denominator ({denominator})")
@@ -140,172 +125,6 @@ def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
             percent = 100.0 * numerator / denominator
     name = doc.string(ref, "name")
     return (Mirror(name, percent), ref.get("name")) if name else None
-
-
-def _non_negative_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"expected a whole number 0 or above, got {v!r}")
-    return v
-
-
-def read_retry(doc: Doc, node: Node | None, gateway: bool = False) -> RetryOn | None:
-    """retry: {codes: [503], attempts: 1}: status codes 400..599; an HTTPRoute rule's `backoff` is
-    refused (a retry goes to another cluster at once)."""
-    if not doc.fields(node, {"codes", "attempts", "backoff"} if gateway else {"codes", "attempts"}, {"codes"}):
-        return None
-    if node.get("backoff") is not None:
-        doc.error(node.get("backoff"), "backoff is not supported: a retry goes to the next cluster at once")
-    codes = set()
-    for item in doc.seq(node, "codes"):
-        if isinstance(item.value, bool) or not isinstance(item.value, int) or not 400 <= item.value <= 599:
-            doc.error(item, f"a retried status code must be 400..599, got {item.value!r}")
-        else:
-            codes.add(item.value)
-    attempts = doc.value(node, "attempts", positive_int, 1)
-    return RetryOn(frozenset(codes), attempts) if codes else None
-
-
-def read_rate_limit(doc: Doc, node: Node | None) -> RateLimit | None:
-    """rateLimit: {requestsPerSecond: 100, burst: 200, key: route | client | header:NAME}."""
-    if not doc.fields(node, {"requestsPerSecond", "burst", "key"}, {"requestsPerSecond"}):
-        return None
-    rate = doc.value(node, "requestsPerSecond", _positive_rate)
-    if rate is None:
-        return None
-    burst = doc.value(node, "burst", positive_int, max(1, math.ceil(rate)))
-    return RateLimit(rate, burst, doc.value(node, "key", _rate_key, "route"))
-
-
-def _positive_rate(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 or v > 1e9:
-        raise ValueError(f"requestsPerSecond must be a positive number (at most 1e9), got {v!r}")
-    return float(v)
-
-
-def _rate_key(v: Any) -> str:
-    if v in ("route", "client"):
-        return v
-    if isinstance(v, str) and v.startswith("header:") and _TOKEN.fullmatch(v[7:]):
-        return "header:" + v[7:].lower()
-    raise ValueError(f"key must be route, client or header:NAME (such as header:X-Api-Key), got {v!r}")
-
-
-def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> RouteTimeouts | None:
-    """A TrafficSplit's `timeouts: {request, perTry}` (positive durations), or an HTTPRoute rule's
-    `timeouts: {request, backendRequest}` (`gateway`; 0s turns that timeout off, as the Gateway API
-    asks). The per-try timeout may not exceed the request timeout, which covers every try."""
-    per_try_key = "backendRequest" if gateway else "perTry"
-    if not doc.fields(node, {"request", per_try_key}):
-        return None
-    parse = parse_duration if gateway else positive_duration
-    request, per_try = doc.value(node, "request", parse), doc.value(node, per_try_key, parse)
-    if request and per_try and per_try > request:
-        doc.error(node.get(per_try_key), f"{per_try_key} ({per_try:g}s) is longer than request ({request:g}s), "
-                                         "which covers every try")
-    timeouts = RouteTimeouts(request or None, per_try)
-    return timeouts if timeouts != RouteTimeouts() else None
-
-
-def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirect | None:
-    """redirect: {scheme, hostname, port, statusCode} and a path: on a TrafficSplit `pathPrefix` (the
-    split's prefix replaced) or `fullPath`; in an HTTPRoute (`gateway`) `path: {type: ReplacePrefixMatch |
-    ReplaceFullPath, ...}`."""
-    paths = {"path"} if gateway else {"pathPrefix", "fullPath"}
-    if not doc.fields(node, {"scheme", "hostname", "port", "statusCode"} | paths):
-        return None
-    if gateway:
-        prefix, full = _path_modifier(doc, node.get("path")) if node.get("path") is not None else (None, None)
-    else:
-        prefix, full = _prefix_or_full(doc, node, "redirect")
-    return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", _rewrite_host),
-                    doc.value(node, "port", parse_port), prefix, full, doc.value(node, "statusCode", redirect_code, 302))
-
-
-def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:
-    """rewrite: {pathPrefix: /} (the split's pathPrefix replaced) or {fullPath: /x}, and/or {hostname: h}."""
-    if not doc.fields(node, {"pathPrefix", "fullPath", "hostname"}):
-        return None
-    rewrite = Rewrite(*_prefix_or_full(doc, node, "rewrite"), doc.value(node, "hostname", _rewrite_host))
-    return rewrite if rewrite != Rewrite() else None
-
-
-def _prefix_or_full(doc: Doc, node: Node, what: str) -> tuple[str | None, str | None]:
-    """A TrafficSplit's `pathPrefix` (the split's prefix replaced) or `fullPath`, not both."""
-    prefix, full = doc.value(node, "pathPrefix", parse_path), doc.value(node, "fullPath", parse_path)
-    if prefix is not None and full is not None:
-        doc.error(node, f"{what} takes pathPrefix or fullPath, not both")
-    return prefix, full
-
-
-def _rewrite_host(v: Any) -> str:
-    host = normalise_host(v)
-    if host.startswith("*") or not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?", host):
-        raise ValueError(f"hostname must be a DNS name such as api.internal, got {v!r}")
-    return host
-
-
-# RFC 9110 field-name token; a value without CR, LF, NUL or other control characters (HTAB allowed).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
-
-
-# Written by the router itself, or framing and hop-by-hop: a route may not change them.
-_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive",
-                               "proxy-connection", "te", "trailer", "upgrade", "via", "x-forwarded-for",
-                               "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-router-cluster",
-                               "x-router-decision", "server-timing"))
-
-
-MAX_HEADER_OPS = 16  # per list, as the Gateway API allows
-
-
-def read_header_ops(doc: Doc, node: Node | None) -> HeaderOps | None:
-    """{set: [{name, value}], add: [{name, value}], remove: [name]} (Gateway API HTTPHeaderFilter)."""
-    if not doc.fields(node, {"set", "add", "remove"}):
-        return None
-    seen: dict[str, str] = {}
-
-    def name_of(item: Node, verb: str) -> str | None:
-        name = item.value if item.kind == "scalar" else None
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            doc.error(item, f"header name must be a token such as X-Env, got {name!r}")
-            return None
-        lower = name.lower()
-        if lower in _RESERVED_HEADERS:
-            doc.error(item, f"header {name} is written by the router (framing, forwarding or routing) and "
-                            "cannot be changed by a route")
-            return None
-        if lower in seen and (verb != "add" or seen[lower] != "add"):
-            doc.error(item, f"header {name} is named twice (already in {seen[lower]})")
-            return None
-        seen[lower] = verb
-        return name
-
-    lists = {}
-    for verb in ("set", "add"):
-        pairs = []
-        items = doc.seq(node, verb)
-        if len(items) > MAX_HEADER_OPS:
-            doc.error(node.get(verb), f"at most {MAX_HEADER_OPS} headers, got {len(items)}")
-        for item in items:
-            if not doc.fields(item, {"name", "value"}, {"name", "value"}) or item.get("name") is None \
-                    or item.get("value") is None:
-                continue
-            name = name_of(item.get("name"), verb)
-            value = item.get("value").value
-            if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
-                doc.error(item.get("value"), f"header value must be a string without control characters, "
-                                             f"got {value!r}")
-            elif name is not None:
-                pairs.append((name, value.strip(" \t")))
-        lists[verb] = tuple(pairs)
-    removed = doc.seq(node, "remove")
-    if len(removed) > MAX_HEADER_OPS:
-        doc.error(node.get("remove"), f"at most {MAX_HEADER_OPS} headers, got {len(removed)}")
-    remove = tuple(n for n in (name_of(item, "remove") for item in removed) if n is not None)
-    return HeaderOps(lists["set"], lists["add"], remove) if lists["set"] or lists["add"] or remove else None
 
 
 def _service_refs(doc: Doc, spec: Node) -> tuple:
@@ -319,29 +138,7 @@ def _service_refs(doc: Doc, spec: Node) -> tuple:
         return ()
 
 
-def read_affinity(doc: Doc, node: Node | None) -> tuple[str, str] | None:
-    """affinity: {header: X-User} | {cookie: session} | {pathSegments: 2}"""
-    if not doc.fields(node, {"header", "cookie", "pathSegments"}):
-        return None
-    if len(node.children) != 1:
-        doc.error(node, "affinity takes exactly one of header, cookie, pathSegments")
-        return None
-    (key, child), = node.children.items()
-    if key == "pathSegments":
-        if isinstance(child.value, bool) or not isinstance(child.value, int) or child.value < 1:
-            doc.error(child, f"pathSegments must be a positive integer, got {child.value!r}")
-            return None
-        return ("path", str(child.value))
-    if not isinstance(child.value, str) or not child.value:
-        doc.error(child, f"expected a {key} name, got {child.value!r}")
-        return None
-    return (key, child.value)
-
-
 _algorithm = one_of("algorithm", "latency-aware", "weighted")
-
-
-_redirect_scheme = one_of("scheme", "http", "https")
 
 
 def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
@@ -463,13 +260,13 @@ def _conditions(doc: Doc, m: Node) -> RouteMatch | None:
 
 
 def _token_name(v: Any) -> str:
-    if not isinstance(v, str) or not _TOKEN.fullmatch(v):
+    if not isinstance(v, str) or not TOKEN.fullmatch(v):
         raise ValueError(f"name must be a token such as X-Canary, got {v!r}")
     return v
 
 
 def _match_value(v: Any) -> str:
-    if not isinstance(v, str) or len(v) > 4096 or not _FIELD_VALUE.fullmatch(v):
+    if not isinstance(v, str) or len(v) > 4096 or not FIELD_VALUE.fullmatch(v):
         raise ValueError(f"value must be a string of at most 4096 characters without control characters, "
                          f"got {v!r}")
     return v
@@ -519,26 +316,9 @@ def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
     if not doc.fields(node, {"hostname", "path"}):
         return None
     path = node.get("path")
-    prefix, full = _path_modifier(doc, path) if path is not None else (None, None)
-    rewrite = Rewrite(prefix, full, doc.value(node, "hostname", _rewrite_host))
+    prefix, full = path_modifier(doc, path) if path is not None else (None, None)
+    rewrite = Rewrite(prefix, full, doc.value(node, "hostname", rewrite_host))
     return rewrite if rewrite != Rewrite() else None
-
-
-def _path_modifier(doc: Doc, path: Node) -> tuple[str | None, str | None]:
-    """HTTPPathModifier {type: ReplacePrefixMatch | ReplaceFullPath, ...}: (prefix, full path)."""
-    if not doc.fields(path, {"type", "replacePrefixMatch", "replaceFullPath"}, {"type"}):
-        return None, None
-    kind = doc.string(path, "type")
-    key = {"ReplacePrefixMatch": "replacePrefixMatch", "ReplaceFullPath": "replaceFullPath"}.get(kind or "")
-    if key is None:
-        doc.error(path.get("type") or path, f"path type must be ReplacePrefixMatch or ReplaceFullPath, got {kind!r}")
-    elif path.get(key) is None:
-        doc.error(path, f"missing required field {path.child_path(key)!r}")
-    elif key == "replacePrefixMatch":
-        return doc.value(path, key, parse_path), None
-    else:
-        return None, doc.value(path, key, parse_path)
-    return None, None
 
 
 def _unsupported_filters(doc: Doc, node: Node) -> None:

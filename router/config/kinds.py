@@ -205,7 +205,8 @@ def read_service(doc: Doc) -> ServiceConfig | None:
     return ServiceConfig(name, hosts, workload, cc, tuple(state), f"{doc.root.file}:{doc.root.line}",
                          doc.value(spec, "holdLimit", positive_duration, 30.0), wake_path, wake_method,
                          doc.value(spec, "readinessPath", parse_path, "/"), min(parallel, 2),
-                         doc.value(spec, "spillover", parse_bool, False), doc.value(spec, "wakeSkipped", parse_bool, True),
+                         doc.value(spec, "spillover", parse_bool, False),
+                         doc.value(spec, "wakeSkipped", parse_bool, True),
                          doc.value(spec, "keepWarm", parse_bool, False))
 
 

@@ -104,7 +104,8 @@ def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirec
     else:
         prefix, full = _prefix_or_full(doc, node, "redirect")
     return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", rewrite_host),
-                    doc.value(node, "port", parse_port), prefix, full, doc.value(node, "statusCode", redirect_code, 302))
+                    doc.value(node, "port", parse_port), prefix, full,
+                    doc.value(node, "statusCode", redirect_code, 302))
 
 
 def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:

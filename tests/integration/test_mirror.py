@@ -21,7 +21,8 @@ async def test_copies_reach_the_mirror_and_the_client_gets_the_primary_answer(ba
     try:
         for sent in (b"GET /one?x=1 HTTP/1.1\r\nHost: h\r\nX-Trace: t1\r\n\r\n",
                      b"POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
-                     b"POST /three HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                     b"POST /three HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
                      b"HEAD /four HTTP/1.1\r\nHost: h\r\n\r\n"):
             writer.write(sent)
             head = await reader.readuntil(b"\r\n\r\n")

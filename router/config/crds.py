@@ -17,6 +17,10 @@ HEADER_PAIRS = {"type": "array", "maxItems": 16, "items": {
     "properties": {"name": HEADER_NAME, "value": {"type": "string", "maxLength": 4096}}}}
 HEADER_OPS = {"type": "object", "properties": {"set": HEADER_PAIRS, "add": HEADER_PAIRS,
                                                "remove": {"type": "array", "maxItems": 16, "items": HEADER_NAME}}}
+MATCH_PAIRS = {"type": "array", "maxItems": 16, "items": {
+    "type": "object", "required": ["name", "value"],
+    "properties": {"name": HEADER_NAME, "value": {"type": "string", "maxLength": 4096},
+                   "type": {"type": "string", "enum": ["Exact"]}}}}
 TRAFFIC_SPLIT_SPEC = {
     "type": "object",
     "anyOf": [{"required": ["clusters"]}, {"required": ["redirect"]}],
@@ -44,6 +48,10 @@ TRAFFIC_SPLIT_SPEC = {
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
             "statusCode": {"type": "integer", "enum": [301, 302, 303, 307, 308]},
             "pathPrefix": {"type": "string", "pattern": "^/"}, "fullPath": {"type": "string", "pattern": "^/"}}},
+        "match": {"type": "object", "properties": {
+            "headers": MATCH_PAIRS, "queryParams": MATCH_PAIRS,
+            "method": {"type": "string", "enum": ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                                                  "TRACE", "PATCH"]}}},
         "mirror": {"type": "object", "required": ["cluster"], "properties": {
             "cluster": {"type": "string", "minLength": 1}, "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
         "retry": {"type": "object", "required": ["codes"], "properties": {

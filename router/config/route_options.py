@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .doc import Doc, one_of, parse_path, parse_port, positive_duration, positive_int, redirect_code
-from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteTimeouts
+from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
 
@@ -232,3 +232,46 @@ def path_modifier(doc: Doc, path: Node) -> tuple[str | None, str | None]:
     else:
         return None, doc.value(path, key, parse_path)
     return None, None
+
+
+_METHODS = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+
+def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
+    """A match's header and query parameter conditions (type Exact; a name once per match) and method:
+    an HTTPRoute match's `headers`, `queryParams`, `method`, and a TrafficSplit's `match` the same (the
+    caller has checked the mapping's fields)."""
+    found = {}
+    for key, what in (("headers", "header"), ("queryParams", "query parameter")):
+        pairs: dict[str, str] = {}
+        for item in doc.seq(m, key):
+            if not doc.fields(item, {"name", "value", "type"}, {"name", "value"}):
+                continue
+            kind = doc.string(item, "type", "Exact")
+            if kind != "Exact":
+                doc.error(item.get("type"), f"{what} match type must be Exact, got {kind!r} (RegularExpression "
+                                            "is not supported)")
+            name, value = doc.value(item, "name", _token_name), doc.value(item, "value", _match_value)
+            if name is None or value is None:
+                continue
+            name = name.lower() if key == "headers" else name
+            if name in pairs:
+                doc.error(item.get("name"), f"{what} {name} is matched twice")
+                continue
+            pairs[name] = value
+        found[key] = tuple(pairs.items())
+    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS))
+    return conditions if conditions != RouteMatch() else None
+
+
+def _token_name(v: Any) -> str:
+    if not isinstance(v, str) or not TOKEN.fullmatch(v):
+        raise ValueError(f"name must be a token such as X-Canary, got {v!r}")
+    return v
+
+
+def _match_value(v: Any) -> str:
+    if not isinstance(v, str) or len(v) > 4096 or not FIELD_VALUE.fullmatch(v):
+        raise ValueError(f"value must be a string of at most 4096 characters without control characters, "
+                         f"got {v!r}")
+    return v

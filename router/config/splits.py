@@ -13,9 +13,9 @@ from typing import Any
 
 from .doc import Doc, one_of, parse_path, positive_duration, positive_int, read_hosts
 from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts
-from .route_options import (FIELD_VALUE, TOKEN, non_negative_int, parse_percent, path_modifier, read_affinity,
-                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
-                            read_route_timeouts, rewrite_host)
+from .route_options import (non_negative_int, parse_percent, path_modifier, read_affinity, read_conditions,
+                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
+                            read_rewrite, read_route_timeouts, rewrite_host)
 from .values import normalise_host, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -62,7 +62,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     spec = doc.root.get("spec")
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
-                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror"},
+                             "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
+                             "match"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -102,7 +103,9 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
                         redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
                         rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
-                        retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")))
+                        retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")),
+                        match=read_conditions(doc, spec.get("match"))
+                        if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None)
 
 
 def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
@@ -200,7 +203,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                     doc.error(path.get("type"), f"path match type must be PathPrefix or Exact, got {kind!r} "
                                                 "(RegularExpression is not supported)")
                 match = (doc.value(path, "value", parse_path, "/"), kind == "Exact")
-            match += (_conditions(doc, m),)
+            match += (read_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
         request_ops, response_ops, rewrite, redirect, mirror = _rule_filters(doc, rule)
@@ -229,47 +232,6 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
                                        retry=retry, mirror=mirror, match=conditions))
     return splits
-
-
-_METHODS = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-
-
-def _conditions(doc: Doc, m: Node) -> RouteMatch | None:
-    """A match's header and query parameter conditions (type Exact; a name once per match) and method."""
-    found = {}
-    for key, what in (("headers", "header"), ("queryParams", "query parameter")):
-        pairs: dict[str, str] = {}
-        for item in doc.seq(m, key):
-            if not doc.fields(item, {"name", "value", "type"}, {"name", "value"}):
-                continue
-            kind = doc.string(item, "type", "Exact")
-            if kind != "Exact":
-                doc.error(item.get("type"), f"{what} match type must be Exact, got {kind!r} (RegularExpression "
-                                            "is not supported)")
-            name, value = doc.value(item, "name", _token_name), doc.value(item, "value", _match_value)
-            if name is None or value is None:
-                continue
-            name = name.lower() if key == "headers" else name
-            if name in pairs:
-                doc.error(item.get("name"), f"{what} {name} is matched twice")
-                continue
-            pairs[name] = value
-        found[key] = tuple(pairs.items())
-    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS))
-    return conditions if conditions != RouteMatch() else None
-
-
-def _token_name(v: Any) -> str:
-    if not isinstance(v, str) or not TOKEN.fullmatch(v):
-        raise ValueError(f"name must be a token such as X-Canary, got {v!r}")
-    return v
-
-
-def _match_value(v: Any) -> str:
-    if not isinstance(v, str) or len(v) > 4096 or not FIELD_VALUE.fullmatch(v):
-        raise ValueError(f"value must be a string of at most 4096 characters without control characters, "
-                         f"got {v!r}")
-    return v
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",

@@ -2,7 +2,7 @@
 precedence between rules that share a path."""
 import asyncio
 
-from tests.conftest import cluster_docs, httproute_doc, read_response
+from tests.conftest import cluster_docs, httproute_doc, read_response, split_doc
 
 
 async def test_requests_go_by_their_headers_query_and_method(backends, router):
@@ -51,3 +51,19 @@ async def test_requests_go_by_their_headers_query_and_method(backends, router):
         assert (status, headers["x-router-cluster"]) == (200, "c")
     finally:
         writer.close()
+
+
+async def test_trafficsplit_match_sends_a_canary_by_header(backends, router):
+    a, b = await backends("a", "b")
+    canary = split_doc({"b": 1}, "canary", ["shop"]) + '  match: {headers: [{name: X-Canary, value: "1"}]}\n'
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + split_doc({"a": 1}, "main", ["shop"]) + canary)
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        for extra, expected in ((b"", "a"), (b"X-Canary: 1\r\n", "b"), (b"X-Canary: 0\r\n", "a")):
+            writer.write(b"GET / HTTP/1.1\r\nHost: shop\r\n" + extra + b"\r\n")
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["x-router-cluster"]) == (200, expected), extra
+    finally:
+        writer.close()
+    assert [r["match"] for r in app.state()["routes"]] == [
+        None, {"headers": (("x-canary", "1"),), "query": (), "method": None}]

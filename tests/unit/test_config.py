@@ -53,6 +53,13 @@ def errors_of(*paths):
     return [str(p) for p in exc.value.problems]
 
 
+def assert_errors(path: str, expected: list[tuple[int, str]]) -> None:
+    """Loading `path` fails, and each (line, message start) is among its FILE:LINE errors."""
+    errors = errors_of(path)
+    for line, message in expected:
+        assert any(e.startswith(f"{path}:{line}: {message}") for e in errors), (line, errors)
+
+
 def test_seed_trafficsplit_verbatim(tmp_path):
     write(tmp_path, CLUSTERS, "clusters.yaml")
     (tmp_path / "seed.yaml").write_text(open("config/trafficsplit.yaml").read())
@@ -149,16 +156,14 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
           backends: [{service: us-west, weight: 1}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
-    errors = errors_of(path)
-    for line, expected in [(23, "spec.rules[0].matches[0].headers[0].type: header match type must be Exact, got "
-                                "'RegularExpression' (RegularExpression is not supported)"),
-                           (23, "spec.rules[0].matches[0].headers[1].name: name must be a token"),
-                           (24, "spec.rules[0].matches[1].method: method must be GET, HEAD, POST"),
-                           (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
-                           (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
-                           (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
-                           (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")]:
-        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+    assert_errors(path, [(23, "spec.rules[0].matches[0].headers[0].type: header match type must be Exact, got "
+                              "'RegularExpression' (RegularExpression is not supported)"),
+                         (23, "spec.rules[0].matches[0].headers[1].name: name must be a token"),
+                         (24, "spec.rules[0].matches[1].method: method must be GET, HEAD, POST"),
+                         (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
+                         (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
+                         (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
+                         (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")])
 
 
 def test_httproute_header_query_and_method_matches(tmp_path):
@@ -187,13 +192,11 @@ def test_httproute_header_query_and_method_matches(tmp_path):
             backendRefs: [{name: eu-central}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
-    errors = errors_of(path)
-    for line, expected in [(21, "spec.rules[0].matches[0].headers[1].name: header x-a is matched twice"),
-                           (23, "spec: default route path '/' with the same header, query and method conditions "
-                                "already routed by 'web/rule0'"),
-                           (25, "spec.rules[2].matches[0].queryParams[0].value: value must be a string of at most "
-                                "4096 characters without control characters")]:
-        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+    assert_errors(path, [(21, "spec.rules[0].matches[0].headers[1].name: header x-a is matched twice"),
+                         (23, "spec: default route path '/' with the same header, query and method conditions "
+                              "already routed by 'web/rule0'"),
+                         (25, "spec.rules[2].matches[0].queryParams[0].value: value must be a string of at most "
+                              "4096 characters without control characters")])
 
 
 def test_httproute_exact_path_matches_come_before_prefixes(tmp_path):
@@ -297,15 +300,13 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
           redirect: {scheme: ftp, statusCode: 404, port: 0, pathPrefix: /, fullPath: /x}
         """, "moved")
     path = write(tmp_path, bad, "bad.yaml")
-    errors = errors_of(path)
-    for line, expected in [(30, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
-                           (31, "spec.redirect: redirect takes pathPrefix or fullPath, not both"),
-                           (31, "spec.redirect.scheme: scheme must be http or https, got 'ftp'"),
-                           (31, "spec.redirect.port: port must be 1..65535, got 0"),
-                           (31, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
-                           (22, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
-                           (24, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")]:
-        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+    assert_errors(path, [(30, "spec.clusters: a redirect is answered by the router: clusters cannot go with it"),
+                         (31, "spec.redirect: redirect takes pathPrefix or fullPath, not both"),
+                         (31, "spec.redirect.scheme: scheme must be http or https, got 'ftp'"),
+                         (31, "spec.redirect.port: port must be 1..65535, got 0"),
+                         (31, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
+                         (22, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
+                         (24, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")])
 
 
 def test_mirror(tmp_path):
@@ -338,10 +339,8 @@ def test_mirror(tmp_path):
             backendRefs: [{name: us-west}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
-    errors = errors_of(path)
-    for line, expected in [(22, "spec.rules[0].filters[0].requestMirror.fraction: numerator (3) is above denominator (2)"),
-                           (23, "spec.rules[0].filters[1]: filter RequestMirror is given twice")]:
-        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+    assert_errors(path, [(22, "spec.rules[0].filters[0].requestMirror.fraction: numerator (3) is above denominator (2)"),
+                         (23, "spec.rules[0].filters[1]: filter RequestMirror is given twice")])
 
 
 def test_retry_on_status(tmp_path):
@@ -355,8 +354,7 @@ def test_retry_on_status(tmp_path):
             backendRefs: [{name: us-west}]
         """)
     path = write(tmp_path, text)
-    errors = errors_of(path)
-    assert any(e.startswith(f"{path}:24: spec.rules[1].retry.backoff: backoff is not supported") for e in errors), errors
+    assert_errors(path, [(24, "spec.rules[1].retry.backoff: backoff is not supported")])
     cfg = load_config(write(tmp_path, text.replace(", backoff: 100ms", "")))
     assert [s.retry for s in cfg.splits] == [RetryOn(frozenset({502, 503}), 2), RetryOn(frozenset({503}), 1)]
 
@@ -411,12 +409,10 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
             backendRefs: [{name: us-west}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
-    errors = errors_of(path)
-    for line, expected in [(21, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than request "
-                                "(1s), which covers every try"),
-                           (24, "spec.rules[1].timeouts.request: bad duration '-1s'"),
-                           (24, "spec.rules[1].timeouts.total: unknown field")]:
-        assert any(e.startswith(f"{path}:{line}: {expected}") for e in errors), (line, errors)
+    assert_errors(path, [(21, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than request "
+                              "(1s), which covers every try"),
+                         (24, "spec.rules[1].timeouts.request: bad duration '-1s'"),
+                         (24, "spec.rules[1].timeouts.total: unknown field")])
 
 
 @pytest.mark.parametrize("line,expected", [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .headers import forwarding_headers, request_lines
+from .headers import forwarding_headers
 
 MAX_IN_FLIGHT = 256  # copies out at once per process
 
@@ -136,10 +136,7 @@ def mirror_request(ex) -> None:
         ctx.metrics.mirrored.labels(backend.cluster, "skipped").inc()
         return
     body = b"".join(ex.kept)
-    if ex.route.request_changes or req.request_id_made:
-        parts = ex.changed_request_lines()
-    else:
-        parts = request_lines(req.method, req.url, req.headers, req.facts["named"])
+    parts = ex.changed_request_lines()
     parts.append(forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
                                     ctx.via, False, ctx.scheme))
     if body or req.facts["content_length"] is not None or req.facts["chunked"]:

@@ -9,7 +9,6 @@ import asyncio
 from ..config.model import HttpsRedirect
 from .context import ProxyContext
 from .exchange import Exchange
-from .headers import redirect_location
 from .server import ClientConnection
 
 
@@ -17,13 +16,10 @@ class HttpsRedirectExchange(Exchange):
     __slots__ = ()
 
     def start(self) -> None:
-        req = self.req
-        host = req.facts["host"]
-        if not host:  # HTTP/1.0 without Host: a relative Location would send it back here
+        if not self.req.facts["host"]:  # HTTP/1.0 without Host: a relative Location would send it back here
             self.respond_error(400, "a redirect to https needs a Host header", cluster="-")
             return
-        location = redirect_location(self.conn.redirect, b"http", host, req.facts["raw_host"], req.url, "/")
-        self.respond_error(self.conn.redirect[5], "redirect to https", cluster="-", location=location)
+        self.answer_redirect(self.conn.redirect, b"http", "/", "redirect to https")
 
 
 class HttpsRedirectConnection(ClientConnection):

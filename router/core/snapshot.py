@@ -175,7 +175,9 @@ def _redirect(rd: Redirect | None) -> tuple | None:
 def _match(m: RouteMatch | None) -> tuple | None:
     if m is None:
         return None
-    return (tuple((n.encode(), v.encode("latin-1")) for n, v in m.headers), m.query,
+    # A value's text as a client sends it: UTF-8, as the route's own header changes are sent (a value
+    # beyond Latin-1, valid in the config, must not fail the snapshot's build).
+    return (tuple((n.encode(), v.encode()) for n, v in m.headers), m.query,
             m.method.encode() if m.method else None)
 
 

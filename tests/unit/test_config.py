@@ -199,6 +199,18 @@ def test_httproute_header_query_and_method_matches(tmp_path):
                               "4096 characters without control characters")])
 
 
+def test_match_values_beyond_latin1_build_and_match_their_utf8_bytes(tmp_path):
+    from types import SimpleNamespace
+
+    from router.core.snapshot import build_snapshot, meets
+    text = CLUSTERS + native_split('clusters: [{name: us-west, weight: 1}]\n'
+                                   'match: {headers: [{name: X-A, value: "snow \u2603"}]}\n')
+    route = build_snapshot(load_config(write(tmp_path, text)), 1).named["s"]
+    req = SimpleNamespace(method=b"GET", url=b"/", special=[], headers=[(b"X-A", "snow \u2603".encode())])
+    assert meets(route.match, req)
+    assert not meets(route.match, SimpleNamespace(method=b"GET", url=b"/", special=[], headers=[(b"X-A", b"snow")]))
+
+
 def test_httproute_exact_path_matches_come_before_prefixes(tmp_path):
     from router.core.snapshot import build_snapshot
     text = httproute("""\

@@ -112,7 +112,7 @@ spec:
 REMOVE = object()
 BOUNDARY = [None, True, 0, -1, 0.5, 2**64, math.nan, math.inf, -math.inf, 1e308, "", "0", "-1", "0s",
             "1e400", "100m", "-1s", "99999999999h", "0.1ns", "http://", "http://[::1", "ftp://x", "a=b,", "=",
-            "*", "0Ki", "10MB", "host:99999", "::", [], {}, [0], {"a": 1}, REMOVE]
+            "*", "0Ki", "10MB", "host:99999", "::", "snow ☃", [], {}, [0], {"a": 1}, REMOVE]
 hostile_values = st.one_of(st.sampled_from(BOUNDARY), st.integers(-2**70, 2**70), st.floats(),
                            st.text(max_size=12))
 

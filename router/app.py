@@ -14,7 +14,7 @@ import ssl
 import time
 from dataclasses import asdict
 
-from .config.model import Config
+from .config.model import ClusterConfig, Config, UpstreamTls
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
@@ -82,6 +82,7 @@ class RouterApp:
         self.version = 1
         self.ctx = ProxyContext(loop, build_snapshot(self.config, self.version), self.metrics)
         self.metrics.config_version.set(self.version)
+        self._note_client_certificates(self.config)
         if self.config.router.access_log is not None:
             self.ctx.access_log = AccessLog(loop, self.config.router.access_log, self.metrics.access_log_dropped.inc)
         if self.run_admin:
@@ -228,6 +229,7 @@ class RouterApp:
         self.ctx.swap(snapshot)
         if self.prober is not None:
             self.prober.sync()
+        self._note_client_certificates(config)
         tls = config.router.tls
         if self.tls_context is not None and tls is not None:  # new handshakes get the pair as it is now
             state = self.tls_state
@@ -239,12 +241,36 @@ class RouterApp:
                 state["last_error"] = str(exc)
                 log.error("TLS certificate %s not replaced, keeping the last one: %s", tls.cert_file, exc)
 
+    @staticmethod
+    def _upstream_tls_state(cluster: ClusterConfig) -> dict | None:
+        """How the router speaks TLS to the cluster: the CAs, the client certificate and its expiry, the name."""
+        ep = cluster.endpoint
+        if ep.scheme != "https":
+            return None
+        tls = ep.tls or UpstreamTls()
+        not_after = certificate_not_after(tls.cert_file) if tls.cert_file else None
+        return {"ca_file": tls.ca_file or "system", "cert_file": tls.cert_file, "server_name": tls.server_name or ep.host,
+                "cert_not_after": None if not_after is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                time.gmtime(not_after))}
+
     def _rate_limit_state(self, split) -> dict | None:
         """A route's limit and how many buckets (keys) this process holds for it."""
         if split.rate_limit is None:
             return None
         limiter = self.ctx.rate_limiters.get((split.name, split.rate_limit))
         return {**asdict(split.rate_limit), "buckets": len(limiter.buckets) if limiter else 0}
+
+    def _note_client_certificates(self, config: Config) -> None:
+        """Each cluster's client certificate (mutual TLS) expiry, in the metrics: an expired one fails
+        every new connection to that cluster."""
+        for cluster in config.clusters:
+            tls = cluster.endpoint.tls
+            not_after = certificate_not_after(tls.cert_file) if tls is not None and tls.cert_file else None
+            if not_after is not None:
+                self.metrics.upstream_tls_not_after.labels(cluster.name).set(not_after)
+                if not_after <= time.time():
+                    log.warning("client certificate %s for cluster %s has expired: the cluster will refuse it",
+                                tls.cert_file, cluster.name)
 
     def _note_certificate(self, cert_file: str) -> None:
         """The served certificate's expiry: in /debug/state and the metrics, and a warning once it has passed."""
@@ -273,7 +299,7 @@ class RouterApp:
         clusters = {c.name: {"endpoint": str(c.endpoint), "labels": dict(c.labels),
                              "health": ctx.health.describe(c.name, now), "rtt_s": rtt.rtt(c.name),
                              "connect_s": rtt.connect_time(c.name), "inflight": ctx.inflight.get(c.name, 0),
-                             "max_requests": c.max_requests,
+                             "max_requests": c.max_requests, "tls": self._upstream_tls_state(c),
                              "last_probe": self.prober.last.get(c.name) if self.prober else None}
                     for c in snap.config.clusters}
         routes = []

@@ -77,11 +77,12 @@ class Backend:
             await asyncio.sleep(self.delay_s)
         return web.Response(status=self.status, text=f"{self.name}:{len(body)}")
 
-    async def start(self, app: web.Application | None = None) -> "Backend":
+    async def start(self, app: web.Application | None = None, ssl_context=None) -> "Backend":
+        """With `ssl_context`, it speaks HTTPS."""
         if app is None:
             app = web.Application(client_max_size=1 << 30)
             app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner, self.port = await serve_app(app)
+        self.runner, self.port = await start_site(app, "127.0.0.1", 0, ssl_context=ssl_context)
         return self
 
     async def stop(self) -> None:

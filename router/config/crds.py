@@ -77,6 +77,10 @@ CLUSTER_SPEC = {
                                                         "context": {"type": "string"},
                                                         "inCluster": {"type": "boolean"}}},
         "probe": {"type": "object", "properties": {"path": {"type": "string", "pattern": "^/"}}},
+        "tls": {"type": "object", "properties": {"caFile": {"type": "string", "minLength": 1},
+                                                 "certFile": {"type": "string", "minLength": 1},
+                                                 "keyFile": {"type": "string", "minLength": 1},
+                                                 "serverName": {"type": "string", "minLength": 1}}},
     },
 }
 

@@ -4,14 +4,15 @@ Splits (TrafficSplit in its three formats, HTTPRoute) are read in splits.py.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any, Callable
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import (BufferSettings, ClusterConfig, HttpsRedirect, KubernetesRef, Limits, Probes, ResourceWatch,
-                    RouterSettings, ServiceConfig, Timeouts, Tls, Workload)
-from .values import (check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
-                     parse_positive_size, parse_size)
+from .model import (BufferSettings, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef, Limits, Probes,
+                    ResourceWatch, RouterSettings, ServiceConfig, Timeouts, Tls, UpstreamTls, Workload)
+from .values import (check_tls_pair, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
+                     parse_server_name, parse_size, upstream_context)
 from .yamlsrc import Node
 
 
@@ -26,7 +27,7 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
         else:
             labels = {str(k): str(c.value) for k, c in lab.children.items()}
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests"}, {"endpoint"}):
+    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests", "tls"}, {"endpoint"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -43,6 +44,12 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
     max_requests = doc.value(spec, "maxRequests", positive_int)
     if not name or endpoint is None:
         return None
+    tnode = spec.get("tls")
+    if tnode is not None:
+        tls = _read_upstream_tls(doc, tnode, endpoint)
+        if tls is None:
+            return None
+        endpoint = replace(endpoint, tls=tls)
     return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
                          f"{doc.root.file}:{doc.root.line}", max_requests)
 
@@ -144,6 +151,25 @@ def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
         doc.error(node.get(problem[0]), problem[1])
         return None
     return Tls(cert, key)
+
+
+def _read_upstream_tls(doc: Doc, node: Node, endpoint: Endpoint) -> UpstreamTls | None:
+    """Cluster tls: {caFile, certFile, keyFile, serverName}, for an https:// endpoint; the files must load."""
+    if not doc.fields(node, {"caFile", "certFile", "keyFile", "serverName"}):
+        return None
+    if endpoint.scheme != "https":
+        doc.error(node, f"TLS settings need an https:// endpoint, not {endpoint}")
+        return None
+    ca, cert, key = doc.string(node, "caFile"), doc.string(node, "certFile"), doc.string(node, "keyFile")
+    server_name = doc.value(node, "serverName", parse_server_name)
+    if (cert is None) != (key is None):
+        doc.error(node, "certFile and keyFile go together (the client certificate and its key)")
+        return None
+    context, problem = upstream_context(ca, cert, key)
+    if problem is not None:
+        doc.error(node.get(problem[0]), problem[1])
+        return None
+    return UpstreamTls(ca, cert, key, server_name, context)
 
 
 def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:

@@ -6,7 +6,37 @@ non-negative weights, at least one of them positive.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """How the router speaks TLS to a cluster's https:// endpoint (Cluster spec.tls): the CAs that
+    verify it (None: the system's), a client certificate for mutual TLS, and the name sent in SNI
+    and checked in its certificate (None: the endpoint's host). `context` is built from the files
+    when the config is loaded; equal settings compare equal whatever the files held."""
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
+
+
+_system_context: ssl.SSLContext | None = None
+
+
+def system_client_context() -> ssl.SSLContext:
+    """One client context for https:// endpoints without spec.tls: the system's CAs, made once (each
+    context made reads the whole trust store)."""
+    global _system_context
+    if _system_context is None:
+        _system_context = ssl.create_default_context()
+    return _system_context
 
 
 @dataclass(frozen=True)
@@ -14,10 +44,22 @@ class Endpoint:
     scheme: str  # http | https
     host: str
     port: int
+    tls: UpstreamTls | None = None  # with https: the cluster's TLS settings (None: the defaults)
 
     @property
     def authority(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def connect_options(self) -> dict:
+        """Keyword arguments for loop.create_connection / asyncio.open_connection to this endpoint:
+        every connection to a cluster (requests, mirror copies, probes, wakes, readiness polls)
+        speaks TLS the same way."""
+        if self.scheme != "https":
+            return {}
+        tls = self.tls
+        if tls is None or tls.context is None:
+            return {"ssl": system_client_context(), "server_hostname": self.host}
+        return {"ssl": tls.context, "server_hostname": tls.server_name or self.host}
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"

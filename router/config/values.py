@@ -4,6 +4,7 @@ Each returns the parsed value or raises ValueError with a message fit for an ope
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import ssl
@@ -159,6 +160,44 @@ def check_tls_pair(cert_file: str, key_file: str) -> tuple[str, str] | None:
     except OSError as exc:
         return "certFile", f"cannot load the certificate chain and key: {exc}"
     return None
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}\.?$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?",
+                       re.IGNORECASE)
+
+
+def parse_server_name(value: object) -> str:
+    """A TLS server name (SNI, and the name the certificate must carry): a DNS name or an IP address."""
+    if isinstance(value, str) and _DNS_NAME.fullmatch(value):
+        return value.rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
+    except ValueError:
+        raise ValueError(f"expected a DNS name such as ingress.example.com, got {value!r}") from None
+
+
+def upstream_context(ca_file: str | None, cert_file: str | None,
+                     key_file: str | None) -> tuple[ssl.SSLContext | None, tuple[str, str] | None]:
+    """The client context for a cluster's TLS settings, or (None, (field at fault, message)).
+    Verification is always on: `ca_file` replaces the system's CAs, it does not turn checks off."""
+    if ca_file is not None:
+        try:
+            with open(ca_file, "rb") as fh:
+                if b"-----BEGIN CERTIFICATE-----" not in fh.read(1 << 22):
+                    return None, ("caFile", f"no PEM certificate in {ca_file}")
+        except OSError as exc:
+            return None, ("caFile", f"cannot read {ca_file}: {exc.strerror}")
+    if cert_file is not None:
+        problem = check_tls_pair(cert_file, key_file)
+        if problem is not None:
+            return None, problem
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        return None, ("caFile", f"cannot load the CA certificates in {ca_file}: {exc.reason or exc}")
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file, refuse_passphrase)
+    return context, None
 
 
 def refuse_passphrase() -> bytes:

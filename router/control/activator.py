@@ -208,7 +208,7 @@ class Activator:
         ep = cluster.endpoint
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(ep.host, ep.port, ssl=True if ep.scheme == "https" else None), POLL_TIMEOUT_S)
+                asyncio.open_connection(ep.host, ep.port, **ep.connect_options()), POLL_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError):
             return False
         try:

@@ -25,11 +25,10 @@ async def probe_once(cluster: ClusterConfig, timeout_s: float, dns: DnsCache | N
     reached at the address the data path uses (`dns`), so a failing resolver that the data path rides
     out on its last good addresses does not fail the probes either."""
     ep = cluster.endpoint
-    ssl_ctx = True if ep.scheme == "https" else None
     host = ep.host if dns is None else (await asyncio.wait_for(dns.resolve(ep.host, ep.port), timeout_s))[0]
     t0 = time.monotonic()  # the connect alone: it is an RTT sample
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, ep.port, ssl=ssl_ctx, server_hostname=ep.host if ssl_ctx else None), timeout_s)
+        asyncio.open_connection(host, ep.port, **ep.connect_options()), timeout_s)
     connect_s = time.monotonic() - t0
     try:
         t1 = time.monotonic()

@@ -22,7 +22,7 @@ class ConfigSource:
     def __init__(self, paths: list[str]):
         self.paths = list(paths)
         self.documents: tuple[tuple[str, str], ...] = ()  # custom resources read from a cluster
-        self.extra_files: tuple[str, ...] = ()  # files the config names and the router reads (TLS pair)
+        self.extra_files: tuple[str, ...] = ()  # files the config names and the router reads (TLS pairs, CAs)
         self.stamp = self._stamp()
 
     def _stamp(self) -> tuple:
@@ -46,6 +46,9 @@ class ConfigSource:
         config = load_config(*self.paths, documents=self.documents)
         tls = config.router.tls
         extra = (tls.cert_file, tls.key_file) if tls is not None else ()
+        for cluster in config.clusters:
+            if cluster.endpoint.tls is not None:
+                extra += tuple(f for f in cluster.endpoint.tls.files if f not in extra)
         if extra != self.extra_files:  # watched from now on: a renewed certificate reloads
             self.extra_files = extra
             self.stamp = self._stamp()

@@ -38,7 +38,7 @@ class HttpWake:
         ep = cluster.endpoint
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(ep.host, ep.port, ssl=True if ep.scheme == "https" else None), self.timeout_s)
+                asyncio.open_connection(ep.host, ep.port, **ep.connect_options()), self.timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             raise WakeError(f"cannot reach {cluster.name}: {exc or 'timeout'}") from None
         host = service.hosts[0] if service.hosts else ep.host

@@ -21,7 +21,7 @@ class RouteBackend:
     cluster: str
     weight: float
     endpoint: Endpoint
-    pool_key: tuple = ()  # (scheme, host, port): keys the upstream connection pool
+    pool_key: tuple = ()  # (scheme, host, port, TLS settings): keys the upstream connection pool
     max_requests: int | None = None  # the cluster's limit on requests in flight
 
 
@@ -191,7 +191,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
 
     def backend(cluster: str, weight: float) -> RouteBackend:
         ep = endpoints[cluster]
-        return RouteBackend(cluster, weight, ep, (ep.scheme, ep.host, ep.port), limits[cluster])
+        return RouteBackend(cluster, weight, ep, (ep.scheme, ep.host, ep.port, ep.tls), limits[cluster])
 
     def route(split: SplitConfig) -> Route:
         backends = tuple(backend(b.cluster, b.weight) for b in split.backends)

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
@@ -31,6 +32,10 @@ _exhaustion_logged = [float("-inf")]  # when it was last logged (one line per 10
 def _connect_failure(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "connect timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):  # what an operator needs to mend Cluster spec.tls
+        return f"TLS: certificate not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
     return "name resolution failed" if isinstance(exc, socket.gaierror) else "connect refused"
 
 

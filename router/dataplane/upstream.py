@@ -9,7 +9,6 @@ status line, maxHeaders): an upstream that sends more gets a 502, not the router
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 
 import httptools
@@ -182,7 +181,6 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self.max_idle = max_idle_per_endpoint
         self.idle: dict[tuple, deque[UpstreamConnection]] = {}
-        self._ssl = None
         self._sweep: asyncio.TimerHandle | None = None
         self.dns = DnsCache(loop)
 
@@ -197,12 +195,7 @@ class UpstreamPool:
 
     async def connect(self, endpoint: Endpoint, key: tuple, timeout_s: float,
                       limits: Limits = DEFAULT_LIMITS) -> UpstreamConnection:
-        kwargs = {}
-        if endpoint.scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            kwargs = {"ssl": self._ssl, "server_hostname": endpoint.host}
-        _, conn = await asyncio.wait_for(self._open(endpoint, key, limits, kwargs), timeout_s)
+        _, conn = await asyncio.wait_for(self._open(endpoint, key, limits, endpoint.connect_options()), timeout_s)
         conn.transport.set_write_buffer_limits(high=256 * 1024)
         return conn
 

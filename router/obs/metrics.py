@@ -74,6 +74,10 @@ class Metrics:
         self.tls_not_after = Gauge("router_tls_certificate_expiry_timestamp_seconds",
                                    "When the TLS certificate the listener serves expires (seconds since the epoch)",
                                    registry=r, multiprocess_mode="min")
+        self.upstream_tls_not_after = Gauge(
+            "router_upstream_tls_certificate_expiry_timestamp_seconds",
+            "When the client certificate the router shows a cluster (Cluster spec.tls) expires (seconds since the epoch)",
+            ["cluster"], registry=r, multiprocess_mode="min")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._counts: dict[tuple[str, int], int] = {}
         self._decisions: dict[str, int] = {}

@@ -108,7 +108,8 @@ def test_alerts_and_dashboard_use_exported_metrics():
     assert used and used <= exported, used - exported
     alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"EdgeRouterClusterEjected", "EdgeRouterBufferNearFull", "EdgeRouterWakeFailures",
-                      "EdgeRouterConfigReloadFailed", "EdgeRouterCertificateExpiresSoon"}
+                      "EdgeRouterConfigReloadFailed", "EdgeRouterCertificateExpiresSoon",
+                      "EdgeRouterClusterClientCertificateExpiresSoon"}
 
 
 def test_deployment_drains_within_its_grace_period():

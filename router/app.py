@@ -202,6 +202,8 @@ class RouterApp:
         self.ctx.pool.close_all()
         for copy in list(self.ctx.mirrors):
             copy.abort()
+        for handshake in list(self.ctx.handshakes):
+            handshake.cancel()
         if self.prober is not None:
             self.prober.stop()
         if self.ctx.activator is not None:
@@ -331,6 +333,7 @@ class RouterApp:
                 "open_files_limit": open_files_limit(), "next_start": self.reloader.next_start,
                 "dns": ctx.pool.dns.describe(), "tls": self.tls_state,
                 "https_redirect_port": self.redirect_port or None,
+                "proxy_protocol": self.config.router.proxy_protocol,
                 "max_connections": ctx.max_connections,
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
@@ -344,7 +347,7 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
     await app.start()
     app.install_signals()
     log.info("serving on %s:%d%s%s, admin on %s:%d; open files limit %d", app.listen[0], app.port,
-             " (TLS)" if app.tls_context else "",
+             (" (TLS)" if app.tls_context else "") + (" (PROXY protocol)" if app.config.router.proxy_protocol else ""),
              f", redirecting to https on port {app.redirect_port}" if app.redirect_server else "",
              app.admin_addr[0], app.admin_port, open_files_limit())
     await app.stopped.wait()

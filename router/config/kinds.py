@@ -60,7 +60,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
-                             "requestId", "escapedSlashes", "httpsRedirect"}):
+                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -122,7 +122,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           resources=_read_resources(doc, spec.get("resources")),
                           access_log=_read_access_log(doc, spec.get("accessLog")),
                           tls=_read_tls(doc, spec.get("tls")),
-                          https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport))
+                          https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport),
+                          proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False))
 
 
 def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:

@@ -301,6 +301,7 @@ class RouterSettings:
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
     https_redirect: HttpsRedirect | None = None  # a plain listener redirecting every request to https
+    proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None

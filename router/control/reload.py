@@ -72,6 +72,7 @@ def start_only_changes(started: Config, new: Config, overridden: frozenset[str] 
         ("probes.enabled", a.probes.enabled, b.probes.enabled), ("rttDecay", a.rtt_decay_s, b.rtt_decay_s),
         ("buffer", a.buffer, b.buffer), ("resources", a.resources, b.resources),
         ("accessLog", a.access_log, b.access_log), ("tls", a.tls is None, b.tls is None),
+        ("proxyProtocol", a.proxy_protocol, b.proxy_protocol),
         ("httpsRedirect", a.https_redirect, b.https_redirect))
         if old != now and name not in overridden]
     kube = {c.name: c.kubernetes for c in started.clusters}

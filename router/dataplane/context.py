@@ -65,6 +65,7 @@ class ProxyContext:
         self._id_count = 0
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
         self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
+        self.handshakes: set = set()  # TLS handshakes begun after a PROXY protocol header (tasks)
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""

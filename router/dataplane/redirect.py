@@ -9,7 +9,7 @@ import asyncio
 from ..config.model import HttpsRedirect
 from .context import ProxyContext
 from .exchange import Exchange
-from .server import ClientConnection
+from .server import ClientConnection, listen
 
 
 class HttpsRedirectExchange(Exchange):
@@ -34,5 +34,4 @@ class HttpsRedirectConnection(ClientConnection):
 async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,
                                reuse_port: bool = False) -> asyncio.base_events.Server:
     redirect = (b"https", None, settings.port, None, None, settings.status)
-    return await ctx.loop.create_server(lambda: HttpsRedirectConnection(ctx, redirect), host, port, backlog=1024,
-                                        reuse_port=reuse_port)
+    return await listen(ctx, lambda: HttpsRedirectConnection(ctx, redirect), host, port, reuse_port=reuse_port)

@@ -16,6 +16,7 @@ from .context import ProxyContext
 from .exchange import Exchange
 from .headers import HttpReject, forwarded_node, is_trusted, simple_response
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
+from .proxyproto import ProxyHeaderReader
 from .reader import PIPELINE_WINDOW, RequestReader, PastLastRequest
 from .request import Request
 from .timers import LazyTimer
@@ -66,9 +67,13 @@ class ClientConnection(RequestReader, asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
-        self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
+        self.accept(transport, peer[0] if peer else "")
+
+    def accept(self, transport, client_ip: str) -> None:
+        """A client connection from `client_ip`: the peer's, or the one a PROXY protocol header gave."""
+        self.transport = transport
+        self.client_ip = client_ip
         self.client_ip_bytes = self.client_ip.encode()
         self.forwarded_node = forwarded_node(self.client_ip)
         self.trusted_key: tuple | None = None  # (trusted proxies config, is this client trusted)
@@ -337,8 +342,19 @@ class ClientConnection(RequestReader, asyncio.Protocol):
 async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False,
                 ssl_context=None) -> asyncio.base_events.Server:
     """The client listener; with `ssl_context`, TLS, its handshake bounded by the header deadline."""
-    tls = {"ssl": ssl_context, "ssl_handshake_timeout": ctx.settings.timeouts.header_read_s} if ssl_context else {}
-    if sock is not None:
-        return await ctx.loop.create_server(lambda: ClientConnection(ctx), sock=sock, backlog=1024, **tls)
-    return await ctx.loop.create_server(lambda: ClientConnection(ctx), host, port, backlog=1024,
-                                        reuse_port=reuse_port, **tls)
+    return await listen(ctx, lambda: ClientConnection(ctx), host, port, sock, reuse_port, ssl_context)
+
+
+async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=None, reuse_port: bool = False,
+                 ssl_context=None) -> asyncio.base_events.Server:
+    """A client listener for `make_connection()`'s protocol; with the Router's proxyProtocol, each
+    connection's PROXY header is read first (and TLS begins after it)."""
+    if ctx.settings.proxy_protocol:
+        def factory():
+            return ProxyHeaderReader(ctx, make_connection, ssl_context)
+        tls = {}
+    else:
+        factory = make_connection
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": ctx.settings.timeouts.header_read_s} if ssl_context else {}
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_port": reuse_port}
+    return await ctx.loop.create_server(factory, backlog=1024, **where, **tls)

@@ -86,6 +86,8 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def connection_lost(self, exc):
+        if self.transport is None:  # never accepted: its TLS handshake (begun after a PROXY header) failed
+            return
         self.closed = True
         self.ctx.connections.discard(self)
         self.ctx.metrics.open_connections.dec()

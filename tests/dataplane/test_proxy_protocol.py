@@ -112,6 +112,20 @@ async def test_tls_begins_right_after_the_header(backends, router, tmp_path):
     writer.close()
 
 
+async def test_a_failed_handshake_after_the_header_leaves_nothing_behind(backends, router, tmp_path):
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, trustme.CA())
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(proxyProtocol=True, tls={"certFile": cert, "keyFile": key},
+                                  timeouts={"headerRead": "300ms"}))
+    header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"
+    for after in (GET, b"\x16\x03\x01\x00\x05hello", b""):  # plain HTTP, a broken record, no handshake at all
+        assert await closed_unanswered(app.port, header + after)
+    await wait_for(lambda: not app.ctx.handshakes, what="the handshakes ended")
+    assert app.metrics.registry.get_sample_value("router_open_connections") == 0 and not app.ctx.connections
+    assert b.seen == []
+
+
 async def test_the_redirect_listener_reads_the_header_too(backends, router):
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +

@@ -16,12 +16,20 @@ from .decisions import Forward
 HOST_MEMO_MAX = 4096
 
 
+def pool_key(ep: Endpoint) -> tuple:
+    """Connections are shared by endpoints with the same address and TLS settings. Plain strings: the
+    key is hashed for every request that takes a pooled connection."""
+    tls = ep.tls
+    tls_key = () if tls is None else (tls.ca_file, tls.cert_file, tls.key_file, tls.server_name)
+    return (ep.scheme, ep.host, ep.port, *tls_key)
+
+
 @dataclass(frozen=True)
 class RouteBackend:
     cluster: str
     weight: float
     endpoint: Endpoint
-    pool_key: tuple = ()  # (scheme, host, port, TLS settings): keys the upstream connection pool
+    pool_key: tuple = ()  # (scheme, host, port[, TLS settings]): keys the upstream connection pool
     max_requests: int | None = None  # the cluster's limit on requests in flight
 
 
@@ -191,7 +199,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
 
     def backend(cluster: str, weight: float) -> RouteBackend:
         ep = endpoints[cluster]
-        return RouteBackend(cluster, weight, ep, (ep.scheme, ep.host, ep.port, ep.tls), limits[cluster])
+        return RouteBackend(cluster, weight, ep, pool_key(ep), limits[cluster])
 
     def route(split: SplitConfig) -> Route:
         backends = tuple(backend(b.cluster, b.weight) for b in split.backends)

@@ -169,3 +169,10 @@ def test_cluster_tls_errors_name_the_field(tmp_path, pki):
     (cluster,) = load_config(str(ok)).clusters
     assert cluster.endpoint.tls.server_name == "ingress.example.com"
     assert cluster.endpoint.connect_options()["server_hostname"] == "ingress.example.com"
+    # connections made under other TLS settings are never shared with this cluster's
+    from dataclasses import replace
+
+    from router.core.snapshot import pool_key
+    plain = replace(cluster.endpoint, tls=None)
+    renamed = replace(cluster.endpoint, tls=replace(cluster.endpoint.tls, server_name="other.example.com"))
+    assert len({pool_key(cluster.endpoint), pool_key(plain), pool_key(renamed)}) == 3

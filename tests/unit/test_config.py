@@ -342,7 +342,7 @@ def test_mirror(tmp_path):
     assert [s.mirror for s in cfg.splits] == [Mirror("eu-central", 12.5), Mirror("ap-east", 30.0),
                                                Mirror("ap-east", 100.0)]
     route = build_snapshot(cfg, 1).route_for("s.example.com", "/")
-    assert route.mirror[0].cluster == "ap-east" and route.mirror[0].pool_key == ("https", "ap.example.com", 8443, None)
+    assert route.mirror[0].cluster == "ap-east" and route.mirror[0].pool_key == ("https", "ap.example.com", 8443)
     bad = httproute("""\
           rules:
           - filters:

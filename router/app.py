@@ -10,7 +10,6 @@ import asyncio
 import logging
 import signal
 import socket
-import ssl
 import time
 from dataclasses import asdict
 
@@ -30,7 +29,7 @@ from .core.snapshot import build_snapshot
 from .dataplane.context import ProxyContext
 from .dataplane.redirect import serve_https_redirect
 from .dataplane.server import serve
-from .dataplane.tls import certificate_not_after, replace_certificate, server_context
+from .dataplane.tls import ListenerTls, certificate_not_after
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
@@ -58,8 +57,7 @@ class RouterApp:
         self.server = None
         self.redirect_server = None  # the HTTPS redirect listener, with httpsRedirect
         self.redirect_port = 0
-        self.tls_context: ssl.SSLContext | None = None
-        self.tls_state: dict | None = None  # what /debug/state shows: the pair in use, loads, last error
+        self.listener_tls: ListenerTls | None = None  # the client listener's certificates, with Router tls
         self.admin: AdminServer | None = None
         self.port = self.admin_port = 0
         self.accepting = False
@@ -93,11 +91,9 @@ class RouterApp:
             self.admin_port = await self.admin.start(*self.admin_addr)
         tls = self.config.router.tls
         if tls is not None:
-            self.tls_context = server_context(tls.cert_file, tls.key_file)
-            self.tls_state = {"cert_file": tls.cert_file, "key_file": tls.key_file, "loads": 1, "last_error": None}
-            self._note_certificate(tls.cert_file)
+            self.listener_tls = ListenerTls(tls, self.metrics.tls_not_after)
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
-                                  ssl_context=self.tls_context)
+                                  ssl_context=self.listener_tls.context if self.listener_tls else None)
         self.port = self.server.sockets[0].getsockname()[1]
         redirect = self.config.router.https_redirect
         if redirect is not None:
@@ -232,16 +228,8 @@ class RouterApp:
         if self.prober is not None:
             self.prober.sync()
         self._note_client_certificates(config)
-        tls = config.router.tls
-        if self.tls_context is not None and tls is not None:  # new handshakes get the pair as it is now
-            state = self.tls_state
-            try:
-                replace_certificate(self.tls_context, tls.cert_file, tls.key_file)
-                state.update(cert_file=tls.cert_file, key_file=tls.key_file, loads=state["loads"] + 1, last_error=None)
-                self._note_certificate(tls.cert_file)
-            except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last one
-                state["last_error"] = str(exc)
-                log.error("TLS certificate %s not replaced, keeping the last one: %s", tls.cert_file, exc)
+        if self.listener_tls is not None and config.router.tls is not None:  # new handshakes get the files as they are
+            self.listener_tls.reload(config.router.tls)
 
     @staticmethod
     def _upstream_tls_state(cluster: ClusterConfig) -> dict | None:
@@ -273,18 +261,6 @@ class RouterApp:
                 if not_after <= time.time():
                     log.warning("client certificate %s for cluster %s has expired: the cluster will refuse it",
                                 tls.cert_file, cluster.name)
-
-    def _note_certificate(self, cert_file: str) -> None:
-        """The served certificate's expiry: in /debug/state and the metrics, and a warning once it has passed."""
-        not_after = certificate_not_after(cert_file)
-        self.tls_state["not_after"] = None if not_after is None else \
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after))
-        if not_after is None:
-            return
-        self.metrics.tls_not_after.set(not_after)
-        if not_after <= time.time():
-            log.warning("TLS certificate %s expired at %s: clients will refuse it", cert_file,
-                        self.tls_state["not_after"])
 
     async def drain(self) -> dict:
         self.ctx.start_drain()
@@ -331,7 +307,7 @@ class RouterApp:
         return {"config_version": snap.version, "files": list(snap.config.files), "ready": self.ready(),
                 "open_connections": len(ctx.connections), "last_reload_error": self.reloader.last_error,
                 "open_files_limit": open_files_limit(), "next_start": self.reloader.next_start,
-                "dns": ctx.pool.dns.describe(), "tls": self.tls_state,
+                "dns": ctx.pool.dns.describe(), "tls": self.listener_tls.state() if self.listener_tls else None,
                 "https_redirect_port": self.redirect_port or None,
                 "proxy_protocol": self.config.router.proxy_protocol,
                 "max_connections": ctx.max_connections,
@@ -347,7 +323,7 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
     await app.start()
     app.install_signals()
     log.info("serving on %s:%d%s%s, admin on %s:%d; open files limit %d", app.listen[0], app.port,
-             (" (TLS)" if app.tls_context else "") + (" (PROXY protocol)" if app.config.router.proxy_protocol else ""),
+             (" (TLS)" if app.listener_tls else "") + (" (PROXY protocol)" if app.config.router.proxy_protocol else ""),
              f", redirecting to https on port {app.redirect_port}" if app.redirect_server else "",
              app.admin_addr[0], app.admin_port, open_files_limit())
     await app.stopped.wait()

@@ -10,7 +10,8 @@ from typing import Any, Callable
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
 from .model import (BufferSettings, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef, Limits, Probes,
-                    ResourceWatch, RouterSettings, ServiceConfig, Timeouts, Tls, UpstreamTls, Workload)
+                    ResourceWatch, RouterSettings, ServiceConfig, SniCertificate, Timeouts, Tls, UpstreamTls,
+                    Workload)
 from .values import (check_tls_pair, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
                      parse_server_name, parse_size, upstream_context)
 from .yamlsrc import Node
@@ -141,9 +142,31 @@ def _read_access_log(doc: Doc, node: Node | None) -> str | None:
 
 
 def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
-    """tls: {certFile: PATH, keyFile: PATH}; the pair must load (as `nginx -t` checks)."""
-    if not doc.fields(node, {"certFile", "keyFile"}, {"certFile", "keyFile"}):
+    """tls: {certFile: PATH, keyFile: PATH, sni: [{hosts: [NAME], certFile, keyFile}]}; each pair must
+    load (as `nginx -t` checks), and a host name may pick one certificate only."""
+    if not doc.fields(node, {"certFile", "keyFile", "sni"}, {"certFile", "keyFile"}):
         return None
+    default = _read_pair(doc, node)
+    sni, seen = [], set()
+    for item in doc.seq(node, "sni"):
+        if not doc.fields(item, {"hosts", "certFile", "keyFile"}, {"hosts", "certFile", "keyFile"}):
+            continue
+        host_nodes = doc.seq(item, "hosts")
+        hosts = read_hosts(doc, host_nodes)
+        for host, host_node in zip(hosts, host_nodes):
+            if host in seen:
+                doc.error(host_node, f"{host!r} already picks another certificate")
+            seen.add(host)
+        if not host_nodes and item.get("hosts") is not None:
+            doc.error(item.get("hosts"), "expected at least one host name")
+        pair = _read_pair(doc, item)
+        if pair is not None and hosts:
+            sni.append(SniCertificate(hosts, *pair))
+    return Tls(*default, tuple(sni)) if default is not None else None
+
+
+def _read_pair(doc: Doc, node: Node) -> tuple[str, str] | None:
+    """certFile and keyFile of `node`, when the pair loads."""
     cert, key = doc.string(node, "certFile"), doc.string(node, "keyFile")
     if cert is None or key is None:
         return None
@@ -151,7 +174,7 @@ def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
     if problem is not None:
         doc.error(node.get(problem[0]), problem[1])
         return None
-    return Tls(cert, key)
+    return cert, key
 
 
 def _read_upstream_tls(doc: Doc, node: Node, endpoint: Endpoint) -> UpstreamTls | None:

@@ -251,10 +251,25 @@ class ResourceWatch:
 
 
 @dataclass(frozen=True)
-class Tls:
-    """TLS on the client listener: a PEM certificate chain (leaf first) and its private key."""
+class SniCertificate:
+    """A certificate the client listener serves to clients that ask for one of `hosts` (SNI): exact
+    names, and "*.example.com" for any name under example.com."""
+    hosts: tuple[str, ...]
     cert_file: str
     key_file: str
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS on the client listener: a PEM certificate chain (leaf first) and its private key, served
+    when no `sni` entry names the host the client asked for (or it asked for none)."""
+    cert_file: str
+    key_file: str
+    sni: tuple[SniCertificate, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.cert_file, self.key_file, *(f for c in self.sni for f in (c.cert_file, c.key_file)))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class ConfigSource:
     def load(self) -> Config:
         config = load_config(*self.paths, documents=self.documents)
         tls = config.router.tls
-        extra = (tls.cert_file, tls.key_file) if tls is not None else ()
+        extra = tls.files if tls is not None else ()
         for cluster in config.clusters:
             if cluster.endpoint.tls is not None:
                 extra += tuple(f for f in cluster.endpoint.tls.files if f not in extra)

@@ -1,19 +1,26 @@
-"""TLS on the client listener: the server context, and certificates replaced while serving.
+"""TLS on the client listener: the server context, certificates chosen by SNI, and certificates
+replaced while serving.
 
-The context is made once at start and handed to the listener; a reload (or a change of the
-certificate files: a Kubernetes Secret update, cert-manager's renewal) loads the new chain
-into that same context, so new handshakes get it and open connections keep theirs. The pair
-is first loaded into a scratch context: a bad pair is refused without touching the live one.
+The default context is made once at start and handed to the listener; a reload (or a change of the
+certificate files: a Kubernetes Secret update, cert-manager's renewal) loads the new chain into
+that same context, so new handshakes get it and open connections keep theirs. The pair is first
+loaded into a scratch context: a bad pair is refused without touching the live one. Certificates
+for other host names (Router tls.sni) live in contexts of their own, built anew on each reload and
+swapped in whole; the default context's SNI callback hands a handshake to the one its name picks.
 """
 from __future__ import annotations
 
 import base64
 import calendar
+import logging
 import re
 import ssl
 import time
 
+from ..config.model import Tls
 from ..config.values import refuse_passphrase
+
+log = logging.getLogger("router.tls")
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
 _UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
@@ -34,6 +41,85 @@ def replace_certificate(live: ssl.SSLContext, cert_file: str, key_file: str) -> 
     does not load."""
     server_context(cert_file, key_file)
     live.load_cert_chain(cert_file, key_file, refuse_passphrase)
+
+
+class ListenerTls:
+    """The client listener's certificates: the default context, the SNI contexts by host name, and what
+    /debug/state and the expiry gauge show of them."""
+
+    def __init__(self, tls: Tls, expiry_gauge):
+        self.context = server_context(tls.cert_file, tls.key_file)
+        self.context.sni_callback = self._pick
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.suffixes: dict[str, ssl.SSLContext] = {}  # ".example.com" for "*.example.com"
+        self.expiry_gauge = expiry_gauge
+        self.loads = 0
+        self.last_error: str | None = None
+        self.served: list[dict] = []
+        self._install(tls, first=True)
+
+    def reload(self, tls: Tls) -> None:
+        """New handshakes get the certificates as the files are now; on an error the last ones stay."""
+        try:
+            self._install(tls, first=False)
+        except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last ones
+            self.last_error = str(exc)
+            log.error("TLS certificates not replaced, keeping the last ones: %s", exc)
+
+    def _install(self, tls: Tls, first: bool) -> None:
+        exact, suffixes = {}, {}
+        for entry in tls.sni:  # built aside, swapped in whole below
+            ctx = server_context(entry.cert_file, entry.key_file)
+            for host in entry.hosts:
+                if host.startswith("*."):
+                    suffixes[host[1:]] = ctx
+                else:
+                    exact[host] = ctx
+        if not first:
+            replace_certificate(self.context, tls.cert_file, tls.key_file)
+        self.exact, self.suffixes = exact, suffixes
+        self.loads += 1
+        self.last_error = None
+        self.served = [{"hosts": ["*"], "cert_file": tls.cert_file, "key_file": tls.key_file}] + [
+            {"hosts": list(e.hosts), "cert_file": e.cert_file, "key_file": e.key_file} for e in tls.sni]
+        self._note_expiry()
+
+    def _pick(self, ssl_object, server_name: str | None, _default) -> None:
+        """SNI callback: the exact name's certificate, else the longest wildcard's, else the default."""
+        if not server_name:
+            return None
+        name = server_name.lower().rstrip(".")
+        ctx = self.exact.get(name)
+        if ctx is None:
+            dot = name.find(".")
+            while dot != -1 and ctx is None:
+                ctx = self.suffixes.get(name[dot:])
+                dot = name.find(".", dot + 1)
+        if ctx is not None:
+            ssl_object.context = ctx
+        return None
+
+    def _note_expiry(self) -> None:
+        """Each certificate's expiry in the state; the soonest in the gauge; a warning for any that has passed."""
+        soonest = None
+        for cert in self.served:
+            not_after = certificate_not_after(cert["cert_file"])
+            cert["not_after"] = None if not_after is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                             time.gmtime(not_after))
+            if not_after is None:
+                continue
+            soonest = not_after if soonest is None else min(soonest, not_after)
+            if not_after <= time.time():
+                log.warning("TLS certificate %s expired at %s: clients will refuse it", cert["cert_file"],
+                            cert["not_after"])
+        if soonest is not None:
+            self.expiry_gauge.set(soonest)
+
+    def state(self) -> dict:
+        """What /debug/state shows: the default pair (as before), every certificate, loads, the last error."""
+        default = self.served[0]
+        return {"cert_file": default["cert_file"], "key_file": default["key_file"], "not_after": default["not_after"],
+                "certificates": self.served, "loads": self.loads, "last_error": self.last_error}
 
 
 def certificate_not_after(cert_file: str) -> float | None:

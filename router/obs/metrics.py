@@ -72,7 +72,7 @@ class Metrics:
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
         self.tls_not_after = Gauge("router_tls_certificate_expiry_timestamp_seconds",
-                                   "When the TLS certificate the listener serves expires (seconds since the epoch)",
+                                   "When the first of the TLS certificates the listener serves expires (seconds since the epoch)",
                                    registry=r, multiprocess_mode="min")
         self.upstream_tls_not_after = Gauge(
             "router_upstream_tls_certificate_expiry_timestamp_seconds",

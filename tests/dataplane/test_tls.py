@@ -231,3 +231,77 @@ async def test_certificate_expiry_in_metrics_and_state_and_an_expired_one_is_war
                                                                       ).timestamp()
     assert app.state()["tls"]["not_after"] == "2021-06-30T00:00:00Z"
     assert f"TLS certificate {cert} expired at 2021-06-30T00:00:00Z" in caplog.text
+
+
+def write_named_pair(tmp_path, ca, host: str, stem: str) -> tuple[str, str, bytes]:
+    """A certificate for `host` from `ca` in STEM.pem / STEM-key.pem (replaced whole); its DER form."""
+    issued = ca.issue_cert(host)
+    cert, key = tmp_path / f"{stem}.pem", tmp_path / f"{stem}-key.pem"
+    for path, blob in ((cert, issued.cert_chain_pems[0].bytes()), (key, issued.private_key_pem.bytes())):
+        path.with_suffix(".new").write_bytes(blob)
+        os.replace(path.with_suffix(".new"), path)
+    return str(cert), str(key), ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+
+async def test_sni_picks_the_certificate_for_the_name_the_client_asks_for(backends, router, ca, tmp_path):
+    (b,) = await backends("a")
+    cert, key, default_der = write_pair(tmp_path, ca)
+    shop_cert, shop_key, shop_der = write_named_pair(tmp_path, ca, "shop.example.com", "shop")
+    other_cert, other_key, other_der = write_named_pair(tmp_path, ca, "*.other.org", "other")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(tls={
+        "certFile": cert, "keyFile": key,
+        "sni": [{"hosts": ["shop.example.com"], "certFile": shop_cert, "keyFile": shop_key},
+                {"hosts": ["*.other.org"], "certFile": other_cert, "keyFile": other_key}]}), watch_interval_s=0.05)
+    ctx = client_context(ca)
+
+    async def served(name: str, check: ssl.SSLContext = ctx) -> bytes:
+        """The certificate the router showed a client asking for `name` (verified for it), after a request."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port, ssl=check, server_hostname=name)
+        try:
+            assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+            writer.write(b"GET / HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n")
+            status, headers, _ = await read_response(reader)
+            assert status == 200 and headers["x-router-cluster"] == "a"
+            return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            writer.close()
+
+    assert await served("shop.example.com") == shop_der
+    assert await served("api.other.org") == other_der
+    # a wildcard entry covers every name under it, most specific entry first (as Envoy's server_names);
+    # a certificate's own wildcard covers one label, so this client checks the chain but not the name
+    unnamed = client_context(ca)
+    unnamed.check_hostname = False
+    assert await served("a.b.other.org", unnamed) == other_der
+    assert await served("localhost") == default_der  # no entry for it: the default certificate
+    with pytest.raises(ssl.SSLCertVerificationError):  # a name nothing covers gets the default, which does not fit
+        await served("unknown.example.com")
+    state = app.state()["tls"]
+    assert [c["hosts"] for c in state["certificates"]] == [["*"], ["shop.example.com"], ["*.other.org"]]
+    assert all(c["not_after"] for c in state["certificates"]) and state["cert_file"] == cert
+    # a renewed certificate for one name is served from the next handshake
+    loads = state["loads"]
+    _, _, renewed_der = write_named_pair(tmp_path, ca, "shop.example.com", "shop")
+    await wait_for(lambda: app.state()["tls"]["loads"] > loads, what="the reload after the renewal")
+    assert await served("shop.example.com") == renewed_der != shop_der
+    assert await served("api.other.org") == other_der
+
+
+async def test_sni_entries_are_checked(tmp_path, ca):
+    from router.config.errors import ConfigError
+    from router.config.loader import load_config
+    cert, key, _ = write_pair(tmp_path, ca)
+    shop_cert, shop_key, _ = write_named_pair(tmp_path, ca, "shop.example.com", "shop")
+    entry = {"hosts": ["shop.example.com"], "certFile": shop_cert, "keyFile": shop_key}
+    cases = [([entry, {**entry, "hosts": ["a.example.com", "shop.example.com"]}],
+              "spec.tls.sni[1].hosts[1]: 'shop.example.com' already picks another certificate"),
+             ([{**entry, "keyFile": key}], "spec.tls.sni[0].keyFile: the private key does not match"),
+             ([{**entry, "hosts": []}], "spec.tls.sni[0].hosts: expected at least one host name"),
+             ([{"hosts": ["x.example.com"], "certFile": shop_cert}], "missing required field 'spec.tls.sni[0].keyFile'"),
+             ([{**entry, "hosts": ["bad host"]}], "spec.tls.sni[0].hosts[0]: host must be a DNS name")]
+    for i, (sni, expected) in enumerate(cases):
+        path = tmp_path / f"r{i}.yaml"
+        path.write_text(router_doc(tls={"certFile": cert, "keyFile": key, "sni": sni}))
+        with pytest.raises(ConfigError) as err:
+            load_config(str(path))
+        assert expected in str(err.value), (expected, str(err.value))

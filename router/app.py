@@ -18,6 +18,7 @@ from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
 from .control.keepwarm import KeepWarmer
+from .control.preconnect import Preconnector
 from .control.kube_wake import CompositeWake, KnativeMinScaleWake, KubernetesScaleWake
 from .control.kubernetes import KubernetesDiscovery
 from .control.wake import HttpWake
@@ -25,7 +26,7 @@ from .control.probes import Prober
 from .control.reload import ConfigSource, Reloader, cli_overrides
 from .control.resources import ResourceWatcher
 from .core.choice import effective_weights
-from .core.snapshot import build_snapshot
+from .core.snapshot import build_snapshot, pool_key
 from .dataplane.context import ProxyContext
 from .dataplane.redirect import serve_https_redirect
 from .dataplane.server import serve
@@ -67,6 +68,7 @@ class RouterApp:
         self.wake_trigger = wake_trigger
         self.prober: Prober | None = None
         self.keepwarm: KeepWarmer | None = None
+        self.preconnector: Preconnector | None = None
         self.kube: KubernetesDiscovery | None = None
         self.resources: ResourceWatcher | None = None
         self.discovery = []
@@ -141,6 +143,8 @@ class RouterApp:
         self.keepwarm = KeepWarmer(ctx, ctx.activator)
         ctx.keep_warm = self.keepwarm.policy
         self.keepwarm.start(asyncio.get_running_loop())
+        self.preconnector = Preconnector(ctx)
+        self.preconnector.start(asyncio.get_running_loop())
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -195,6 +199,8 @@ class RouterApp:
             conn.abort()
         if self.ctx.connections:
             log.warning("drain deadline passed with %d connections open", len(self.ctx.connections))
+        if self.preconnector is not None:  # before the pool closes: no connection is handed to it after
+            self.preconnector.stop()
         self.ctx.pool.close_all()
         for copy in list(self.ctx.mirrors):
             copy.abort()
@@ -278,6 +284,7 @@ class RouterApp:
                              "health": ctx.health.describe(c.name, now), "rtt_s": rtt.rtt(c.name),
                              "connect_s": rtt.connect_time(c.name), "inflight": ctx.inflight.get(c.name, 0),
                              "max_requests": c.max_requests, "tls": self._upstream_tls_state(c),
+                             "preconnect": c.preconnect, "idle_connections": ctx.pool.idle_count(pool_key(c.endpoint)),
                              "last_probe": self.prober.last.get(c.name) if self.prober else None}
                     for c in snap.config.clusters}
         routes = []

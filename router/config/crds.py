@@ -73,6 +73,7 @@ CLUSTER_SPEC = {
     "properties": {
         "endpoint": {"type": "string", "pattern": r"^https?://[^/\s]+/?$"},
         "maxRequests": {"type": "integer", "minimum": 1},
+        "preconnect": {"type": "integer", "minimum": 0, "maximum": 64},
         "kubernetes": {"type": "object", "properties": {"kubeconfig": {"type": "string"},
                                                         "context": {"type": "string"},
                                                         "inCluster": {"type": "boolean"}}},

@@ -28,7 +28,7 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
         else:
             labels = {str(k): str(c.value) for k, c in lab.children.items()}
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests", "tls"}, {"endpoint"}):
+    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests", "tls", "preconnect"}, {"endpoint"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -43,6 +43,7 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
     if doc.fields(pnode, {"path"}):
         probe_path = doc.value(pnode, "path", parse_path, "/")
     max_requests = doc.value(spec, "maxRequests", positive_int)
+    preconnect = doc.value(spec, "preconnect", _preconnect_count, 0)
     if not name or endpoint is None:
         return None
     tnode = spec.get("tls")
@@ -52,7 +53,14 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
             return None
         endpoint = replace(endpoint, tls=tls)
     return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
-                         f"{doc.root.file}:{doc.root.line}", max_requests)
+                         f"{doc.root.file}:{doc.root.line}", max_requests, preconnect)
+
+
+def _preconnect_count(v: Any) -> int:
+    """Idle connections to keep open to a cluster: 0 (none, the default) to 64."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 64:
+        raise ValueError(f"expected a number of connections from 0 to 64, got {v!r}")
+    return v
 
 
 def read_router(doc: Doc) -> RouterSettings | None:

@@ -81,6 +81,7 @@ class ClusterConfig:
     kubernetes: KubernetesRef | None = None
     source: str = ""
     max_requests: int | None = None  # requests in flight to it at once (a circuit breaker); None: no limit
+    preconnect: int = 0  # idle connections kept open to it, ready for requests
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)

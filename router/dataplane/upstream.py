@@ -193,6 +193,10 @@ class UpstreamPool:
                 return conn
         return None
 
+    def idle_count(self, key: tuple) -> int:
+        """Idle pooled connections under `key` that are still open."""
+        return sum(1 for conn in self.idle.get(key, ()) if not conn.closed)
+
     async def connect(self, endpoint: Endpoint, key: tuple, timeout_s: float,
                       limits: Limits = DEFAULT_LIMITS) -> UpstreamConnection:
         _, conn = await asyncio.wait_for(self._open(endpoint, key, limits, endpoint.connect_options()), timeout_s)

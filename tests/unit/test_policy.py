@@ -297,3 +297,12 @@ def test_a_cluster_at_its_request_limit_is_passed_over_and_all_full_is_503(algor
     assert isinstance(d, Reject) and d.status == 503 and "request limit" in d.reason
     p.finish("", "us-west")
     assert choose_backend(one, p, 1.0, random.Random(1)).backend.cluster == "us-west"
+
+
+def test_preconnect_opens_what_is_missing_for_healthy_clusters_only():
+    from router.core.preconnect import connections_to_open
+    wanted = {"near": 2, "far": 4, "broken": 2}
+    healthy = lambda name: name != "broken"  # noqa: E731
+    assert connections_to_open(wanted, {}, {}, healthy) == {"near": 2, "far": 4}
+    assert connections_to_open(wanted, {"near": 1, "far": 1}, {"far": 2}, healthy) == {"near": 1, "far": 1}
+    assert connections_to_open(wanted, {"near": 3, "far": 4}, {}, healthy) == {}  # more idle than asked: none closed

@@ -9,40 +9,21 @@ its idle timeout while the next request is expected.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
 
 from ..core.keepwarm import KeepWarmPolicy
+from .ticker import TickLoop
 
-log = logging.getLogger("router.keepwarm")
 TICK_S = 2.5
 
 
-class KeepWarmer:
+class KeepWarmer(TickLoop):
+    name = "keep-warm"
+
     def __init__(self, ctx, activator, policy: KeepWarmPolicy | None = None, rng: random.Random | None = None):
+        super().__init__(TICK_S, jitter=0.2, rng=rng)
         self.ctx, self.activator = ctx, activator
         self.policy = policy or KeepWarmPolicy()
-        self.rng = rng or random.Random()
-        self.pings: set[asyncio.Task] = set()
-        self.task: asyncio.Task | None = None
-        self.tick_s = TICK_S
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.task = loop.create_task(self._run())
-
-    def stop(self) -> None:
-        for task in [self.task, *self.pings]:
-            if task is not None:
-                task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:  # a bug here must not stop keep-warm for good
-                log.exception("keep-warm tick failed")
-            await asyncio.sleep(self.tick_s * self.rng.uniform(0.8, 1.2))
 
     def tick(self) -> list[tuple[str, str, str]]:
         """Decide with the policy, then act. Returns the actions (for tests and logs)."""
@@ -58,9 +39,7 @@ class KeepWarmer:
             if action == "wake":
                 self.activator.wake_in_background(svc, cluster, "keepwarm")
             else:
-                task = asyncio.get_running_loop().create_task(self._ping(svc, cluster))
-                self.pings.add(task)
-                task.add_done_callback(self.pings.discard)
+                self.spawn(self._ping(svc, cluster))
         return actions
 
     async def _ping(self, svc, cluster: str) -> None:

@@ -14,34 +14,19 @@ import logging
 
 from ..core.preconnect import connections_to_open
 from ..core.snapshot import pool_key
+from .ticker import TickLoop
 
 log = logging.getLogger("router.preconnect")
 TICK_S = 1.0
 
 
-class Preconnector:
+class Preconnector(TickLoop):
+    name = "preconnect"
+
     def __init__(self, ctx, tick_s: float = TICK_S):
+        super().__init__(tick_s)
         self.ctx = ctx
-        self.tick_s = tick_s
         self.opening: dict[str, int] = {}
-        self.connects: set[asyncio.Task] = set()
-        self.task: asyncio.Task | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.task = loop.create_task(self._run())
-
-    def stop(self) -> None:
-        for task in [self.task, *self.connects]:
-            if task is not None:
-                task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:  # a bug here must not stop preconnecting for good
-                log.exception("preconnect tick failed")
-            await asyncio.sleep(self.tick_s)
 
     def tick(self) -> dict[str, int]:
         """Decide with the policy, then open. Returns the plan (for tests)."""
@@ -53,13 +38,10 @@ class Preconnector:
         idle = {name: ctx.pool.idle_count(pool_key(c.endpoint)) for name, c in clusters.items()}
         plan = connections_to_open({name: c.preconnect for name, c in clusters.items()}, idle, self.opening,
                                    lambda name: ctx.health.is_healthy(name, now))
-        loop = asyncio.get_running_loop()
         for name, n in plan.items():
             for _ in range(n):
                 self.opening[name] = self.opening.get(name, 0) + 1
-                task = loop.create_task(self._open(clusters[name]))
-                self.connects.add(task)
-                task.add_done_callback(self.connects.discard)
+                self.spawn(self._open(clusters[name]))
         return plan
 
     async def _open(self, cluster) -> None:

@@ -81,7 +81,7 @@ async def test_no_connections_to_a_cluster_out_of_rotation(router):
         app.ctx.health.on_connect_failure("a", app.ctx.clock(), "connect refused")
         for _ in range(3):
             assert app.preconnector.tick() == {}
-        assert not app.preconnector.connects and up.accepted == 0
+        assert not app.preconnector.tasks and up.accepted == 0
         for ok in (False, True, True):  # the probes saw it down, then pass twice: back in rotation
             app.ctx.health.on_probe("a", ok, app.ctx.clock())
         assert app.preconnector.tick() == {"a": 3}

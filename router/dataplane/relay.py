@@ -248,7 +248,7 @@ class ResponseRelay:
     def _record(self, cluster: str, status: int, now: float, reason: str = "") -> None:
         """The request's answer in the metrics and, when configured, the access log."""
         req, ctx = self.req, self.ctx
-        ctx.metrics.count_request(cluster, status, now - req.t0)
+        ctx.metrics.count_request(cluster, status, now - req.t0, self.route.name if self.route is not None else "-")
         if ctx.access_log is not None:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen

@@ -16,10 +16,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("router_requests_total", "Requests answered, by cluster and status code",
-                                ["cluster", "code"], registry=r)
+        # By route too: clusters are regions every service shares, so a service failing in one region
+        # shows only by route ("-": answered before a route was found, or by the redirect listener).
+        self.requests = Counter("router_requests_total", "Requests answered, by cluster, status code and route",
+                                ["cluster", "code", "route"], registry=r)
         self.request_duration = Histogram("router_request_duration_seconds",
-                                          "Time from request head to end of response", ["cluster"],
+                                          "Time from request head to end of response", ["cluster", "route"],
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.connect_duration = Histogram("router_upstream_connect_seconds", "Upstream TCP connect time",
                                           ["cluster"], buckets=LATENCY_BUCKETS, registry=r)
@@ -82,17 +84,18 @@ class Metrics:
             "When the client certificate the router shows a cluster (Cluster spec.tls) expires (seconds since the epoch)",
             ["cluster"], registry=r, multiprocess_mode="min")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
-        self._counts: dict[tuple[str, int], int] = {}
         self._decisions: dict[str, int] = {}
-        self._latency: dict[str, list] = {}  # cluster -> per-bucket counts + [sum]
+        # (cluster, route) -> (status code -> requests, per-bucket latency counts + [sum])
+        self._answered: dict[tuple[str, str], tuple[dict, list]] = {}
 
-    def count_request(self, cluster: str, code: int, duration_s: float) -> None:
+    def count_request(self, cluster: str, code: int, duration_s: float, route: str = "-") -> None:
         """Hot path: plain dict arithmetic, folded into the exported series by flush()."""
-        key = (cluster, code)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        lat = self._latency.get(cluster)
-        if lat is None:
-            lat = self._latency[cluster] = [0] * len(self._bounds) + [0.0]
+        where = (cluster, route)
+        seen = self._answered.get(where)
+        if seen is None:
+            seen = self._answered[where] = ({}, [0] * len(self._bounds) + [0.0])
+        codes, lat = seen
+        codes[code] = codes.get(code, 0) + 1
         lat[bisect_left(self._bounds, duration_s)] += 1
         lat[-1] += duration_s
 
@@ -102,15 +105,14 @@ class Metrics:
     def flush(self) -> None:
         """Move what count_request gathered into the prometheus series (before each scrape,
         and every second in worker processes, whose series are merged from files)."""
-        counts, self._counts = self._counts, {}
+        answered, self._answered = self._answered, {}
         decisions, self._decisions = self._decisions, {}
         for reason, n in decisions.items():
             self.decisions.labels(reason).inc(n)
-        latency, self._latency = self._latency, {}
-        for (cluster, code), n in counts.items():
-            self.requests.labels(cluster, str(code)).inc(n)
-        for cluster, lat in latency.items():
-            child = self.request_duration.labels(cluster)
+        for (cluster, route), (codes, lat) in answered.items():
+            for code, n in codes.items():
+                self.requests.labels(cluster, str(code), route).inc(n)
+            child = self.request_duration.labels(cluster, route)
             # Histogram children keep one non-cumulative value per bucket plus the sum.
             for i, n in enumerate(lat[:-1]):
                 if n:

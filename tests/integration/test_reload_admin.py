@@ -152,17 +152,22 @@ async def test_sighup_reloads(backends, tmp_path):
         await wait_for(moved, timeout_s=5, interval_s=0.1, what="SIGHUP reload")
 
 
-async def test_metrics_count_requests_by_cluster_and_code(backends, router):
+async def test_metrics_count_requests_by_cluster_code_and_route(backends, router):
     (a,) = await backends("a")
     a.status = 503
-    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}, hosts=["h"]) +
+                       split_doc({"a": 1}, name="other", hosts=["o"]))
     await keepalive_text_any(app.port, 3)
+    await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n")
+    await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: nowhere\r\nConnection: close\r\n\r\n")
     _, text = await admin(app, "GET", "/metrics", token=None)
-    assert 'router_requests_total{cluster="a",code="503"} 3.0' in text
-    assert 'router_request_duration_seconds_count{cluster="a"} 3.0' in text
-    assert 'router_request_duration_seconds_bucket{cluster="a",le="+Inf"} 3.0' in text
+    assert 'router_requests_total{cluster="a",code="503",route="other"} 1.0' in text
+    assert 'router_requests_total{cluster="-",code="404",route="-"} 1.0' in text  # no route for its host
+    assert 'router_requests_total{cluster="a",code="503",route="split"} 3.0' in text
+    assert 'router_request_duration_seconds_count{cluster="a",route="split"} 3.0' in text
+    assert 'router_request_duration_seconds_bucket{cluster="a",le="+Inf",route="split"} 3.0' in text
     _, again = await admin(app, "GET", "/metrics", token=None)
-    assert 'router_requests_total{cluster="a",code="503"} 3.0' in again  # a scrape does not double count
+    assert 'router_requests_total{cluster="a",code="503",route="split"} 3.0' in again  # a scrape does not double count
 
 
 async def keepalive_text_any(port, n):

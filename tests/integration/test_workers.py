@@ -25,7 +25,7 @@ async def test_two_workers_share_the_port_and_merge_metrics(backends, tmp_path):
             async def counted():  # workers fold their counts into the shared series every second
                 async with s.get(f"http://127.0.0.1:{rp.admin_port}/metrics") as r:
                     text = await r.text()
-                found = re.findall(r'router_requests_total\{cluster="a",code="200"\} ([\d.e+]+)', text)
+                found = re.findall(r'router_requests_total\{cluster="a",code="200",route="split"\} ([\d.e+]+)', text)
                 return sum(float(v) for v in found) == 1000
             await wait_for(counted, timeout_s=5, interval_s=0.2, what="1000 requests in the merged metrics")
             # Both workers took connections: each worker's series carries its pid before merging.

@@ -248,11 +248,12 @@ class ResponseRelay:
     def _record(self, cluster: str, status: int, now: float, reason: str = "") -> None:
         """The request's answer in the metrics and, when configured, the access log."""
         req, ctx = self.req, self.ctx
-        ctx.metrics.count_request(cluster, status, now - req.t0, self.route.name if self.route is not None else "-")
+        route = self.route.name if self.route is not None else "-"
+        ctx.metrics.count_request(cluster, status, now - req.t0, route)
         if ctx.access_log is not None:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen
-            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason)
+            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route)
 
     def on_client_lost(self) -> None:
         if self.task is not None:

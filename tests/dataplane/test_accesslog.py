@@ -22,11 +22,11 @@ async def test_each_answer_is_one_json_line(backends, router, tmp_path):
     await raw_request(app.port, b"GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     lines = await wait_for(lambda: len(_lines(log_path)) == 3 and _lines(log_path), what="three log lines")
     ok, no_route, refused = lines
-    assert {k: ok[k] for k in ("client", "method", "host", "path", "status", "cluster", "reason")} == {
+    assert {k: ok[k] for k in ("client", "method", "host", "path", "status", "cluster", "route", "reason")} == {
         "client": "127.0.0.1", "method": "GET", "host": "shop.example", "path": "/p?q=1", "status": 200,
-        "cluster": "a", "reason": "weighted"}
+        "cluster": "a", "route": "split", "reason": "weighted"}
     assert ok["time"].endswith("Z") and 0 <= ok["duration_ms"] < 5000 and ok["request_id"] == ""
-    assert (no_route["method"], no_route["status"], no_route["cluster"]) == ("POST", 404, "-")
+    assert (no_route["method"], no_route["status"], no_route["cluster"], no_route["route"]) == ("POST", 404, "-", "-")
     assert no_route["reason"] == "no route for host 'other.example'"
     assert (refused["status"], refused["path"], refused["reason"]) == (400, "/bad", "more than one Host header")
     assert app.metrics.access_log_dropped._value.get() == 0
@@ -47,6 +47,6 @@ async def test_lines_past_the_pending_limit_are_dropped_and_counted(tmp_path):
     dropped = []
     log = AccessLog(asyncio.get_running_loop(), str(tmp_path / "a.log"), dropped.append, max_pending=2)
     for i in range(5):  # all before the first flush
-        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", 0.001, "weighted", b""))
+        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b""))
     await log.close()
     assert [r["path"] for r in _lines(tmp_path / "a.log")] == ["/0", "/1"] and dropped == [1, 1, 1]

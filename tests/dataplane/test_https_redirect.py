@@ -50,4 +50,4 @@ async def test_port_and_status_are_configurable(backends, router):
     status, headers, _ = response_of(raw)
     assert status == 308 and headers["location"] == "https://h.example:8443/x"
     app.ctx.metrics.flush()
-    assert app.ctx.metrics.requests.labels("-", "308")._value.get() == 1
+    assert app.ctx.metrics.requests.labels("-", "308", "-")._value.get() == 1

@@ -74,7 +74,7 @@ async def test_request_timeout_mid_body_aborts_the_client_connection(router):
         assert body == b"x" * 10  # cut short, and the connection closed: never a complete-looking answer
         assert 0.28 <= took < 1.5
         app.ctx.metrics.flush()
-        assert app.ctx.metrics.requests.labels("a", "504")._value.get() == 1
+        assert app.ctx.metrics.requests.labels("a", "504", "s")._value.get() == 1
     finally:
         await runner.cleanup()
 

@@ -138,10 +138,12 @@ def cpu_ticks(pid: int | None) -> tuple[int, int]:
         return 0, 0
 
 
-def run_wrk(port: int, conns: int, path: str, duration: int, pid: int | None = None) -> dict:
+def run_wrk(port: int, conns: int, path: str, duration: int, pid: int | None = None, scheme: str = "http",
+            headers: tuple[str, ...] = ()) -> dict:
     u0, s0 = cpu_ticks(pid)
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    extra = [arg for h in headers for arg in ("-H", h)]
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra,
+                          f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
     u1, s1 = cpu_ticks(pid)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")

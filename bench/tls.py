@@ -1,0 +1,157 @@
+"""TLS termination: edge-router vs nginx and HAProxy, each terminating HTTPS on one core in front of
+the same plain-HTTP backend, side by side in one run (the layout of bench/proxy.py: proxies pinned to
+core 0, the backend and wrk to core 1).
+
+Cases: 64 keep-alive connections with a 64-byte body (what TLS adds per request once connections are
+open: record encryption and decryption), and 16 connections that close after every response (a full
+handshake per request: the handshake rate). One ECDSA P-256 certificate, made with openssl; TLS 1.3.
+
+    python bench/tls.py [--duration 5] [--rounds 3] [--out FILE.json]
+
+This is a benchmark, not a test: it prints measured numbers and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import proxy as base  # noqa: E402
+
+CASES = [("keepalive_c64", 64, ()), ("handshake_c16", 16, ("Connection: close",))]
+
+
+def make_certificate(work: str) -> tuple[str, str, str]:
+    """(certificate, key, both in one file for HAProxy)."""
+    cert, key, both = (os.path.join(work, n) for n in ("cert.pem", "key.pem", "both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    with open(both, "w") as out:
+        out.write(open(cert).read() + open(key).read())
+    return cert, key, both
+
+
+def start_targets(work: str, python: str, procs: list) -> dict:
+    backend, nginx_port, haproxy_port, router_port = (base.free_port() for _ in range(4))
+    cert, key, both = make_certificate(work)
+    conf = base.nginx_conf(work, f"server {{ listen 127.0.0.1:{backend}; keepalive_timeout 300s; "
+                                 f"location = /small {{ default_type text/plain; return 200 '{'x' * 63}\n'; }} }}")
+    base._write(work, "backend.conf", conf % ("backend", "backend"))
+    procs.append(base.start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
+    conf = base.nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }} "
+                                 f"server {{ listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; "
+                                 f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; keepalive_timeout 300s; "
+                                 f"location / {{ proxy_pass http://b; proxy_http_version 1.1; "
+                                 f"proxy_set_header Connection ''; }} }}")
+    base._write(work, "proxy.conf", conf % ("proxy", "proxy"))
+    nginx = base.start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
+    procs.append(nginx)
+    base._write(work, "haproxy.cfg", f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{haproxy_port} ssl crt {both}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{backend}
+""")
+    haproxy = base.start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
+    procs.append(haproxy)
+    base._write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1
+kind: Cluster
+metadata: {{name: local, labels: {{region: local}}}}
+spec: {{endpoint: "http://127.0.0.1:{backend}"}}
+---
+apiVersion: edge.router/v1alpha1
+kind: TrafficSplit
+metadata: {{name: bench}}
+spec:
+  clusters: [{{name: local, weight: 1}}]
+---
+apiVersion: edge.router/v1alpha1
+kind: Router
+metadata: {{name: edge}}
+spec: {{tls: {{certFile: {cert}, keyFile: {key}}}}}
+""")
+    router = base.start([python, "-m", "router", "serve", "--config", f"{work}/router.yaml", "--listen",
+                         f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0", "--log-level", "warning"], 0, work, "router")
+    procs.append(router)
+    targets = {"nginx": (nginx_port, base.nginx_worker_pid(nginx)), "haproxy": (haproxy_port, haproxy.pid),
+               "router": (router_port, router.pid)}
+    for port, _ in targets.values():
+        base.wait_port(port)
+    return targets
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the router (default: this one)")
+    args = ap.parse_args()
+    base.ensure_tools()
+    work = tempfile.mkdtemp(prefix="edge-bench-tls-")
+    procs: list[subprocess.Popen] = []
+    try:
+        targets = start_targets(work, args.python, procs)
+        results: dict[str, dict] = {name: {} for name in targets}
+        for case, conns, headers in CASES:
+            runs: dict[str, list[dict]] = {}
+            for rnd in range(args.rounds):  # interleaved, as in bench/proxy.py
+                for name, (port, pid) in targets.items():
+                    if rnd == 0:
+                        base.run_wrk(port, conns, "/small", 1, scheme="https", headers=headers)
+                    r = base.run_wrk(port, conns, "/small", args.duration, pid, scheme="https", headers=headers)
+                    runs.setdefault(name, []).append(r)
+                    failed = base.run_failures(r)
+                    print(f"{case:14} {name:8} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
+                          f"p99 {r['p99_ms']:.3f} ms  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
+                          + (f"  FAILED: {failed}" if failed else ""), flush=True)
+            for name, rs in runs.items():
+                results[name][case] = base.median_run(rs)
+        report = {"targets": results, "ratios": {
+            f"router_vs_{other}_{case}": round(results["router"][case]["rps"] / results[other][case]["rps"], 3)
+            for other in ("nginx", "haproxy") for case, _, _ in CASES}}
+        print(f"\n{'target':8} {'keep-alive rps':>15} {'p50 ms':>7} {'CPU us/req':>14} | {'handshakes/s':>12} "
+              f"{'CPU us/handshake':>17}")
+        for name, cases in results.items():
+            k, h = cases["keepalive_c64"], cases["handshake_c16"]
+            print(f"{name:8} {k['rps']:>15.0f} {k['p50_ms']:>7.3f} {k['user_us'] + k['sys_us']:>14.1f} | "
+                  f"{h['rps']:>12.0f} {h['user_us'] + h['sys_us']:>17.1f}")
+        print("ratios:", json.dumps(report["ratios"]))
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return 0
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

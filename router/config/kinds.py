@@ -87,17 +87,18 @@ def read_router(doc: Doc) -> RouterSettings | None:
     lim, dl = spec.get("limits"), Limits()
     limits = dl
     if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered",
-                        "maxConnections"}):
+                        "maxConnections", "maxRequestsPerConnection"}):
         limits = Limits(doc.value(lim, "maxRequestLine", parse_positive_size, dl.max_request_line_bytes),
                         doc.value(lim, "maxHeaderBytes", parse_positive_size, dl.max_header_bytes),
                         doc.value(lim, "maxHeaders", positive_int, dl.max_header_count),
                         doc.value(lim, "maxBody", parse_positive_size, dl.max_body_bytes),
                         doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes),
-                        doc.value(lim, "maxConnections", positive_int, dl.max_connections))
+                        doc.value(lim, "maxConnections", positive_int, dl.max_connections),
+                        doc.value(lim, "maxRequestsPerConnection", positive_int, dl.max_requests_per_connection))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",
-                        "bodyIdle", "tunnelIdle"}):
+                        "bodyIdle", "tunnelIdle", "maxConnectionAge"}):
         timeouts = Timeouts(doc.value(tim, "headerRead", positive_duration, dt.header_read_s),
                             doc.value(tim, "idle", positive_duration, dt.idle_s),
                             doc.value(tim, "connect", positive_duration, dt.connect_s),
@@ -106,7 +107,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                             doc.value(tim, "drain", parse_duration, dt.drain_s),
                             doc.value(tim, "perTry", positive_duration, dt.per_try_s),
                             doc.value(tim, "bodyIdle", positive_duration, dt.body_idle_s),
-                            doc.value(tim, "tunnelIdle", positive_duration, dt.tunnel_idle_s))
+                            doc.value(tim, "tunnelIdle", positive_duration, dt.tunnel_idle_s),
+                            doc.value(tim, "maxConnectionAge", positive_duration, dt.max_connection_age_s))
     pnode, dp = spec.get("probes"), Probes()
     probes = dp
     if doc.fields(pnode, {"enabled", "interval", "timeout"}):

@@ -227,6 +227,7 @@ class Limits:
     max_body_bytes: int = 10 * 1024 * 1024
     max_buffered_bytes: int = 1024 * 1024
     max_connections: int | None = None  # client connections per process; None: from the open files limit
+    max_requests_per_connection: int | None = None  # then the response says Connection: close; None: no limit
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class Timeouts:
     per_try_s: float | None = None  # upstream response head per try; retried when idempotent
     body_idle_s: float = 60.0  # a request or response body that stops flowing for this long ends the exchange
     tunnel_idle_s: float = 300.0  # an upgraded connection (WebSocket) with no bytes either way is closed
+    max_connection_age_s: float | None = None  # a client connection this old closes after its current response
 
 
 @dataclass(frozen=True)

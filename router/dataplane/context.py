@@ -54,6 +54,7 @@ class ProxyContext:
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
         self.connections: set = set()
         self.max_connections = connection_limit(self.settings)
+        self._connection_reuse()
         self.draining = False
         self.via = self.settings.via.encode()
         self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
@@ -101,11 +102,20 @@ class ProxyContext:
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router
         self.max_connections = connection_limit(self.settings)
+        self._connection_reuse()
         self.via = self.settings.via.encode()
         self._tails = {}
         kept = {(s.name, s.rate_limit) for s in snapshot.config.splits if s.rate_limit is not None}
         self.rate_limiters = {k: v for k, v in self.rate_limiters.items() if k in kept}
         self.metrics.config_version.set(snapshot.version)
+
+    def _connection_reuse(self) -> None:
+        """How long a client connection is kept: requests and seconds, infinite when unset (one comparison
+        per request, no None test)."""
+        limit = self.settings.limits.max_requests_per_connection
+        age = self.settings.timeouts.max_connection_age_s
+        self.max_requests_per_connection = float(limit) if limit else float("inf")
+        self.max_connection_age_s = age if age else float("inf")
 
     def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:
         """Cold clusters the choice skipped: counted, and woken in the background by the activator

@@ -133,6 +133,9 @@ class RequestReader:
         if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
             raise HttpReject(413, "request body larger than the limit")
         req.t0 = self.ctx.clock()
+        self.served += 1
+        if self.served >= self.ctx.max_requests_per_connection or req.t0 - self.born >= self.ctx.max_connection_age_s:
+            self.retiring = True  # this request's response says Connection: close (nginx's keepalive_requests/_time)
         queue = self.queue
         if self.active is None:
             queue.append(req)

@@ -62,7 +62,7 @@ class ResponseRelay:
             self.keep_alive = False
         if cl is None and not no_body and not upstream_chunked and not self.upstream.keep_alive:
             self.resp_close_delimited = True
-        if self.ctx.draining or (self.conn.stopped and not req.complete):
+        if self.ctx.draining or self.conn.retiring or (self.conn.stopped and not req.complete):
             self.keep_alive = False
         if self.ctx.settings.decision_header and self.decision is not None:
             d = self.decision
@@ -233,7 +233,8 @@ class ResponseRelay:
                 self.ctx.health.on_response(cluster, status, self.ctx.clock())
         # Answered before the parser saw the request end (a 404 or a redirect, from the head alone): a
         # request without a body keeps the connection, one whose body is still coming does not.
-        keep = self.keep_alive and (self.req.complete or not self.req.has_body()) and not self.ctx.draining
+        keep = (self.keep_alive and (self.req.complete or not self.req.has_body()) and not self.ctx.draining
+                and not self.conn.retiring)
         extra = [("x-router-cluster", cluster)] if cluster != "-" else []
         if self.req.request_id:
             extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))

@@ -32,7 +32,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
-                 "last_facts", "fwd_cache", "body_out")
+                 "last_facts", "fwd_cache", "body_out", "served", "born", "retiring")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
 
     def __init__(self, ctx: ProxyContext):
@@ -64,6 +64,9 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         # (one chunk) when the read is parsed, not one per piece (a body in 1-byte chunks is not a
         # system call and a chunk upstream per byte).
         self.body_out: list[bytes] = []
+        self.served = 0  # requests whose head was read
+        self.born = 0.0  # when the connection was accepted
+        self.retiring = False  # past maxRequestsPerConnection or maxConnectionAge: the next response closes it
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -74,6 +77,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         """A client connection from `client_ip`: the peer's, or the one a PROXY protocol header gave."""
         self.transport = transport
         self.client_ip = client_ip
+        self.born = self.ctx.clock()
         self.client_ip_bytes = self.client_ip.encode()
         self.forwarded_node = forwarded_node(self.client_ip)
         self.trusted_key: tuple | None = None  # (trusted proxies config, is this client trusted)

@@ -812,3 +812,40 @@ async def test_upgrade_answered_with_an_error_closes_the_connection(router):
             await wait_for(lambda: not app.ctx.connections, what="connection closed")
         finally:
             writer.close()
+
+
+async def test_connections_are_reused_up_to_their_request_limit_and_age(backends, router):
+    """maxRequestsPerConnection and maxConnectionAge (nginx's keepalive_requests and keepalive_time): the
+    response that reaches either says Connection: close and the connection ends after it, so clients
+    reconnect, and a replica added behind a load balancer gets its share of long-lived clients."""
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(limits={"maxRequestsPerConnection": 3}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    answers = []
+    for _ in range(3):
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        answers.append((status, headers.get("connection")))
+    assert answers == [(200, None), (200, None), (200, "close")]
+    assert await read_until_close(reader, 3) == b""  # closed after the third response
+    writer.close()
+    # by age: requests keep the connection until it is 300 ms old, then the next response closes it
+    aged = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(timeouts={"maxConnectionAge": "300ms"}))
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", aged.port)
+    t0, kept = loop.time(), 0
+
+    async def closed_by_age() -> bool:
+        nonlocal kept
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert status == 200
+        if headers.get("connection") == "close":
+            return True
+        kept += 1
+        return False
+
+    await wait_for(closed_by_age, timeout_s=3, interval_s=0.1, what="a response closing the connection")
+    assert loop.time() - t0 >= 0.3 and kept >= 2
+    assert await read_until_close(reader, 3) == b""
+    writer.close()

@@ -30,9 +30,11 @@ spec:
   rttDecay: 10s
   accessLog: {path: "-"}
   buffer: {perService: 1000, total: 10000, maxBytes: 64Mi}
-  limits: {maxRequestLine: 8Ki, maxHeaderBytes: 64Ki, maxHeaders: 100, maxBody: 10Mi, maxBuffered: 1Mi}
+  proxyProtocol: false
+  limits: {maxRequestLine: 8Ki, maxHeaderBytes: 64Ki, maxHeaders: 100, maxBody: 10Mi, maxBuffered: 1Mi,
+           maxRequestsPerConnection: 1000}
   timeouts: {headerRead: 10s, idle: 60s, connect: 2s, upstreamHeader: 30s, upstreamIdle: 30s, drain: 20s,
-             perTry: 2s, bodyIdle: 60s, tunnelIdle: 5m}
+             perTry: 2s, bodyIdle: 60s, tunnelIdle: 5m, maxConnectionAge: 10m}
 ---
 apiVersion: edge.router/v1alpha1
 kind: Cluster
@@ -42,7 +44,7 @@ spec: {endpoint: "http://127.0.0.1:1", kubernetes: {kubeconfig: /k, context: c}}
 apiVersion: edge.router/v1alpha1
 kind: Cluster
 metadata: {name: b, labels: {region: b}}
-spec: {endpoint: "https://[::1]:8443", maxRequests: 1024, probe: {path: /healthz}}
+spec: {endpoint: "https://[::1]:8443", maxRequests: 1024, probe: {path: /healthz}, preconnect: 2}
 ---
 apiVersion: edge.router/v1alpha1
 kind: Service

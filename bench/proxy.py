@@ -259,24 +259,11 @@ spec:
             wait_port(port)
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, path in CASES:
-            runs: dict[str, list[dict]] = {}
-            # Rounds interleave the targets, so a noisy neighbour slows all of them alike; each
-            # target's median round is reported.
-            for rnd in range(args.rounds):
-                for name, (port, pid) in targets.items():
-                    if name == "python_floor" and path != "/small":
-                        continue  # the floor only forwards small bodiless requests
-                    if rnd == 0:
-                        run_wrk(port, conns, path, 1)  # warm pools and caches
-                    r = run_wrk(port, conns, path, args.duration, pid)
-                    runs.setdefault(name, []).append(r)
-                    failed = run_failures(r)
-                    print(f"{case:9} {name:12} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
-                          f"p99 {r['p99_ms']:.3f} ms" + (f"  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
-                                                         if r["user_us"] is not None else "")
-                          + (f"  FAILED: {failed}" if failed else ""), flush=True)
-            for name, rs in runs.items():
-                results[name][case] = median_run(rs)
+            # the floor only forwards small bodiless requests
+            medians = run_rounds(targets, case, conns, path, args.rounds, args.duration,
+                                 skip=lambda name: name == "python_floor" and path != "/small")
+            for name, run in medians.items():
+                results[name][case] = run
         rss = {name: peak_rss_mb(pid if pid is not None else nginx_worker_pid(procs[0]))
                for name, (_, pid) in targets.items()}  # direct: the backend's worker
         report = build_report(results, rss)
@@ -289,20 +276,46 @@ spec:
                 json.dump(report, fh, indent=2)
         return 0
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs)
         if os.environ.get("BENCH_KEEP"):
             print("kept", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_rounds(targets: dict, case: str, conns: int, path: str, rounds: int, duration: int, scheme: str = "http",
+               headers: tuple[str, ...] = (), skip=lambda name: False) -> dict[str, dict]:
+    """Each target's median round of one case. Rounds interleave the targets, so a noisy neighbour slows
+    all of them alike; the first round starts with a 1 s warm-up (pools, caches, TLS sessions)."""
+    runs: dict[str, list[dict]] = {}
+    for rnd in range(rounds):
+        for name, (port, pid) in targets.items():
+            if skip(name):
+                continue
+            if rnd == 0:
+                run_wrk(port, conns, path, 1, scheme=scheme, headers=headers)
+            r = run_wrk(port, conns, path, duration, pid, scheme=scheme, headers=headers)
+            runs.setdefault(name, []).append(r)
+            failed = run_failures(r)
+            print(f"{case:14} {name:12} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
+                  f"p99 {r['p99_ms']:.3f} ms" + (f"  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
+                                                 if r["user_us"] is not None else "")
+                  + (f"  FAILED: {failed}" if failed else ""), flush=True)
+    return {name: median_run(rs) for name, rs in runs.items()}
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group, then SIGKILL to any still there after 10 s."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def start_router(python: str, work: str, port: int, name: str) -> subprocess.Popen:

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +88,8 @@ metadata: {{name: edge}}
 spec: {{tls: {{certFile: {cert}, keyFile: {key}}}}}
 """)
     router = base.start([python, "-m", "router", "serve", "--config", f"{work}/router.yaml", "--listen",
-                         f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0", "--log-level", "warning"], 0, work, "router")
+                         f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0", "--log-level", "warning"],
+                        0, work, "router")
     procs.append(router)
     targets = {"nginx": (nginx_port, base.nginx_worker_pid(nginx)), "haproxy": (haproxy_port, haproxy.pid),
                "router": (router_port, router.pid)}
@@ -112,19 +112,10 @@ def main() -> int:
         targets = start_targets(work, args.python, procs)
         results: dict[str, dict] = {name: {} for name in targets}
         for case, conns, headers in CASES:
-            runs: dict[str, list[dict]] = {}
-            for rnd in range(args.rounds):  # interleaved, as in bench/proxy.py
-                for name, (port, pid) in targets.items():
-                    if rnd == 0:
-                        base.run_wrk(port, conns, "/small", 1, scheme="https", headers=headers)
-                    r = base.run_wrk(port, conns, "/small", args.duration, pid, scheme="https", headers=headers)
-                    runs.setdefault(name, []).append(r)
-                    failed = base.run_failures(r)
-                    print(f"{case:14} {name:8} round {rnd + 1}: {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  "
-                          f"p99 {r['p99_ms']:.3f} ms  cpu/req {r['user_us']} us user + {r['sys_us']} us kernel"
-                          + (f"  FAILED: {failed}" if failed else ""), flush=True)
-            for name, rs in runs.items():
-                results[name][case] = base.median_run(rs)
+            medians = base.run_rounds(targets, case, conns, "/small", args.rounds, args.duration, scheme="https",
+                                      headers=headers)
+            for name, run in medians.items():
+                results[name][case] = run
         report = {"targets": results, "ratios": {
             f"router_vs_{other}_{case}": round(results["router"][case]["rps"] / results[other][case]["rps"], 3)
             for other in ("nginx", "haproxy") for case, _, _ in CASES}}
@@ -140,16 +131,7 @@ def main() -> int:
                 json.dump(report, fh, indent=2)
         return 0
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        base.stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

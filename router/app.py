@@ -245,7 +245,8 @@ class RouterApp:
             return None
         tls = ep.tls or UpstreamTls()
         not_after = certificate_not_after(tls.cert_file) if tls.cert_file else None
-        return {"ca_file": tls.ca_file or "system", "cert_file": tls.cert_file, "server_name": tls.server_name or ep.host,
+        return {"ca_file": tls.ca_file or "system", "cert_file": tls.cert_file,
+                "server_name": tls.server_name or ep.host,
                 "cert_not_after": None if not_after is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                 time.gmtime(not_after))}
 

@@ -74,14 +74,16 @@ class Metrics:
         self.config_version = Gauge("router_config_version", "Version of the routing snapshot in use",
                                     registry=r, multiprocess_mode="max")
         self.tls_not_after = Gauge("router_tls_certificate_expiry_timestamp_seconds",
-                                   "When the first of the TLS certificates the listener serves expires (seconds since the epoch)",
+                                   "When the first of the TLS certificates the listener serves expires "
+                                   "(seconds since the epoch)",
                                    registry=r, multiprocess_mode="min")
         self.preconnects = Counter("router_upstream_preconnects_total",
                                    "Connections opened to a cluster ahead of requests (Cluster spec.preconnect)",
                                    ["cluster", "result"], registry=r)
         self.upstream_tls_not_after = Gauge(
             "router_upstream_tls_certificate_expiry_timestamp_seconds",
-            "When the client certificate the router shows a cluster (Cluster spec.tls) expires (seconds since the epoch)",
+            "When the client certificate the router shows a cluster (Cluster spec.tls) expires "
+            "(seconds since the epoch)",
             ["cluster"], registry=r, multiprocess_mode="min")
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._decisions: dict[str, int] = {}

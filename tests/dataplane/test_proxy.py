@@ -819,7 +819,8 @@ async def test_connections_are_reused_up_to_their_request_limit_and_age(backends
     response that reaches either says Connection: close and the connection ends after it, so clients
     reconnect, and a replica added behind a load balancer gets its share of long-lived clients."""
     (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(limits={"maxRequestsPerConnection": 3}))
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(limits={"maxRequestsPerConnection": 3}))
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     answers = []
     for _ in range(3):
@@ -830,7 +831,8 @@ async def test_connections_are_reused_up_to_their_request_limit_and_age(backends
     assert await read_until_close(reader, 3) == b""  # closed after the third response
     writer.close()
     # by age: requests keep the connection until it is 300 ms old, then the next response closes it
-    aged = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(timeouts={"maxConnectionAge": "300ms"}))
+    aged = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                        router_doc(timeouts={"maxConnectionAge": "300ms"}))
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", aged.port)
     t0, kept = loop.time(), 0

@@ -131,7 +131,8 @@ async def test_the_redirect_listener_reads_the_header_too(backends, router):
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
                        router_doc(proxyProtocol=True, httpsRedirect={"listen": "127.0.0.1:0"}))
     raw = await raw_request(app.redirect_port, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 80\r\n"
-                                               b"GET /x?y=1 HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n")
+                                               b"GET /x?y=1 HTTP/1.1\r\nHost: shop.example.com\r\n"
+                                               b"Connection: close\r\n\r\n")
     status, headers, _ = response_of(raw)
     assert status == 301 and headers["location"] == "https://shop.example.com/x?y=1"
     assert await closed_unanswered(app.redirect_port, GET)  # without a header: closed, nothing sent

@@ -297,7 +297,8 @@ async def test_sni_entries_are_checked(tmp_path, ca):
               "spec.tls.sni[1].hosts[1]: 'shop.example.com' already picks another certificate"),
              ([{**entry, "keyFile": key}], "spec.tls.sni[0].keyFile: the private key does not match"),
              ([{**entry, "hosts": []}], "spec.tls.sni[0].hosts: expected at least one host name"),
-             ([{"hosts": ["x.example.com"], "certFile": shop_cert}], "missing required field 'spec.tls.sni[0].keyFile'"),
+             ([{"hosts": ["x.example.com"], "certFile": shop_cert}],
+              "missing required field 'spec.tls.sni[0].keyFile'"),
              ([{**entry, "hosts": ["bad host"]}], "spec.tls.sni[0].hosts[0]: host must be a DNS name")]
     for i, (sni, expected) in enumerate(cases):
         path = tmp_path / f"r{i}.yaml"

@@ -48,19 +48,22 @@ class CountingUpstream:
 
 
 def cluster_doc(name: str, port: int, preconnect: int) -> str:
-    return (f"---\napiVersion: edge.router/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}, labels: {{region: {name}}}}}\n"
+    return (f"---\napiVersion: edge.router/v1alpha1\nkind: Cluster\n"
+            f"metadata: {{name: {name}, labels: {{region: {name}}}}}\n"
             f"spec: {{endpoint: 'http://127.0.0.1:{port}', preconnect: {preconnect}}}\n")
 
 
 async def test_connections_wait_for_the_first_requests_and_are_replaced(router):
     up = await CountingUpstream().start()
     try:
-        app = await router(cluster_doc("a", up.port, 2) + split_doc({"a": 1}) + router_doc(timeouts={"upstreamIdle": "60s"}))
+        app = await router(cluster_doc("a", up.port, 2) + split_doc({"a": 1}) +
+                           router_doc(timeouts={"upstreamIdle": "60s"}))
         app.preconnector.tick_s = 0.05
         await wait_for(lambda: up.accepted == 2 and len(up.open) == 2, what="two connections before any request")
         state = app.state()["clusters"]["a"]
         assert state["preconnect"] == 2 and state["idle_connections"] == 2
-        status, _, body = response_of(await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        status, _, body = response_of(raw)
         assert status == 200 and body in (b"conn 1", b"conn 2")  # a connection opened before the request came
         assert up.accepted == 2  # and none opened for it
         # the cluster closes its idle connections (a restart of its ingress): the router opens new ones

@@ -87,6 +87,26 @@ http {{ access_log off; client_body_temp_path {work}; proxy_temp_path {work}; fa
 """
 
 
+def haproxy_cfg(bind: str, backend_port: int) -> str:
+    """One thread, keep-alive both ways, upstream connections reused: HAProxy set up as nginx is."""
+    return f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend fe
+  bind {bind}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{backend_port}
+"""
+
+
 def start(cmd: list[str], core: int, work: str, name: str) -> subprocess.Popen:
     log = open(os.path.join(work, f"{name}.log"), "w")
     return subprocess.Popen(["taskset", "-c", str(core), *cmd], stdout=log, stderr=subprocess.STDOUT,
@@ -213,22 +233,7 @@ def main() -> int:
         _write(work, "proxy.conf", conf)
         nginx = start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
         procs.append(nginx)
-        _write(work, "haproxy.cfg", f"""global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{haproxy_port}
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:{backend_port}
-""")
+        _write(work, "haproxy.cfg", haproxy_cfg(f"127.0.0.1:{haproxy_port}", backend_port))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
         procs.append(haproxy)
         _write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1

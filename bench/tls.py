@@ -53,22 +53,7 @@ def start_targets(work: str, python: str, procs: list) -> dict:
     base._write(work, "proxy.conf", conf % ("proxy", "proxy"))
     nginx = base.start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
     procs.append(nginx)
-    base._write(work, "haproxy.cfg", f"""global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{haproxy_port} ssl crt {both}
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:{backend}
-""")
+    base._write(work, "haproxy.cfg", base.haproxy_cfg(f"127.0.0.1:{haproxy_port} ssl crt {both}", backend))
     haproxy = base.start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
     procs.append(haproxy)
     base._write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1

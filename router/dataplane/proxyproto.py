@@ -103,11 +103,26 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         self.buf = b""
         self.space = bytearray()
         self.timer: asyncio.TimerHandle | None = None
+        self.counted = False  # in ctx.pending_connections until handed on or closed
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.timer = self.ctx.loop.call_later(self.ctx.settings.timeouts.header_read_s, self._refuse,
-                                              "no whole PROXY protocol header in time")
+        ctx = self.ctx
+        if len(ctx.connections) + ctx.pending_connections >= ctx.max_connections:
+            # (maxConnections counts these too, so slow headers cannot hold sockets past it; nothing is sent:
+            # the peer has not said which protocol it speaks yet)
+            ctx.metrics.rejected.labels("0", "too many connections").inc()
+            transport.abort()
+            return
+        ctx.pending_connections += 1
+        self.counted = True
+        self.timer = ctx.loop.call_later(ctx.settings.timeouts.header_read_s, self._refuse,
+                                         "no whole PROXY protocol header in time")
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.ctx.pending_connections -= 1
 
     def get_buffer(self, sizehint: int):
         # buffer_updated checked these bytes and asked for more: next_read is positive here.
@@ -132,6 +147,7 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         if self.ssl_context is None:
             conn = self.make_connection()
             self.transport.set_protocol(conn)
+            self._uncount()
             conn.accept(self.transport, address)
             self.transport.resume_reading()
         else:
@@ -152,11 +168,14 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
             log.debug("TLS handshake after the PROXY header failed: %s", exc)
             self.transport.abort()
             return
+        finally:
+            self._uncount()
         conn.accept(tls, address)
 
     def _refuse(self, reason: str) -> None:
         """Close, with nothing sent (the peer may not speak HTTP). A connection that sent nothing at all
         (a load balancer's TCP health check) is not counted."""
+        self._uncount()
         if self.timer is not None:
             self.timer.cancel()
         if self.transport is not None and not self.transport.is_closing():
@@ -170,5 +189,6 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc) -> None:
+        self._uncount()
         if self.timer is not None:
             self.timer.cancel()

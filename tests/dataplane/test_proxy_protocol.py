@@ -123,6 +123,7 @@ async def test_a_failed_handshake_after_the_header_leaves_nothing_behind(backend
         assert await closed_unanswered(app.port, header + after)
     await wait_for(lambda: not app.ctx.handshakes, what="the handshakes ended")
     assert app.metrics.registry.get_sample_value("router_open_connections") == 0 and not app.ctx.connections
+    assert app.ctx.pending_connections == 0
     assert b.seen == []
 
 
@@ -190,3 +191,27 @@ async def test_random_bytes_never_crash_the_listener_or_leak_a_connection(proxy_
     status, _, _ = response_of(await raw_request(app.port, b"PROXY UNKNOWN\r\nGET / HTTP/1.1\r\nHost: h\r\n"
                                                            b"Connection: close\r\n\r\n"))
     assert status == 200
+
+
+async def test_connections_reading_a_header_count_toward_max_connections(backends, router):
+    """Connections that have not finished their header hold sockets too: past maxConnections a new one is
+    closed at once, not after the header deadline; once one leaves, a new connection is served."""
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(proxyProtocol=True, limits={"maxConnections": 2}, timeouts={"headerRead": "5s"}))
+    slow = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(2)]
+    for _, writer in slow:
+        writer.write(b"PROXY TCP4 ")  # a header begun, never finished
+    await wait_for(lambda: app.ctx.pending_connections == 2, what="two connections reading their header")
+    t0 = time.monotonic()
+    assert await closed_unanswered(app.port, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 80\r\n" + GET)
+    assert time.monotonic() - t0 < 2  # at once, not at the 5 s header deadline
+    assert app.metrics.registry.get_sample_value("router_rejected_requests_total",
+                                                 {"code": "0", "reason": "too many connections"}) == 1
+    slow[0][1].close()
+    await wait_for(lambda: app.ctx.pending_connections == 1, what="one left")
+    raw = await raw_request(app.port, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 80\r\n"
+                                      b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert response_of(raw)[0] == 200
+    slow[1][1].close()
+    await wait_for(lambda: app.ctx.pending_connections == 0 and not app.ctx.connections, what="nothing held")

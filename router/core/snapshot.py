@@ -58,8 +58,8 @@ class Route:
     # strings as bytes, each part None when the request's own is kept; None for a proxied route.
     redirect: tuple | None = None
     path_exact: bool = False  # path_prefix is matched as the whole path
-    # The route's own timeouts: the whole exchange (None: no deadline) and each try's wait for a
-    # response head (None: the Router's perTry; 0: none).
+    # The route's timeouts: the whole exchange (None: no deadline) and each try's wait for a response
+    # head (the route's perTry, else the Router's; None or 0: none).
     request_timeout_s: float | None = None
     per_try_s: float | None = None
     rate_limit: RateLimit | None = None  # the route's local rate limit (buckets kept by the ProxyContext)
@@ -189,8 +189,12 @@ def _match(m: RouteMatch | None) -> tuple | None:
             m.method.encode() if m.method else None)
 
 
-def _timeouts(t: RouteTimeouts | None) -> tuple[float | None, float | None]:
-    return (t.request_s, t.per_try_s) if t is not None else (None, None)
+def _timeouts(t: RouteTimeouts | None, router_per_try_s: float | None) -> tuple[float | None, float | None]:
+    """(request deadline, per-try timeout): a route without a perTry of its own takes the Router's, here
+    once per snapshot rather than on every request."""
+    if t is None:
+        return None, router_per_try_s
+    return t.request_s, router_per_try_s if t.per_try_s is None else t.per_try_s
 
 
 def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
@@ -209,7 +213,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
                      *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
-                     split.path_exact, *_timeouts(split.timeouts), split.rate_limit,
+                     split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
+                     split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
                      _match(split.match))
 

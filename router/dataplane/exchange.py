@@ -285,8 +285,8 @@ class Exchange(ResponseRelay):
         if route.request_timeout_s is None:
             wait = timeouts.upstream_header_s
         else:  # the route's deadline replaces upstreamHeader
-            wait = self.req.t0 + route.request_timeout_s - self.sent_at
-        per_try = timeouts.per_try_s if route.per_try_s is None else route.per_try_s
+            wait = self.request_deadline() - self.sent_at
+        per_try = route.per_try_s
         if per_try and self._may_retry():
             wait = min(wait, per_try)
         client.upstream_timer.set(wait, self._on_header_timeout)

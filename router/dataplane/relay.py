@@ -84,8 +84,7 @@ class ResponseRelay:
         self.conn.write(b"".join(parts))
         self.resp_started = True
         if route.request_timeout_s is not None and status != 101:  # the deadline covers the body too
-            self.deadline_handle = ctx.loop.call_later(req.t0 + route.request_timeout_s - now,
-                                                       self._on_request_deadline)
+            self.deadline_handle = ctx.loop.call_later(self.request_deadline() - now, self._on_request_deadline)
         if req.method == b"HEAD" and status != 101:
             # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
             self.upstream.reset_parser()
@@ -180,8 +179,7 @@ class ResponseRelay:
         left = (timeouts.upstream_header_s - (ctx.clock() - self.sent_at) if deadline is None
                 else deadline - ctx.clock())
         if left > 0.001:
-            per_try = timeouts.per_try_s if route.per_try_s is None else route.per_try_s
-            if per_try and self._retry_elsewhere("timeout"):
+            if route.per_try_s and self._retry_elsewhere("timeout"):
                 return
             # Nowhere else to try: this try may still answer, so it gets the rest of the overall timeout.
             self.conn.upstream_timer.set(left, self._on_header_timeout)

@@ -30,7 +30,7 @@ from .core.snapshot import build_snapshot, pool_key
 from .dataplane.context import ProxyContext
 from .dataplane.redirect import serve_https_redirect
 from .dataplane.server import serve
-from .dataplane.tls import ListenerTls, certificate_not_after
+from .dataplane.tls import ListenerTls, certificate_not_after, utc_text
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
 from .obs.metrics import Metrics
@@ -59,6 +59,7 @@ class RouterApp:
         self.redirect_server = None  # the HTTPS redirect listener, with httpsRedirect
         self.redirect_port = 0
         self.listener_tls: ListenerTls | None = None  # the client listener's certificates, with Router tls
+        self.client_cert_expiry: dict[str, float] = {}  # cluster -> its client certificate's notAfter
         self.admin: AdminServer | None = None
         self.port = self.admin_port = 0
         self.accepting = False
@@ -237,18 +238,16 @@ class RouterApp:
         if self.listener_tls is not None and config.router.tls is not None:  # new handshakes get the files as they are
             self.listener_tls.reload(config.router.tls)
 
-    @staticmethod
-    def _upstream_tls_state(cluster: ClusterConfig) -> dict | None:
-        """How the router speaks TLS to the cluster: the CAs, the client certificate and its expiry, the name."""
+    def _upstream_tls_state(self, cluster: ClusterConfig) -> dict | None:
+        """How the router speaks TLS to the cluster: the CAs, the client certificate and its expiry (as
+        read when the config was applied), the name."""
         ep = cluster.endpoint
         if ep.scheme != "https":
             return None
         tls = ep.tls or UpstreamTls()
-        not_after = certificate_not_after(tls.cert_file) if tls.cert_file else None
         return {"ca_file": tls.ca_file or "system", "cert_file": tls.cert_file,
                 "server_name": tls.server_name or ep.host,
-                "cert_not_after": None if not_after is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                time.gmtime(not_after))}
+                "cert_not_after": utc_text(self.client_cert_expiry.get(cluster.name))}
 
     def _rate_limit_state(self, split) -> dict | None:
         """A route's limit and how many buckets (keys) this process holds for it."""
@@ -258,12 +257,15 @@ class RouterApp:
         return {**asdict(split.rate_limit), "buckets": len(limiter.buckets) if limiter else 0}
 
     def _note_client_certificates(self, config: Config) -> None:
-        """Each cluster's client certificate (mutual TLS) expiry, in the metrics: an expired one fails
-        every new connection to that cluster."""
+        """Each cluster's client certificate (mutual TLS) expiry, read once per config applied: kept for
+        /debug/state, in the metrics, and warned of once passed (an expired one fails every new connection
+        to that cluster)."""
+        self.client_cert_expiry = {}
         for cluster in config.clusters:
             tls = cluster.endpoint.tls
             not_after = certificate_not_after(tls.cert_file) if tls is not None and tls.cert_file else None
             if not_after is not None:
+                self.client_cert_expiry[cluster.name] = not_after
                 self.metrics.upstream_tls_not_after.labels(cluster.name).set(not_after)
                 if not_after <= time.time():
                     log.warning("client certificate %s for cluster %s has expired: the cluster will refuse it",

@@ -104,8 +104,7 @@ class ListenerTls:
         soonest = None
         for cert in self.served:
             not_after = certificate_not_after(cert["cert_file"])
-            cert["not_after"] = None if not_after is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                             time.gmtime(not_after))
+            cert["not_after"] = utc_text(not_after)
             if not_after is None:
                 continue
             soonest = not_after if soonest is None else min(soonest, not_after)
@@ -120,6 +119,11 @@ class ListenerTls:
         default = self.served[0]
         return {"cert_file": default["cert_file"], "key_file": default["key_file"], "not_after": default["not_after"],
                 "certificates": self.served, "loads": self.loads, "last_error": self.last_error}
+
+
+def utc_text(when: float | None) -> str | None:
+    """A time in seconds since the epoch as /debug/state shows it (2026-12-04T13:50:50Z); None stays None."""
+    return None if when is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def certificate_not_after(cert_file: str) -> float | None:

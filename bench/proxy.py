@@ -236,18 +236,7 @@ def main() -> int:
         _write(work, "haproxy.cfg", haproxy_cfg(f"127.0.0.1:{haproxy_port}", backend_port))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
         procs.append(haproxy)
-        _write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1
-kind: Cluster
-metadata: {{name: local, labels: {{region: local}}}}
-spec: {{endpoint: "http://127.0.0.1:{backend_port}"}}
----
-apiVersion: edge.router/v1alpha1
-kind: TrafficSplit
-metadata: {{name: bench}}
-spec:
-  clusters: [{{name: local, weight: 1}}]
-  strategy: {{algorithm: latency-aware, params: {{maxRTT: 200ms}}}}
-""")
+        _write(work, "router.yaml", router_config(backend_port))
         router = start_router(args.python, work, router_port, "router")
         procs.append(router)
         floor = start([args.python, os.path.join(ROOT, "bench", "minimal_proxy.py"), str(floor_port),
@@ -321,6 +310,25 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
             p.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def router_config(backend_port: int, router_spec: str = "") -> str:
+    """The backend as the one cluster of a seed-like latency-aware split; `router_spec`: a Router
+    document's spec (flow style), when the case needs one."""
+    router = (f"---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\n"
+              f"spec: {router_spec}\n") if router_spec else ""
+    return f"""apiVersion: edge.router/v1alpha1
+kind: Cluster
+metadata: {{name: local, labels: {{region: local}}}}
+spec: {{endpoint: "http://127.0.0.1:{backend_port}"}}
+---
+apiVersion: edge.router/v1alpha1
+kind: TrafficSplit
+metadata: {{name: bench}}
+spec:
+  clusters: [{{name: local, weight: 1}}]
+  strategy: {{algorithm: latency-aware, params: {{maxRTT: 200ms}}}}
+""" + router
 
 
 def start_router(python: str, work: str, port: int, name: str) -> subprocess.Popen:

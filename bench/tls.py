@@ -56,25 +56,8 @@ def start_targets(work: str, python: str, procs: list) -> dict:
     base._write(work, "haproxy.cfg", base.haproxy_cfg(f"127.0.0.1:{haproxy_port} ssl crt {both}", backend))
     haproxy = base.start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
     procs.append(haproxy)
-    base._write(work, "router.yaml", f"""apiVersion: edge.router/v1alpha1
-kind: Cluster
-metadata: {{name: local, labels: {{region: local}}}}
-spec: {{endpoint: "http://127.0.0.1:{backend}"}}
----
-apiVersion: edge.router/v1alpha1
-kind: TrafficSplit
-metadata: {{name: bench}}
-spec:
-  clusters: [{{name: local, weight: 1}}]
----
-apiVersion: edge.router/v1alpha1
-kind: Router
-metadata: {{name: edge}}
-spec: {{tls: {{certFile: {cert}, keyFile: {key}}}}}
-""")
-    router = base.start([python, "-m", "router", "serve", "--config", f"{work}/router.yaml", "--listen",
-                         f"127.0.0.1:{router_port}", "--admin", "127.0.0.1:0", "--log-level", "warning"],
-                        0, work, "router")
+    base._write(work, "router.yaml", base.router_config(backend, f"{{tls: {{certFile: {cert}, keyFile: {key}}}}}"))
+    router = base.start_router(python, work, router_port, "router")
     procs.append(router)
     targets = {"nginx": (nginx_port, base.nginx_worker_pid(nginx)), "haproxy": (haproxy_port, haproxy.pid),
                "router": (router_port, router.pid)}

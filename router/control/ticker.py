@@ -6,6 +6,7 @@ and `stop()` cancels the loop and every task it started.
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import random
@@ -14,7 +15,7 @@ from typing import Coroutine
 log = logging.getLogger("router.control")
 
 
-class TickLoop:
+class TickLoop(abc.ABC):
     name = "control"
 
     def __init__(self, tick_s: float, jitter: float = 0.0, rng: random.Random | None = None):
@@ -38,8 +39,9 @@ class TickLoop:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    @abc.abstractmethod
     def tick(self):
-        raise NotImplementedError
+        """One decision and the I/O it starts; what it returns is for tests."""
 
     async def _run(self) -> None:
         while True:

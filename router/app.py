@@ -28,8 +28,7 @@ from .control.resources import ResourceWatcher
 from .core.choice import effective_weights
 from .core.snapshot import build_snapshot, pool_key
 from .dataplane.context import ProxyContext
-from .dataplane.redirect import serve_https_redirect
-from .dataplane.server import serve
+from .dataplane.listeners import serve, serve_https_redirect
 from .dataplane.tls import ListenerTls, certificate_not_after, utc_text
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
@@ -205,8 +204,8 @@ class RouterApp:
         self.ctx.pool.close_all()
         for copy in list(self.ctx.mirrors):
             copy.abort()
-        for handshake in list(self.ctx.handshakes):
-            handshake.cancel()
+        for opening in list(self.ctx.openings):
+            opening.abort()
         if self.prober is not None:
             self.prober.stop()
         if self.ctx.activator is not None:

@@ -66,8 +66,7 @@ class ProxyContext:
         self._id_count = 0
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
         self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
-        self.handshakes: set = set()  # TLS handshakes begun after a PROXY protocol header (tasks)
-        self.pending_connections = 0  # accepted, still reading a PROXY header or in the TLS handshake after it
+        self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""

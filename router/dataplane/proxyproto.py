@@ -2,21 +2,14 @@
 
 An L4 load balancer in front (AWS NLB, HAProxy in TCP mode, ...) begins every connection with a
 header naming the client's address, then relays the client's bytes: with TLS, its ClientHello.
-ProxyHeaderReader reads the header exactly, never a byte past it, so what follows is intact for the
-TLS handshake or the HTTP parser; then it hands the connection on with the client's address. A
-connection that does not begin with a valid header, or not within the header deadline, is closed.
-`next_read` and `client_address` are pure: the bytes so far in, a length or an address out.
+The header is read exactly, never a byte past it (opening.py), so what follows is intact for the
+TLS handshake or the HTTP parser. `next_read` and `client_address` are pure: the bytes so far in,
+a length or an address out.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import logging
-import ssl
 import struct
-from typing import Callable
-
-log = logging.getLogger("router.dataplane")
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107  # the longest version 1 line, CRLF included
@@ -88,107 +81,3 @@ def _v2_address(header: bytes) -> str | None:
         raise ProxyHeaderError(f"version 2 header too short for its addresses ({len(header) - 16} bytes)")
     raw = header[16:20] if family == 0x11 else header[16:32]
     return str(ipaddress.ip_address(raw))  # any TLVs after the addresses are skipped
-
-
-class ProxyHeaderReader(asyncio.BufferedProtocol):
-    """The first protocol of a connection on a `proxyProtocol` listener. Reads the header into buffers
-    no larger than what is left of it, then pauses reading and hands the transport (after a TLS
-    handshake, on a TLS listener) to `make_connection()`'s protocol with the client's address."""
-
-    def __init__(self, ctx, make_connection: Callable, ssl_context: ssl.SSLContext | None = None):
-        self.ctx = ctx
-        self.make_connection = make_connection
-        self.ssl_context = ssl_context
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
-        self.space = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
-        self.counted = False  # in ctx.pending_connections until handed on or closed
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        ctx = self.ctx
-        if len(ctx.connections) + ctx.pending_connections >= ctx.max_connections:
-            # (maxConnections counts these too, so slow headers cannot hold sockets past it; nothing is sent:
-            # the peer has not said which protocol it speaks yet)
-            ctx.metrics.rejected.labels("0", "too many connections").inc()
-            transport.abort()
-            return
-        ctx.pending_connections += 1
-        self.counted = True
-        self.timer = ctx.loop.call_later(ctx.settings.timeouts.header_read_s, self._refuse,
-                                         "no whole PROXY protocol header in time")
-
-    def _uncount(self) -> None:
-        if self.counted:
-            self.counted = False
-            self.ctx.pending_connections -= 1
-
-    def get_buffer(self, sizehint: int):
-        # buffer_updated checked these bytes and asked for more: next_read is positive here.
-        self.space = bytearray(next_read(self.buf, self.ctx.settings.limits.max_header_bytes))
-        return self.space
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.buf += self.space[:nbytes]
-        try:
-            if next_read(self.buf, self.ctx.settings.limits.max_header_bytes):
-                return
-            address = client_address(self.buf)
-        except ProxyHeaderError as exc:
-            self._refuse(str(exc))
-            return
-        self.timer.cancel()
-        self.transport.pause_reading()  # what follows is the client's: not a byte of it read here
-        peer = self.transport.get_extra_info("peername")
-        address = address or (peer[0] if peer else "")
-        if self.ssl_context is None:
-            conn = self.make_connection()
-            self.transport.set_protocol(conn)
-            self._uncount()
-            conn.accept(self.transport, address)
-            self.transport.resume_reading()
-        else:
-            task = self.ctx.loop.create_task(self._handshake(address))
-            self.ctx.handshakes.add(task)
-            task.add_done_callback(self.ctx.handshakes.discard)
-
-    async def _handshake(self, address: str) -> None:
-        conn = self.make_connection()
-        timeout_s = self.ctx.settings.timeouts.header_read_s
-        try:
-            tls = await self.ctx.loop.start_tls(self.transport, conn, self.ssl_context, server_side=True,
-                                                ssl_handshake_timeout=timeout_s)
-        except asyncio.CancelledError:  # the router stops
-            self.transport.abort()
-            raise
-        except (OSError, asyncio.TimeoutError) as exc:  # as a failed handshake on a TLS listener: closed
-            log.debug("TLS handshake after the PROXY header failed: %s", exc)
-            self.transport.abort()
-            return
-        finally:
-            self._uncount()
-        conn.accept(tls, address)
-
-    def _refuse(self, reason: str) -> None:
-        """Close, with nothing sent (the peer may not speak HTTP). A connection that sent nothing at all
-        (a load balancer's TCP health check) is not counted."""
-        self._uncount()
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.transport is not None and not self.transport.is_closing():
-            if self.buf:
-                self.ctx.metrics.rejected.labels("0", "proxy protocol").inc()
-                log.debug("connection closed: %s", reason)
-            self.transport.abort()
-
-    def eof_received(self) -> bool:
-        self._refuse("closed before its PROXY protocol header ended")
-        return False
-
-    def connection_lost(self, exc) -> None:
-        self._uncount()
-        if self.timer is not None:
-            self.timer.cancel()

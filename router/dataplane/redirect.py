@@ -1,15 +1,16 @@
-"""The HTTPS redirect listener (Router `httpsRedirect`): plain HTTP parsed and checked exactly as on
-the main listener (the same limits, timeouts and refusals of hostile input), every request answered
-with a redirect to the same host, path and query over https. Nothing goes to a cluster.
+"""Plain HTTP answered without a cluster, parsed and checked exactly as on the main listener (the
+same limits, timeouts and refusals of hostile input):
+
+- on the HTTPS redirect listener (Router `httpsRedirect`), every request is answered with a
+  redirect to the same host, path and query over https;
+- on the TLS listener, a connection that begins with plain HTTP instead of a TLS handshake gets
+  400 for its first request, then is closed (nginx's "plain HTTP request was sent to HTTPS port").
 """
 from __future__ import annotations
 
-import asyncio
-
-from ..config.model import HttpsRedirect
 from .context import ProxyContext
 from .exchange import Exchange
-from .server import ClientConnection, listen
+from .server import ClientConnection
 
 
 class HttpsRedirectExchange(Exchange):
@@ -31,7 +32,14 @@ class HttpsRedirectConnection(ClientConnection):
         self.redirect = redirect  # as a redirect route's: (scheme, host, port, prefix, full path, status)
 
 
-async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,
-                               reuse_port: bool = False) -> asyncio.base_events.Server:
-    redirect = (b"https", None, settings.port, None, None, settings.status)
-    return await listen(ctx, lambda: HttpsRedirectConnection(ctx, redirect), host, port, reuse_port=reuse_port)
+class PlainHttpExchange(Exchange):
+    __slots__ = ()
+
+    def start(self) -> None:
+        self.conn.retiring = True  # the answer says Connection: close
+        self.respond_error(400, "plain HTTP request sent to the HTTPS port", cluster="-")
+
+
+class PlainHttpOnTlsConnection(ClientConnection):
+    __slots__ = ()
+    exchange_class = PlainHttpExchange

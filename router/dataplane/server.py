@@ -16,7 +16,6 @@ from .context import ProxyContext
 from .exchange import Exchange
 from .headers import HttpReject, forwarded_node, is_trusted, simple_response
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
-from .proxyproto import ProxyHeaderReader
 from .reader import PIPELINE_WINDOW, RequestReader, PastLastRequest
 from .request import Request
 from .timers import LazyTimer
@@ -70,8 +69,10 @@ class ClientConnection(RequestReader, asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
-        peer = transport.get_extra_info("peername")
-        self.accept(transport, peer[0] if peer else "")
+        if not self.client_ip:  # (set already when the connection opened with a PROXY header or TLS)
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if peer else ""
+        self.accept(transport, self.client_ip)
 
     def accept(self, transport, client_ip: str) -> None:
         """A client connection from `client_ip`: the peer's, or the one a PROXY protocol header gave."""
@@ -343,24 +344,3 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     def _on_idle(self) -> None:
         if self.active is None and not self.queue:
             self.close()
-
-
-async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False,
-                ssl_context=None) -> asyncio.base_events.Server:
-    """The client listener; with `ssl_context`, TLS, its handshake bounded by the header deadline."""
-    return await listen(ctx, lambda: ClientConnection(ctx), host, port, sock, reuse_port, ssl_context)
-
-
-async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=None, reuse_port: bool = False,
-                 ssl_context=None) -> asyncio.base_events.Server:
-    """A client listener for `make_connection()`'s protocol; with the Router's proxyProtocol, each
-    connection's PROXY header is read first (and TLS begins after it)."""
-    if ctx.settings.proxy_protocol:
-        def factory():
-            return ProxyHeaderReader(ctx, make_connection, ssl_context)
-        tls = {}
-    else:
-        factory = make_connection
-        tls = {"ssl": ssl_context, "ssl_handshake_timeout": ctx.settings.timeouts.header_read_s} if ssl_context else {}
-    where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_port": reuse_port}
-    return await ctx.loop.create_server(factory, backlog=1024, **where, **tls)

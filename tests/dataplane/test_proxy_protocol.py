@@ -119,11 +119,15 @@ async def test_a_failed_handshake_after_the_header_leaves_nothing_behind(backend
                        router_doc(proxyProtocol=True, tls={"certFile": cert, "keyFile": key},
                                   timeouts={"headerRead": "300ms"}))
     header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"
-    for after in (GET, b"\x16\x03\x01\x00\x05hello", b""):  # plain HTTP, a broken record, no handshake at all
+    for after in (b"\x16\x03\x01\x00\x05hello", b""):  # a broken record, no handshake at all
         assert await closed_unanswered(app.port, header + after)
-    await wait_for(lambda: not app.ctx.handshakes, what="the handshakes ended")
-    assert app.metrics.registry.get_sample_value("router_open_connections") == 0 and not app.ctx.connections
-    assert app.ctx.pending_connections == 0
+    # plain HTTP after the header: answered 400, as on the TLS listener without the PROXY protocol
+    status, _, body = response_of(await raw_request(app.port, header + GET))
+    assert status == 400 and b"plain HTTP request sent to the HTTPS port" in body
+    await wait_for(lambda: not app.ctx.openings and not app.ctx.connections, what="the openings ended")
+    assert app.metrics.registry.get_sample_value("router_open_connections") == 0
+    assert app.metrics.registry.get_sample_value("router_rejected_requests_total",
+                                                 {"code": "0", "reason": "tls handshake"}) == 1
     assert b.seen == []
 
 
@@ -202,16 +206,16 @@ async def test_connections_reading_a_header_count_toward_max_connections(backend
     slow = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(2)]
     for _, writer in slow:
         writer.write(b"PROXY TCP4 ")  # a header begun, never finished
-    await wait_for(lambda: app.ctx.pending_connections == 2, what="two connections reading their header")
+    await wait_for(lambda: len(app.ctx.openings) == 2, what="two connections reading their header")
     t0 = time.monotonic()
     assert await closed_unanswered(app.port, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 80\r\n" + GET)
     assert time.monotonic() - t0 < 2  # at once, not at the 5 s header deadline
     assert app.metrics.registry.get_sample_value("router_rejected_requests_total",
                                                  {"code": "0", "reason": "too many connections"}) == 1
     slow[0][1].close()
-    await wait_for(lambda: app.ctx.pending_connections == 1, what="one left")
+    await wait_for(lambda: len(app.ctx.openings) == 1, what="one left")
     raw = await raw_request(app.port, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 80\r\n"
                                       b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert response_of(raw)[0] == 200
     slow[1][1].close()
-    await wait_for(lambda: app.ctx.pending_connections == 0 and not app.ctx.connections, what="nothing held")
+    await wait_for(lambda: not app.ctx.openings and not app.ctx.connections, what="nothing held")

@@ -8,9 +8,10 @@ import ssl
 import aiohttp
 import pytest
 import trustme
+from hypothesis import given, strategies as st
 
-from tests.conftest import (cluster_docs, read_response, read_until_close, router_doc, router_process, split_doc,
-                            wait_for)
+from tests.conftest import (cluster_docs, fuzz_settings, read_response, read_until_close, response_of, router_doc, router_process,
+                            split_doc, wait_for)
 
 
 @pytest.fixture
@@ -56,12 +57,19 @@ async def test_https_is_proxied_with_https_forwarding_headers(backends, router, 
     writer.close()
     seen = b.seen[-1].headers
     assert seen["X-Forwarded-Proto"] == "https" and seen["Forwarded"].startswith("for=127.0.0.1;proto=https")
-    # plain HTTP sent to the TLS port: no answer, nothing reaches the cluster
+    # plain HTTP sent to the TLS port: a 400 that says so, then closed; nothing reaches the cluster
     r, w = await asyncio.open_connection("127.0.0.1", app.port)
-    w.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert await read_until_close(r, 5.0) == b""
+    w.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+    status, headers, body = response_of(await read_until_close(r, 5.0))
+    assert status == 400 and headers["connection"] == "close"
+    assert body.endswith(b"plain HTTP request sent to the HTTPS port\n")
     w.close()
     assert len(b.seen) == 2
+    # and the listener still serves TLS
+    reader, writer = await https(app.port, client_context(ca))
+    writer.write(b"GET /three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
 
 
 async def test_silent_client_is_closed_at_the_header_deadline(backends, router, ca, tmp_path):
@@ -77,6 +85,74 @@ async def test_silent_client_is_closed_at_the_header_deadline(backends, router, 
     assert await read_until_close(r, 5.0) == b""
     assert loop.time() - t < 3.0
     w.close()
+
+
+async def test_handshakes_count_toward_max_connections(backends, router, ca, tmp_path):
+    """Connections still in their TLS handshake hold sockets too: past maxConnections a new one is closed
+    at once (not at the deadline); a stalled handshake is closed at headerRead and counted; once they
+    are gone, handshakes are served again."""
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}, limits={"maxConnections": 2},
+                                  timeouts={"headerRead": "1500ms"}))
+    silent = await asyncio.open_connection("127.0.0.1", app.port)  # no byte sent
+    stalled = await asyncio.open_connection("127.0.0.1", app.port)
+    stalled[1].write(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello record begun, never finished
+    await wait_for(lambda: len(app.ctx.openings) == 2, what="two connections opening")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.wait_for(https(app.port, client_context(ca)), 1.0)
+    assert loop.time() - t0 < 1.0  # refused at once
+    rejected = app.metrics.registry.get_sample_value
+    assert rejected("router_rejected_requests_total", {"code": "0", "reason": "too many connections"}) == 1
+    for reader, _ in (silent, stalled):  # both closed at the deadline
+        assert await read_until_close(reader, 5.0) == b""
+    await wait_for(lambda: not app.ctx.openings, what="the openings ended")
+    # the stalled handshake is counted, the silent connection (a TCP health check) is not
+    assert rejected("router_rejected_requests_total", {"code": "0", "reason": "tls handshake"}) == 1
+    for _, writer in (silent, stalled):
+        writer.close()
+    reader, writer = await https(app.port, client_context(ca))
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.openings, what="nothing held")
+
+
+@pytest.fixture
+async def tls_router(backends, router, tmp_path):
+    ca = trustme.CA()
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}, timeouts={"headerRead": "300ms"}))
+    return app, ca
+
+
+@fuzz_settings
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=80),
+                          st.sampled_from([b"\x16", b"\x16\x03\x01", b"\x16\x03\x03\x00\x05", b"\x80",
+                                           b"\x15\x03\x03\x00\x02\x02\x28", b"GET / HTTP/1.1\r\n",
+                                           b"Host: h\r\n", b"\r\n"])),
+                min_size=1, max_size=8))
+async def test_random_bytes_on_the_tls_port_never_crash_it_or_leak_a_connection(tls_router, pieces):
+    app, ca = tls_router
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"".join(pieces))
+        await read_until_close(reader, 2)
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.openings, timeout_s=3,
+                   what="no client connection left")
+    reader, writer = await https(app.port, client_context(ca))  # still serving
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()
 
 
 async def test_renewed_certificate_is_served_to_new_connections_and_a_bad_pair_is_refused(

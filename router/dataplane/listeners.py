@@ -1,0 +1,39 @@
+"""The client listeners: the main one (plain or TLS) and the HTTPS redirect one. A connection on a
+listener with the PROXY protocol or TLS opens through an Opening (opening.py) first; on a plain
+listener without the PROXY protocol the accepted connection is HTTP from its first byte.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from ..config.model import HttpsRedirect
+from .context import ProxyContext
+from .opening import Opening
+from .redirect import HttpsRedirectConnection, PlainHttpOnTlsConnection
+from .server import ClientConnection
+
+
+async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=None, reuse_port: bool = False,
+                 ssl_context=None) -> asyncio.base_events.Server:
+    """A client listener for `make_connection()`'s protocol."""
+    proxy_header = ctx.settings.proxy_protocol
+    if proxy_header or ssl_context is not None:
+        def factory():
+            return Opening(ctx, make_connection, ssl_context, proxy_header,
+                           make_plain=lambda: PlainHttpOnTlsConnection(ctx))
+    else:
+        factory = make_connection
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_port": reuse_port}
+    return await ctx.loop.create_server(factory, backlog=1024, **where)
+
+
+async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False,
+                ssl_context=None) -> asyncio.base_events.Server:
+    """The main listener; with `ssl_context`, TLS, its handshake bounded by the header deadline."""
+    return await listen(ctx, lambda: ClientConnection(ctx), host, port, sock, reuse_port, ssl_context)
+
+
+async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,
+                               reuse_port: bool = False) -> asyncio.base_events.Server:
+    redirect = (b"https", None, settings.port, None, None, settings.status)
+    return await listen(ctx, lambda: HttpsRedirectConnection(ctx, redirect), host, port, reuse_port=reuse_port)

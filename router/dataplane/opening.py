@@ -1,0 +1,201 @@
+"""How a connection opens on a listener with the PROXY protocol or TLS, before its first request.
+
+Each such connection is an Opening from its accept until it is handed to its HTTP protocol: it
+counts toward maxConnections (ctx.openings) and has one header deadline (timeouts.headerRead) for
+the whole of it, so neither slow PROXY headers nor stalled TLS handshakes hold sockets past the
+limit or the deadline. Its steps:
+
+1. With the PROXY protocol, the header, read in buffers no larger than what is left of it
+   (proxyproto.next_read), never a byte past it.
+2. On a TLS listener, the connection's first byte, looked at without reading it (MSG_PEEK on a
+   copy of the descriptor the transport gives up): a TLS handshake record (0x16) begins the
+   handshake; anything else is plain HTTP sent to the TLS port, handed to `make_plain()`'s
+   protocol, which answers it 400 (as nginx does) instead of closing in silence.
+3. The connection is handed on with the client's address: the header's, else the peer's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from typing import Callable
+
+from .proxyproto import ProxyHeaderError, client_address, next_read
+
+log = logging.getLogger("router.dataplane")
+
+TLS_HANDSHAKE_RECORD = 0x16  # the content type of a TLS record that begins a handshake (a ClientHello)
+
+
+class Opening(asyncio.BufferedProtocol):
+    """The first protocol of a connection on a PROXY protocol or TLS listener (see the module)."""
+
+    def __init__(self, ctx, make_connection: Callable, ssl_context: ssl.SSLContext | None,
+                 proxy_header: bool, make_plain: Callable | None = None):
+        self.ctx = ctx
+        self.make_connection = make_connection
+        self.make_plain = make_plain  # for plain HTTP on a TLS listener
+        self.ssl_context = ssl_context
+        self.proxy_header = proxy_header
+        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None  # the descriptor's copy, while its first byte is awaited
+        self.task: asyncio.Task | None = None  # the hand-over through a new transport (a TLS handshake)
+        self.address = ""
+        self.buf = b""
+        self.space = bytearray()
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.detached = False  # the transport gave up its descriptor (a TLS listener)
+        self.done = False
+
+    # --- asyncio.BufferedProtocol: the accepted transport -------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        ctx = self.ctx
+        if len(ctx.connections) + len(ctx.openings) >= ctx.max_connections:
+            # Nothing is sent: the peer has not said which protocol it speaks yet.
+            ctx.metrics.rejected.labels("0", "too many connections").inc()
+            self.done = True
+            transport.abort()
+            return
+        ctx.openings.add(self)
+        peer = transport.get_extra_info("peername")
+        self.address = peer[0] if peer else ""
+        header_read_s = ctx.settings.timeouts.header_read_s
+        self.deadline = ctx.loop.time() + header_read_s
+        self.timer = ctx.loop.call_later(header_read_s, self._expire)
+        if not self.proxy_header:
+            self._opened()  # (a TLS listener: the transport gives up its descriptor before its first read)
+
+    def get_buffer(self, sizehint: int):
+        # buffer_updated checked these bytes and asked for more: next_read is positive here.
+        self.space = bytearray(next_read(self.buf, self.ctx.settings.limits.max_header_bytes))
+        return self.space
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.buf += self.space[:nbytes]
+        try:
+            if next_read(self.buf, self.ctx.settings.limits.max_header_bytes):
+                return
+            address = client_address(self.buf)
+        except ProxyHeaderError as exc:
+            self._refuse("proxy protocol", str(exc))
+            return
+        self.transport.pause_reading()  # what follows is the client's: not a byte of it read here
+        self.address = address or self.address
+        self._opened()
+
+    def eof_received(self) -> bool:
+        self._refuse("proxy protocol", "closed before its PROXY protocol header ended")
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if not self.detached:  # (the connection lives on without that transport)
+            self._finish()
+
+    # --- the steps after the header ----------------------------------------------------------
+    def _opened(self) -> None:
+        transport = self.transport
+        if self.ssl_context is None:  # the PROXY protocol on a plain listener: HTTP from here
+            conn = self.make_connection()
+            transport.set_protocol(conn)
+            self._finish()
+            conn.accept(transport, self.address)
+            transport.resume_reading()
+            return
+        # The descriptor is copied and the transport closed before it reads: the connection stays
+        # open on the copy, its bytes unread, until the first one is known.
+        self.sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        self.sock.setblocking(False)
+        self.transport, self.detached = None, True
+        transport.abort()
+        self.ctx.loop.add_reader(self.sock.fileno(), self._first_byte)
+
+    def _first_byte(self) -> None:
+        try:
+            first = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the peer
+            first = b""
+        self.ctx.loop.remove_reader(self.sock.fileno())
+        if not first:  # closed before a byte (a TCP health check): nothing to answer, nothing counted
+            self._close_socket()
+            return
+        sock, self.sock = self.sock, None
+        if first[0] == TLS_HANDSHAKE_RECORD:
+            self.task = self.ctx.loop.create_task(self._handshake(sock))
+        else:
+            self.task = self.ctx.loop.create_task(self._plain(sock))
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        self.timer.cancel()  # the handshake has the rest of the deadline as its own timeout
+        conn = self.make_connection()
+        conn.client_ip = self.address
+        try:
+            await self.ctx.loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=max(self.deadline - self.ctx.loop.time(), 0.001))
+        except (OSError, asyncio.TimeoutError) as exc:  # closed by the TLS layer: counted, nothing sent
+            self.ctx.metrics.rejected.labels("0", "tls handshake").inc()
+            log.debug("TLS handshake with %s failed: %s", self.address, exc)
+        finally:  # (cancelled when the router stops: the TLS layer closes the connection)
+            self._finish()
+
+    async def _plain(self, sock: socket.socket) -> None:
+        conn = self.make_plain()
+        conn.client_ip = self.address
+        try:
+            await self.ctx.loop.connect_accepted_socket(lambda: conn, sock)
+        finally:
+            self._finish()
+
+    # --- ends --------------------------------------------------------------------------------
+    def _expire(self) -> None:
+        reason = ("no whole PROXY protocol header in time" if self.proxy_header and self.transport is not None
+                  else "no TLS handshake in time")
+        self._refuse("proxy protocol" if self.transport is not None else "tls handshake", reason)
+
+    def _refuse(self, kind: str, reason: str) -> None:
+        """Close, with nothing sent (the peer may not speak HTTP). A connection that sent nothing at all
+        (a load balancer's TCP health check) is not counted."""
+        sent = bool(self.buf) if self.transport is not None else self._has_input()
+        if sent and not self.done:
+            self.ctx.metrics.rejected.labels("0", kind).inc()
+            log.debug("connection from %s closed: %s", self.address, reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self._close_socket()
+
+    def _has_input(self) -> bool:
+        try:
+            return bool(self.sock is not None and self.sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            sock, self.sock = self.sock, None
+            self.ctx.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Out of the openings: handed on, or closed."""
+        if not self.done:
+            self.done = True
+            self.ctx.openings.discard(self)
+            if self.timer is not None:
+                self.timer.cancel()
+
+    def abort(self) -> None:
+        """The router stops: whatever step this connection is at ends, and the connection with it."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self._close_socket()

@@ -91,11 +91,11 @@ class RouterApp:
                                      {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
                                      token, before_scrape=self.metrics.flush)
             self.admin_port = await self.admin.start(*self.admin_addr)
-        tls = self.config.router.tls
-        if tls is not None:
-            self.listener_tls = ListenerTls(tls, self.metrics.tls_not_after)
+        if self.config.router.tls is not None:
+            self.listener_tls = ListenerTls(self.config.router.tls, self.metrics.tls_not_after)
+        tls = self.listener_tls
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
-                                  ssl_context=self.listener_tls.context if self.listener_tls else None)
+                                  tls_context=(lambda: tls.context) if tls is not None else None)
         self.port = self.server.sockets[0].getsockname()[1]
         redirect = self.config.router.https_redirect
         if redirect is not None:

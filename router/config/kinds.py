@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import (BufferSettings, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef, Limits, Probes,
+from .model import (BufferSettings, ClientCertificates, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef, Limits, Probes,
                     ResourceWatch, RouterSettings, ServiceConfig, SniCertificate, Timeouts, Tls, UpstreamTls,
                     Workload)
-from .values import (check_tls_pair, parse_duration, parse_endpoint, parse_hostport, parse_positive_size,
-                     parse_server_name, parse_size, upstream_context)
+from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
+                     parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
 
 
@@ -152,10 +152,14 @@ def _read_access_log(doc: Doc, node: Node | None) -> str | None:
 
 
 def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
-    """tls: {certFile: PATH, keyFile: PATH, sni: [{hosts: [NAME], certFile, keyFile}]}; each pair must
-    load (as `nginx -t` checks), and a host name may pick one certificate only."""
-    if not doc.fields(node, {"certFile", "keyFile", "sni"}, {"certFile", "keyFile"}):
+    """tls: {certFile: PATH, keyFile: PATH, sni: [{hosts: [NAME], certFile, keyFile}], minVersion: "1.2",
+    clientCertificates: {caFile: PATH, required: true}}; each pair must load (as `nginx -t` checks), and
+    a host name may pick one certificate only."""
+    if not doc.fields(node, {"certFile", "keyFile", "sni", "minVersion", "clientCertificates"},
+                      {"certFile", "keyFile"}):
         return None
+    min_version = doc.value(node, "minVersion", parse_tls_version, "1.2")
+    clients = _read_client_certificates(doc, node.get("clientCertificates"))
     default = _read_pair(doc, node)
     sni, seen = [], set()
     for item in doc.seq(node, "sni"):
@@ -172,7 +176,22 @@ def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
         pair = _read_pair(doc, item)
         if pair is not None and hosts:
             sni.append(SniCertificate(hosts, *pair))
-    return Tls(*default, tuple(sni)) if default is not None else None
+    return Tls(*default, tuple(sni), min_version, clients) if default is not None else None
+
+
+def _read_client_certificates(doc: Doc, node: Node | None) -> ClientCertificates | None:
+    """clientCertificates: {caFile: PATH, required: true}: the CA bundle must hold a certificate that loads."""
+    if not doc.fields(node, {"caFile", "required"}, {"caFile"}):
+        return None
+    ca_file = doc.string(node, "caFile")
+    required = doc.value(node, "required", parse_bool, True)
+    if ca_file is None:
+        return None
+    problem = check_ca_file(ca_file)
+    if problem is not None:
+        doc.error(node.get("caFile"), problem)
+        return None
+    return ClientCertificates(ca_file, required)
 
 
 def _read_pair(doc: Doc, node: Node) -> tuple[str, str] | None:

@@ -263,16 +263,27 @@ class SniCertificate:
 
 
 @dataclass(frozen=True)
+class ClientCertificates:
+    """Mutual TLS with clients: certificates signed by the CAs in `ca_file` are accepted; with
+    `required`, a handshake without one fails, else one is asked for and checked when given."""
+    ca_file: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class Tls:
     """TLS on the client listener: a PEM certificate chain (leaf first) and its private key, served
     when no `sni` entry names the host the client asked for (or it asked for none)."""
     cert_file: str
     key_file: str
     sni: tuple[SniCertificate, ...] = ()
+    min_version: str = "1.2"  # "1.2" or "1.3"
+    client_certificates: ClientCertificates | None = None
 
     @property
     def files(self) -> tuple[str, ...]:
-        return (self.cert_file, self.key_file, *(f for c in self.sni for f in (c.cert_file, c.key_file)))
+        clients = (self.client_certificates.ca_file,) if self.client_certificates else ()
+        return (self.cert_file, self.key_file, *(f for c in self.sni for f in (c.cert_file, c.key_file)), *clients)
 
 
 @dataclass(frozen=True)

@@ -176,25 +176,41 @@ def parse_server_name(value: object) -> str:
         raise ValueError(f"expected a DNS name such as ingress.example.com, got {value!r}") from None
 
 
+def check_ca_file(ca_file: str) -> str | None:
+    """None when `ca_file` is a PEM bundle whose certificates load, else what is wrong with it."""
+    try:
+        with open(ca_file, "rb") as fh:
+            if b"-----BEGIN CERTIFICATE-----" not in fh.read(1 << 22):
+                return f"no PEM certificate in {ca_file}"
+    except OSError as exc:
+        return f"cannot read {ca_file}: {exc.strerror}"
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        return f"cannot load the CA certificates in {ca_file}: {exc.reason or exc}"
+    return None
+
+
+def parse_tls_version(value: object) -> str:
+    """The lowest TLS version the listener accepts: "1.2" or "1.3"."""
+    if value in ("1.2", "1.3"):
+        return value
+    raise ValueError(f'expected "1.2" or "1.3" (TLS versions before 1.2 are not offered), got {value!r}')
+
+
 def upstream_context(ca_file: str | None, cert_file: str | None,
                      key_file: str | None) -> tuple[ssl.SSLContext | None, tuple[str, str] | None]:
     """The client context for a cluster's TLS settings, or (None, (field at fault, message)).
     Verification is always on: `ca_file` replaces the system's CAs, it does not turn checks off."""
     if ca_file is not None:
-        try:
-            with open(ca_file, "rb") as fh:
-                if b"-----BEGIN CERTIFICATE-----" not in fh.read(1 << 22):
-                    return None, ("caFile", f"no PEM certificate in {ca_file}")
-        except OSError as exc:
-            return None, ("caFile", f"cannot read {ca_file}: {exc.strerror}")
+        problem = check_ca_file(ca_file)
+        if problem is not None:
+            return None, ("caFile", problem)
     if cert_file is not None:
         problem = check_tls_pair(cert_file, key_file)
         if problem is not None:
             return None, problem
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except ssl.SSLError as exc:
-        return None, ("caFile", f"cannot load the CA certificates in {ca_file}: {exc.reason or exc}")
+    context = ssl.create_default_context(cafile=ca_file)
     if cert_file is not None:
         context.load_cert_chain(cert_file, key_file, refuse_passphrase)
     return context, None

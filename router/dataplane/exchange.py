@@ -260,7 +260,7 @@ class Exchange(ResponseRelay):
             parts.append(cached[3])
         else:
             fwd = forwarding_headers(facts, client.client_ip_bytes, client.forwarded_node, trusted, ctx.via,
-                                     req.upgrade, ctx.scheme)
+                                     req.upgrade, ctx.scheme, client.client_cert)
             client.fwd_cache = (facts, ctx.via, trusted, fwd)
             parts.append(fwd)
         if facts["chunked"]:

@@ -14,7 +14,8 @@ from .paths import replaced
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"content-length"))
-FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"))
+FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                        b"x-forwarded-client-cert"))
 # Headers a client may not declare hop-by-hop: dropping them would change what the message means.
 PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfer-encoding"))
 
@@ -42,7 +43,7 @@ def split_tokens(value: bytes) -> list[bytes]:
 # Request headers the proxy looks at or drops. Everything else passes through untouched.
 SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"connection", b"expect", b"upgrade",
                      b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"keep-alive",
-                     b"proxy-connection", b"te", b"trailer", b"via", b"x-request-id"))
+                     b"proxy-connection", b"te", b"trailer", b"via", b"x-request-id", b"x-forwarded-client-cert"))
 # SPECIAL headers that are also passed on as they came (the rest are dropped or rewritten).
 PASSED_ON = frozenset((b"host", b"expect", b"via", b"x-request-id"))
 REQUEST_ID = frozenset((b"x-request-id",))
@@ -181,9 +182,11 @@ def request_lines(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
 
 
 def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool, via: bytes,
-                       upgrade: bool, scheme: bytes) -> bytes:
+                       upgrade: bool, scheme: bytes, client_cert: bytes = b"") -> bytes:
     """X-Forwarded-*, Forwarded, Via (and the upgrade headers). The same for every request of a
-    keep-alive connection that repeats its headers, so the connection keeps the last one."""
+    keep-alive connection that repeats its headers, so the connection keeps the last one.
+    X-Forwarded-Client-Cert: a trusted proxy's kept, `client_cert` (the certificate the client showed
+    on this connection, as client_certificate_element() wrote it) added; a client's own dropped."""
     host = facts["raw_host"]
     fwd = facts["forwarding"] if trusted else {}
     prior = fwd.get(b"x-forwarded-for")
@@ -198,6 +201,10 @@ def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool
     prior = fwd.get(b"forwarded")
     out += (b"Forwarded: ", b", ".join(prior) + b", " + element if prior else element, b"\r\n")
     out += (b"Via: 1.1 ", via, b"\r\n")
+    prior = fwd.get(b"x-forwarded-client-cert")
+    if prior or client_cert:
+        out += (b"X-Forwarded-Client-Cert: ", b",".join((*(prior or ()), client_cert) if client_cert else prior),
+                b"\r\n")
     if upgrade:
         out += (b"Connection: upgrade\r\nUpgrade: ", facts["upgrade"] or b"", b"\r\n")
     return b"".join(out)

@@ -5,6 +5,8 @@ listener without the PROXY protocol the accepted connection is HTTP from its fir
 from __future__ import annotations
 
 import asyncio
+import ssl
+from typing import Callable
 
 from ..config.model import HttpsRedirect
 from .context import ProxyContext
@@ -14,12 +16,13 @@ from .server import ClientConnection
 
 
 async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=None, reuse_port: bool = False,
-                 ssl_context=None) -> asyncio.base_events.Server:
-    """A client listener for `make_connection()`'s protocol."""
+                 tls_context: Callable[[], ssl.SSLContext] | None = None) -> asyncio.base_events.Server:
+    """A client listener for `make_connection()`'s protocol; with `tls_context` (the server context as it
+    is at each handshake), TLS."""
     proxy_header = ctx.settings.proxy_protocol
-    if proxy_header or ssl_context is not None:
+    if proxy_header or tls_context is not None:
         def factory():
-            return Opening(ctx, make_connection, ssl_context, proxy_header,
+            return Opening(ctx, make_connection, tls_context, proxy_header,
                            make_plain=lambda: PlainHttpOnTlsConnection(ctx))
     else:
         factory = make_connection
@@ -28,9 +31,9 @@ async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=
 
 
 async def serve(ctx: ProxyContext, host: str, port: int, sock=None, reuse_port: bool = False,
-                ssl_context=None) -> asyncio.base_events.Server:
-    """The main listener; with `ssl_context`, TLS, its handshake bounded by the header deadline."""
-    return await listen(ctx, lambda: ClientConnection(ctx), host, port, sock, reuse_port, ssl_context)
+                tls_context: Callable[[], ssl.SSLContext] | None = None) -> asyncio.base_events.Server:
+    """The main listener; with `tls_context`, TLS, its handshake bounded by the header deadline."""
+    return await listen(ctx, lambda: ClientConnection(ctx), host, port, sock, reuse_port, tls_context)
 
 
 async def serve_https_redirect(ctx: ProxyContext, settings: HttpsRedirect, host: str, port: int,

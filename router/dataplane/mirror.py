@@ -138,7 +138,7 @@ def mirror_request(ex) -> None:
     body = b"".join(ex.kept)
     parts = ex.changed_request_lines()
     parts.append(forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
-                                    ctx.via, False, ctx.scheme))
+                                    ctx.via, False, ctx.scheme, client.client_cert))
     if body or req.facts["content_length"] is not None or req.facts["chunked"]:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts += (b"\r\n", body)

@@ -32,12 +32,12 @@ TLS_HANDSHAKE_RECORD = 0x16  # the content type of a TLS record that begins a ha
 class Opening(asyncio.BufferedProtocol):
     """The first protocol of a connection on a PROXY protocol or TLS listener (see the module)."""
 
-    def __init__(self, ctx, make_connection: Callable, ssl_context: ssl.SSLContext | None,
+    def __init__(self, ctx, make_connection: Callable, tls_context: Callable[[], ssl.SSLContext] | None,
                  proxy_header: bool, make_plain: Callable | None = None):
         self.ctx = ctx
         self.make_connection = make_connection
         self.make_plain = make_plain  # for plain HTTP on a TLS listener
-        self.ssl_context = ssl_context
+        self.tls_context = tls_context  # the listener's context as it is now (certificates are replaced live)
         self.proxy_header = proxy_header
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None  # the descriptor's copy, while its first byte is awaited
@@ -100,7 +100,7 @@ class Opening(asyncio.BufferedProtocol):
     # --- the steps after the header ----------------------------------------------------------
     def _opened(self) -> None:
         transport = self.transport
-        if self.ssl_context is None:  # the PROXY protocol on a plain listener: HTTP from here
+        if self.tls_context is None:  # the PROXY protocol on a plain listener: HTTP from here
             conn = self.make_connection()
             transport.set_protocol(conn)
             self._finish()
@@ -138,7 +138,7 @@ class Opening(asyncio.BufferedProtocol):
         conn.client_ip = self.address
         try:
             await self.ctx.loop.connect_accepted_socket(
-                lambda: conn, sock, ssl=self.ssl_context,
+                lambda: conn, sock, ssl=self.tls_context(),
                 ssl_handshake_timeout=max(self.deadline - self.ctx.loop.time(), 0.001))
         except (OSError, asyncio.TimeoutError) as exc:  # closed by the TLS layer: counted, nothing sent
             self.ctx.metrics.rejected.labels("0", "tls handshake").inc()

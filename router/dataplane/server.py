@@ -19,6 +19,7 @@ from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .reader import PIPELINE_WINDOW, RequestReader, PastLastRequest
 from .request import Request
 from .timers import LazyTimer
+from .tls import client_certificate_element
 
 log = logging.getLogger("router.dataplane")
 
@@ -31,7 +32,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
-                 "last_facts", "fwd_cache", "body_out", "served", "born", "retiring")
+                 "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
 
     def __init__(self, ctx: ProxyContext):
@@ -82,6 +83,12 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.client_ip_bytes = self.client_ip.encode()
         self.forwarded_node = forwarded_node(self.client_ip)
         self.trusted_key: tuple | None = None  # (trusted proxies config, is this client trusted)
+        self.client_cert = b""  # X-Forwarded-Client-Cert's element for the certificate the client showed
+        tls = self.ctx.settings.tls
+        if tls is not None and tls.client_certificates is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                self.client_cert = client_certificate_element(ssl_object)
         transport.set_write_buffer_limits(high=256 * 1024)
         self.ctx.connections.add(self)
         self.ctx.metrics.open_connections.inc()

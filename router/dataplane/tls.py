@@ -1,83 +1,85 @@
-"""TLS on the client listener: the server context, certificates chosen by SNI, and certificates
-replaced while serving.
+"""TLS on the client listener: the server contexts, certificates chosen by SNI, client certificates,
+and all of it replaced while serving.
 
-The default context is made once at start and handed to the listener; a reload (or a change of the
-certificate files: a Kubernetes Secret update, cert-manager's renewal) loads the new chain into
-that same context, so new handshakes get it and open connections keep theirs. The pair is first
-loaded into a scratch context: a bad pair is refused without touching the live one. Certificates
-for other host names (Router tls.sni) live in contexts of their own, built anew on each reload and
-swapped in whole; the default context's SNI callback hands a handshake to the one its name picks.
+The contexts are built from the config at start and on every reload (or change of a certificate or
+CA file: a Kubernetes Secret update, cert-manager's renewal), aside from the live ones, and swapped
+in whole: new handshakes get them, open connections keep theirs, and a pair or CA file that does
+not load leaves the live ones serving. The default context's SNI callback hands a handshake to the
+context its name picks (Router tls.sni); every context has the same versions and client checks.
 """
 from __future__ import annotations
 
 import base64
 import calendar
+import hashlib
 import logging
 import re
 import ssl
 import time
 
-from ..config.model import Tls
+from ..config.model import ClientCertificates, Tls
 from ..config.values import refuse_passphrase
 
 log = logging.getLogger("router.tls")
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
 _UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """TLS 1.2 and up, the ssl module's server defaults (no compression, forward-secret ciphers
-    first), HTTP/1.1 offered by ALPN so clients speak what the router serves."""
+def server_context(cert_file: str, key_file: str, min_version: str = "1.2",
+                   clients: ClientCertificates | None = None) -> ssl.SSLContext:
+    """TLS 1.2 (or `min_version`) and up, the ssl module's server defaults (no compression, forward-secret
+    ciphers first), HTTP/1.1 offered by ALPN so clients speak what the router serves; with `clients`,
+    client certificates asked for (required, or checked when given) and verified against its CAs."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = _VERSIONS[min_version]
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert_file, key_file, refuse_passphrase)
+    if clients is not None:
+        ctx.load_verify_locations(cafile=clients.ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if clients.required else ssl.CERT_OPTIONAL
     return ctx
 
 
-def replace_certificate(live: ssl.SSLContext, cert_file: str, key_file: str) -> None:
-    """Load the pair into `live` for new handshakes; raises (leaving `live` as it was) when it
-    does not load."""
-    server_context(cert_file, key_file)
-    live.load_cert_chain(cert_file, key_file, refuse_passphrase)
-
-
 class ListenerTls:
-    """The client listener's certificates: the default context, the SNI contexts by host name, and what
-    /debug/state and the expiry gauge show of them."""
+    """The client listener's TLS: the live default context (`context`, read at each handshake), the
+    SNI contexts by host name, and what /debug/state and the expiry gauge show of them."""
 
     def __init__(self, tls: Tls, expiry_gauge):
-        self.context = server_context(tls.cert_file, tls.key_file)
-        self.context.sni_callback = self._pick
+        self.context: ssl.SSLContext | None = None
         self.exact: dict[str, ssl.SSLContext] = {}
         self.suffixes: dict[str, ssl.SSLContext] = {}  # ".example.com" for "*.example.com"
         self.expiry_gauge = expiry_gauge
         self.loads = 0
         self.last_error: str | None = None
         self.served: list[dict] = []
-        self._install(tls, first=True)
+        self.settings = tls
+        self._install(tls)
 
     def reload(self, tls: Tls) -> None:
         """New handshakes get the certificates as the files are now; on an error the last ones stay."""
         try:
-            self._install(tls, first=False)
+            self._install(tls)
         except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last ones
             self.last_error = str(exc)
             log.error("TLS certificates not replaced, keeping the last ones: %s", exc)
 
-    def _install(self, tls: Tls, first: bool) -> None:
+    def _install(self, tls: Tls) -> None:
+        def build(cert_file: str, key_file: str) -> ssl.SSLContext:
+            return server_context(cert_file, key_file, tls.min_version, tls.client_certificates)
+
+        default = build(tls.cert_file, tls.key_file)  # all built aside, swapped in whole below
+        default.sni_callback = self._pick
         exact, suffixes = {}, {}
-        for entry in tls.sni:  # built aside, swapped in whole below
-            ctx = server_context(entry.cert_file, entry.key_file)
+        for entry in tls.sni:
+            ctx = build(entry.cert_file, entry.key_file)
             for host in entry.hosts:
                 if host.startswith("*."):
                     suffixes[host[1:]] = ctx
                 else:
                     exact[host] = ctx
-        if not first:
-            replace_certificate(self.context, tls.cert_file, tls.key_file)
-        self.exact, self.suffixes = exact, suffixes
+        self.context, self.exact, self.suffixes, self.settings = default, exact, suffixes, tls
         self.loads += 1
         self.last_error = None
         self.served = [{"hosts": ["*"], "cert_file": tls.cert_file, "key_file": tls.key_file}] + [
@@ -116,9 +118,53 @@ class ListenerTls:
 
     def state(self) -> dict:
         """What /debug/state shows: the default pair (as before), every certificate, loads, the last error."""
-        default = self.served[0]
+        default, clients = self.served[0], self.settings.client_certificates
         return {"cert_file": default["cert_file"], "key_file": default["key_file"], "not_after": default["not_after"],
-                "certificates": self.served, "loads": self.loads, "last_error": self.last_error}
+                "certificates": self.served, "min_version": self.settings.min_version,
+                "client_certificates": {"ca_file": clients.ca_file, "required": clients.required} if clients else None,
+                "loads": self.loads, "last_error": self.last_error}
+
+
+def client_certificate_element(ssl_object) -> bytes:
+    """What X-Forwarded-Client-Cert says of the certificate a client showed on this connection (Envoy's
+    format: Hash=<SHA-256 of the DER, hex>;Subject="<RFC 2253>";URI=...;DNS=...), or b"" when it
+    showed none. Read once per connection: the handshake verified it against the client CAs."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return b""
+    info = ssl_object.getpeercert() or {}
+    parts = ["Hash=" + hashlib.sha256(der).hexdigest(), "Subject=" + _quoted(rfc2253(info.get("subject", ())))]
+    uris = [value for kind, value in info.get("subjectAltName", ()) if kind == "URI"]
+    if uris:
+        parts.append("URI=" + _quoted(uris[0]))
+    parts += ["DNS=" + _quoted(value) for kind, value in info.get("subjectAltName", ()) if kind == "DNS"]
+    return ";".join(parts).encode("utf-8")
+
+
+_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+                "localityName": "L", "stateOrProvinceName": "ST", "streetAddress": "STREET",
+                "domainComponent": "DC", "userId": "UID"}
+
+
+def rfc2253(subject: tuple) -> str:
+    """A subject as the ssl module gives it (RDNs, each a tuple of (name, value) pairs), written the RFC
+    2253 way: the last RDN first, short attribute names, special characters escaped."""
+    def escape(value: str) -> str:
+        out = "".join("\\" + c if c in ',+"\\<>;' else c for c in value)
+        if out[:1] in ("#", " "):
+            out = "\\" + out
+        return out[:-1] + "\\ " if out.endswith(" ") and not out.endswith("\\ ") else out
+    return ",".join("+".join(f"{_SHORT_NAMES.get(name, name)}={escape(value)}" for name, value in rdn)
+                    for rdn in reversed(subject))
+
+
+def _quoted(value: str) -> str:
+    """A value of an X-Forwarded-Client-Cert element: control characters dropped (never a header line
+    break), quoted when it holds , ; = or a quote, with quotes and backslashes escaped."""
+    value = "".join(c for c in value if c >= " " and c != "\x7f")
+    if any(c in value for c in ',;="\\'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
 
 
 def utc_text(when: float | None) -> str | None:

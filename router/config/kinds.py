@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import (BufferSettings, ClientCertificates, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef, Limits, Probes,
-                    ResourceWatch, RouterSettings, ServiceConfig, SniCertificate, Timeouts, Tls, UpstreamTls,
-                    Workload)
+from .model import (BufferSettings, ClientCertificates, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef,
+                    Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SniCertificate, Timeouts, Tls,
+                    UpstreamTls, Workload)
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node

@@ -25,6 +25,11 @@ log = logging.getLogger("router.dataplane")
 
 LINGER_S = 2.0  # after a final response, keep draining what the client still sends (like nginx)
 LINGER_MAX_BYTES = 4 * 1024 * 1024
+# A chunked request body may carry this much besides its data (chunk sizes, extensions, line ends),
+# plus CHUNK_OVERHEAD_PER_BYTE bytes per data byte: one-byte chunks pass, a body of chunk extensions
+# does not (chunk extensions are discarded, so they would otherwise cost reads without end).
+CHUNK_OVERHEAD_BYTES = 16 * 1024
+CHUNK_OVERHEAD_PER_BYTE = 16
 
 
 class ClientConnection(RequestReader, asyncio.Protocol):
@@ -32,7 +37,8 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     __slots__ = ("ctx", "transport", "parser", "client_ip", "client_ip_bytes", "forwarded_node", "trusted_key",
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
-                 "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert")
+                 "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert", "wire_req",
+                 "wire_bytes")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
 
     def __init__(self, ctx: ProxyContext):
@@ -67,6 +73,8 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.served = 0  # requests whose head was read
         self.born = 0.0  # when the connection was accepted
         self.retiring = False  # past maxRequestsPerConnection or maxConnectionAge: the next response closes it
+        self.wire_req: Request | None = None  # the chunked request whose body bytes on the wire are counted
+        self.wire_bytes = 0
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -127,8 +135,12 @@ class ClientConnection(RequestReader, asyncio.Protocol):
             if self.discarded > LINGER_MAX_BYTES:
                 self.abort()
             return
-        if self.req is None or not self.req.head_done:
+        req = self.req
+        if req is None or not req.head_done:
             self.head_bytes += len(data)
+            mid_body = None
+        else:
+            mid_body = None if req.complete else req  # this read begins inside its body
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -160,8 +172,18 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                     self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
             elif req is not None and not req.complete and not self.stopped:  # a body still arriving
                 self._set_timer(self.ctx.settings.timeouts.body_idle_s, self._on_body_deadline, "body")
+                if req is mid_body and req.facts["chunked"]:  # the whole read was its body
+                    self._count_chunked(req, len(data))
         if self.body_out:
             self._flush_body()
+
+    def _count_chunked(self, req: Request, n: int) -> None:
+        """Bytes on the wire of a chunked body against its data: refused (400) past the allowance."""
+        if self.wire_req is not req:
+            self.wire_req, self.wire_bytes = req, 0
+        self.wire_bytes += n
+        if self.wire_bytes - req.body_len > CHUNK_OVERHEAD_BYTES + CHUNK_OVERHEAD_PER_BYTE * req.body_len:
+            self._fail(HttpReject(400, "chunked body with too much besides data (chunk extensions)"))
 
     def pause_writing(self):
         ex = self.active or self.tunnel

@@ -357,3 +357,34 @@ async def test_request_split_across_reads_is_answered_the_same(proxy, data, cuts
     whole = await _answers(proxy.port, [data], proxy)
     split = await _answers(proxy.port, cut(data, cuts), proxy)
     assert split == whole, (split, whole)
+
+
+async def test_chunk_extensions_cannot_stand_in_for_a_body(proxy):
+    """Chunk extensions are discarded, so without a bound a client could send reads without end for a body
+    of a few bytes: past 16 KiB plus 16 bytes per data byte of non-data, 400, and the upstream never gets a
+    whole request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /ext HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+    raw = b""
+    for _ in range(200):  # up to 800 KB of extensions for 200 bytes of data
+        writer.write(b"1;" + b"e" * 4000 + b"\r\nx\r\n")
+        await writer.drain()
+        try:
+            raw = await asyncio.wait_for(reader.read(65536), 0.02)
+            break
+        except asyncio.TimeoutError:
+            continue
+    raw += await read_until_close(reader, 5)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:200]
+    assert b"chunk extensions" in raw
+    assert not any(seen.path == "/ext" for seen in proxy.backend.seen)  # never completed upstream
+
+
+async def test_one_byte_chunks_pass(proxy):
+    """A client that streams a byte per chunk (5 bytes of framing each) is within the allowance."""
+    body = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(3000)) + b"0\r\n\r\n"
+    raw = await raw_request(proxy.port, b"POST /bytes HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
+                                        b"Connection: close\r\n\r\n" + body)
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
+    assert len(proxy.backend.bodies[-1]) == 3000

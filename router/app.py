@@ -301,6 +301,9 @@ class RouterApp:
                            "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}
                            if split.retry else None,
                            "mirror": asdict(split.mirror) if split.mirror else None,
+                           "source_ranges": {"allow": [str(n) for n in split.source_ranges.allow],
+                                             "deny": [str(n) for n in split.source_ranges.deny]}
+                           if split.source_ranges else None,
                            "match": asdict(split.match) if split.match else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),

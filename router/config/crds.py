@@ -57,6 +57,9 @@ TRAFFIC_SPLIT_SPEC = {
         "retry": {"type": "object", "required": ["codes"], "properties": {
             "codes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 400, "maximum": 599}},
             "attempts": {"type": "integer", "minimum": 1}}},
+        "sourceRanges": {"type": "object", "properties": {
+            "allow": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "deny": {"type": "array", "items": {"type": "string", "minLength": 1}}}},
         "rateLimit": {"type": "object", "required": ["requestsPerSecond"], "properties": {
             "requestsPerSecond": {"type": "number", "minimum": 0, "maximum": 1e9},
             "burst": {"type": "integer", "minimum": 1},

@@ -171,6 +171,13 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class SourceRanges:
+    """Client addresses a route answers: none in `deny`, and, when `allow` is not empty, one in `allow`."""
+    allow: tuple = ()  # ipaddress networks
+    deny: tuple = ()
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     name: str
     kind: str  # which format it came from, for /debug/state
@@ -191,6 +198,7 @@ class SplitConfig:
     retry: RetryOn | None = None
     mirror: Mirror | None = None
     match: RouteMatch | None = None  # header, query and method conditions; None: host and path alone
+    source_ranges: SourceRanges | None = None  # which client addresses may use the route
 
 
 @dataclass(frozen=True)

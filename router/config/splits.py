@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .doc import Doc, one_of, parse_path, positive_duration, positive_int, read_hosts
-from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts
+from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
+                    SourceRanges)
 from .route_options import (non_negative_int, parse_percent, path_modifier, read_affinity, read_conditions,
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
+                            read_source_ranges,
                             read_rewrite, read_route_timeouts, rewrite_host)
 from .values import normalise_host, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
@@ -54,6 +56,7 @@ class PendingSplit:
     retry: RetryOn | None = None
     mirror: tuple[Mirror, Node] | None = None  # the Cluster it names is checked by the loader, at the node
     match: RouteMatch | None = None
+    source_ranges: SourceRanges | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -63,7 +66,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match"},
+                             "match", "sourceRanges"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -105,7 +108,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
                         retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")),
                         match=read_conditions(doc, spec.get("match"))
-                        if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None)
+                        if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None,
+                        source_ranges=read_source_ranges(doc, spec.get("sourceRanges")))
 
 
 def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:

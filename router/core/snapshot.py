@@ -69,6 +69,8 @@ class Route:
     # Header, query and method conditions, compiled: ((lowercase name, value) bytes pairs, (name, value)
     # str pairs, method bytes or None); None when host and path alone decide.
     match: tuple | None = None
+    # Client addresses allowed, compiled: (allow networks, deny networks); None: every client.
+    source_ranges: tuple | None = None
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -216,7 +218,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
                      split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
-                     _match(split.match))
+                     _match(split.match),
+                     (split.source_ranges.allow, split.source_ranges.deny) if split.source_ranges else None)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

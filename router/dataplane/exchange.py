@@ -16,7 +16,8 @@ import ssl
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
-from .headers import REQUEST_ID, HttpReject, client_address, forwarding_headers, redirect_location, request_lines
+from .headers import (REQUEST_ID, HttpReject, client_address, forwarding_headers, redirect_location, request_lines,
+                      source_allowed)
 from .mirror import mirror_request
 from .paths import replaced
 from .pause import PAUSE_HELD
@@ -105,6 +106,8 @@ class Exchange(ResponseRelay):
                 return
         route, self.service = hit
         self.route = route
+        if route.source_ranges is not None and not self._source_allowed(route):
+            return
         if route.rate_limit is not None and self._rate_limited(route):
             return
         if route.redirect is not None:  # answered here, nothing goes to a cluster
@@ -119,6 +122,15 @@ class Exchange(ResponseRelay):
         facts = self.req.facts
         location = redirect_location(redirect, scheme, facts["host"], facts["raw_host"], self.req.url, path_prefix)
         self.respond_error(redirect[5], reason, cluster="-", location=location)
+
+    def _source_allowed(self, route) -> bool:
+        """The route's sourceRanges, for the client's address (as rate limits by client see it), or 403."""
+        conn = self.conn
+        address = client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
+        if source_allowed(address, *route.source_ranges):
+            return True
+        self.respond_error(403, "client address not allowed on this route", cluster="-")
+        return False
 
     def _rate_limited(self, route) -> bool:
         """Take a token from the route's bucket for this request's key, or answer 429."""

@@ -21,7 +21,7 @@ PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfe
 
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 301: "Moved Permanently", 302: "Found",
            303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
-           404: "Not Found",
+           403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -149,6 +149,18 @@ def is_trusted(client_ip: str, trusted: tuple) -> bool:
     except ValueError:
         return False
     return any(addr in net for net in trusted)
+
+
+def source_allowed(address: str, allow: tuple, deny: tuple) -> bool:
+    """A route's sourceRanges: in no `deny` network, and in an `allow` one when there are any. An
+    address that does not parse is allowed only when nothing needs to contain it."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return not allow
+    if addr.version == 6 and addr.ipv4_mapped is not None:  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4
+        addr = addr.ipv4_mapped
+    return not any(addr in net for net in deny) and (not allow or any(addr in net for net in allow))
 
 
 def client_address(peer_ip: str, facts: dict, trusted: tuple, peer_trusted: bool) -> str:

@@ -109,7 +109,15 @@ class Opening(asyncio.BufferedProtocol):
             return
         # The descriptor is copied and the transport closed before it reads: the connection stays
         # open on the copy, its bytes unread, until the first one is known.
-        self.sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        try:
+            copy = os.dup(transport.get_extra_info("socket").fileno())
+        except OSError as exc:  # out of descriptors (EMFILE): closed with nothing sent, safe to retry
+            self.ctx.metrics.rejected.labels("0", "local resources exhausted").inc()
+            log.warning("TLS connection from %s closed before its handshake: %s", self.address, exc)
+            transport.abort()
+            self._finish()
+            return
+        self.sock = socket.socket(fileno=copy)
         self.sock.setblocking(False)
         self.transport, self.detached = None, True
         transport.abort()

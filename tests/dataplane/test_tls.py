@@ -382,3 +382,26 @@ async def test_sni_entries_are_checked(tmp_path, ca):
         with pytest.raises(ConfigError) as err:
             load_config(str(path))
         assert expected in str(err.value), (expected, str(err.value))
+
+
+async def test_out_of_descriptors_before_the_handshake_closes_the_connection_and_nothing_leaks(
+        tls_router, monkeypatch):
+    """The first-byte look needs a copy of the connection's descriptor: when the process has none left,
+    the connection is closed with nothing sent (as libuv closes what it cannot accept) and counted."""
+    app, ca = tls_router
+    import router.dataplane.opening as opening
+
+    def no_descriptors(fd):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(opening.os, "dup", no_descriptors)
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    assert await read_until_close(reader, 5) == b""
+    writer.close()
+    await wait_for(lambda: not app.ctx.openings, what="the opening ended")
+    assert app.metrics.registry.get_sample_value(
+        "router_rejected_requests_total", {"code": "0", "reason": "local resources exhausted"}) == 1
+    monkeypatch.undo()
+    reader, writer = await https(app.port, client_context(ca))  # served again once descriptors are back
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.close()

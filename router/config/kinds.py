@@ -4,14 +4,15 @@ Splits (TrafficSplit in its three formats, HTTPRoute) are read in splits.py.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import replace
 from typing import Any, Callable
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
                   redirect_code)
-from .model import (BufferSettings, ClientCertificates, ClusterConfig, Endpoint, HttpsRedirect, KubernetesRef,
-                    Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SniCertificate, Timeouts, Tls,
-                    UpstreamTls, Workload)
+from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
+                    KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SniCertificate,
+                    Timeouts, Tls, UpstreamTls, Workload)
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
@@ -69,7 +70,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
-                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol"}):
+                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -134,7 +135,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           access_log=_read_access_log(doc, spec.get("accessLog")),
                           tls=_read_tls(doc, spec.get("tls")),
                           https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport),
-                          proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False))
+                          proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False),
+                          compression=_read_compression(doc, spec.get("compression")))
 
 
 def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:
@@ -144,6 +146,32 @@ def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], 
     listen = doc.value(node, "listen", hostport)
     port, status = doc.value(node, "port", parse_port, 443), doc.value(node, "statusCode", redirect_code, 301)
     return HttpsRedirect(listen, port, status) if listen is not None else None
+
+
+def _read_compression(doc: Doc, node: Node | None) -> Compression | None:
+    """compression: {level: 1, minLength: 256, types: [application/json, ...]}; `{}` takes the defaults."""
+    if not doc.fields(node, {"level", "minLength", "types"}):
+        return None
+    d = Compression()
+    types = set()
+    for item in doc.seq(node, "types"):
+        value = item.value if isinstance(item.value, str) else ""
+        if not _MEDIA_TYPE.fullmatch(value):
+            doc.error(item, f"expected a media type such as application/json, got {item.value!r}")
+        else:
+            types.add(value.lower())
+    return Compression(doc.value(node, "level", _zlib_level, d.level),
+                       doc.value(node, "minLength", parse_size, d.min_length),
+                       frozenset(types) if node.get("types") is not None else d.types)
+
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+
+
+def _zlib_level(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 9:
+        raise ValueError(f"expected a gzip level from 1 (fastest) to 9 (smallest), got {v!r}")
+    return v
 
 
 def _read_access_log(doc: Doc, node: Node | None) -> str | None:

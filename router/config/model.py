@@ -318,6 +318,19 @@ class HttpsRedirect:
     status: int = 301
 
 
+# Envoy's compressor filter's default content types.
+COMPRESSIBLE_TYPES = frozenset(("application/javascript", "application/json", "application/xhtml+xml", "image/svg+xml",
+                                "text/css", "text/html", "text/plain", "text/xml"))
+
+
+@dataclass(frozen=True)
+class Compression:
+    """gzip for responses whose client takes it (Router `compression`)."""
+    level: int = 1  # zlib's 1 (fastest, nginx's default) .. 9 (smallest)
+    min_length: int = 256  # responses with a smaller Content-Length are sent as they are
+    types: frozenset = COMPRESSIBLE_TYPES  # lowercase media types (type/subtype)
+
+
 @dataclass(frozen=True)
 class RouterSettings:
     listen: str = "0.0.0.0:8080"
@@ -340,6 +353,7 @@ class RouterSettings:
     https_redirect: HttpsRedirect | None = None  # a plain listener redirecting every request to https
     proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
+    compression: Compression | None = None  # gzip for responses; None: responses pass as they are
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None
 

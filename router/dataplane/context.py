@@ -51,6 +51,7 @@ class ProxyContext:
         self.wake_hints: dict[tuple[str, str], float] = {}  # (service, cluster) -> last hinted
         self.rng = rng or random.Random()
         self.settings: RouterSettings = snapshot.config.router
+        self.compression = self.settings.compression  # read once per response head: kept at hand
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
         self.connections: set = set()
         self.max_connections = connection_limit(self.settings)
@@ -101,6 +102,7 @@ class ProxyContext:
         self.snapshot = snapshot
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router
+        self.compression = self.settings.compression
         self.max_connections = connection_limit(self.settings)
         self._connection_reuse()
         self.via = self.settings.via.encode()

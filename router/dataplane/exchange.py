@@ -59,7 +59,7 @@ class Exchange(ResponseRelay):
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
-                 "deadline_handle", "status_retries", "mirrored")
+                 "deadline_handle", "status_retries", "mirrored", "gzip")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -90,6 +90,7 @@ class Exchange(ResponseRelay):
         self.deadline_handle = None  # the route's request timeout, once the response head went out
         self.status_retries = 0  # responses dropped for the route's retry codes
         self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
+        self.gzip = None  # the response's GzipStream, when the router compresses it
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------

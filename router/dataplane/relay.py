@@ -7,10 +7,14 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 """
 from __future__ import annotations
 
+from .compress import GzipStream, plan as compression_plan
 from .headers import response_head, simple_response
 from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
 
+
+
+_PLANNED = frozenset((b"vary", b"etag"))  # response headers a compression plan writes itself
 
 
 class ResponseRelay:
@@ -39,21 +43,31 @@ class ResponseRelay:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
         tail = self.ctx.response_tail(self.backend.cluster)
-        if route.response_changes or req.request_id:
+        compression = ctx.compression
+        plan = compression_plan(compression, status, headers, req.headers) if compression and not no_body else None
+        if route.response_changes or req.request_id or plan is not None:
             if route.response_add:
                 tail = route.response_add + tail
             if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
                 tail = req.request_id_line + tail
-            parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, route.response_drop,
+            drop = route.response_drop
+            if plan is not None:  # Vary and ETag are written below
+                tail = plan.head_lines() + tail
+                drop = _PLANNED if drop is None else drop | _PLANNED
+            parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101, drop,
                                                         bool(req.request_id))
         else:
             parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101)
+        client_cl = cl
+        if plan is not None and plan.gzip:
+            self.gzip = GzipStream(compression.level)
+            client_cl = None  # the length changes: chunked (or close-delimited for HTTP/1.0)
         if status == 101:
             pass
         elif no_body:
             if cl is not None and req.method == b"HEAD":
                 parts += (b"Content-Length: ", cl, b"\r\n")
-        elif cl is not None:
+        elif client_cl is not None:
             parts += (b"Content-Length: ", cl, b"\r\n")
         elif req.version == "1.1":
             self.resp_chunked = True
@@ -93,10 +107,22 @@ class ResponseRelay:
     def on_response_body(self, data: bytes) -> None:
         if self.finished:
             return
+        if self.gzip is not None:
+            data = self.gzip.compress(data)  # never empty: each piece ends with a flush block
         if self.resp_chunked:
             self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self.conn.write(data)
+
+    def _finish_gzip(self) -> None:
+        """The gzip stream's end (its last block and trailer), and the counts."""
+        stream, self.gzip = self.gzip, None
+        end = stream.finish()
+        self.conn.write(b"%x\r\n%b\r\n" % (len(end), end) if self.resp_chunked else end)
+        metrics = self.ctx.metrics
+        metrics.compressed.inc()
+        metrics.compression_bytes.labels("in").inc(stream.bytes_in)
+        metrics.compression_bytes.labels("out").inc(stream.bytes_out)
 
     def on_response_end(self) -> None:
         if self.finished:
@@ -106,6 +132,8 @@ class ResponseRelay:
             return
         self.finished = True
         # the header timer was cleared when the head arrived
+        if self.gzip is not None:
+            self._finish_gzip()
         if self.resp_chunked:
             self.conn.write(b"0\r\n\r\n")
         ctx, up = self.ctx, self.upstream
@@ -163,6 +191,7 @@ class ResponseRelay:
         if self.resp_started and mark is not None and mark[0] is self.conn.corked:
             del mark[0][mark[1]:]  # the head has not left yet: take it back and answer 502 instead
             self.resp_started = self.resp_chunked = False
+            self.gzip = None
         if self.resp_started:
             self._truncated(reason)
         else:

@@ -85,6 +85,11 @@ class Metrics:
             "When the client certificate the router shows a cluster (Cluster spec.tls) expires "
             "(seconds since the epoch)",
             ["cluster"], registry=r, multiprocess_mode="min")
+        self.compressed = Counter("router_compressed_responses_total", "Responses the router sent gzip-compressed",
+                                  registry=r)
+        self.compression_bytes = Counter("router_compression_bytes_total",
+                                         "Bytes of compressed responses before (in) and after (out) gzip",
+                                         ["stage"], registry=r)
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._decisions: dict[str, int] = {}
         # (cluster, route) -> (status code -> requests, per-bucket latency counts + [sum])

@@ -15,9 +15,11 @@ _STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 20
                            b"HTTP/1.1 200 OK", b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 999 X",
                            b"HTTP/1.1 2000 OK", b"HTTP/2 200", b"HTTP/1.1 200", b"HTTP/1.1 503 Busy", b"garbage", b""])
 _NAME = st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection", b"Upgrade",
-                         b"Keep-Alive", b"X-Router-Cluster", b"Trailer", b"X-App", b"Content-Length ", b"X\x01"])
+                         b"Keep-Alive", b"X-Router-Cluster", b"Trailer", b"X-App", b"Content-Length ", b"X\x01",
+                         b"Content-Type", b"Content-Encoding", b"ETag", b"Vary"])
 _VALUE = st.one_of(st.sampled_from([b"0", b"5", b"10", b"-1", b"5, 5", b"abc", b"chunked", b"gzip", b"chunked, chunked",
-                                    b"close", b"keep-alive", b"X-App", b"upgrade", b"websocket", b""]),
+                                    b"close", b"keep-alive", b"X-App", b"upgrade", b"websocket", b"",
+                                    b"text/plain", b'"v1"', b"*"]),
                    st.binary(max_size=8))
 _BODY = st.sampled_from([b"", b"hello", b"hellohello!", b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n",
                          b"zz\r\n", b"0\r\nX-T: 1\r\n\r\n", b"5\r\nhel"])
@@ -55,7 +57,8 @@ async def fuzz_upstream(router):
         timed = split_doc({"a": 1, "b": 1}, "timed", ["t"]) + "  timeouts: {request: 250ms}\n" + \
             "  retry: {codes: [503]}\n  mirror: {cluster: b}\n"
         app = await router(cluster_docs({"a": port, "b": port}) + split_doc({"a": 1}) + timed +
-                           router_doc(timeouts={"upstreamHeader": "400ms", "bodyIdle": "400ms"}))
+                           router_doc(timeouts={"upstreamHeader": "400ms", "bodyIdle": "400ms"},
+                                      compression={"minLength": 1}))
         app.current = current
         yield app
 
@@ -67,6 +70,8 @@ async def fuzz_upstream(router):
     b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 11\r\n\r\nhello world",
     b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n",
     b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly bytes"]),
     host=st.sampled_from([b"h", b"t"]))
 async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, response, sent, host, caplog):

@@ -6,10 +6,12 @@ import zlib
 
 import pytest
 from aiohttp import web
+from hypothesis import given, strategies as st
 
 from router.config.model import Compression
 from router.dataplane.compress import accepts_gzip, plan
-from tests.conftest import cluster_docs, read_response, router_doc, split_doc, start_site
+from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_upstream, read_response, router_doc, split_doc,
+                            start_site, wait_for)
 
 RELEASE = web.AppKey("release", asyncio.Event)
 JSON = b'{"items": [' + b",".join(b'{"id": %d, "name": "item %d"}' % (i, i) for i in range(400)) + b"]}"
@@ -166,3 +168,51 @@ def test_accept_encoding_rules():
     assert plan(settings, 404, json_head, ae(b"gzip")).gzip
     assert plan(settings, 206, json_head, ae(b"gzip")) is None and plan(settings, 304, json_head, ae(b"gzip")) is None
     assert plan(settings, 200, [(b"Content-Type", b"application/json"), (b"Vary", b"*")], ae(b"gzip")).vary == b"*"
+
+
+@pytest.fixture
+async def gzip_silent(router):
+    """A router with compression in front of an upstream that never answers: the test feeds its answer."""
+    async def handle(reader, writer):
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+    async with raw_upstream(handle) as port:
+        yield await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(compression={"minLength": 1}))
+
+
+@fuzz_settings
+@given(body=st.binary(min_size=1, max_size=3000), chunked=st.booleans(),
+       sizes=st.lists(st.integers(1, 700), min_size=1, max_size=8), cuts=st.lists(st.integers(1, 400), max_size=12))
+async def test_gzip_never_changes_the_body(gzip_silent, body, chunked, sizes, cuts):
+    """Whatever the cluster's framing and however its answer is split across reads, the client inflates the
+    very body the cluster sent, and the response ends properly."""
+    app = gzip_silent
+    if chunked:
+        pieces, rest = [], body
+        for size in sizes * (len(body) // max(1, sum(sizes)) + 1):
+            if not rest:
+                break
+            pieces.append(b"%x\r\n%b\r\n" % (len(rest[:size]), rest[:size]))
+            rest = rest[size:]
+        framed = b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(pieces) + b"0\r\n\r\n"
+    else:
+        framed = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + framed
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n")
+        await wait_for(lambda: any(c.active is not None and c.active.upstream is not None
+                                   and c.active.upstream.transport is not None for c in app.ctx.connections),
+                       what="request sent upstream")
+        (conn,) = app.ctx.connections
+        upstream = conn.active.upstream
+        for piece in cut(answer, cuts):
+            upstream.data_received(piece)
+        status, headers, got = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+        await wait_for(lambda: not app.ctx.connections, timeout_s=3, what="client connection closed")
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(got) == body

@@ -110,7 +110,8 @@ async def test_vary_is_merged_and_bodiless_answers_are_untouched(compressing):
     status, headers, body = await fetch(compressing.port, "/empty", "Accept-Encoding: gzip")
     assert status == 204 and body == b"" and "content-encoding" not in headers
     reader, writer = await asyncio.open_connection("127.0.0.1", compressing.port)
-    writer.write(b"HEAD /json HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\nGET /small HTTP/1.1\r\nHost: h\r\n\r\n")
+    writer.write(b"HEAD /json HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n"
+                 b"GET /small HTTP/1.1\r\nHost: h\r\n\r\n")
     head = await reader.readuntil(b"\r\n\r\n")  # HEAD: the cluster's length, no body, then the next answer
     assert b"Content-Encoding" not in head and b"Content-Length: %d" % len(JSON) in head
     assert (await read_response(reader))[2] == b'{"ok": true}'

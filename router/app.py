@@ -323,6 +323,8 @@ class RouterApp:
                 "https_redirect_port": self.redirect_port or None,
                 "proxy_protocol": self.config.router.proxy_protocol,
                 "max_connections": ctx.max_connections,
+                "compression": ({"level": ctx.compression.level, "min_length": ctx.compression.min_length,
+                                 "types": sorted(ctx.compression.types)} if ctx.compression else None),
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
                          if ctx.activator is not None else {}),

@@ -91,6 +91,7 @@ async def test_json_is_gzipped_for_clients_that_take_it(compressing):
     assert (await fetch(compressing.port, "/json", "Accept-Encoding: *"))[1]["content-encoding"] == "gzip"
     status, headers, body = await fetch(compressing.port, "/json", "Accept-Encoding: gzip", version="1.0")
     assert headers["content-encoding"] == "gzip" and gzip.decompress(body) == JSON
+    assert compressing.state()["compression"]["min_length"] == 256
     compressing.metrics.flush()
     sample = compressing.metrics.registry.get_sample_value
     assert sample("router_compressed_responses_total") == 3

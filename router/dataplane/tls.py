@@ -13,6 +13,7 @@ import base64
 import calendar
 import hashlib
 import logging
+import os
 import re
 import ssl
 import time
@@ -55,12 +56,19 @@ class ListenerTls:
         self.last_error: str | None = None
         self.served: list[dict] = []
         self.settings = tls
+        self.signature = _signature(tls)
         self._install(tls)
 
     def reload(self, tls: Tls) -> None:
-        """New handshakes get the certificates as the files are now; on an error the last ones stay."""
+        """New handshakes get the certificates as the files are now; on an error the last ones stay. When
+        neither the settings nor the files changed (a reload for a weight), the contexts stay, and with
+        them their session caches and ticket keys: clients keep resuming their sessions."""
+        signature = _signature(tls)
+        if signature == self.signature and self.last_error is None:
+            return
         try:
             self._install(tls)
+            self.signature = signature
         except (ssl.SSLError, OSError, ValueError) as exc:  # changed since validation: keep the last ones
             self.last_error = str(exc)
             log.error("TLS certificates not replaced, keeping the last ones: %s", exc)
@@ -165,6 +173,18 @@ def _quoted(value: str) -> str:
     if any(c in value for c in ',;="\\'):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
+
+
+def _signature(tls: Tls) -> tuple:
+    """The settings and what each file is now (a Secret update swaps a symlink: a new inode)."""
+    stats = []
+    for path in tls.files:
+        try:
+            st = os.stat(path)
+            stats.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stats.append(None)
+    return tls, tuple(stats)
 
 
 def utc_text(when: float | None) -> str | None:

@@ -405,3 +405,34 @@ async def test_out_of_descriptors_before_the_handshake_closes_the_connection_and
     writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert (await read_response(reader))[0] == 200
     writer.close()
+
+
+def _fetch_with_session(port: int, ctx: ssl.SSLContext, session):
+    """One request over a blocking TLS socket offering `session`: (the new session, whether it was reused)."""
+    import socket as socketlib
+    with socketlib.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):  # read to the end: TLS 1.3 session tickets arrive after the handshake
+                pass
+            return tls.session, tls.session_reused
+
+
+async def test_a_reload_that_leaves_tls_alone_keeps_sessions_resumable(backends, router, ca, tmp_path):
+    """Contexts are rebuilt only when the TLS settings or files change: a reload for a weight keeps the
+    session cache and ticket keys, so clients resume instead of paying a full handshake after every reload."""
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}))
+    ctx = client_context(ca)
+    session, _ = await asyncio.to_thread(_fetch_with_session, app.port, ctx, None)
+    path = app.config_dir / "router.yaml"
+    path.write_text(path.read_text().replace("weight: 1", "weight: 2"))
+    assert (await app.reloader.reload("test"))["ok"] and app.config.splits[0].backends[0].weight == 2
+    _, reused = await asyncio.to_thread(_fetch_with_session, app.port, ctx, session)
+    assert reused and app.state()["tls"]["loads"] == 1
+    write_pair(tmp_path, ca)  # a renewal: new contexts, so a full handshake
+    assert (await app.reloader.reload("test"))["ok"]
+    _, reused = await asyncio.to_thread(_fetch_with_session, app.port, ctx, session)
+    assert not reused and app.state()["tls"]["loads"] == 2

@@ -113,7 +113,7 @@ class Opening(asyncio.BufferedProtocol):
             copy = os.dup(transport.get_extra_info("socket").fileno())
         except OSError as exc:  # out of descriptors (EMFILE): closed with nothing sent, safe to retry
             self.ctx.metrics.rejected.labels("0", "local resources exhausted").inc()
-            log.warning("TLS connection from %s closed before its handshake: %s", self.address, exc)
+            log.debug("TLS connection from %s closed before its handshake: %s", self.address, exc)  # counted
             transport.abort()
             self._finish()
             return

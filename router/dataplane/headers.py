@@ -50,6 +50,11 @@ REQUEST_ID = frozenset((b"x-request-id",))
 _CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 
+def is_h2c(upgrade: bytes | None) -> bool:
+    """Whether an Upgrade header asks for HTTP/2 in cleartext (h2c) among its protocols."""
+    return upgrade is not None and any(t.split(b"/")[0] == b"h2c" for t in split_tokens(upgrade))
+
+
 def validate_request(version: str, special: list[tuple[bytes, bytes]]) -> dict:
     """Checks llhttp leaves to us, over the SPECIAL headers only. Returns facts; raises HttpReject."""
     hosts, te, cl, conn_tokens, fwd, via = [], [], [], [], {}, []

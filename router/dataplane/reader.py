@@ -7,7 +7,7 @@ path, and queues the request or hands its body to the active exchange. The conne
 """
 from __future__ import annotations
 
-from .headers import PASSED_ON, SPECIAL, HttpReject, origin_form, validate_request, with_host
+from .headers import PASSED_ON, SPECIAL, HttpReject, is_h2c, origin_form, validate_request, with_host
 from .paths import needs_normalizing, normalize as normalize_path, unescape_slashes
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE
 from .request import Request
@@ -125,6 +125,13 @@ class RequestReader:
         else:
             req.facts = validate_request(req.version, req.special)
             self.last_special, self.last_facts = key, req.facts
+        if req.upgrade and is_h2c(req.facts["upgrade"]):
+            # HTTP/2 over the upgraded connection would reach the cluster as requests the router never sees
+            # (past routes, sourceRanges, rate limits: "h2c smuggling"): served as HTTP/1.1 without the
+            # upgrade, as Envoy does, and the connection closed after it (the parser stopped at the head).
+            req.upgrade = False
+            self.retiring = True
+            self.ctx.metrics.dropped_headers.labels("h2c upgrade").inc()
         if req.facts["via"] and self.ctx.via in req.facts["via"]:  # it came through this router already
             raise HttpReject(508, f"forwarding loop: the request already passed {self.ctx.via.decode()} (Via)")
         if self.ctx.settings.request_id:

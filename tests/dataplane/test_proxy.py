@@ -851,3 +851,18 @@ async def test_connections_are_reused_up_to_their_request_limit_and_age(backends
     assert loop.time() - t0 >= 0.3 and kept >= 2
     assert await read_until_close(reader, 3) == b""
     writer.close()
+
+
+async def test_an_h2c_upgrade_is_served_as_http11_without_it(backends, router):
+    """`Upgrade: h2c` (curl --http2 on http://) would turn the connection into HTTP/2 straight to the cluster,
+    past everything the router checks per request; it is served as HTTP/1.1 without the upgrade headers, and
+    the connection closes after the answer. Other upgrades (WebSocket) are relayed as before."""
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    raw = await raw_request(app.port, b"GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                                      b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+    status, headers, body = response_of(raw)
+    assert status == 200 and body == b"a:0" and headers["connection"] == "close"
+    seen = b.seen[-1].headers
+    assert "Upgrade" not in seen and "HTTP2-Settings" not in seen and "upgrade" not in seen.get("Connection", "")
+    assert app.metrics.registry.get_sample_value("router_dropped_headers_total", {"reason": "h2c upgrade"}) == 1

@@ -52,6 +52,28 @@ async def raw_upstream(handle):
         await server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def silent_cluster():
+    """A cluster ingress that reads requests and never answers (a test hands the router its answer through
+    upstream_in_flight()); yields its port."""
+    async def handle(reader, writer):
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+    async with raw_upstream(handle) as port:
+        yield port
+
+
+async def upstream_in_flight(app):
+    """The upstream connection of the one client request in flight, once the request has gone out on it."""
+    await wait_for(lambda: any(c.active is not None and c.active.upstream is not None
+                               and c.active.upstream.transport is not None for c in app.ctx.connections),
+                   what="request sent upstream")
+    (conn,) = app.ctx.connections
+    return conn.active.upstream
+
+
 class Backend:
     """An aiohttp server standing in for a cluster ingress; records what it received."""
 

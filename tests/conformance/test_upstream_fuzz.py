@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tests.conftest import (cluster_docs, cut, fuzz_settings, loop_errors, raw_request, raw_upstream, read_until_close,
-                            router_doc, split_doc, wait_for)
+                            router_doc, silent_cluster, split_doc, upstream_in_flight, wait_for)
 
 _STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 N",
                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
@@ -95,12 +95,7 @@ async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, resp
 @pytest.fixture
 async def silent_upstream(router):
     """An upstream that reads requests and never answers: the test hands the router its answer."""
-    async def handle(reader, writer):
-        try:
-            await reader.read()
-        finally:
-            writer.close()
-    async with raw_upstream(handle) as port:
+    async with silent_cluster() as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
                            router_doc(timeouts={"upstreamHeader": "2s", "bodyIdle": "2s"}))
         yield app
@@ -111,11 +106,7 @@ async def _client_sees(app, pieces: list[bytes]) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     try:
         writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        await wait_for(lambda: any(c.active is not None and c.active.upstream is not None
-                                   and c.active.upstream.transport is not None for c in app.ctx.connections),
-                       what="request sent upstream")
-        (conn,) = app.ctx.connections
-        upstream = conn.active.upstream
+        upstream = await upstream_in_flight(app)
         for piece in pieces:
             if upstream.closed:
                 break

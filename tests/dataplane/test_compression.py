@@ -10,8 +10,8 @@ from hypothesis import given, strategies as st
 
 from router.config.model import Compression
 from router.dataplane.compress import accepts_gzip, plan
-from tests.conftest import (cluster_docs, cut, fuzz_settings, raw_upstream, read_response, router_doc, split_doc,
-                            start_site, wait_for)
+from tests.conftest import (cluster_docs, cut, fuzz_settings, read_response, router_doc, silent_cluster, split_doc,
+                            start_site, upstream_in_flight, wait_for)
 
 RELEASE = web.AppKey("release", asyncio.Event)
 JSON = b'{"items": [' + b",".join(b'{"id": %d, "name": "item %d"}' % (i, i) for i in range(400)) + b"]}"
@@ -175,12 +175,7 @@ def test_accept_encoding_rules():
 @pytest.fixture
 async def gzip_silent(router):
     """A router with compression in front of an upstream that never answers: the test feeds its answer."""
-    async def handle(reader, writer):
-        try:
-            await reader.read()
-        finally:
-            writer.close()
-    async with raw_upstream(handle) as port:
+    async with silent_cluster() as port:
         yield await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(compression={"minLength": 1}))
 
 
@@ -205,11 +200,7 @@ async def test_gzip_never_changes_the_body(gzip_silent, body, chunked, sizes, cu
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     try:
         writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n")
-        await wait_for(lambda: any(c.active is not None and c.active.upstream is not None
-                                   and c.active.upstream.transport is not None for c in app.ctx.connections),
-                       what="request sent upstream")
-        (conn,) = app.ctx.connections
-        upstream = conn.active.upstream
+        upstream = await upstream_in_flight(app)
         for piece in cut(answer, cuts):
             upstream.data_received(piece)
         status, headers, got = await asyncio.wait_for(read_response(reader), 5)

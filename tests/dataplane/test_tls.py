@@ -10,8 +10,8 @@ import pytest
 import trustme
 from hypothesis import given, strategies as st
 
-from tests.conftest import (cluster_docs, fuzz_settings, read_response, read_until_close, response_of, router_doc, router_process,
-                            split_doc, wait_for)
+from tests.conftest import (cluster_docs, fuzz_settings, read_response, read_until_close, response_of, router_doc,
+                            router_process, split_doc, wait_for)
 
 
 @pytest.fixture

@@ -7,17 +7,12 @@ import pytest
 
 from router.config.loader import ConfigError, load_config
 from router.dataplane.headers import source_allowed
-from tests.conftest import cluster_docs, raw_request, response_of, router_doc, split_doc
+from tests.conftest import cluster_docs, router_doc, split_doc
+from tests.integration.test_rate_limit import get
 
 
 def ranged_split(name: str, hosts: list[str], ranges: str) -> str:
     return split_doc({"a": 1}, name, hosts) + f"  sourceRanges: {ranges}\n"
-
-
-async def get(port: int, host: str, *headers: str) -> tuple[int, dict, bytes]:
-    extra = "".join(f"{h}\r\n" for h in headers)
-    raw = await raw_request(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
-    return response_of(raw)
 
 
 async def test_allow_and_deny_answer_403_and_send_nothing(backends, router):

@@ -3,7 +3,8 @@ service starts), send the request with the proxy's own framing, retry what is sa
 
 It executes core decisions (`choose_backend`) and reports outcomes back into health, RTT and
 the retry budget. The client connection feeds it request events; the upstream connection feeds
-it response events, handled by the ResponseRelay half (relay.py).
+it response events, handled by the ResponseRelay half (relay.py); a route's sourceRanges and rate
+limit are checked by the RouteGuards half (guards.py).
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import ssl
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
-from .headers import (REQUEST_ID, HttpReject, client_address, forwarding_headers, redirect_location, request_lines,
-                      source_allowed)
+from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
 from .mirror import mirror_request
 from .paths import replaced
 from .pause import PAUSE_HELD
+from .guards import RouteGuards
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
@@ -54,7 +55,7 @@ def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
 
 
-class Exchange(ResponseRelay):
+class Exchange(RouteGuards, ResponseRelay):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
@@ -123,33 +124,6 @@ class Exchange(ResponseRelay):
         facts = self.req.facts
         location = redirect_location(redirect, scheme, facts["host"], facts["raw_host"], self.req.url, path_prefix)
         self.respond_error(redirect[5], reason, cluster="-", location=location)
-
-    def _source_allowed(self, route) -> bool:
-        """The route's sourceRanges, for the client's address (as rate limits by client see it), or 403."""
-        conn = self.conn
-        address = client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
-        if source_allowed(address, *route.source_ranges):
-            return True
-        self.respond_error(403, "client address not allowed on this route", cluster="-")
-        return False
-
-    def _rate_limited(self, route) -> bool:
-        """Take a token from the route's bucket for this request's key, or answer 429."""
-        ctx, req, kind = self.ctx, self.req, route.rate_limit.key
-        if kind == "route":
-            key = ""
-        elif kind == "client":
-            conn = self.conn
-            key = client_address(conn.client_ip, req.facts, ctx.settings.trusted_proxies, conn.trusted())
-        else:  # header:NAME; requests without it share one bucket
-            name = kind[7:].encode()
-            key = next((v.decode("latin-1") for n, v in req.headers if n.lower() == name), "")
-        wait = ctx.rate_limiter(route).take(key, ctx.clock())
-        if not wait:
-            return False
-        ctx.metrics.rate_limited.labels(route.name).inc()
-        self.respond_error(429, "rate limit exceeded", cluster="-", retry_after_s=wait)
-        return True
 
     def _choose(self, decision=None) -> None:
         ctx = self.ctx

@@ -1,0 +1,38 @@
+"""A route's guards before anything is chosen: which client addresses it answers (sourceRanges, 403)
+and how fast (its rate limit, 429). A mixin of Exchange (exchange.py), like ResponseRelay: each
+check answers the request itself when it refuses it and says so.
+"""
+from __future__ import annotations
+
+from .headers import client_address, source_allowed
+
+
+class RouteGuards:
+    __slots__ = ()
+
+    def _source_allowed(self, route) -> bool:
+        """The route's sourceRanges, for the client's address (as rate limits by client see it), or 403."""
+        conn = self.conn
+        address = client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
+        if source_allowed(address, *route.source_ranges):
+            return True
+        self.respond_error(403, "client address not allowed on this route", cluster="-")
+        return False
+
+    def _rate_limited(self, route) -> bool:
+        """Take a token from the route's bucket for this request's key, or answer 429."""
+        ctx, req, kind = self.ctx, self.req, route.rate_limit.key
+        if kind == "route":
+            key = ""
+        elif kind == "client":
+            conn = self.conn
+            key = client_address(conn.client_ip, req.facts, ctx.settings.trusted_proxies, conn.trusted())
+        else:  # header:NAME; requests without it share one bucket
+            name = kind[7:].encode()
+            key = next((v.decode("latin-1") for n, v in req.headers if n.lower() == name), "")
+        wait = ctx.rate_limiter(route).take(key, ctx.clock())
+        if not wait:
+            return False
+        ctx.metrics.rate_limited.labels(route.name).inc()
+        self.respond_error(429, "rate limit exceeded", cluster="-", retry_after_s=wait)
+        return True

@@ -88,14 +88,15 @@ def read_router(doc: Doc) -> RouterSettings | None:
     lim, dl = spec.get("limits"), Limits()
     limits = dl
     if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered",
-                        "maxConnections", "maxRequestsPerConnection"}):
+                        "maxConnections", "maxRequestsPerConnection", "maxConnectionsPerClient"}):
         limits = Limits(doc.value(lim, "maxRequestLine", parse_positive_size, dl.max_request_line_bytes),
                         doc.value(lim, "maxHeaderBytes", parse_positive_size, dl.max_header_bytes),
                         doc.value(lim, "maxHeaders", positive_int, dl.max_header_count),
                         doc.value(lim, "maxBody", parse_positive_size, dl.max_body_bytes),
                         doc.value(lim, "maxBuffered", parse_positive_size, dl.max_buffered_bytes),
                         doc.value(lim, "maxConnections", positive_int, dl.max_connections),
-                        doc.value(lim, "maxRequestsPerConnection", positive_int, dl.max_requests_per_connection))
+                        doc.value(lim, "maxRequestsPerConnection", positive_int, dl.max_requests_per_connection),
+                        doc.value(lim, "maxConnectionsPerClient", positive_int, dl.max_connections_per_client))
     tim, dt = spec.get("timeouts"), Timeouts()
     timeouts = dt
     if doc.fields(tim, {"headerRead", "idle", "connect", "upstreamHeader", "upstreamIdle", "drain", "perTry",

@@ -236,6 +236,7 @@ class Limits:
     max_buffered_bytes: int = 1024 * 1024
     max_connections: int | None = None  # client connections per process; None: from the open files limit
     max_requests_per_connection: int | None = None  # then the response says Connection: close; None: no limit
+    max_connections_per_client: int | None = None  # open connections from one client address; None: no limit
 
 
 @dataclass(frozen=True)

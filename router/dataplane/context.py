@@ -19,6 +19,7 @@ from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
 from ..obs.metrics import Metrics
 from ..openfiles import open_files_limit
+from .headers import is_trusted
 from .upstream import UpstreamPool
 
 
@@ -68,6 +69,7 @@ class ProxyContext:
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
         self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
         self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
+        self.per_client: dict[str, int] = {}  # client address -> its open connections, with maxConnectionsPerClient
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""
@@ -118,6 +120,27 @@ class ProxyContext:
         age = self.settings.timeouts.max_connection_age_s
         self.max_requests_per_connection = float(limit) if limit else float("inf")
         self.max_connection_age_s = age if age else float("inf")
+
+    def count_client(self, address: str) -> bool | None:
+        """A new connection from `address` (the peer's, or the PROXY header's) against
+        limits.maxConnectionsPerClient: True when counted (release_client() when it closes), False when the
+        address has that many open already (nothing counted: refuse it), None when no limit applies: none
+        is set, or the address is in trustedProxies (a load balancer in front carries many clients)."""
+        limit = self.settings.limits.max_connections_per_client
+        if limit is None or is_trusted(address, self.settings.trusted_proxies):
+            return None
+        held = self.per_client.get(address, 0)
+        if held >= limit:
+            return False
+        self.per_client[address] = held + 1
+        return True
+
+    def release_client(self, address: str) -> None:
+        held = self.per_client.get(address, 0)
+        if held > 1:
+            self.per_client[address] = held - 1
+        else:
+            self.per_client.pop(address, None)
 
     def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:
         """Cold clusters the choice skipped: counted, and woken in the background by the activator

@@ -48,6 +48,7 @@ class Opening(asyncio.BufferedProtocol):
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.detached = False  # the transport gave up its descriptor (a TLS listener)
+        self.client_counted = False  # holds a place in ctx.per_client, handed on with the connection
         self.done = False
 
     # --- asyncio.BufferedProtocol: the accepted transport -------------------------------------
@@ -63,6 +64,8 @@ class Opening(asyncio.BufferedProtocol):
         ctx.openings.add(self)
         peer = transport.get_extra_info("peername")
         self.address = peer[0] if peer else ""
+        if not self.proxy_header and not self._count_client():  # (behind a PROXY header: its address counts)
+            return
         header_read_s = ctx.settings.timeouts.header_read_s
         self.deadline = ctx.loop.time() + header_read_s
         self.timer = ctx.loop.call_later(header_read_s, self._expire)
@@ -87,7 +90,8 @@ class Opening(asyncio.BufferedProtocol):
             return
         self.transport.pause_reading()  # what follows is the client's: not a byte of it read here
         self.address = address or self.address
-        self._opened()
+        if self._count_client():
+            self._opened()
 
     def eof_received(self) -> bool:
         self._refuse("proxy protocol", "closed before its PROXY protocol header ended")
@@ -102,6 +106,7 @@ class Opening(asyncio.BufferedProtocol):
         transport = self.transport
         if self.tls_context is None:  # the PROXY protocol on a plain listener: HTTP from here
             conn = self.make_connection()
+            self._hand_count(conn)
             transport.set_protocol(conn)
             self._finish()
             conn.accept(transport, self.address)
@@ -143,7 +148,7 @@ class Opening(asyncio.BufferedProtocol):
     async def _handshake(self, sock: socket.socket) -> None:
         self.timer.cancel()  # the handshake has the rest of the deadline as its own timeout
         conn = self.make_connection()
-        conn.client_ip = self.address
+        self._hand_count(conn)
         try:
             await self.ctx.loop.connect_accepted_socket(
                 lambda: conn, sock, ssl=self.tls_context(),
@@ -152,15 +157,43 @@ class Opening(asyncio.BufferedProtocol):
             self.ctx.metrics.rejected.labels("0", "tls handshake").inc()
             log.debug("TLS handshake with %s failed: %s", self.address, exc)
         finally:  # (cancelled when the router stops: the TLS layer closes the connection)
+            self._never_accepted(conn)
             self._finish()
 
     async def _plain(self, sock: socket.socket) -> None:
         conn = self.make_plain()
-        conn.client_ip = self.address
+        self._hand_count(conn)
         try:
             await self.ctx.loop.connect_accepted_socket(lambda: conn, sock)
         finally:
+            self._never_accepted(conn)
             self._finish()
+
+    # --- the client's place under maxConnectionsPerClient ----------------------------------
+    def _count_client(self) -> bool:
+        """Counted (or not limited); else refused, closed with nothing sent."""
+        counted = self.ctx.count_client(self.address)
+        if counted is False:
+            self.ctx.metrics.rejected.labels("0", "too many connections from one address").inc()
+            self.done = True
+            self.ctx.openings.discard(self)
+            if self.timer is not None:
+                self.timer.cancel()
+            self.transport.abort()
+            return False
+        self.client_counted = bool(counted)
+        return True
+
+    def _hand_count(self, conn) -> None:
+        """The connection takes over the client's place (and its address)."""
+        conn.client_ip = self.address
+        conn.client_counted, self.client_counted = self.client_counted, False
+
+    def _never_accepted(self, conn) -> None:
+        """A handed-on connection that never became HTTP (its handshake failed) gives its place back."""
+        if conn.transport is None and conn.client_counted:
+            conn.client_counted = False
+            self.ctx.release_client(self.address)
 
     # --- ends --------------------------------------------------------------------------------
     def _expire(self) -> None:
@@ -194,6 +227,9 @@ class Opening(asyncio.BufferedProtocol):
 
     def _finish(self) -> None:
         """Out of the openings: handed on, or closed."""
+        if self.client_counted:
+            self.client_counted = False
+            self.ctx.release_client(self.address)
         if not self.done:
             self.done = True
             self.ctx.openings.discard(self)

@@ -38,7 +38,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
                  "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert", "wire_req",
-                 "wire_bytes")
+                 "wire_bytes", "client_counted")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
 
     def __init__(self, ctx: ProxyContext):
@@ -75,6 +75,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.retiring = False  # past maxRequestsPerConnection or maxConnectionAge: the next response closes it
         self.wire_req: Request | None = None  # the chunked request whose body bytes on the wire are counted
         self.wire_bytes = 0
+        self.client_counted = False  # holds a place in ctx.per_client (maxConnectionsPerClient), maybe an Opening's
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -103,6 +104,12 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         if len(self.ctx.connections) > self.ctx.max_connections:  # answered at once, before reading a request
             self._fail(HttpReject(503, "too many connections"))
             return
+        if not self.client_counted:
+            counted = self.ctx.count_client(client_ip)
+            if counted is False:
+                self._fail(HttpReject(503, "too many connections from one address"))
+                return
+            self.client_counted = bool(counted)
         self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def connection_lost(self, exc):
@@ -111,6 +118,9 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.closed = True
         self.ctx.connections.discard(self)
         self.ctx.metrics.open_connections.dec()
+        if self.client_counted:
+            self.client_counted = False
+            self.ctx.release_client(self.client_ip)
         self.timer.cancel()
         self.upstream_timer.cancel()
         for ex in (self.active, self.tunnel):

@@ -3,6 +3,7 @@ problems (file, line, field) instead of raising, so all errors surface together;
 parsers more than one kind uses."""
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable
 
 from .errors import Problems
@@ -117,6 +118,17 @@ def positive_duration(v: Any) -> float:
     if d <= 0:
         raise ValueError(f"duration must be positive, got {v!r}")
     return d
+
+
+def read_cidrs(doc: Doc, nodes: list[Node]) -> tuple:
+    """The networks of a list of CIDRs (trustedProxies, sourceRanges); a bad one is reported at its line."""
+    out = []
+    for item in nodes:
+        try:
+            out.append(ipaddress.ip_network(str(item.value), strict=False))
+        except ValueError:
+            doc.error(item, f"not a CIDR: {item.value!r}")
+    return tuple(out)
 
 
 def read_hosts(doc: Doc, nodes: list[Node]) -> tuple[str, ...]:

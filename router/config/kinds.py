@@ -3,13 +3,12 @@ Splits (TrafficSplit in its three formats, HTTPRoute) are read in splits.py.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import replace
 from typing import Any, Callable
 
-from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_hosts,
-                  redirect_code)
+from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
+                  read_hosts, redirect_code)
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
                     KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SniCertificate,
                     Timeouts, Tls, UpstreamTls, Workload)
@@ -79,12 +78,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if doc.fields(tnode, {"env", "file"}):
         token_env = doc.string(tnode, "env", token_env)
         token_file = doc.string(tnode, "file")
-    proxies = []
-    for item in doc.seq(spec, "trustedProxies"):
-        try:
-            proxies.append(ipaddress.ip_network(str(item.value), strict=False))
-        except ValueError:
-            doc.error(item, f"not a CIDR: {item.value!r}")
+    proxies = read_cidrs(doc, doc.seq(spec, "trustedProxies"))
     lim, dl = spec.get("limits"), Limits()
     limits = dl
     if doc.fields(lim, {"maxRequestLine", "maxHeaderBytes", "maxHeaders", "maxBody", "maxBuffered",
@@ -120,7 +114,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     return RouterSettings(listen=doc.value(spec, "listen", hostport, d.listen),
                           admin=doc.value(spec, "admin", hostport, d.admin),
                           admin_token_env=token_env, admin_token_file=token_file,
-                          trusted_proxies=tuple(proxies), limits=limits, timeouts=timeouts,
+                          trusted_proxies=proxies, limits=limits, timeouts=timeouts,
                           server_timing=doc.value(spec, "serverTiming", parse_bool, False),
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", positive_duration, d.rtt_decay_s),

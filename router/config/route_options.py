@@ -3,12 +3,12 @@ filters and fields state them: header changes, rewrite, redirect, timeouts, retr
 mirror and affinity. Problems are reported with their line, as everywhere in config/."""
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from typing import Any
 
-from .doc import Doc, one_of, parse_path, parse_port, positive_duration, positive_int, redirect_code
+from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
+                  redirect_code)
 from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts, SourceRanges
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
@@ -56,19 +56,11 @@ def read_source_ranges(doc: Doc, node: Node | None) -> SourceRanges | None:
     """sourceRanges: {allow: [CIDR], deny: [CIDR]}: at least one of them, each a list of CIDRs."""
     if not doc.fields(node, {"allow", "deny"}):
         return None
-    lists = {}
-    for key in ("allow", "deny"):
-        nets = []
-        for item in doc.seq(node, key):
-            try:
-                nets.append(ipaddress.ip_network(str(item.value), strict=False))
-            except ValueError:
-                doc.error(item, f"not a CIDR: {item.value!r}")
-        lists[key] = tuple(nets)
-    if not lists["allow"] and not lists["deny"]:
+    allow, deny = read_cidrs(doc, doc.seq(node, "allow")), read_cidrs(doc, doc.seq(node, "deny"))
+    if not allow and not deny:
         doc.error(node, "sourceRanges needs allow or deny CIDRs")
         return None
-    return SourceRanges(lists["allow"], lists["deny"])
+    return SourceRanges(allow, deny)
 
 
 def read_rate_limit(doc: Doc, node: Node | None) -> RateLimit | None:

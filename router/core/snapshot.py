@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from ..config.model import (Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch, RouteTimeouts,
-                            SplitConfig)
+                            SourceRanges, SplitConfig)
 from .decisions import Forward
 
 
@@ -69,8 +69,7 @@ class Route:
     # Header, query and method conditions, compiled: ((lowercase name, value) bytes pairs, (name, value)
     # str pairs, method bytes or None); None when host and path alone decide.
     match: tuple | None = None
-    # Client addresses allowed, compiled: (allow networks, deny networks); None: every client.
-    source_ranges: tuple | None = None
+    source_ranges: SourceRanges | None = None  # client addresses allowed; None: every client
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -218,8 +217,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
                      split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
-                     _match(split.match),
-                     (split.source_ranges.allow, split.source_ranges.deny) if split.source_ranges else None)
+                     _match(split.match), split.source_ranges)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

@@ -14,7 +14,8 @@ class RouteGuards:
         """The route's sourceRanges, for the client's address (as rate limits by client see it), or 403."""
         conn = self.conn
         address = client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
-        if source_allowed(address, *route.source_ranges):
+        ranges = route.source_ranges
+        if source_allowed(address, ranges.allow, ranges.deny):
             return True
         self.respond_error(403, "client address not allowed on this route", cluster="-")
         return False

@@ -21,9 +21,11 @@ async def listen(ctx: ProxyContext, make_connection, host: str, port: int, sock=
     is at each handshake), TLS."""
     proxy_header = ctx.settings.proxy_protocol
     if proxy_header or tls_context is not None:
+        def make_plain():
+            return PlainHttpOnTlsConnection(ctx)
+
         def factory():
-            return Opening(ctx, make_connection, tls_context, proxy_header,
-                           make_plain=lambda: PlainHttpOnTlsConnection(ctx))
+            return Opening(ctx, make_connection, tls_context, proxy_header, make_plain)
     else:
         factory = make_connection
     where = {"sock": sock} if sock is not None else {"host": host, "port": port, "reuse_port": reuse_port}

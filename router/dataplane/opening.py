@@ -175,10 +175,7 @@ class Opening(asyncio.BufferedProtocol):
         counted = self.ctx.count_client(self.address)
         if counted is False:
             self.ctx.metrics.rejected.labels("0", "too many connections from one address").inc()
-            self.done = True
-            self.ctx.openings.discard(self)
-            if self.timer is not None:
-                self.timer.cancel()
+            self._finish()
             self.transport.abort()
             return False
         self.client_counted = bool(counted)

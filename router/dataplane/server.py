@@ -113,7 +113,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
 
     def connection_lost(self, exc):
-        if self.transport is None:  # never accepted: its TLS handshake (begun after a PROXY header) failed
+        if self.transport is None:  # never accepted (its opening ended before it was handed on)
             return
         self.closed = True
         self.ctx.connections.discard(self)

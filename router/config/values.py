@@ -178,17 +178,22 @@ def parse_server_name(value: object) -> str:
 
 def check_ca_file(ca_file: str) -> str | None:
     """None when `ca_file` is a PEM bundle whose certificates load, else what is wrong with it."""
+    return load_ca_file(ca_file)[1]
+
+
+def load_ca_file(ca_file: str | None) -> tuple[ssl.SSLContext | None, str | None]:
+    """A client context trusting the CAs in `ca_file` (the system's when None), or (None, what is wrong)."""
+    if ca_file is not None:
+        try:
+            with open(ca_file, "rb") as fh:
+                if b"-----BEGIN CERTIFICATE-----" not in fh.read(1 << 22):
+                    return None, f"no PEM certificate in {ca_file}"
+        except OSError as exc:
+            return None, f"cannot read {ca_file}: {exc.strerror}"
     try:
-        with open(ca_file, "rb") as fh:
-            if b"-----BEGIN CERTIFICATE-----" not in fh.read(1 << 22):
-                return f"no PEM certificate in {ca_file}"
-    except OSError as exc:
-        return f"cannot read {ca_file}: {exc.strerror}"
-    try:
-        ssl.create_default_context(cafile=ca_file)
+        return ssl.create_default_context(cafile=ca_file), None
     except ssl.SSLError as exc:
-        return f"cannot load the CA certificates in {ca_file}: {exc.reason or exc}"
-    return None
+        return None, f"cannot load the CA certificates in {ca_file}: {exc.reason or exc}"
 
 
 def parse_tls_version(value: object) -> str:
@@ -202,16 +207,13 @@ def upstream_context(ca_file: str | None, cert_file: str | None,
                      key_file: str | None) -> tuple[ssl.SSLContext | None, tuple[str, str] | None]:
     """The client context for a cluster's TLS settings, or (None, (field at fault, message)).
     Verification is always on: `ca_file` replaces the system's CAs, it does not turn checks off."""
-    if ca_file is not None:
-        problem = check_ca_file(ca_file)
-        if problem is not None:
-            return None, ("caFile", problem)
+    context, problem = load_ca_file(ca_file)
+    if problem is not None:
+        return None, ("caFile", problem)
     if cert_file is not None:
         problem = check_tls_pair(cert_file, key_file)
         if problem is not None:
             return None, problem
-    context = ssl.create_default_context(cafile=ca_file)
-    if cert_file is not None:
         context.load_cert_chain(cert_file, key_file, refuse_passphrase)
     return context, None
 

@@ -10,8 +10,8 @@ from typing import Any, Callable
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
                   read_hosts, redirect_code)
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
-                    KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SniCertificate,
-                    Timeouts, Tls, UpstreamTls, Workload)
+                    KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SlowStart,
+                    SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
@@ -69,7 +69,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
-                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression"}):
+                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
+                             "slowStart"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -131,7 +132,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           tls=_read_tls(doc, spec.get("tls")),
                           https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport),
                           proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False),
-                          compression=_read_compression(doc, spec.get("compression")))
+                          compression=_read_compression(doc, spec.get("compression")),
+                          slow_start=_read_slow_start(doc, spec.get("slowStart")))
 
 
 def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:
@@ -158,6 +160,28 @@ def _read_compression(doc: Doc, node: Node | None) -> Compression | None:
     return Compression(doc.value(node, "level", _zlib_level, d.level),
                        doc.value(node, "minLength", parse_size, d.min_length),
                        frozenset(types) if node.get("types") is not None else d.types)
+
+
+def _read_slow_start(doc: Doc, node: Node | None) -> SlowStart | None:
+    """slowStart: {window: 60s, aggression: 1.0, minWeightPercent: 10}"""
+    if not doc.fields(node, {"window", "aggression", "minWeightPercent"}, {"window"}):
+        return None
+    window = doc.value(node, "window", positive_duration)
+    aggression = doc.value(node, "aggression", _aggression, 1.0)
+    min_percent = doc.value(node, "minWeightPercent", _percent, 10.0)
+    return SlowStart(window, aggression, min_percent / 100) if window is not None else None
+
+
+def _aggression(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100:
+        raise ValueError(f"expected a number above 0 and at most 100 (1 ramps linearly), got {v!r}")
+    return float(v)
+
+
+def _percent(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+        raise ValueError(f"expected a percentage from 0 to 100, got {v!r}")
+    return float(v)
 
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")

@@ -333,6 +333,16 @@ class Compression:
 
 
 @dataclass(frozen=True)
+class SlowStart:
+    """A cluster that comes back (healthy again after an ejection or failed probes) or joins on a
+    reload gets its weight ramped up over `window_s` (Envoy's slow start, HAProxy's slowstart):
+    weight × max(min_weight, (max(t, 1 s) / window) ** (1 / aggression)), t the time since it came back."""
+    window_s: float
+    aggression: float = 1.0  # 1: linear; larger ramps faster at first
+    min_weight: float = 0.1  # the least share of its weight it gets (minWeightPercent / 100)
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     listen: str = "0.0.0.0:8080"
     admin: str = "127.0.0.1:9901"
@@ -355,6 +365,7 @@ class RouterSettings:
     proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     compression: Compression | None = None  # gzip for responses; None: responses pass as they are
+    slow_start: SlowStart | None = None  # ramp a returning or new cluster's weight; None: full weight at once
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None
 

@@ -9,7 +9,8 @@ Semantics (the README's "Routing semantics" states them for users):
    skipped unless their expected latency still beats the best warm one; skipped cold clusters
    are returned as wake hints so the split returns to its weights once they are warm.
 4. Among what is left, an affinity key picks by consistent hash with bounded load;
-   otherwise a weighted draw (the operator's weights, renormalised).
+   otherwise a weighted draw (the operator's weights, renormalised; a cluster in its slow start
+   with its weight ramped down).
 Expected latency = RTT + server time + cold-start estimate (when not warm) + queueing
 (in-flight / capacity × server time).
 """
@@ -86,6 +87,19 @@ def _weighted(candidates, rng: random.Random) -> int:
     return len(candidates) - 1
 
 
+def _draw(candidates, health: HealthState, now: float, rng: random.Random):
+    """A weighted draw, with the weights of clusters in their slow start ramped down."""
+    if health.slow_start is not None:
+        weights = [b.weight * health.ramp(b.cluster, now) for b in candidates]
+        point = rng.random() * sum(weights)
+        for b, w in zip(candidates, weights):
+            point -= w
+            if point < 0:
+                return b
+        return candidates[-1]
+    return candidates[_weighted(candidates, rng)]
+
+
 def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
                    tried: frozenset[str] = frozenset(), service: str = "",
                    affinity: str | None = None) -> Forward | Reject:
@@ -121,7 +135,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             pool = room
             reason = "overflow" if reason == "weighted" else reason
     if route.algorithm == "weighted":
-        return Forward(pool[_weighted(pool, rng)], reason)
+        return Forward(_draw(pool, health, now, rng), reason)
 
     eligible = pool
     if route.max_rtt_s is not None:
@@ -165,13 +179,14 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         if reason == "weighted":
             reason = "affinity"
     else:
-        chosen = candidates[_weighted(candidates, rng)]
+        chosen = _draw(candidates, health, now, rng)
     expected = cost[chosen.cluster] if cost is not None else inputs.expected(service, chosen, now)
     return Forward(chosen, reason, expected, wake)
 
 
 def effective_weights(route: Route, health: HealthState, now: float) -> dict[str, float]:
-    """The share each backend gets now (health only), for /debug/state."""
-    live = {b.cluster: b.weight for b in route.backends if b.weight > 0 and health.is_healthy(b.cluster, now)}
+    """The share each backend gets now (health and slow start only), for /debug/state."""
+    live = {b.cluster: b.weight * health.ramp(b.cluster, now) for b in route.backends
+            if b.weight > 0 and health.is_healthy(b.cluster, now)}
     total = sum(live.values())
     return {b.cluster: (live.get(b.cluster, 0.0) / total * 100 if total else 0.0) for b in route.backends}

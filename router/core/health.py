@@ -9,12 +9,16 @@ successful_active_health_check_uneject_host). One the probes did not see (5xx be
 passing probe path) lasts its full time.
 Active probes: unhealthy after `probe_unhealthy` failures in a row, healthy again after
 `probe_healthy` successes. A cluster is healthy when neither input says otherwise.
+Slow start (when configured): a cluster that comes back, or joins on a reload, has its weight
+ramped up over a window from the moment it is healthy again; `ramp()` gives the share.
 Only clusters with something to remember have an entry, so "all is well" is an empty dict.
 """
 from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+
+from ..config.model import SlowStart
 
 # Errors of the router's own host, not of the cluster it was connecting to: out of file descriptors
 # or memory, or of local ports. They say nothing about a cluster's health, and trying another
@@ -46,12 +50,14 @@ class ClusterHealthState:
     probe_oks: int = 0
     probe_down: bool = False
     probe_saw: bool = False  # a probe failed during the current ejection
+    back_at: float = float("-inf")  # when it was healthy again last (or joined): where a slow start begins
 
 
 @dataclass
 class HealthState:
     policy: OutlierPolicy = field(default_factory=OutlierPolicy)
     clusters: dict[str, ClusterHealthState] = field(default_factory=dict)
+    slow_start: SlowStart | None = None  # the Router's slowStart, set with each config
 
     def _get(self, cluster: str) -> ClusterHealthState:
         st = self.clusters.get(cluster)
@@ -73,10 +79,12 @@ class HealthState:
             st.probe_fails = 0
             st.probe_oks += 1
             if st.probe_oks >= self.policy.probe_healthy:
-                st.probe_down = False
+                was_down, st.probe_down = st.probe_down, False
                 if st.probe_saw and st.ejected_until > now:
-                    st.ejected_until = now
+                    st.ejected_until = st.back_at = now
                     st.last_reason += f"; ended by {st.probe_oks} passing probes"
+                elif was_down:  # healthy from now, or when a running ejection ends
+                    st.back_at = max(st.ejected_until, now)
                 st.probe_saw = False
             self._forget_if_clean(cluster, st, now)
         else:
@@ -95,9 +103,25 @@ class HealthState:
         healthy = sum(1 for c in clusters if self.is_healthy(c, now))
         return healthy < self.policy.panic_below * len(clusters)
 
+    def ramp(self, cluster: str, now: float) -> float:
+        """The share of its weight a cluster gets now: below 1 only in its slow start (Envoy's formula:
+        max(min_weight, (max(t, 1 s) / window) ** (1 / aggression)), t since it came back)."""
+        slow, st = self.slow_start, self.clusters.get(cluster)
+        if slow is None or st is None:
+            return 1.0
+        t = now - st.back_at
+        if not 0.0 <= t < slow.window_s:  # past the window, or not back yet (only used in panic)
+            return 1.0
+        return max(slow.min_weight, (max(t, 1.0) / slow.window_s) ** (1.0 / slow.aggression))
+
+    def on_joined(self, cluster: str, now: float) -> None:
+        """A cluster new to the config (on a reload): it starts slow like one that came back."""
+        if self.slow_start is not None:
+            self._get(cluster).back_at = now
+
     def _forget_if_clean(self, cluster: str, st: ClusterHealthState, now: float) -> None:
         if (not st.ejections and not st.consecutive_5xx and st.ejected_until <= now and not st.probe_down
-                and not st.probe_fails):
+                and not st.probe_fails and (self.slow_start is None or now - st.back_at >= self.slow_start.window_s)):
             del self.clusters[cluster]  # fully recovered: back to the fast path
 
     def on_connect_failure(self, cluster: str, now: float, reason: str = "connect") -> None:
@@ -128,7 +152,8 @@ class HealthState:
         st.consecutive_5xx = 0
         st.probe_saw = st.probe_fails > 0
         st.last_reason = reason
-        st.ejected_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
+        st.ejected_until = st.back_at = now + min(self.policy.base_ejection_s * st.ejections,
+                                                  self.policy.max_ejection_s)
 
     def describe(self, cluster: str, now: float) -> dict:
         st = self.clusters.get(cluster) or ClusterHealthState()
@@ -136,4 +161,4 @@ class HealthState:
         return {"healthy": healthy and not st.probe_down, "ejected": not healthy, "probe_down": st.probe_down,
                 "ejections": st.ejections,
                 "ejected_for_s": 0.0 if healthy else round(st.ejected_until - now, 3),
-                "last_reason": st.last_reason}
+                "last_reason": st.last_reason, "slow_start_share": round(self.ramp(cluster, now), 3)}

@@ -43,6 +43,7 @@ class ProxyContext:
         self.metrics = metrics
         self.policy = PolicyInputs(health=health or HealthState(), rtt=RttState(snapshot.config.router.rtt_decay_s))
         self.health = self.policy.health
+        self.health.slow_start = snapshot.config.router.slow_start
         self.inflight = self.policy.inflight  # cluster -> requests in flight there
         self.retry_budget = RetryBudget()
         self.activator = None  # set by the app: holds requests while a service starts
@@ -101,6 +102,11 @@ class ProxyContext:
             self.keep_warm.on_served(service, cluster, self.clock())
 
     def swap(self, snapshot: RoutingSnapshot) -> None:
+        old = {c.name for c in self.snapshot.config.clusters}
+        self.health.slow_start = snapshot.config.router.slow_start
+        for cluster in snapshot.config.clusters:
+            if cluster.name not in old:  # new to the config: its traffic ramps up like a returning one's
+                self.health.on_joined(cluster.name, self.clock())
         self.snapshot = snapshot
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router

@@ -7,7 +7,7 @@ import pytest
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from router.config.model import HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts
+from router.config.model import HeaderOps, RateLimit, Redirect, Rewrite, RouteTimeouts, SlowStart
 from router.config.values import parse_duration, parse_quantity
 
 CLUSTERS = textwrap.dedent("""\
@@ -487,6 +487,16 @@ def test_router_document(tmp_path):
     assert r.limits.max_body_bytes == 1 << 20 and r.limits.max_header_count == 50
     assert r.timeouts.header_read_s == 5 and r.timeouts.connect_s == 0.25
     assert r.normalize_path is True and r.underscore_headers == "drop"  # the edge defaults
+    assert r.slow_start is None  # off unless asked for, as in Envoy and HAProxy
+
+
+def test_router_slow_start(tmp_path):
+    path = write(tmp_path, "apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\n"
+                           "spec:\n  slowStart: {window: 1m30s, aggression: 1.5, minWeightPercent: 5}\n")
+    assert load_config(path).router.slow_start == SlowStart(90.0, 1.5, 0.05)
+    path = write(tmp_path, "apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\n"
+                           "spec:\n  slowStart: {window: 30s}\n")
+    assert load_config(path).router.slow_start == SlowStart(30.0, 1.0, 0.1)  # Envoy's defaults
 
 
 @pytest.mark.parametrize("line,expected", [
@@ -497,6 +507,15 @@ def test_router_document(tmp_path):
     ("httpsRedirect: {listen: '0.0.0.0:80', statusCode: 200}",
      "spec.httpsRedirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308, got 200"),
     ("httpsRedirect: {listen: 'x:80', port: 0}", "spec.httpsRedirect.port: port must be 1..65535, got 0"),
+    ("slowStart: {aggression: 2}", "spec.slowStart: missing required field 'spec.slowStart.window'"),
+    ("slowStart: {window: 0s}", "spec.slowStart.window: duration must be positive, got '0s'"),
+    ("slowStart: {window: 30s, aggression: 0}",
+     "spec.slowStart.aggression: expected a number above 0 and at most 100 (1 ramps linearly), got 0"),
+    ("slowStart: {window: 30s, aggression: .nan}",
+     "spec.slowStart.aggression: expected a number above 0 and at most 100 (1 ramps linearly), got nan"),
+    ("slowStart: {window: 30s, minWeightPercent: 150}",
+     "spec.slowStart.minWeightPercent: expected a percentage from 0 to 100, got 150"),
+    ("slowStart: {window: 30s, rampUp: fast}", "spec.slowStart.rampUp: unknown field (allowed: aggression, minWeightPercent, window)"),
 ])
 def test_router_request_rules_refused(tmp_path, line, expected):
     path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")

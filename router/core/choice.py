@@ -135,6 +135,8 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             pool = room
             reason = "overflow" if reason == "weighted" else reason
     if route.algorithm == "weighted":
+        if affinity is not None:  # weights and health only, but a key still keeps its cluster
+            return Forward(pick_by_key(pool, affinity, inputs.inflight), "affinity" if reason == "weighted" else reason)
         return Forward(_draw(pool, health, now, rng), reason)
 
     eligible = pool

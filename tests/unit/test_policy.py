@@ -188,6 +188,16 @@ def test_affinity_is_stable_and_weighted():
     assert d.reason == "affinity" and d.backend.cluster == first["user1"]
 
 
+def test_affinity_holds_with_the_weighted_algorithm_too():
+    r, p, rng = route(algorithm="weighted", max_rtt=None), PolicyInputs(), random.Random(3)
+    keys = [f"user{i}" for i in range(300)]
+    want = {k: pick_by_key(r.live, k, {}).cluster for k in keys}
+    for _ in range(3):  # the same key lands on the same cluster every time, as with latency-aware
+        got = {k: choose_backend(r, p, 1.0, rng, affinity=k) for k in keys}
+        assert {k: d.backend.cluster for k, d in got.items()} == want
+        assert {d.reason for d in got.values()} == {"affinity"}
+
+
 def test_affinity_bounded_load_skips_an_overloaded_cluster():
     backends = route().live
     key = next(k for k in (f"k{i}" for i in range(100)) if pick_by_key(backends, k, {}).cluster == "us-west")

@@ -97,7 +97,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     prefix = doc.value(spec, "pathPrefix", parse_path, "/")
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
-        for key in ("clusters", "rewrite", "timeouts", "retry", "mirror"):
+        for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
+                    "responseHeaders"):  # each would be accepted and do nothing
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),

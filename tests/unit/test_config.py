@@ -319,6 +319,16 @@ def test_redirects_from_trafficsplit_and_httproute(tmp_path):
                          (31, "spec.redirect.statusCode: statusCode must be one of 301, 302, 303, 307, 308"),
                          (22, "spec.rules[0].filters[0]: RequestRedirect and URLRewrite cannot be used together"),
                          (24, "spec.rules[0].backendRefs: a rule with a RequestRedirect filter is answered")])
+    idle = native_split("""\
+          redirect: {hostname: new.example.com}
+          affinity: {header: X-User}
+          requestHeaders: {set: [{name: X-A, value: "1"}]}
+          responseHeaders: {remove: [Server]}
+        """, "moved")
+    path = write(tmp_path, CLUSTERS + idle, "idle.yaml")
+    assert_errors(path, [(21, "spec.affinity: a redirect is answered by the router: affinity cannot go with it"),
+                         (22, "spec.requestHeaders: a redirect is answered by the router: requestHeaders cannot"),
+                         (23, "spec.responseHeaders: a redirect is answered by the router: responseHeaders")])
 
 
 def test_mirror(tmp_path):

@@ -65,7 +65,8 @@ TRAFFIC_SPLIT_SPEC = {
             "burst": {"type": "integer", "minimum": 1},
             "key": {"type": "string", "pattern": r"^(route|client|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+)$"}}},
         "timeouts": {"type": "object", "properties": {
-            "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION}}},
+            "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
+            "hedge": {"type": "boolean"}}},
     },
 }
 

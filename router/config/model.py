@@ -128,9 +128,11 @@ class RouteTimeouts:
     """A route's own timeouts (Gateway API's HTTPRouteTimeouts). `request_s`: the whole exchange, from
     the request head read to the response's last byte, tries and a scale-from-zero hold included (None:
     none, as without it). `per_try_s`: each try's wait for a response head before the next choice (None:
-    the Router's perTry; 0: none for this route)."""
+    the Router's perTry; 0: none for this route). `hedge`: when a try's per_try_s runs out, it is kept
+    and the next choice raced against it (Envoy's hedge_on_per_try_timeout)."""
     request_s: float | None = None
     per_try_s: float | None = None
+    hedge: bool = False
 
 
 @dataclass(frozen=True)

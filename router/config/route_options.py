@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from .doc import (Doc, one_of, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
+from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
                   redirect_code)
 from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts, SourceRanges
 from .values import normalise_host, parse_duration
@@ -93,14 +93,18 @@ def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> R
     `timeouts: {request, backendRequest}` (`gateway`; 0s turns that timeout off, as the Gateway API
     asks). The per-try timeout may not exceed the request timeout, which covers every try."""
     per_try_key = "backendRequest" if gateway else "perTry"
-    if not doc.fields(node, {"request", per_try_key}):
+    if not doc.fields(node, {"request", per_try_key} if gateway else {"request", per_try_key, "hedge"}):
         return None
     parse = parse_duration if gateway else positive_duration
     request, per_try = doc.value(node, "request", parse), doc.value(node, per_try_key, parse)
     if request and per_try and per_try > request:
         doc.error(node.get(per_try_key), f"{per_try_key} ({per_try:g}s) is longer than request ({request:g}s), "
                                          "which covers every try")
-    timeouts = RouteTimeouts(request or None, per_try)
+    hedge = False if gateway else doc.value(node, "hedge", parse_bool, False)
+    if hedge and not per_try:
+        doc.error(node.get("hedge"), "hedge races a try against the next one once its perTry runs out: "
+                                     "give this route a perTry")
+    timeouts = RouteTimeouts(request or None, per_try, hedge)
     return timeouts if timeouts != RouteTimeouts() else None
 
 

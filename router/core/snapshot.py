@@ -70,6 +70,7 @@ class Route:
     # str pairs, method bytes or None); None when host and path alone decide.
     match: tuple | None = None
     source_ranges: SourceRanges | None = None  # client addresses allowed; None: every client
+    hedge: bool = False  # a try past its per_try_s is kept and raced against the next choice
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -217,7 +218,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
                      split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
-                     _match(split.match), split.source_ranges)
+                     _match(split.match), split.source_ranges,
+                     hedge=split.timeouts is not None and split.timeouts.hedge)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

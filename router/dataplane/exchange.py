@@ -22,6 +22,7 @@ from .mirror import mirror_request
 from .paths import replaced
 from .pause import PAUSE_HELD
 from .guards import RouteGuards
+from .hedge import Hedging
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
 from .upstream import UpstreamConnection
@@ -55,12 +56,12 @@ def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
 
 
-class Exchange(RouteGuards, ResponseRelay):
+class Exchange(RouteGuards, Hedging, ResponseRelay):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
-                 "deadline_handle", "status_retries", "mirrored", "gzip")
+                 "deadline_handle", "status_retries", "mirrored", "gzip", "parked")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -92,6 +93,7 @@ class Exchange(RouteGuards, ResponseRelay):
         self.status_retries = 0  # responses dropped for the route's retry codes
         self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
         self.gzip = None  # the response's GzipStream, when the router compresses it
+        self.parked = None  # earlier tries still running beside this one (hedging: a list of ParkedTry)
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -133,7 +135,8 @@ class Exchange(RouteGuards, ResponseRelay):
             decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried,
                                       self.service, self.affinity)
         if isinstance(decision, Reject):
-            self.respond_error(decision.status, decision.reason, cluster="-")
+            if not self.fall_back(None):  # (a hedge that could not connect: the earlier try is still there)
+                self.respond_error(decision.status, decision.reason, cluster="-")
             return
         if decision.reason == "cold" and self.hold_id is None and self.held_s is None \
                 and ctx.activator is not None and ctx.activator.can_hold(self.service):
@@ -171,6 +174,8 @@ class Exchange(RouteGuards, ResponseRelay):
     async def _connect(self, backend) -> None:
         ctx = self.ctx
         t = ctx.clock()
+        task = asyncio.current_task()  # self.task while this connect is still wanted (hedging may drop it)
+        current = True
         try:
             conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s,
                                           ctx.settings.limits)
@@ -180,7 +185,7 @@ class Exchange(RouteGuards, ResponseRelay):
                 return
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
             ctx.health.on_connect_failure(backend.cluster, ctx.clock(), _connect_failure(exc))
-            if self.finished:
+            if self.finished or self.task is not task:
                 return
             self.tried = self.tried | {backend.cluster}
             ctx.metrics.retries.labels("connect").inc()
@@ -188,15 +193,17 @@ class Exchange(RouteGuards, ResponseRelay):
             return
         except Exception:  # a fault of the router's own, not the cluster's: answer, never leave the client waiting
             log.exception("internal error while connecting to cluster %s", backend.cluster)
-            if not self.finished:
+            if not self.finished and self.task is task:
                 self.respond_error(502, "internal error while connecting upstream", cluster="-")
             return
         finally:
-            self.task = None
+            current = self.task is task
+            if current:
+                self.task = None
         connect_s = ctx.clock() - t
         ctx.metrics.connect_duration.labels(backend.cluster).observe(connect_s)
         ctx.policy.rtt.on_connect(backend.cluster, connect_s, ctx.clock())
-        if self.finished:
+        if self.finished or not current:  # answered meanwhile, or (hedging) another try won
             ctx.pool.release(conn)
             return
         self._attach(conn)
@@ -346,6 +353,8 @@ class Exchange(RouteGuards, ResponseRelay):
         self.ended = True
         if self.deadline_handle is not None:
             self.deadline_handle.cancel()
+        if self.parked:
+            self.drop_all_parked()
         activator = self.ctx.activator
         # A request ending frees a slot that held requests may be waiting for: released ones, and
         # direct ones that found a warm copy saturated and so made later requests wait.

@@ -28,9 +28,12 @@ class ResponseRelay:
             return
         route = self.route
         if route.retry_codes is not None and status in route.retry_codes \
-                and self.status_retries < route.retry_attempts and self._retry_elsewhere("status", status):
+                and self.status_retries < route.retry_attempts \
+                and (self.fall_back(status) or self._retry_elsewhere("status", status)):
             self.status_retries += 1  # this answer is dropped (its connection closed) for the next choice's
             return
+        if self.parked:  # hedging: this try answered first
+            self.drop_all_parked()
         self._cancel_header_timer()
         self.status = status
         ctx = self.ctx
@@ -179,7 +182,7 @@ class ResponseRelay:
             else:
                 self._truncated("upstream closed the connection mid-response")
             return
-        if self._retry_elsewhere("reset"):
+        if self.fall_back(502) or self._retry_elsewhere("reset"):
             return
         self.respond_error(502, "upstream closed the connection before responding")
 
@@ -194,7 +197,7 @@ class ResponseRelay:
             self.gzip = None
         if self.resp_started:
             self._truncated(reason)
-        else:
+        elif not self.fall_back(502):
             self.respond_error(502, reason)
 
     def _on_header_timeout(self) -> None:
@@ -208,7 +211,7 @@ class ResponseRelay:
         left = (timeouts.upstream_header_s - (ctx.clock() - self.sent_at) if deadline is None
                 else deadline - ctx.clock())
         if left > 0.001:
-            if route.per_try_s and self._retry_elsewhere("timeout"):
+            if route.per_try_s and (self._hedge() if route.hedge else self._retry_elsewhere("timeout")):
                 return
             # Nowhere else to try: this try may still answer, so it gets the rest of the overall timeout.
             self.conn.upstream_timer.set(left, self._on_header_timeout)

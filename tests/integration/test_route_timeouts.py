@@ -41,8 +41,8 @@ async def test_request_timeout_answers_504_at_the_deadline_and_replaces_upstream
     assert raw.startswith(b"HTTP/1.1 504") and b"within 0.3s" in raw, raw
     assert 0.28 <= took < 0.5
     timeouts = {r["name"]: r["timeouts"] for r in app.state()["routes"]}
-    assert timeouts == {"short": {"request_s": 0.2, "per_try_s": None},
-                        "long": {"request_s": 3.0, "per_try_s": None}, "plain": None}
+    assert timeouts == {"short": {"request_s": 0.2, "per_try_s": None, "hedge": False},
+                        "long": {"request_s": 3.0, "per_try_s": None, "hedge": False}, "plain": None}
 
 
 async def test_request_timeout_mid_body_aborts_the_client_connection(router):

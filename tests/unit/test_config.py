@@ -437,6 +437,30 @@ def test_route_timeouts_from_trafficsplit_and_httproute(tmp_path):
                          (24, "spec.rules[1].timeouts.total: unknown field")])
 
 
+def test_hedged_route_timeouts(tmp_path):
+    from router.core.snapshot import build_snapshot
+    text = native_split("""\
+          clusters: [{name: us-west, weight: 1}, {name: ap-east, weight: 1}]
+          timeouts: {perTry: 300ms, hedge: true}
+        """, "s")
+    cfg = load_config(write(tmp_path, CLUSTERS + text))
+    assert cfg.splits[0].timeouts == RouteTimeouts(None, 0.3, True)
+    assert build_snapshot(cfg, 1).route_for("h", "/").hedge
+    bad = native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          timeouts: {request: 2s, hedge: true}
+        """, "s") + httproute("""\
+          hostnames: [web]
+          rules:
+          - timeouts: {backendRequest: 1s, hedge: true}
+            backendRefs: [{name: us-west}]
+        """).replace(CLUSTERS, "")
+    path = write(tmp_path, CLUSTERS + bad, "bad.yaml")
+    assert_errors(path, [(21, "spec.timeouts.hedge: hedge races a try against the next one once its perTry runs "
+                              "out: give this route a perTry"),
+                         (29, "spec.rules[0].timeouts.hedge: unknown field")])
+
+
 @pytest.mark.parametrize("line,expected", [
     ("requestHeaders: {set: [{name: Host, value: x}]}", "requestHeaders.set[0].name: header Host is written by the router"),
     ("requestHeaders: {remove: [X-Forwarded-For]}",

@@ -57,8 +57,8 @@ async def hedged(router):
     scripts = {name: {"now": (0.0, "answer")} for name in "abc"}
     async with scripted_cluster(scripts["a"]) as a, scripted_cluster(scripts["b"]) as b, \
             scripted_cluster(scripts["c"]) as c:
-        split = split_doc({"a": 1, "b": 1, "c": 1}, "s", ["h"]) + "  timeouts: {perTry: 50ms, request: 1s, hedge: true}\n" + \
-            "  retry: {codes: [503]}\n"
+        split = (split_doc({"a": 1, "b": 1, "c": 1}, "s", ["h"])
+                 + "  timeouts: {perTry: 50ms, request: 1s, hedge: true}\n  retry: {codes: [503]}\n")
         app = await router(cluster_docs({"a": a, "b": b, "c": c}) + split
                            + router_doc(timeouts={"upstreamHeader": "600ms", "bodyIdle": "400ms"}))
         app.scripts = scripts

@@ -51,13 +51,14 @@ class Cluster:
 
 
 def config(ports: dict[str, int], weights: dict[str, int]) -> str:
-    docs = "".join(f"---\napiVersion: edge.router/v1alpha1\nkind: Cluster\nmetadata: {{name: {n}, labels: {{r: {n}}}}}\n"
+    docs = "".join(f"---\napiVersion: edge.router/v1alpha1\nkind: Cluster\nmetadata: {{name: {n}}}\n"
                    f"spec: {{endpoint: 'http://127.0.0.1:{p}'}}\n" for n, p in ports.items())
     for name, extra in ROUTES.items():
         docs += (f"---\napiVersion: edge.router/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: {name}}}\nspec:\n"
                  f"  hosts: [{name}]\n  clusters: [{{name: a, weight: {weights['a']}}}, "
                  f"{{name: b, weight: {weights['b']}}}]\n" + extra)
-    return docs + "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\nspec:\n  probes: {enabled: false}\n"
+    return docs + ("---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\n"
+                   "spec:\n  probes: {enabled: false}\n")
 
 
 async def load(port: int, host: str, n: int, concurrency: int) -> list[float]:

@@ -64,6 +64,12 @@ TRAFFIC_SPLIT_SPEC = {
             "requestsPerSecond": {"type": "number", "minimum": 0, "maximum": 1e9},
             "burst": {"type": "integer", "minimum": 1},
             "key": {"type": "string", "pattern": r"^(route|client|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+)$"}}},
+        "sessionPersistence": {"type": "object", "properties": {
+            "sessionName": {"type": "string", "minLength": 1, "maxLength": 128},
+            "type": {"type": "string", "enum": ["Cookie", "Header"]},
+            "absoluteTimeout": {"type": "string", "pattern": DURATION},
+            "cookieConfig": {"type": "object", "properties": {
+                "lifetimeType": {"type": "string", "enum": ["Session", "Permanent"]}}}}},
         "timeouts": {"type": "object", "properties": {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},

@@ -136,6 +136,18 @@ class RouteTimeouts:
 
 
 @dataclass(frozen=True)
+class SessionPersistence:
+    """Sticky sessions (the Gateway API's HTTPRoute sessionPersistence, nginx's `sticky cookie`, HAProxy's
+    `cookie insert`): the router gives a client a token naming the cluster that answered, in a cookie
+    (or a response header the client sends back), and sends its next requests there while that cluster
+    can take them. `absolute_s`: how long a token is honoured; `permanent`: the cookie carries Max-Age."""
+    name: str = "edge-router-session"
+    header: bool = False  # the token travels in a header named `name` instead of a cookie
+    absolute_s: float | None = None
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
 class RouteMatch:
     """Conditions beyond host and path (HTTPRoute's header, query parameter and method matches), all of
     which a request must meet: header names compared without case, their values, query parameter names
@@ -201,6 +213,7 @@ class SplitConfig:
     mirror: Mirror | None = None
     match: RouteMatch | None = None  # header, query and method conditions; None: host and path alone
     source_ranges: SourceRanges | None = None  # which client addresses may use the route
+    session: SessionPersistence | None = None  # requests of one session go to the cluster it began on
 
 
 @dataclass(frozen=True)

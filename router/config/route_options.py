@@ -9,7 +9,8 @@ from typing import Any
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
                   redirect_code)
-from .model import HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts, SourceRanges
+from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
+                    SessionPersistence, SourceRanges)
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
 
@@ -106,6 +107,35 @@ def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> R
                                      "give this route a perTry")
     timeouts = RouteTimeouts(request or None, per_try, hedge)
     return timeouts if timeouts != RouteTimeouts() else None
+
+
+def read_session_persistence(doc: Doc, node: Node | None) -> SessionPersistence | None:
+    """sessionPersistence: {sessionName, type: Cookie | Header, absoluteTimeout, cookieConfig: {lifetimeType:
+    Session | Permanent}}, the Gateway API's fields (a TrafficSplit takes the same). idleTimeout would need
+    the router to keep each session's last use: refused rather than ignored."""
+    if not doc.fields(node, {"sessionName", "type", "absoluteTimeout", "idleTimeout", "cookieConfig"}):
+        return None
+    d = SessionPersistence()
+    name = doc.value(node, "sessionName", _session_name, d.name)
+    header = doc.value(node, "type", one_of(None, "Cookie", "Header"), "Cookie") == "Header"
+    absolute = doc.value(node, "absoluteTimeout", positive_duration)
+    if node.get("idleTimeout") is not None:
+        doc.error(node.get("idleTimeout"), "idleTimeout is not supported (absoluteTimeout is)")
+    lifetime = "Session"
+    config = node.get("cookieConfig")
+    if doc.fields(config, {"lifetimeType"}):
+        lifetime = doc.value(config, "lifetimeType", one_of(None, "Session", "Permanent"), lifetime)
+        if header:
+            doc.error(config, "cookieConfig is for type Cookie")
+    if lifetime == "Permanent" and absolute is None:
+        doc.error(config, "a Permanent cookie needs absoluteTimeout (its Max-Age)")
+    return SessionPersistence(name, header, absolute, lifetime == "Permanent")
+
+
+def _session_name(v: Any) -> str:
+    if not isinstance(v, str) or not TOKEN.fullmatch(v) or len(v) > 128:
+        raise ValueError(f"expected a cookie or header name (a token, at most 128 characters), got {v!r}")
+    return v
 
 
 def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirect | None:

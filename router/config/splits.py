@@ -13,11 +13,11 @@ from typing import Any
 
 from .doc import Doc, one_of, parse_path, positive_duration, positive_int, read_hosts
 from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
-                    SourceRanges)
+                    SessionPersistence, SourceRanges)
 from .route_options import (non_negative_int, parse_percent, path_modifier, read_affinity, read_conditions,
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
                             read_source_ranges,
-                            read_rewrite, read_route_timeouts, rewrite_host)
+                            read_rewrite, read_route_timeouts, read_session_persistence, rewrite_host)
 from .values import normalise_host, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -57,6 +57,7 @@ class PendingSplit:
     mirror: tuple[Mirror, Node] | None = None  # the Cluster it names is checked by the loader, at the node
     match: RouteMatch | None = None
     source_ranges: SourceRanges | None = None
+    session: SessionPersistence | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -66,7 +67,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match", "sourceRanges"},
+                             "match", "sourceRanges", "sessionPersistence"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -98,7 +99,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders"):  # each would be accepted and do nothing
+                    "responseHeaders", "sessionPersistence"):  # each would be accepted and do nothing
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
@@ -110,7 +111,17 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")),
                         match=read_conditions(doc, spec.get("match"))
                         if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None,
-                        source_ranges=read_source_ranges(doc, spec.get("sourceRanges")))
+                        source_ranges=read_source_ranges(doc, spec.get("sourceRanges")),
+                        session=_session(doc, spec))
+
+
+def _session(doc: Doc, node: Node) -> SessionPersistence | None:
+    """sessionPersistence (a TrafficSplit's or an HTTPRoute rule's), refused beside affinity: one key
+    decides where a request goes."""
+    session = read_session_persistence(doc, node.get("sessionPersistence"))
+    if session is not None and node.get("affinity") is not None:
+        doc.error(node.get("sessionPersistence"), "sessionPersistence and affinity cannot go together")
+    return session
 
 
 def _gateway_mirror(doc: Doc, node: Node) -> tuple[Mirror, Node] | None:
@@ -193,8 +204,8 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
     splits = []
     for i, rule in enumerate(doc.seq(spec, "rules")):
         redirects = rule.kind == "map" and "RequestRedirect" in {_filter_type(f) for f in doc.seq(rule, "filters")}
-        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "retry", "name"},
-                          set() if redirects else {"backendRefs"}):
+        if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "retry", "name",
+                                 "sessionPersistence"}, set() if redirects else {"backendRefs"}):
             continue
         prefixes = []  # (path, exact, RouteMatch | None)
         for m in doc.seq(rule, "matches"):
@@ -218,6 +229,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                            "prefix to replace)")
         timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
         retry = read_retry(doc, rule.get("retry"), gateway=True)
+        session = read_session_persistence(doc, rule.get("sessionPersistence"))
         entries = []
         for ref in doc.seq(rule, "backendRefs"):
             if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
@@ -235,7 +247,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
-                                       retry=retry, mirror=mirror, match=conditions))
+                                       retry=retry, mirror=mirror, match=conditions, session=session))
     return splits
 
 

@@ -3,6 +3,7 @@
 Semantics (the README's "Routing semantics" states them for users):
 1. Candidates: the route's clusters with weight > 0 not yet tried for this request and
    healthy. Panic: when under half of the split's clusters are healthy, health is ignored.
+   A sticky session's cluster (a route's sessionPersistence), when a candidate, is taken at once.
 2. Eligible: candidates whose RTT estimate is within the split's maxRTT (unknown RTT counts
    as within); if none is, the nearest ones (within 10% of the lowest RTT) are eligible.
 3. Warm preference: if some eligible cluster is warm (or of unknown state), cold ones are
@@ -102,7 +103,7 @@ def _draw(candidates, health: HealthState, now: float, rng: random.Random):
 
 def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
                    tried: frozenset[str] = frozenset(), service: str = "",
-                   affinity: str | None = None) -> Forward | Reject:
+                   affinity: str | None = None, session: str | None = None) -> Forward | Reject:
     if isinstance(inputs, HealthState):
         inputs = PolicyInputs(health=inputs)
     health, warmth = inputs.health, inputs.warmth
@@ -113,7 +114,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             if not health.clusters or health.is_healthy(only.cluster, now):
                 return route.plain[0]
             return Forward(only, "panic")
-        if not health.clusters and affinity is None and (
+        if not health.clusters and affinity is None and session is None and (
                 route.max_rtt_s is None and not warmth.states or route.algorithm == "weighted"):
             if not live_all:
                 return Reject(502, f"no cluster with weight for route {route.name}")
@@ -134,6 +135,10 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         if len(room) < len(pool):
             pool = room
             reason = "overflow" if reason == "weighted" else reason
+    if session is not None:  # a sticky session's cluster, while it can take the request
+        for b in pool:
+            if b.cluster == session:
+                return Forward(b, "session")
     if route.algorithm == "weighted":
         if affinity is not None:  # weights and health only, but a key still keeps its cluster
             return Forward(pick_by_key(pool, affinity, inputs.inflight), "affinity" if reason == "weighted" else reason)

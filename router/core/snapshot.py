@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from ..config.model import (Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch, RouteTimeouts,
-                            SourceRanges, SplitConfig)
+                            SessionPersistence, SourceRanges, SplitConfig)
 from .decisions import Forward
 
 
@@ -71,12 +71,13 @@ class Route:
     match: tuple | None = None
     source_ranges: SourceRanges | None = None  # client addresses allowed; None: every client
     hedge: bool = False  # a try past its per_try_s is kept and raced against the next choice
+    session: SessionPersistence | None = None  # sticky sessions: a token names the cluster to use
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite))
-        object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add))
+        object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add or self.session))
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
                      _match(split.match), split.source_ranges,
-                     hedge=split.timeouts is not None and split.timeouts.hedge)
+                     hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

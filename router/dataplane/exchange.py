@@ -13,10 +13,12 @@ import errno
 import logging
 import socket
 import ssl
+import time
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
+from ..core.session import session_cluster
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
 from .mirror import mirror_request
 from .paths import replaced
@@ -61,7 +63,8 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
-                 "deadline_handle", "status_retries", "mirrored", "gzip", "parked")
+                 "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
+                 "session")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -81,6 +84,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         self.head_mark = None  # (cork buffer, index) while the response head is still unsent
         self.service = ""
         self.affinity: str | None = None
+        self.session: str | None = None  # the cluster the request's sticky-session token names
         self.decision = None
         self.counted: str | None = None  # the cluster whose in-flight count holds this request
         self.retrying = False  # the current try is a retry (holds a place in the retry budget)
@@ -119,6 +123,8 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
             return
         if route.affinity is not None:
             self.affinity = affinity_key(route.affinity, req.headers, _path(url))
+        elif route.session is not None:
+            self.session = session_cluster(route.session, req.headers, time.time())
         self._choose()
 
     def answer_redirect(self, redirect: tuple, scheme: bytes, path_prefix: str, reason: str) -> None:
@@ -133,7 +139,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
             self._uncount()
         if decision is None:
             decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried,
-                                      self.service, self.affinity)
+                                      self.service, self.affinity, self.session)
         if isinstance(decision, Reject):
             if not self.fall_back(None):  # (a hedge that could not connect: the earlier try is still there)
                 self.respond_error(decision.status, decision.reason, cluster="-")
@@ -383,7 +389,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         ctx = self.ctx
         cluster = self.backend.cluster
         decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried | {cluster},
-                                  self.service, self.affinity)
+                                  self.service, self.affinity, self.session)
         if isinstance(decision, Reject):
             return False  # nowhere else to go: the caller answers with the failure itself
         budget = ctx.retry_budget

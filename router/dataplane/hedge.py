@@ -57,7 +57,8 @@ class Hedging:
             return False
         ctx = self.ctx
         tried = self.tried | {self.backend.cluster}
-        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, tried, self.service, self.affinity)
+        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, tried, self.service, self.affinity,
+                                  self.session)
         if isinstance(decision, Reject) or decision.reason == "cold":  # a hedge never waits on a cold start
             return False
         if not ctx.retry_budget.start_retry():

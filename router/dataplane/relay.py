@@ -7,6 +7,9 @@ when the upstream gave one, else chunked (HTTP/1.1) or close-delimited (HTTP/1.0
 """
 from __future__ import annotations
 
+import time
+
+from ..core.session import session_line
 from .compress import GzipStream, plan as compression_plan
 from .headers import response_head, simple_response
 from .pause import PAUSE_UPSTREAM
@@ -51,6 +54,9 @@ class ResponseRelay:
         if route.response_changes or req.request_id or plan is not None:
             if route.response_add:
                 tail = route.response_add + tail
+            if route.session is not None and self.backend.cluster != self.session:  # a new or moved session
+                tail = session_line(route.session, self.backend.cluster, time.time(), route.path_prefix,
+                                    ctx.scheme == b"https") + tail
             if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
                 tail = req.request_id_line + tail
             drop = route.response_drop

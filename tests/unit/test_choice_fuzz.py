@@ -1,5 +1,5 @@
 """The choice under random conditions (weights, algorithm, maxRTT, health, request limits, RTTs,
-warm/cold states, slow start, clusters already tried, affinity keys): what it decides always keeps
+warm/cold states, slow start, clusters already tried, affinity keys, sticky sessions): what it decides always keeps
 the routing semantics' promises."""
 import random
 
@@ -54,8 +54,9 @@ def build(clusters: list[dict], algorithm: str, max_rtt: float | None, slow: boo
 @given(clusters=st.lists(cluster_case, min_size=3, max_size=3).filter(lambda cs: any(c["weight"] for c in cs)),
        algorithm=st.sampled_from(["weighted", "latency-aware"]), max_rtt=st.none() | st.floats(0.01, 0.3),
        slow=st.booleans(), tried=st.sets(st.sampled_from(NAMES), max_size=3),
-       affinity=st.none() | st.text(min_size=1, max_size=8), seed=st.integers(0, 1000))
-def test_the_choice_keeps_its_promises(clusters, algorithm, max_rtt, slow, tried, affinity, seed):
+       affinity=st.none() | st.text(min_size=1, max_size=8), session=st.none() | st.sampled_from(NAMES + ("x",)),
+       seed=st.integers(0, 1000))
+def test_the_choice_keeps_its_promises(clusters, algorithm, max_rtt, slow, tried, affinity, session, seed):
     route, p = build(clusters, algorithm, max_rtt, slow)
     by_name = dict(zip(NAMES, clusters))
     live = [b.cluster for b in route.live]
@@ -65,17 +66,20 @@ def test_the_choice_keeps_its_promises(clusters, algorithm, max_rtt, slow, tried
     room = [n for n in healthy if by_name[n]["max_requests"] is None
             or by_name[n]["inflight"] < by_name[n]["max_requests"]]
 
-    d = choose_backend(route, p, NOW, random.Random(seed), frozenset(tried), "svc", affinity)
+    d = choose_backend(route, p, NOW, random.Random(seed), frozenset(tried), "svc", affinity, session)
     if isinstance(d, Reject):
         # Refused only when nothing could take it: 502 with no healthy candidate, 503 when all are full.
         assert (d.status, bool(healthy), bool(room)) in ((502, False, False), (503, True, False)), d
         return
     chosen = d.backend.cluster
     assert chosen in room, (chosen, room, d)  # weighted, not tried, healthy (unless panic), below its limit
+    if session in room:  # a sticky session keeps its cluster while that cluster can take the request
+        assert chosen == session and (d.reason == "session" or len(live) == 1), d
+        return
     if algorithm == "latency-aware" and max_rtt is not None:
         within = [n for n in room if by_name[n]["rtt"] is None or by_name[n]["rtt"] <= max_rtt]
         if within:  # maxRTT holds while some cluster meets it
             assert chosen in within, (chosen, within, d)
     if affinity is not None or d.reason == "cold":  # no draw was made: the rng has no say
-        again = choose_backend(route, p, NOW, random.Random(seed + 1), frozenset(tried), "svc", affinity)
+        again = choose_backend(route, p, NOW, random.Random(seed + 1), frozenset(tried), "svc", affinity, session)
         assert again.backend.cluster == chosen, (d, again)

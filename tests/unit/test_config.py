@@ -723,3 +723,34 @@ def test_aliases_work_but_an_alias_bomb_is_refused(tmp_path):
     path = write(tmp_path, "\n".join(bomb + ['spec: {endpoint: "http://127.0.0.1:1"}']) + "\n", "bomb.yaml")
     (err,) = errors_of(path)  # 10^10 values if expanded: refused at the budget, in well under a second
     assert err.startswith(f"{path}:6: metadata.labels.l") and "YAML expands to more than 200000 values" in err
+
+
+def test_session_persistence(tmp_path):
+    from router.config.model import SessionPersistence
+    text = native_split("""\
+          clusters: [{name: us-west, weight: 1}, {name: ap-east, weight: 1}]
+          sessionPersistence: {sessionName: sid, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}
+        """, "s") + httproute("""\
+          hostnames: [web]
+          rules:
+          - sessionPersistence: {type: Header, sessionName: X-Session}
+            backendRefs: [{name: us-west}, {name: ap-east}]
+        """).replace(CLUSTERS, "")
+    s, web = load_config(write(tmp_path, CLUSTERS + text)).splits
+    assert s.session == SessionPersistence("sid", False, 3600.0, True)
+    assert web.session == SessionPersistence("X-Session", True, None, False)
+    bad = native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          affinity: {cookie: sid}
+          sessionPersistence: {idleTimeout: 10m, cookieConfig: {lifetimeType: Permanent}}
+        """, "s") + native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          hosts: [b]
+          sessionPersistence: {type: Header, sessionName: "a b", cookieConfig: {lifetimeType: Session}}
+        """, "t")
+    path = write(tmp_path, CLUSTERS + bad, "bad.yaml")
+    assert_errors(path, [(22, "spec.sessionPersistence: sessionPersistence and affinity cannot go together"),
+                         (22, "spec.sessionPersistence.idleTimeout: idleTimeout is not supported"),
+                         (22, "spec.sessionPersistence.cookieConfig: a Permanent cookie needs absoluteTimeout"),
+                         (30, "spec.sessionPersistence.sessionName: expected a cookie or header name"),
+                         (30, "spec.sessionPersistence.cookieConfig: cookieConfig is for type Cookie")])

@@ -1,0 +1,77 @@
+"""Sticky sessions on real sockets: the first answer hands the client a token for the cluster that
+answered (a cookie, or a header), later requests carrying it go there, and when that cluster cannot
+take them the session moves with a new token."""
+import asyncio
+
+from chaos.relay import DelayRelay
+from router.core.session import make_token
+from tests.conftest import cluster_docs, read_response, split_doc
+
+
+async def exchange(port: int, n: int, headers: str = "") -> list[tuple[str, dict]]:
+    """n GETs on one connection with these extra header lines: each answer's cluster and headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    try:
+        for _ in range(n):
+            writer.write(f"GET /cart HTTP/1.1\r\nHost: shop\r\n{headers}\r\n".encode())
+            status, head, _ = await read_response(reader)
+            assert status == 200
+            out.append((head["x-router-cluster"], head))
+    finally:
+        writer.close()
+    return out
+
+
+def sticky(ports: dict, session: str) -> str:
+    split = split_doc({n: 1 for n in ports}, "shop", ["shop"])
+    return cluster_docs(ports) + split + f"  sessionPersistence: {session}\n"
+
+
+async def test_a_cookie_session_keeps_its_cluster(backends, router):
+    a, b = await backends("a", "b")
+    app = await router(sticky({"a": a.port, "b": b.port}, "{sessionName: sid}"))
+    assert {c for c, _ in await exchange(app.port, 40)} == {"a", "b"}  # without a token: the weights
+    (first, head), = await exchange(app.port, 1)
+    cookie = head["set-cookie"]
+    assert cookie == f"sid={make_token(first, None)}; Path=/; HttpOnly"
+    later = await exchange(app.port, 30, f"Cookie: theme=dark; {cookie.split(';')[0]}\r\n")
+    assert {c for c, _ in later} == {first}
+    assert not any("set-cookie" in h for _, h in later)  # the token stands: nothing new to hand out
+    stray = await exchange(app.port, 1, "Cookie: sid=bWFycw\r\n")  # a cluster the route does not have
+    assert "set-cookie" in stray[0][1]
+
+
+async def test_the_session_moves_when_its_cluster_is_down(backends, router):
+    a, b = await backends("a", "b")
+    relay = DelayRelay(("127.0.0.1", a.port))
+    try:
+        app = await router(sticky({"a": await relay.start(), "b": b.port}, "{sessionName: sid}"))
+        on_a = f"Cookie: sid={make_token('a', None)}\r\n"
+        assert {c for c, _ in await exchange(app.port, 5, on_a)} == {"a"}
+        await relay.refuse()
+        (cluster, head), = await exchange(app.port, 1, on_a)  # refused, retried on b: the session moves there
+        assert cluster == "b" and head["set-cookie"].startswith(f"sid={make_token('b', None)};")
+        await relay.accept_again()
+        on_b = f"Cookie: sid={make_token('b', None)}\r\n"
+        assert {c for c, _ in await exchange(app.port, 5, on_b)} == {"b"}  # it stays where it went
+    finally:
+        await relay.stop()
+
+
+async def test_a_header_session_and_a_timed_cookie(backends, router):
+    a, b = await backends("a", "b")
+    app = await router(sticky({"a": a.port, "b": b.port}, "{type: Header, sessionName: X-Session}"))
+    (first, head), = await exchange(app.port, 1)
+    assert "set-cookie" not in head
+    later = await exchange(app.port, 20, f"X-Session: {head['x-session']}\r\n")
+    assert {c for c, _ in later} == {first} and not any("x-session" in h for _, h in later)
+
+    timed = await router(sticky({"a": a.port, "b": b.port},
+                                "{sessionName: sid, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}}"))
+    (first, head), = await exchange(timed.port, 1)
+    assert head["set-cookie"].endswith("; Path=/; HttpOnly; Max-Age=3600")
+    token = head["set-cookie"].split(";")[0]
+    assert {c for c, _ in await exchange(timed.port, 10, f"Cookie: {token}\r\n")} == {first}
+    expired = await exchange(timed.port, 1, f"Cookie: sid={make_token(first, 1.0)}\r\n")
+    assert "set-cookie" in expired[0][1]  # past its time: a new session, whichever cluster it lands on

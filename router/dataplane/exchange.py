@@ -181,7 +181,6 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         ctx = self.ctx
         t = ctx.clock()
         task = asyncio.current_task()  # self.task while this connect is still wanted (hedging may drop it)
-        current = True
         try:
             conn = await ctx.pool.connect(backend.endpoint, backend.pool_key, ctx.settings.timeouts.connect_s,
                                           ctx.settings.limits)

@@ -40,6 +40,8 @@ async def test_a_cookie_session_keeps_its_cluster(backends, router):
     assert not any("set-cookie" in h for _, h in later)  # the token stands: nothing new to hand out
     stray = await exchange(app.port, 1, "Cookie: sid=bWFycw\r\n")  # a cluster the route does not have
     assert "set-cookie" in stray[0][1]
+    (state,) = [r for r in app.state()["routes"] if r["name"] == "shop"]
+    assert state["session_persistence"] == {"name": "sid", "header": False, "absolute_s": None, "permanent": False}
 
 
 async def test_the_session_moves_when_its_cluster_is_down(backends, router):

@@ -327,6 +327,7 @@ class RouterApp:
                 "compression": ({"level": ctx.compression.level, "min_length": ctx.compression.min_length,
                                  "types": sorted(ctx.compression.types)} if ctx.compression else None),
                 "slow_start": asdict(ctx.health.slow_start) if ctx.health.slow_start else None,
+                "outlier_detection": asdict(ctx.health.policy),
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
                          if ctx.activator is not None else {}),

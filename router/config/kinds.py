@@ -10,8 +10,8 @@ from typing import Any, Callable
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
                   read_hosts, redirect_code)
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
-                    KubernetesRef, Limits, Probes, ResourceWatch, RouterSettings, ServiceConfig, SlowStart,
-                    SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
+                    KubernetesRef, Limits, OutlierDetection, Probes, ResourceWatch, RouterSettings, ServiceConfig,
+                    SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
@@ -70,7 +70,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
                              "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
-                             "slowStart"}):
+                             "slowStart", "outlierDetection"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -108,10 +108,12 @@ def read_router(doc: Doc) -> RouterSettings | None:
                             doc.value(tim, "maxConnectionAge", positive_duration, dt.max_connection_age_s))
     pnode, dp = spec.get("probes"), Probes()
     probes = dp
-    if doc.fields(pnode, {"enabled", "interval", "timeout"}):
+    if doc.fields(pnode, {"enabled", "interval", "timeout", "unhealthyThreshold", "healthyThreshold"}):
         probes = Probes(doc.value(pnode, "enabled", parse_bool, dp.enabled),
                         doc.value(pnode, "interval", positive_duration, dp.interval_s),
-                        doc.value(pnode, "timeout", positive_duration, dp.timeout_s))
+                        doc.value(pnode, "timeout", positive_duration, dp.timeout_s),
+                        doc.value(pnode, "unhealthyThreshold", positive_int, dp.unhealthy_threshold),
+                        doc.value(pnode, "healthyThreshold", positive_int, dp.healthy_threshold))
     return RouterSettings(listen=doc.value(spec, "listen", hostport, d.listen),
                           admin=doc.value(spec, "admin", hostport, d.admin),
                           admin_token_env=token_env, admin_token_file=token_file,
@@ -133,7 +135,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport),
                           proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False),
                           compression=_read_compression(doc, spec.get("compression")),
-                          slow_start=_read_slow_start(doc, spec.get("slowStart")))
+                          slow_start=_read_slow_start(doc, spec.get("slowStart")),
+                          outlier_detection=_read_outlier_detection(doc, spec.get("outlierDetection")))
 
 
 def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:
@@ -170,6 +173,22 @@ def _read_slow_start(doc: Doc, node: Node | None) -> SlowStart | None:
     aggression = doc.value(node, "aggression", _aggression, 1.0)
     min_percent = doc.value(node, "minWeightPercent", _percent, 10.0)
     return SlowStart(window, aggression, min_percent / 100) if window is not None else None
+
+
+def _read_outlier_detection(doc: Doc, node: Node | None) -> OutlierDetection:
+    """outlierDetection: {consecutive5xx: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, panicThreshold: 50}"""
+    d = OutlierDetection()
+    if not doc.fields(node, {"consecutive5xx", "baseEjectionTime", "maxEjectionTime", "panicThreshold"}):
+        return d
+    base = doc.value(node, "baseEjectionTime", positive_duration, d.base_ejection_s)
+    most = doc.value(node, "maxEjectionTime", positive_duration, None)
+    if most is not None and base is not None and most < base:
+        doc.error(node.get("maxEjectionTime"), f"maxEjectionTime ({most:g}s) is shorter than baseEjectionTime "
+                                               f"({base:g}s)")
+    panic = doc.value(node, "panicThreshold", _percent, d.panic_below * 100)
+    base = base or d.base_ejection_s
+    return OutlierDetection(doc.value(node, "consecutive5xx", positive_int, d.consecutive_5xx), base,
+                            most if most is not None else max(d.max_ejection_s, base), panic / 100)
 
 
 def _aggression(v) -> float:

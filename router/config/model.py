@@ -322,6 +322,20 @@ class Probes:
     enabled: bool = True
     interval_s: float = 1.0
     timeout_s: float = 0.5
+    unhealthy_threshold: int = 3  # failed probes in a row that take a cluster out
+    healthy_threshold: int = 2  # passing probes in a row that bring it back
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health (Router `outlierDetection`, Envoy's outlier_detection): a cluster is ejected after
+    `consecutive_5xx` 5xx answers, resets or timeouts in a row (a refused connect at once), for
+    base_ejection_s × n (n: times ejected), at most max_ejection_s. Below `panic_below` of a split's
+    clusters healthy, health is ignored for it (0: never)."""
+    consecutive_5xx: int = 5
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    panic_below: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -381,6 +395,7 @@ class RouterSettings:
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     compression: Compression | None = None  # gzip for responses; None: responses pass as they are
     slow_start: SlowStart | None = None  # ramp a returning or new cluster's weight; None: full weight at once
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     buffer: BufferSettings = field(default_factory=BufferSettings)
     resources: ResourceWatch | None = None
 

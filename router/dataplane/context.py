@@ -12,7 +12,7 @@ import time
 
 from ..config.model import RouterSettings
 from ..core.choice import PolicyInputs
-from ..core.health import HealthState
+from ..core.health import HealthState, OutlierPolicy
 from ..core.ratelimit import RateLimiter
 from ..core.retry import RetryBudget
 from ..core.rtt import RttState
@@ -43,7 +43,7 @@ class ProxyContext:
         self.metrics = metrics
         self.policy = PolicyInputs(health=health or HealthState(), rtt=RttState(snapshot.config.router.rtt_decay_s))
         self.health = self.policy.health
-        self.health.slow_start = snapshot.config.router.slow_start
+        self._health_settings(snapshot.config.router)
         self.inflight = self.policy.inflight  # cluster -> requests in flight there
         self.retry_budget = RetryBudget()
         self.activator = None  # set by the app: holds requests while a service starts
@@ -103,7 +103,7 @@ class ProxyContext:
 
     def swap(self, snapshot: RoutingSnapshot) -> None:
         old = {c.name for c in self.snapshot.config.clusters}
-        self.health.slow_start = snapshot.config.router.slow_start
+        self._health_settings(snapshot.config.router)
         for cluster in snapshot.config.clusters:
             if cluster.name not in old:  # new to the config: its traffic ramps up like a returning one's
                 self.health.on_joined(cluster.name, self.clock())
@@ -118,6 +118,13 @@ class ProxyContext:
         kept = {(s.name, s.rate_limit) for s in snapshot.config.splits if s.rate_limit is not None}
         self.rate_limiters = {k: v for k, v in self.rate_limiters.items() if k in kept}
         self.metrics.config_version.set(snapshot.version)
+
+    def _health_settings(self, settings: RouterSettings) -> None:
+        """The Router's thresholds for health (what the state remembers carries over a reload)."""
+        o, probes = settings.outlier_detection, settings.probes
+        self.health.policy = OutlierPolicy(o.consecutive_5xx, o.base_ejection_s, o.max_ejection_s,
+                                           probes.unhealthy_threshold, probes.healthy_threshold, o.panic_below)
+        self.health.slow_start = settings.slow_start
 
     def _connection_reuse(self) -> None:
         """How long a client connection is kept: requests and seconds, infinite when unset (one comparison

@@ -64,7 +64,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
-                 "session")
+                 "session", "tries")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -98,6 +98,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
         self.gzip = None  # the response's GzipStream, when the router compresses it
         self.parked = None  # earlier tries still running beside this one (hedging: a list of ParkedTry)
+        self.tries = 0  # times the request was sent to a cluster (retries and hedges included), for the access log
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -248,6 +249,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         req, ctx, client = self.req, self.ctx, self.conn
         conn.exchange = self
         self.upstream = conn
+        self.tries += 1
         facts = req.facts
         if self.route.request_changes or req.request_id_made:
             parts = self.changed_request_lines()

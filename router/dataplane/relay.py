@@ -290,7 +290,7 @@ class ResponseRelay:
         if ctx.access_log is not None:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen
-            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route)
+            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route, self.tries)
 
     def on_client_lost(self) -> None:
         if self.task is not None:

@@ -20,7 +20,7 @@ MAX_PENDING = 100_000
 
 _quote = json.encoder.encode_basestring  # a JSON string literal, escaped (the C encoder)
 _LINE = ('{"time":"%s.%03dZ","client":%s,"method":%s,"host":%s,"path":%s,"status":%d,"cluster":%s,"route":%s,'
-         '"duration_ms":%.3f,"reason":%s,"request_id":%s}\n')
+         '"duration_ms":%.3f,"reason":%s,"request_id":%s,"tries":%d}\n')
 
 
 def format_lines(batch: list[tuple]) -> bytes:
@@ -28,14 +28,13 @@ def format_lines(batch: list[tuple]) -> bytes:
     instead of 6.7 us a line). Method and path bytes are shown as Latin-1 characters."""
     out = []
     second, stamp = -1, ""
-    for ts, client, method, host, path, status, cluster, route, duration_s, reason, request_id in batch:
+    for ts, client, method, host, path, status, cluster, route, duration_s, reason, request_id, tries in batch:
         if int(ts) != second:
             second = int(ts)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         out.append(_LINE % (stamp, int(ts % 1 * 1000), _quote(client), _quote(method.decode("latin-1")), _quote(host),
                             _quote(path.decode("latin-1")), status, _quote(cluster), _quote(route), duration_s * 1000,
-                            _quote(reason),
-                            _quote(request_id.decode("latin-1"))))
+                            _quote(reason), _quote(request_id.decode("latin-1")), tries))
     return "".join(out).encode("utf-8", "replace")
 
 
@@ -50,14 +49,15 @@ class AccessLog:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-log")
 
     def request(self, client: str, req, status: int, cluster: str, duration_s: float, reason: str,
-                route: str = "-") -> None:
-        """An answered request (a dataplane Request: as much of it as was read)."""
+                route: str = "-", tries: int = 0) -> None:
+        """An answered request (a dataplane Request: as much of it as was read); `tries`: how many times it
+        was sent to a cluster."""
         self.log((time.time(), client, req.method, req.facts.get("host", ""), req.url, status, cluster, route,
-                  duration_s, reason, req.request_id))
+                  duration_s, reason, req.request_id, tries))
 
     def log(self, record: tuple) -> None:
         """Hot path: `record` is (time as epoch seconds, client, method bytes, host, path bytes, status,
-        cluster, route, duration in seconds, reason, request id bytes)."""
+        cluster, route, duration in seconds, reason, request id bytes, tries)."""
         if len(self.pending) >= self.max_pending:
             self.on_drop(1)
             return

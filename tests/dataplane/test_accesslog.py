@@ -26,10 +26,25 @@ async def test_each_answer_is_one_json_line(backends, router, tmp_path):
         "client": "127.0.0.1", "method": "GET", "host": "shop.example", "path": "/p?q=1", "status": 200,
         "cluster": "a", "route": "split", "reason": "weighted"}
     assert ok["time"].endswith("Z") and 0 <= ok["duration_ms"] < 5000 and ok["request_id"] == ""
+    assert (ok["tries"], no_route["tries"], refused["tries"]) == (1, 0, 0)  # times sent to a cluster
     assert (no_route["method"], no_route["status"], no_route["cluster"], no_route["route"]) == ("POST", 404, "-", "-")
     assert no_route["reason"] == "no route for host 'other.example'"
     assert (refused["status"], refused["path"], refused["reason"]) == (400, "/bad", "more than one Host header")
     assert app.metrics.access_log_dropped._value.get() == 0
+
+
+async def test_a_retried_request_logs_its_tries(backends, router, tmp_path):
+    a, b = await backends("a", "b")
+    a.status = 503
+    log_path = tmp_path / "access.log"
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) + split_doc({"a": 1, "b": 0.0001})
+                       + "  retry: {codes: [503]}\n" + router_doc(accessLog={"path": str(log_path)}))
+    raw = b""
+    while not a.seen:  # until the first try lands on a (its weight makes that nearly every time)
+        raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: b" in raw
+    lines = await wait_for(lambda: len(_lines(log_path)) == len(b.seen) and _lines(log_path), what="log lines")
+    assert (lines[-1]["cluster"], lines[-1]["tries"], lines[-1]["reason"]) == ("b", 2, "failover")
 
 
 async def test_request_id_is_logged_as_sent_and_returned(backends, router, tmp_path):
@@ -47,6 +62,6 @@ async def test_lines_past_the_pending_limit_are_dropped_and_counted(tmp_path):
     dropped = []
     log = AccessLog(asyncio.get_running_loop(), str(tmp_path / "a.log"), dropped.append, max_pending=2)
     for i in range(5):  # all before the first flush
-        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b""))
+        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b"", 1))
     await log.close()
     assert [r["path"] for r in _lines(tmp_path / "a.log")] == ["/0", "/1"] and dropped == [1, 1, 1]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
-import ssl
 import time
 
 from ..core.affinity import affinity_key
@@ -21,37 +19,17 @@ from ..core.health import is_local_exhaustion
 from ..core.session import session_cluster
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
 from .mirror import mirror_request
-from .paths import replaced
+from .paths import rewritten
 from .pause import PAUSE_HELD
 from .guards import RouteGuards
 from .hedge import Hedging
 from .relay import ResponseRelay
 from .request import IDEMPOTENT, REPLAY_LIMIT, Request
-from .upstream import UpstreamConnection
+from .upstream import UpstreamConnection, connect_failure
 
 log = logging.getLogger("router.dataplane")
 EXHAUSTION_LOG_EVERY_S = 10.0
 _exhaustion_logged = [float("-inf")]  # when it was last logged (one line per 10 s, the metric counts all)
-
-
-def _connect_failure(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "connect timeout"
-    if isinstance(exc, ssl.SSLCertVerificationError):  # what an operator needs to mend Cluster spec.tls
-        return f"TLS: certificate not accepted ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or exc})"
-    return "name resolution failed" if isinstance(exc, socket.gaierror) else "connect refused"
-
-
-def rewritten(url: bytes, headers: list, route) -> tuple[bytes, list]:
-    """The target and headers sent to the cluster under the route's URL rewrite (the client's path
-    and Host stay what routing, X-Forwarded-Host and the access log see)."""
-    prefix, path, host = route.rewrite
-    url = replaced(url, route.path_prefix, prefix, path)
-    if host is not None:  # (also for an HTTP/1.0 request that came without Host)
-        headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", host)]
-    return url, headers
 
 
 def _path(url: bytes) -> str:
@@ -190,7 +168,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
                 self._out_of_resources(exc, backend.cluster)
                 return
             ctx.metrics.connect_failures.labels(backend.cluster).inc()
-            ctx.health.on_connect_failure(backend.cluster, ctx.clock(), _connect_failure(exc))
+            ctx.health.on_connect_failure(backend.cluster, ctx.clock(), connect_failure(exc))
             if self.finished or self.task is not task:
                 return
             self.tried = self.tried | {backend.cluster}

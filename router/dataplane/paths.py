@@ -8,7 +8,7 @@ segments are removed (RFC 3986 5.2.4, `%2e` counted as a dot) and runs of slashe
 routing, and the normalized path is what is forwarded. Other percent-encodings (`%2F` among them)
 and the query are left exactly as received.
 
-Also here: a route's path rewrite (prefix or whole path replaced) and the decoding of escaped
+Also here: a route's path rewrite (prefix or whole path replaced, with its Host) and the decoding of escaped
 slashes that Router escapedSlashes: unescape asks for.
 """
 from __future__ import annotations
@@ -82,3 +82,13 @@ def unescape_slashes(url: bytes) -> bytes | None:
             path, low = path[:i] + dec + path[i + 3:], low[:i] + dec + low[i + 3:]
             i = low.find(enc, i + 1)
     return path + sep + query
+
+
+def rewritten(url: bytes, headers: list, route) -> tuple[bytes, list]:
+    """The target and headers sent to the cluster under the route's URL rewrite (the client's path
+    and Host stay what routing, X-Forwarded-Host and the access log see)."""
+    prefix, path, host = route.rewrite
+    url = replaced(url, route.path_prefix, prefix, path)
+    if host is not None:  # (also for an HTTP/1.0 request that came without Host)
+        headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", host)]
+    return url, headers

@@ -9,6 +9,8 @@ status line, maxHeaders): an upstream that sends more gets a 502, not the router
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections import deque
 
 import httptools
@@ -18,6 +20,17 @@ from .dns import DnsCache
 
 DEFAULT_LIMITS = Limits()
 HEAD_TOO_LARGE = "upstream response header section too large"
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connect to a cluster failed, as /debug/state and the logs give it."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "connect timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):  # what an operator needs to mend Cluster spec.tls
+        return f"TLS: certificate not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    return "name resolution failed" if isinstance(exc, socket.gaierror) else "connect refused"
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -40,6 +40,8 @@ METRICS = {
     "detection_s": "fault start to the router reporting the cluster unhealthy",
     "leave_s": "fault start to the last request sent to the cluster during the fault",
     "return_s": "fault end to the first request sent to the cluster again",
+    "return_share": "the cluster's share of requests in the 2 s after its first one again, over its share in the "
+                    "5 s before the fault (1: its full share at once)",
     "transitions": "times the cluster went from receiving traffic to none or back (1 s bins)",
     "recovery_s": "fault end to the last failed request",
     "queue_max": "most requests held for one service at once (the hold queue's bound is per service)",

@@ -35,6 +35,12 @@ def _routed(rec: Record, cluster: str):
     return [o for o in rec.outcomes if o.cluster == cluster and o.succeeded]
 
 
+def _share(rec: Record, cluster: str, lo: float, hi: float) -> float:
+    """The cluster's share of the requests that succeeded, among those sent from lo to hi."""
+    sent = [o for o in rec.outcomes if lo <= o.t < hi and o.succeeded]
+    return sum(1 for o in sent if o.cluster == cluster) / len(sent) if sent else 0.0
+
+
 def measure(metric: str, rec: Record, crit: dict) -> float:
     outs = rec.outcomes
     failed = [o for o in outs if not o.succeeded]
@@ -90,6 +96,13 @@ def measure(metric: str, rec: Record, crit: dict) -> float:
     if metric == "return_s":
         after = [o.t for o in _routed(rec, cluster) if o.t >= end]
         return min(after) - end if after else INF
+    if metric == "return_share":
+        back = [o.t for o in _routed(rec, cluster) if o.t >= end]
+        if not back:
+            return INF
+        before = _share(rec, cluster, start - 5.0, start)
+        first = min(back)
+        return _share(rec, cluster, first, first + 2.0) / before if before else INF
     if metric == "transitions":
         bins = int(rec.end_s - start)
         present = [False] * max(bins, 1)

@@ -13,7 +13,7 @@ DRILLS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "c
 def test_the_issue_list_of_drills_is_shipped():
     names = {os.path.splitext(os.path.basename(p))[0] for p in DRILLS}
     assert names == {"region-blackhole", "connection-resets", "latency-spike", "truncated-upstream", "cold-start-burst",
-                     "region-evacuation", "router-restart", "kube-api-outage", "mass-failure"}
+                     "region-evacuation", "router-restart", "kube-api-outage", "mass-failure", "region-return"}
 
 
 @pytest.mark.parametrize("path", DRILLS, ids=lambda p: os.path.splitext(os.path.basename(p))[0])

@@ -95,6 +95,10 @@ def test_verdict_metrics_from_a_recorded_run():
     assert measure("lost", rec, {}) == 1 and measure("failed", rec, {}) == 2
     assert measure("implicit_failures", rec, {}) == 1  # the timeout; the 503 was explicit
     assert measure("recovery_s", rec, {}) == pytest.approx(3.5)
+    assert measure("return_share", rec, {"cluster": "a"}) == pytest.approx(1.0)  # half before, half at once after
+    ramped = Record([o for o in rec.outcomes if not (o.cluster == "a" and 13.0 < o.t < 15.0 and round(o.t * 10) % 5)],
+                    end_s=20.0, windows=rec.windows)
+    assert measure("return_share", ramped, {"cluster": "a"}) == pytest.approx((4 / 24) / 0.5)  # 4 of 20 kept
     verdicts = judge(rec, [{"metric": "detection_s", "cluster": "a", "max": 1}, {"metric": "lost", "max": 1}])
     assert [v["pass"] for v in verdicts] == [False, True] and verdicts[0]["name"] == "detection_s[a]"
 

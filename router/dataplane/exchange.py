@@ -42,7 +42,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
-                 "session", "tries")
+                 "session", "tries", "resumed")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -76,6 +76,7 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
         self.gzip = None  # the response's GzipStream, when the router compresses it
         self.parked = None  # earlier tries still running beside this one (hedging: a list of ParkedTry)
+        self.resumed = False  # (hedging) the current try is an earlier one, taken up again
         self.tries = 0  # times the request was sent to a cluster (retries and hedges included), for the access log
         conn.ctx.retry_budget.start_request()
 

@@ -70,6 +70,7 @@ class Hedging:
         self.parked.append(ParkedTry(self))  # it keeps its in-flight place and its share of the budget
         self.upstream = self.counted = None
         self.retrying = True
+        self.resumed = False  # the new try is the latest
         self.streaming = False
         ctx.metrics.retries.labels("hedge").inc()
         self._choose(decision)
@@ -118,7 +119,7 @@ class Hedging:
             ctx.health.on_response(parked.backend.cluster, status, ctx.clock())
 
     def drop_all_parked(self) -> None:
-        for parked in list(self.parked):
+        for parked in list(self.parked or ()):
             self.drop_parked(parked)
 
     def _drop_current(self) -> None:
@@ -140,3 +141,4 @@ class Hedging:
         self.counted, self.sent_at, self.retrying = parked.counted, parked.sent_at, parked.retrying
         self.upstream.exchange = self
         self.streaming = True
+        self.resumed = True  # an earlier try is the exchange's again

@@ -35,8 +35,9 @@ class ResponseRelay:
                 and (self.fall_back(status) or self._retry_elsewhere("status", status)):
             self.status_retries += 1  # this answer is dropped (its connection closed) for the next choice's
             return
-        if self.parked:  # hedging: this try answered first
+        if self.parked is not None:  # a hedged request: this try answered first
             self.drop_all_parked()
+            self.ctx.metrics.hedge_winners.labels("earlier" if self.resumed else "latest").inc()
         self._cancel_header_timer()
         self.status = status
         ctx = self.ctx

@@ -43,6 +43,9 @@ class Metrics:
                                        ["reason"], registry=r)
         self.retries = Counter("router_retries_total", "Requests sent again to another try", ["reason"],
                                registry=r)
+        self.hedge_winners = Counter("router_hedge_winners_total", "Hedged requests answered, by which try answered "
+                                     "first: the latest one, or an earlier one kept past its perTry", ["winner"],
+                                     registry=r)
         self.cluster_rtt = Gauge("router_cluster_rtt_seconds", "RTT estimate per cluster (Peak-EWMA)",
                                  ["cluster"], registry=r, multiprocess_mode="max")
         self.cluster_healthy = Gauge("router_cluster_healthy", "1 while a cluster is healthy (not ejected, probes ok)",

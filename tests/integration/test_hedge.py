@@ -37,6 +37,9 @@ async def test_the_first_answer_wins_and_the_slower_try_is_closed(backends, rout
         # The losing try was closed when the winner answered, not left to run for b's 1.5 s.
         await wait_for(lambda: idle(app), timeout_s=0.5, what="the losing try closed")
     assert app.ctx.metrics.retries.labels("hedge")._value.get() == 6
+    winners = app.ctx.metrics.hedge_winners
+    assert winners.labels("earlier")._value.get() + winners.labels("latest")._value.get() == 6
+    assert winners.labels("earlier")._value.get() >= 1 and winners.labels("latest")._value.get() >= 1
 
     plain = await hedged_router(router, {"a": a.port, "b": b.port}, hedge=False)
     took, raw = await timed_get(plain.port, "h")  # without hedging a is given up at perTry: b's slow answer
@@ -52,6 +55,7 @@ async def test_a_hedge_that_cannot_connect_leaves_the_first_try_to_answer(backen
         await relay.refuse()
         status, headers, body = response_of((await timed_get(app.port, "h"))[1])
         assert status == 200 and headers["x-router-cluster"] == "a", body  # not 502 "no healthy cluster left"
+        assert app.ctx.metrics.hedge_winners.labels("earlier")._value.get() == 1  # the first try, taken up again
         assert not app.ctx.health.is_healthy("b", app.ctx.clock())  # the refused connect counted
         await wait_for(lambda: idle(app), what="no try left in flight")
     finally:
@@ -101,6 +105,7 @@ async def test_an_earlier_try_that_breaks_leaves_the_hedge_to_answer(backends, r
         status, headers, body = response_of(raw)
         assert status == 200 and headers["x-router-cluster"] == "b", body
         assert broke.done() and took >= 0.4  # a broke first, and the client still got b's answer
+        assert app.ctx.metrics.hedge_winners.labels("latest")._value.get() == 1
         await wait_for(lambda: idle(app), what="no try left in flight")
     finally:
         server.close()
@@ -149,6 +154,7 @@ async def test_the_losing_try_is_closed_when_the_winners_head_arrives(backends, 
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
         assert b"x-router-cluster: a" in head and len(b.seen) == 1
         assert app.ctx.policy.inflight == {"a": 1, "b": 0}  # b's try ended with a's head, not a's body
+        assert app.ctx.metrics.hedge_winners.labels("latest")._value.get() == 1  # a, the hedge, won
         body_go.set()
         assert await asyncio.wait_for(reader.readexactly(4), 2.0) == b"done"
         writer.close()

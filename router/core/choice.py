@@ -91,13 +91,7 @@ def _weighted(candidates, rng: random.Random) -> int:
 def _draw(candidates, health: HealthState, now: float, rng: random.Random):
     """A weighted draw, with the weights of clusters in their slow start ramped down."""
     if health.slow_start is not None:
-        weights = [b.weight * health.ramp(b.cluster, now) for b in candidates]
-        point = rng.random() * sum(weights)
-        for b, w in zip(candidates, weights):
-            point -= w
-            if point < 0:
-                return b
-        return candidates[-1]
+        return rng.choices(candidates, [b.weight * health.ramp(b.cluster, now) for b in candidates])[0]
     return candidates[_weighted(candidates, rng)]
 
 

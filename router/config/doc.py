@@ -107,6 +107,12 @@ def one_of(what: str | None, *allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+def parse_percent(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+        raise ValueError(f"percent must be a number 0..100, got {v!r}")
+    return float(v)
+
+
 def positive_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"expected a positive integer, got {v!r}")

@@ -7,8 +7,8 @@ import re
 from dataclasses import replace
 from typing import Any, Callable
 
-from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
-                  read_hosts, redirect_code)
+from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
+                  read_cidrs, read_hosts, redirect_code)
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
                     KubernetesRef, Limits, OutlierDetection, Probes, ResourceWatch, RouterSettings, ServiceConfig,
                     SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
@@ -171,7 +171,7 @@ def _read_slow_start(doc: Doc, node: Node | None) -> SlowStart | None:
         return None
     window = doc.value(node, "window", positive_duration)
     aggression = doc.value(node, "aggression", _aggression, 1.0)
-    min_percent = doc.value(node, "minWeightPercent", _percent, 10.0)
+    min_percent = doc.value(node, "minWeightPercent", parse_percent, 10.0)
     return SlowStart(window, aggression, min_percent / 100) if window is not None else None
 
 
@@ -181,12 +181,11 @@ def _read_outlier_detection(doc: Doc, node: Node | None) -> OutlierDetection:
     if not doc.fields(node, {"consecutive5xx", "baseEjectionTime", "maxEjectionTime", "panicThreshold"}):
         return d
     base = doc.value(node, "baseEjectionTime", positive_duration, d.base_ejection_s)
-    most = doc.value(node, "maxEjectionTime", positive_duration, None)
-    if most is not None and base is not None and most < base:
+    most = doc.value(node, "maxEjectionTime", positive_duration)
+    if most is not None and most < base:
         doc.error(node.get("maxEjectionTime"), f"maxEjectionTime ({most:g}s) is shorter than baseEjectionTime "
                                                f"({base:g}s)")
-    panic = doc.value(node, "panicThreshold", _percent, d.panic_below * 100)
-    base = base or d.base_ejection_s
+    panic = doc.value(node, "panicThreshold", parse_percent, d.panic_below * 100)
     return OutlierDetection(doc.value(node, "consecutive5xx", positive_int, d.consecutive_5xx), base,
                             most if most is not None else max(d.max_ejection_s, base), panic / 100)
 
@@ -194,12 +193,6 @@ def _read_outlier_detection(doc: Doc, node: Node | None) -> OutlierDetection:
 def _aggression(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100:
         raise ValueError(f"expected a number above 0 and at most 100 (1 ramps linearly), got {v!r}")
-    return float(v)
-
-
-def _percent(v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-        raise ValueError(f"expected a percentage from 0 to 100, got {v!r}")
     return float(v)
 
 

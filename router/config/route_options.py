@@ -7,8 +7,8 @@ import math
 import re
 from typing import Any
 
-from .doc import (Doc, one_of, parse_bool, parse_path, parse_port, positive_duration, positive_int, read_cidrs,
-                  redirect_code)
+from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
+                  read_cidrs, redirect_code)
 from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
                     SessionPersistence, SourceRanges)
 from .values import normalise_host, parse_duration
@@ -22,12 +22,6 @@ def read_mirror(doc: Doc, node: Node | None) -> tuple[Mirror, Node] | None:
     cluster = doc.string(node, "cluster")
     percent = doc.value(node, "percent", parse_percent, 100.0)
     return (Mirror(cluster, percent), node.get("cluster")) if cluster else None
-
-
-def parse_percent(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-        raise ValueError(f"percent must be a number 0..100, got {v!r}")
-    return float(v)
 
 
 def non_negative_int(v: Any) -> int:

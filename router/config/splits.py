@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .doc import Doc, one_of, parse_path, positive_duration, positive_int, read_hosts
+from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
 from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
                     SessionPersistence, SourceRanges)
-from .route_options import (non_negative_int, parse_percent, path_modifier, read_affinity, read_conditions,
+from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions,
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
                             read_source_ranges,
                             read_rewrite, read_route_timeouts, read_session_persistence, rewrite_host)
@@ -116,8 +116,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:
-    """sessionPersistence (a TrafficSplit's or an HTTPRoute rule's), refused beside affinity: one key
-    decides where a request goes."""
+    """A TrafficSplit's sessionPersistence, refused beside its affinity: one key decides where a request
+    goes (an HTTPRoute rule has no affinity)."""
     session = read_session_persistence(doc, node.get("sessionPersistence"))
     if session is not None and node.get("affinity") is not None:
         doc.error(node.get("sessionPersistence"), "sessionPersistence and affinity cannot go together")

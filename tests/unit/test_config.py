@@ -541,7 +541,7 @@ def test_router_outlier_detection_and_probe_thresholds(tmp_path):
     assert_errors(bad, [(6, "spec.outlierDetection.consecutive5xx: expected a positive integer, got 0"),
                         (8, "spec.outlierDetection.maxEjectionTime: maxEjectionTime (30s) is shorter than "
                             "baseEjectionTime (60s)"),
-                        (9, "spec.outlierDetection.panicThreshold: expected a percentage from 0 to 100, got 150"),
+                        (9, "spec.outlierDetection.panicThreshold: percent must be a number 0..100, got 150"),
                         (10, "spec.probes.unhealthyThreshold: expected a positive integer, got 0")])
 
 
@@ -569,7 +569,7 @@ def test_router_slow_start(tmp_path):
     ("slowStart: {window: 30s, aggression: .nan}",
      "spec.slowStart.aggression: expected a number above 0 and at most 100 (1 ramps linearly), got nan"),
     ("slowStart: {window: 30s, minWeightPercent: 150}",
-     "spec.slowStart.minWeightPercent: expected a percentage from 0 to 100, got 150"),
+     "spec.slowStart.minWeightPercent: percent must be a number 0..100, got 150"),
     ("slowStart: {window: 30s, rampUp: fast}", "spec.slowStart.rampUp: unknown field (allowed: aggression, minWeightPercent, window)"),
 ])
 def test_router_request_rules_refused(tmp_path, line, expected):

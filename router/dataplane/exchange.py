@@ -363,28 +363,34 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
 
     def _retry_elsewhere(self, reason: str, status: int = 502) -> bool:
         """Reset, timeout or a retried status before any response byte: try the next choice, within
-        the budget. `status`: what the failed try counts as for outlier detection."""
-        if not self._may_retry():
+        the budget. `status`: what the failed try counts as for outlier detection. Reason "hedge" (a
+        route's perTry ran out, the route hedges): the try is kept running beside the next one (parked,
+        see hedge.py) rather than dropped; it needs the request sent whole, and never waits on a cold start."""
+        hedge = reason == "hedge"
+        if not self._may_retry() or hedge and (self.upstream is None or not self.req.complete):
             return False
         ctx = self.ctx
         cluster = self.backend.cluster
         decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried | {cluster},
                                   self.service, self.affinity, self.session)
-        if isinstance(decision, Reject):
-            return False  # nowhere else to go: the caller answers with the failure itself
+        if isinstance(decision, Reject) or hedge and decision.reason == "cold":
+            return False  # nowhere else to go: the caller answers with the failure itself (or waits on)
         budget = ctx.retry_budget
-        if self.retrying:
+        if self.retrying and not hedge:  # (a parked try keeps its share while it runs)
             budget.end_retry()
             self.retrying = False
         if not budget.start_retry():
             ctx.metrics.retries.labels("budget_exhausted").inc()
             return False
-        self.retrying = True
-        ctx.health.on_response(cluster, status, ctx.clock())  # a 5xx counts toward outlier ejection
         self.tried = self.tried | {cluster}
         ctx.metrics.retries.labels(reason).inc()
-        self._cancel_header_timer()
-        self._abort_upstream()
+        if hedge:
+            self.park()
+        else:
+            ctx.health.on_response(cluster, status, ctx.clock())  # a 5xx counts toward outlier ejection
+            self._cancel_header_timer()
+            self._abort_upstream()
+        self.retrying = True
         self.streaming = False
         self._choose(decision)
         return True

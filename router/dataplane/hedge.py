@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 
-from ..core.choice import Reject, choose_backend
-
 
 class ParkedTry:
     """An earlier try of a hedged request: its connection's events come here."""
@@ -49,32 +47,14 @@ class ParkedTry:
 class Hedging:
     __slots__ = ()
 
-    def _hedge(self) -> bool:
-        """perTry ran out on a route that hedges: park this try and start the next choice beside it.
-        False when the request may not be retried, nowhere warm is left, or the retry budget is spent
-        (this try then waits on)."""
-        if not self._may_retry() or self.upstream is None or not self.req.complete:
-            return False
-        ctx = self.ctx
-        tried = self.tried | {self.backend.cluster}
-        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, tried, self.service, self.affinity,
-                                  self.session)
-        if isinstance(decision, Reject) or decision.reason == "cold":  # a hedge never waits on a cold start
-            return False
-        if not ctx.retry_budget.start_retry():
-            ctx.metrics.retries.labels("budget_exhausted").inc()
-            return False
-        self.tried = tried
+    def park(self) -> None:
+        """Keep the current try running as a ParkedTry (its in-flight place and share of the retry budget
+        go with it); the exchange's fields are then free for the next try, the latest."""
         if self.parked is None:
             self.parked = []
-        self.parked.append(ParkedTry(self))  # it keeps its in-flight place and its share of the budget
+        self.parked.append(ParkedTry(self))
         self.upstream = self.counted = None
-        self.retrying = True
-        self.resumed = False  # the new try is the latest
-        self.streaming = False
-        ctx.metrics.retries.labels("hedge").inc()
-        self._choose(decision)
-        return True
+        self.retrying = self.resumed = False
 
     def adopt(self, parked: ParkedTry, status: int, headers: list, upgrade: bool) -> None:
         """A parked try answered first: it becomes the exchange's try, the others are dropped."""
@@ -96,10 +76,7 @@ class Hedging:
             ctx.health.on_response(self.backend.cluster, status, ctx.clock())
         self._drop_current()
         self._resume(self.parked[-1])
-        deadline = self.request_deadline()
-        now = ctx.clock()
-        left = ctx.settings.timeouts.upstream_header_s - (now - self.sent_at) if deadline is None else deadline - now
-        self.conn.upstream_timer.set(max(left, 0.001), self._on_header_timeout)
+        self.conn.upstream_timer.set(max(self._header_wait_left(), 0.001), self._on_header_timeout)
         return True
 
     def drop_parked(self, parked: ParkedTry, status: int | None = None) -> None:
@@ -119,7 +96,7 @@ class Hedging:
             ctx.health.on_response(parked.backend.cluster, status, ctx.clock())
 
     def drop_all_parked(self) -> None:
-        for parked in list(self.parked or ()):
+        for parked in list(self.parked):
             self.drop_parked(parked)
 
     def _drop_current(self) -> None:

@@ -212,21 +212,26 @@ class ResponseRelay:
         upstreamHeader since this try was sent, or the route's request timeout since the head was read."""
         if self.finished or self.resp_started:
             return
-        ctx, route = self.ctx, self.route
-        timeouts = ctx.settings.timeouts
-        deadline = self.request_deadline()
-        left = (timeouts.upstream_header_s - (ctx.clock() - self.sent_at) if deadline is None
-                else deadline - ctx.clock())
+        route = self.route
+        left = self._header_wait_left()
         if left > 0.001:
-            if route.per_try_s and (self._hedge() if route.hedge else self._retry_elsewhere("timeout")):
+            if route.per_try_s and self._retry_elsewhere("hedge" if route.hedge else "timeout"):
                 return
             # Nowhere else to try: this try may still answer, so it gets the rest of the overall timeout.
             self.conn.upstream_timer.set(left, self._on_header_timeout)
             return
-        if deadline is None:
-            self.respond_error(504, f"upstream did not answer within {timeouts.upstream_header_s:g}s")
+        if route.request_timeout_s is None:
+            self.respond_error(504, f"upstream did not answer within {self.ctx.settings.timeouts.upstream_header_s:g}s")
         else:
             self.respond_error(504, f"no answer within the route's request timeout ({route.request_timeout_s:g}s)")
+
+    def _header_wait_left(self) -> float:
+        """What is left of the overall wait for a response head: upstreamHeader since this try was sent, or
+        the route's request timeout since the request head was read."""
+        deadline, now = self.request_deadline(), self.ctx.clock()
+        if deadline is None:
+            return self.ctx.settings.timeouts.upstream_header_s - (now - self.sent_at)
+        return deadline - now
 
     def _on_request_deadline(self) -> None:
         """The route's request timeout ran out mid-response: the head has gone out, so the client

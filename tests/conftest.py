@@ -294,14 +294,21 @@ def statuses_of(raw: bytes) -> list[int]:
 
 async def keepalive_text(port: int, n: int, host: str = "h") -> list[str]:
     """n GETs on one connection; the x-router-cluster of each (all must be 200)."""
+    return [cluster for cluster, _ in await keepalive_answers(port, n, host)]
+
+
+async def keepalive_answers(port: int, n: int, host: str = "h", path: str = "/",
+                            extra: str = "") -> list[tuple[str, dict]]:
+    """n GETs on one connection with these extra header lines; each answer's x-router-cluster and
+    headers (all must be 200)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     out = []
     try:
         for _ in range(n):
-            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
             status, headers, body = await read_response(reader)
             assert status == 200, (status, body)
-            out.append(headers["x-router-cluster"])
+            out.append((headers["x-router-cluster"], headers))
     finally:
         writer.close()
     return out

@@ -1,26 +1,13 @@
 """Sticky sessions on real sockets: the first answer hands the client a token for the cluster that
 answered (a cookie, or a header), later requests carrying it go there, and when that cluster cannot
 take them the session moves with a new token."""
-import asyncio
-
 from chaos.relay import DelayRelay
 from router.core.session import make_token
-from tests.conftest import cluster_docs, read_response, split_doc
+from tests.conftest import cluster_docs, keepalive_answers, split_doc
 
 
 async def exchange(port: int, n: int, headers: str = "") -> list[tuple[str, dict]]:
-    """n GETs on one connection with these extra header lines: each answer's cluster and headers."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out = []
-    try:
-        for _ in range(n):
-            writer.write(f"GET /cart HTTP/1.1\r\nHost: shop\r\n{headers}\r\n".encode())
-            status, head, _ = await read_response(reader)
-            assert status == 200
-            out.append((head["x-router-cluster"], head))
-    finally:
-        writer.close()
-    return out
+    return await keepalive_answers(port, n, "shop", "/cart", headers)
 
 
 def sticky(ports: dict, session: str) -> str:

@@ -10,12 +10,16 @@ from .headers import client_address, source_allowed
 class RouteGuards:
     __slots__ = ()
 
+    def _client_address(self) -> str:
+        """The client's address: the peer's (or the PROXY header's), or, behind a trusted proxy, the nearest
+        X-Forwarded-For entry that is not one."""
+        conn = self.conn
+        return client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
+
     def _source_allowed(self, route) -> bool:
         """The route's sourceRanges, for the client's address (as rate limits by client see it), or 403."""
-        conn = self.conn
-        address = client_address(conn.client_ip, self.req.facts, self.ctx.settings.trusted_proxies, conn.trusted())
         ranges = route.source_ranges
-        if source_allowed(address, ranges.allow, ranges.deny):
+        if source_allowed(self._client_address(), ranges.allow, ranges.deny):
             return True
         self.respond_error(403, "client address not allowed on this route", cluster="-")
         return False
@@ -26,8 +30,7 @@ class RouteGuards:
         if kind == "route":
             key = ""
         elif kind == "client":
-            conn = self.conn
-            key = client_address(conn.client_ip, req.facts, ctx.settings.trusted_proxies, conn.trusted())
+            key = self._client_address()
         else:  # header:NAME; requests without it share one bucket
             name = kind[7:].encode()
             key = next((v.decode("latin-1") for n, v in req.headers if n.lower() == name), "")

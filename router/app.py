@@ -306,6 +306,7 @@ class RouterApp:
                            if split.source_ranges else None,
                            "match": asdict(split.match) if split.match else None,
                            "session_persistence": asdict(split.session) if split.session else None,
+                           "cors": asdict(split.cors) if split.cors else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

@@ -73,6 +73,11 @@ TRAFFIC_SPLIT_SPEC = {
         "timeouts": {"type": "object", "properties": {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},
+        "cors": {"type": "object", "required": ["allowOrigins"], "properties": {
+            **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}
+               for key in ("allowOrigins", "allowMethods", "allowHeaders", "exposeHeaders")},
+            "allowCredentials": {"type": "boolean"},
+            "maxAge": {"type": "integer", "minimum": 1}}},
     },
 }
 

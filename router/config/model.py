@@ -185,6 +185,20 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class Cors:
+    """Cross-origin resource sharing (the Gateway API's HTTPRoute CORS filter, Envoy's cors filter):
+    the origins a route shares its responses with (`("*",)` every origin; a host may start with `*.`),
+    what a preflight allows (`("*",)`: any), the response headers scripts may read, whether credentials
+    go with the requests, and how long a browser may keep a preflight's answer."""
+    origins: tuple[str, ...]  # "*", or "scheme://host[:port]" lowercase, the host possibly "*" or "*.suffix"
+    credentials: bool = False
+    methods: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    expose: tuple[str, ...] = ()
+    max_age_s: int = 5
+
+
+@dataclass(frozen=True)
 class SourceRanges:
     """Client addresses a route answers: none in `deny`, and, when `allow` is not empty, one in `allow`."""
     allow: tuple = ()  # ipaddress networks
@@ -214,6 +228,7 @@ class SplitConfig:
     match: RouteMatch | None = None  # header, query and method conditions; None: host and path alone
     source_ranges: SourceRanges | None = None  # which client addresses may use the route
     session: SessionPersistence | None = None  # requests of one session go to the cluster it began on
+    cors: Cors | None = None  # preflights answered by the router, Access-Control-* on the responses
 
 
 @dataclass(frozen=True)

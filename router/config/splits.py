@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
-from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
+from .model import (Cors, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
                     SessionPersistence, SourceRanges)
 from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions,
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
@@ -58,6 +59,7 @@ class PendingSplit:
     match: RouteMatch | None = None
     source_ranges: SourceRanges | None = None
     session: SessionPersistence | None = None
+    cors: Cors | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -67,7 +69,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match", "sourceRanges", "sessionPersistence"},
+                             "match", "sourceRanges", "sessionPersistence", "cors"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -99,20 +101,22 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders", "sessionPersistence"):  # each would be accepted and do nothing
+                    "responseHeaders", "sessionPersistence", "cors"):  # each would be accepted and do nothing
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
+    response_ops = read_header_ops(doc, spec.get("responseHeaders"))
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
-                        read_header_ops(doc, spec.get("requestHeaders")),
-                        read_header_ops(doc, spec.get("responseHeaders")), read_rewrite(doc, spec.get("rewrite")),
+                        read_header_ops(doc, spec.get("requestHeaders")), response_ops,
+                        read_rewrite(doc, spec.get("rewrite")),
                         redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
                         rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
                         retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")),
                         match=read_conditions(doc, spec.get("match"))
                         if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None,
                         source_ranges=read_source_ranges(doc, spec.get("sourceRanges")),
-                        session=_session(doc, spec))
+                        session=_session(doc, spec),
+                        cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")))
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:
@@ -222,7 +226,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             match += (read_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
-        request_ops, response_ops, rewrite, redirect, mirror = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite, redirect, mirror, cors = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
         if replaces_prefix and any(exact for _, exact, _ in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
@@ -247,18 +251,20 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
-                                       retry=retry, mirror=mirror, match=conditions, session=session))
+                                       retry=retry, mirror=mirror, match=conditions, session=session,
+                                       cors=cors))
     return splits
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
-            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect", "RequestMirror": "requestMirror"}
+            "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect", "RequestMirror": "requestMirror",
+            "CORS": "cors"}
 
 
 def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
-                                                 Redirect | None, tuple[Mirror, Node] | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect and
-    RequestMirror (each at most once; a redirect with neither a rewrite nor backendRefs); any other
+                                                 Redirect | None, tuple[Mirror, Node] | None, Cors | None]:
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror
+    and CORS (each at most once; a redirect with neither a rewrite, nor CORS, nor backendRefs); any other
     filter is refused."""
     found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
@@ -281,12 +287,19 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
             if doc.seq(rule, "backendRefs"):
                 doc.error(rule.get("backendRefs"), "a rule with a RequestRedirect filter is answered by the router: "
                                                    "backendRefs cannot go with it")
-            if "URLRewrite" in {_filter_type(f) for f in doc.seq(rule, "filters")}:
-                doc.error(item, "RequestRedirect and URLRewrite cannot be used together")
+            for other in ("URLRewrite", "CORS"):
+                if other in {_filter_type(f) for f in doc.seq(rule, "filters")}:
+                    doc.error(item, f"RequestRedirect and {other} cannot be used together")
+        elif kind == "CORS":
+            found[kind] = body
         else:
             found[kind] = read_header_ops(doc, body)
-    return (found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier"), found.get("URLRewrite"),
-            found.get("RequestRedirect"), found.get("RequestMirror"))
+    response_ops = found.get("ResponseHeaderModifier")
+    cors = None
+    if "CORS" in found:
+        cors = read_route_cors(doc, found["CORS"], response_ops, rule.get("filters"))
+    return (found.get("RequestHeaderModifier"), response_ops, found.get("URLRewrite"),
+            found.get("RequestRedirect"), found.get("RequestMirror"), cors)
 
 
 def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:

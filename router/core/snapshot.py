@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from ..config.model import (Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch, RouteTimeouts,
                             SessionPersistence, SourceRanges, SplitConfig)
+from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
 
 
@@ -72,12 +73,14 @@ class Route:
     source_ranges: SourceRanges | None = None  # client addresses allowed; None: every client
     hedge: bool = False  # a try past its per_try_s is kept and raced against the next choice
     session: SessionPersistence | None = None  # sticky sessions: a token names the cluster to use
+    cors: CorsPolicy | None = None  # cross-origin sharing: preflights answered here, Access-Control-* written
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite))
-        object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add or self.session))
+        object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add or self.session
+                                                         or self.cors))
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,9 @@ def meets(match: tuple, req) -> bool:
     """Whether a request (method, url and headers as the data path holds them) meets a route's
     compiled conditions: every header and query pair, and the method."""
     headers, query, method = match
-    if method is not None and req.method != method:
-        return False
+    if method is not None and req.method != method and not (req.method == b"OPTIONS" and is_preflight(
+            req.method, req.headers) and field(req.headers, b"access-control-request-method") == method):
+        return False  # (a preflight is routed as the request it asks about, as the Gateway API's CORS asks)
     for name, value in headers:  # the fields the router reads itself (Upgrade, ...) are kept apart, lowercase
         if not any(value == v and name == n.lower() for n, v in req.headers) and \
                 not any(value == v and name == n for n, v in req.special):
@@ -165,6 +169,13 @@ def _compiled(ops: HeaderOps | None) -> tuple[frozenset | None, bytes]:
     drop = frozenset(name.lower().encode() for name in (*(n for n, _ in ops.set), *ops.remove))
     add = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in (*ops.set, *ops.add))
     return drop or None, add
+
+
+def _response_changes(split: SplitConfig) -> tuple[frozenset | None, bytes]:
+    """The route's response header changes, compiled; a CORS policy drops the cluster's Access-Control-*
+    fields (it writes its own)."""
+    drop, add = _compiled(split.response_headers)
+    return (drop or frozenset()) | CORS_OWNED if split.cors is not None else drop, add
 
 
 def _bytes(v: str | None) -> bytes | None:
@@ -215,12 +226,13 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
                      any(b.max_requests is not None for b in live), *_compiled(split.request_headers),
-                     *_compiled(split.response_headers), _rewrite(split.rewrite), _redirect(split.redirect),
+                     *_response_changes(split), _rewrite(split.rewrite), _redirect(split.redirect),
                      split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
                      split.rate_limit,
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
                      _match(split.match), split.source_ranges,
-                     hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session)
+                     hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
+                     cors=CorsPolicy(split.cors) if split.cors is not None else None)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

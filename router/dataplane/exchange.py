@@ -15,6 +15,7 @@ import time
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
+from ..core.cors import is_preflight
 from ..core.health import is_local_exhaustion
 from ..core.session import session_cluster
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
@@ -97,6 +98,9 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         if route.source_ranges is not None and not self._source_allowed(route):
             return
         if route.rate_limit is not None and self._rate_limited(route):
+            return
+        if route.cors is not None and req.method == b"OPTIONS" and is_preflight(req.method, req.headers):
+            self._answer_preflight(route)  # a browser's question about the route: nothing goes to a cluster
             return
         if route.redirect is not None:  # answered here, nothing goes to a cluster
             self.answer_redirect(route.redirect, self.ctx.scheme, route.path_prefix, "redirect")

@@ -1,9 +1,10 @@
-"""A route's guards before anything is chosen: which client addresses it answers (sourceRanges, 403)
-and how fast (its rate limit, 429). A mixin of Exchange (exchange.py), like ResponseRelay: each
+"""A route's guards before anything is chosen: which client addresses it answers (sourceRanges, 403),
+how fast (its rate limit, 429), and a browser's CORS preflight (answered from the route's policy). A mixin of Exchange (exchange.py), like ResponseRelay: each
 check answers the request itself when it refuses it and says so.
 """
 from __future__ import annotations
 
+from ..core.cors import field
 from .headers import client_address, source_allowed
 
 
@@ -40,3 +41,18 @@ class RouteGuards:
         ctx.metrics.rate_limited.labels(route.name).inc()
         self.respond_error(429, "rate limit exceeded", cluster="-", retry_after_s=wait)
         return True
+
+    def _answer_preflight(self, route) -> None:
+        """A CORS preflight, answered from the route's policy (its method and headers as the policy lists
+        them; a browser then judges the actual request), or refused 403 for an origin it does not allow."""
+        cors, headers = route.cors, self.req.headers
+        origin = field(headers, b"origin")
+        allowed = cors.allows(origin)
+        self.ctx.metrics.cors_preflights.labels(route.name, "allowed" if allowed else "refused").inc()
+        if not allowed:
+            self.respond_error(403, "CORS preflight from an origin the route does not allow", cluster="-",
+                               lines=cors.response_lines(None))
+            return
+        lines = cors.preflight_lines(origin, field(headers, b"access-control-request-method") or b"",
+                                     field(headers, b"access-control-request-headers"))
+        self.respond_error(200, "cors preflight", cluster="-", lines=lines, empty=True)

@@ -280,12 +280,14 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
     return out, content_length, chunked
 
 
-def simple_response(status: int, body: str, close: bool, extra: list[tuple[str, str]] = (),
+def simple_response(status: int, body: str | None, close: bool, extra: list[tuple[str, str]] = (),
                     raw_extra: bytes = b"") -> bytes:
-    """The router's own answer; `raw_extra`: header lines as bytes (a Location built from the request)."""
-    data = (body + "\n").encode()
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(data)}"]
+    """The router's own answer, a line of text (`body` None: none); `raw_extra`: header lines as bytes (a
+    Location built from the request)."""
+    data = (body + "\n").encode() if body is not None else b""
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", f"Content-Length: {len(data)}"]
+    if body is not None:
+        lines.insert(1, "Content-Type: text/plain; charset=utf-8")
     lines += [f"{k}: {v}" for k, v in extra]
     if close:
         lines.append("Connection: close")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from ..core.cors import field
 from ..core.session import session_line
 from .compress import GzipStream, plan as compression_plan
 from .headers import response_head, simple_response
@@ -55,6 +56,8 @@ class ResponseRelay:
         if route.response_changes or req.request_id or plan is not None:
             if route.response_add:
                 tail = route.response_add + tail
+            if route.cors is not None:
+                tail = route.cors.response_lines(field(req.headers, b"origin")) + tail
             if route.session is not None and self.backend.cluster != self.session:  # a new or moved session
                 tail = session_line(route.session, self.backend.cluster, time.time(), route.path_prefix,
                                     ctx.scheme == b"https") + tail
@@ -261,7 +264,10 @@ class ResponseRelay:
         self.conn.abort()
 
     def respond_error(self, status: int, reason: str, cluster: str | None = None,
-                      retry_after_s: float | None = None, location: bytes | None = None) -> None:
+                      retry_after_s: float | None = None, location: bytes | None = None,
+                      lines: bytes | None = None, empty: bool = False) -> None:
+        """The router's own answer: `reason` is its body (none when `empty`) and the access log's; `lines`:
+        header lines in place of the route's CORS lines (a CORS preflight's answer)."""
         self.finished = True
         self.hold_id = None
         self._cancel_header_timer()
@@ -282,9 +288,15 @@ class ResponseRelay:
             extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))
         if status in (429, 503):
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
+        raw = b"Location: " + location + b"\r\n" if location else b""
+        route = self.route
+        if lines is not None:
+            raw += lines
+        elif route is not None and route.cors is not None:  # so a page's script can read a 503 and its Retry-After
+            raw += route.cors.response_lines(field(self.req.headers, b"origin"))
         self._record(cluster, status, self.ctx.clock(), reason)
-        self.conn.write(simple_response(status, reason, close=not keep, extra=extra,
-                                        raw_extra=b"Location: " + location + b"\r\n" if location else b""))
+        self.conn.write(simple_response(status, None if empty else reason, close=not keep, extra=extra,
+                                        raw_extra=raw))
         self._end()
         self.conn.exchange_done(keep)
 

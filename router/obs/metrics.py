@@ -37,6 +37,9 @@ class Metrics:
                                 ["code", "reason"], registry=r)
         self.rate_limited = Counter("router_rate_limited_total", "Requests refused 429 by a route's rate limit",
                                     ["route"], registry=r)
+        self.cors_preflights = Counter("router_cors_preflights_total",
+                                       "CORS preflights answered by the router, by route and result",
+                                       ["route", "result"], registry=r)
         self.mirrored = Counter("router_mirrored_requests_total", "Request copies for mirror clusters, by result",
                                 ["cluster", "result"], registry=r)
         self.dropped_headers = Counter("router_dropped_headers_total", "Request header fields dropped, by reason",

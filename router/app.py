@@ -287,6 +287,8 @@ class RouterApp:
                              "connect_s": rtt.connect_time(c.name), "inflight": ctx.inflight.get(c.name, 0),
                              "max_requests": c.max_requests, "tls": self._upstream_tls_state(c),
                              "preconnect": c.preconnect, "idle_connections": ctx.pool.idle_count(pool_key(c.endpoint)),
+                             "max_requests_per_connection": c.max_requests_per_connection,
+                             "max_connection_age_s": c.max_connection_age_s,
                              "last_probe": self.prober.last.get(c.name) if self.prober else None}
                     for c in snap.config.clusters}
         routes = []

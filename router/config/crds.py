@@ -89,6 +89,8 @@ CLUSTER_SPEC = {
         "endpoint": {"type": "string", "pattern": r"^https?://[^/\s]+/?$"},
         "maxRequests": {"type": "integer", "minimum": 1},
         "preconnect": {"type": "integer", "minimum": 0, "maximum": 64},
+        "maxRequestsPerConnection": {"type": "integer", "minimum": 1},
+        "maxConnectionAge": {"type": "string", "pattern": DURATION},
         "kubernetes": {"type": "object", "properties": {"kubeconfig": {"type": "string"},
                                                         "context": {"type": "string"},
                                                         "inCluster": {"type": "boolean"}}},

@@ -28,7 +28,8 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
         else:
             labels = {str(k): str(c.value) for k, c in lab.children.items()}
     spec = doc.root.get("spec")
-    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests", "tls", "preconnect"}, {"endpoint"}):
+    if not doc.fields(spec, {"endpoint", "kubernetes", "probe", "maxRequests", "tls", "preconnect",
+                             "maxRequestsPerConnection", "maxConnectionAge"}, {"endpoint"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -44,6 +45,8 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
         probe_path = doc.value(pnode, "path", parse_path, "/")
     max_requests = doc.value(spec, "maxRequests", positive_int)
     preconnect = doc.value(spec, "preconnect", _preconnect_count, 0)
+    reuse = (doc.value(spec, "maxRequestsPerConnection", positive_int),
+             doc.value(spec, "maxConnectionAge", positive_duration))
     if not name or endpoint is None:
         return None
     tnode = spec.get("tls")
@@ -53,7 +56,7 @@ def read_cluster(doc: Doc) -> ClusterConfig | None:
             return None
         endpoint = replace(endpoint, tls=tls)
     return ClusterConfig(name, tuple(sorted(labels.items())), endpoint, probe_path, kube,
-                         f"{doc.root.file}:{doc.root.line}", max_requests, preconnect)
+                         f"{doc.root.file}:{doc.root.line}", max_requests, preconnect, *reuse)
 
 
 def _preconnect_count(v: Any) -> int:

@@ -82,6 +82,8 @@ class ClusterConfig:
     source: str = ""
     max_requests: int | None = None  # requests in flight to it at once (a circuit breaker); None: no limit
     preconnect: int = 0  # idle connections kept open to it, ready for requests
+    max_requests_per_connection: int | None = None  # a pooled connection is closed after this many; None: no limit
+    max_connection_age_s: float | None = None  # ... or once this old
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)

@@ -55,6 +55,8 @@ class ProxyContext:
         self.settings: RouterSettings = snapshot.config.router
         self.compression = self.settings.compression  # read once per response head: kept at hand
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
+        self.pool.recycled = metrics.upstream_recycled
+        self.pool.set_reuse(snapshot.config.clusters)
         self.connections: set = set()
         self.max_connections = connection_limit(self.settings)
         self._connection_reuse()
@@ -113,6 +115,7 @@ class ProxyContext:
         self.compression = self.settings.compression
         self.max_connections = connection_limit(self.settings)
         self._connection_reuse()
+        self.pool.set_reuse(snapshot.config.clusters)
         self.via = self.settings.via.encode()
         self._tails = {}
         kept = {(s.name, s.rate_limit) for s in snapshot.config.splits if s.rate_limit is not None}

@@ -75,10 +75,10 @@ class MirrorCopy:
             self.timer.cancel()
         up, self.upstream = self.upstream, None
         if up is not None:
-            up.exchange = None
             if result == "answered":
-                self.ctx.pool.release(up)
+                self.ctx.pool.release(up)  # (one more request served on it)
             else:
+                up.exchange = None
                 up.abort()
         self.ctx.mirrors.discard(self)
         self.ctx.metrics.mirrored.labels(self.cluster, result).inc()

@@ -16,9 +16,11 @@ from collections import deque
 import httptools
 
 from ..config.model import Endpoint, Limits
+from ..core.snapshot import pool_key
 from .dns import DnsCache
 
 DEFAULT_LIMITS = Limits()
+INF = float("inf")
 HEAD_TOO_LARGE = "upstream response header section too large"
 
 
@@ -35,7 +37,8 @@ def connect_failure(exc: BaseException) -> str:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
-                 "idle_since", "tunnel", "keep_alive", "interim", "limits", "head_bytes")
+                 "idle_since", "tunnel", "keep_alive", "interim", "limits", "head_bytes", "served", "max_served",
+                 "expires_at")
 
     def __init__(self, pool_key: tuple, limits: Limits = DEFAULT_LIMITS):
         self.pool_key = pool_key
@@ -51,6 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.headers: list = []
         self.parser = httptools.HttpResponseParser(self)
+        self.served = 0  # requests answered on it
+        self.max_served = self.expires_at = INF  # its cluster's maxRequestsPerConnection, its maxConnectionAge
 
     # asyncio.Protocol
     def connection_made(self, transport):
@@ -196,6 +201,20 @@ class UpstreamPool:
         self.idle: dict[tuple, deque[UpstreamConnection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self.dns = DnsCache(loop)
+        self.reuse: dict[tuple, tuple[float, float]] = {}  # pool key -> (requests, seconds) a connection serves
+        self.recycled = None  # a Counter by reason ("requests", "age"), when the owner counts them
+
+    def set_reuse(self, clusters) -> None:
+        """The clusters' connection reuse limits (maxRequestsPerConnection, maxConnectionAge), by pool key; a key
+        shared by clusters with different limits takes the stricter. Applies to connections opened from now."""
+        reuse: dict[tuple, tuple[float, float]] = {}
+        for c in clusters:
+            if c.max_requests_per_connection or c.max_connection_age_s:
+                key = pool_key(c.endpoint)
+                served, age = reuse.get(key, (INF, INF))
+                reuse[key] = (min(served, c.max_requests_per_connection or INF),
+                              min(age, c.max_connection_age_s or INF))
+        self.reuse = reuse
 
     def take_idle(self, key: tuple) -> UpstreamConnection | None:
         conns = self.idle.get(key)
@@ -217,8 +236,13 @@ class UpstreamPool:
         return conn
 
     async def _open(self, endpoint: Endpoint, key: tuple, limits: Limits, kwargs: dict):
+        reuse = self.reuse.get(key)
+
         def protocol():
-            return UpstreamConnection(key, limits)
+            conn = UpstreamConnection(key, limits)
+            if reuse is not None:
+                conn.max_served, conn.expires_at = reuse[0], self.loop.time() + reuse[1]
+            return conn
         error: OSError | None = None
         for address in await self.dns.resolve(endpoint.host, endpoint.port):
             try:
@@ -228,9 +252,19 @@ class UpstreamPool:
         raise error
 
     def release(self, conn: UpstreamConnection) -> None:
-        conn.exchange = None
+        """Back to the pool, after an exchange that used it (its `exchange` still set: one more request
+        served) or unused; closed instead when it cannot carry another request, or has reached its cluster's
+        maxRequestsPerConnection or maxConnectionAge (a new one then goes to whatever the name or the load
+        balancer in front of the cluster gives now)."""
+        if conn.exchange is not None:
+            conn.exchange = None
+            conn.served += 1
         if conn.closed or not conn.keep_alive or conn.tunnel:
             conn.close()
+            return
+        now = self.loop.time()
+        if conn.served >= conn.max_served or now >= conn.expires_at:
+            self._recycle(conn, "requests" if conn.served >= conn.max_served else "age")
             return
         conns = self.idle.get(conn.pool_key)
         if conns is None:
@@ -238,19 +272,30 @@ class UpstreamPool:
         if len(conns) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = now
         conns.append(conn)
         if self._sweep is None:
             self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)
 
+    def _recycle(self, conn: UpstreamConnection, reason: str) -> None:
+        if self.recycled is not None:
+            self.recycled.labels(reason).inc()
+        conn.close()
+
     def _expire(self) -> None:
-        """Close connections idle past the timeout (the oldest sit at the left of each deque)."""
+        """Close connections idle past the timeout (the oldest sit at the left of each deque), and idle ones
+        past their maxConnectionAge."""
         self._sweep = None
-        cutoff = self.loop.time() - self.idle_timeout_s
+        now = self.loop.time()
+        cutoff = now - self.idle_timeout_s
         left = 0
-        for conns in self.idle.values():
+        for key, conns in self.idle.items():
             while conns and (conns[0].closed or conns[0].idle_since <= cutoff):
                 conns.popleft().close()
+            if key in self.reuse and any(c.expires_at <= now for c in conns):
+                for conn in [c for c in conns if c.expires_at <= now]:
+                    conns.remove(conn)
+                    self._recycle(conn, "age")
             left += len(conns)
         if left:
             self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)

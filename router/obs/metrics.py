@@ -37,6 +37,9 @@ class Metrics:
                                 ["code", "reason"], registry=r)
         self.rate_limited = Counter("router_rate_limited_total", "Requests refused 429 by a route's rate limit",
                                     ["route"], registry=r)
+        self.upstream_recycled = Counter("router_upstream_connections_recycled_total",
+                                         "Pooled cluster connections closed at their cluster's maxRequestsPerConnection"
+                                         " or maxConnectionAge, by reason", ["reason"], registry=r)
         self.cors_preflights = Counter("router_cors_preflights_total",
                                        "CORS preflights answered by the router, by route and result",
                                        ["route", "result"], registry=r)

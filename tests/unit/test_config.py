@@ -637,7 +637,7 @@ def test_cluster_errors(tmp_path):
         apiVersion: edge.router/v1alpha1
         kind: Cluster
         metadata: {name: c}
-        spec: {endpoint: "http://c", maxRequests: 0}
+        spec: {endpoint: "http://c", maxRequests: 0, maxRequestsPerConnection: 0, maxConnectionAge: 1 h}
         ---
         apiVersion: edge.router/v1alpha1
         kind: Gizmo
@@ -649,7 +649,17 @@ def test_cluster_errors(tmp_path):
     assert f"{path}:14: spec.endpoint: endpoint is not an http(s) URL: 'ftp://b'" in errs
     assert any(e.startswith(f"{path}:11: metadata.name: duplicate Cluster name 'b'") for e in errs), errs
     assert f"{path}:19: spec.maxRequests: expected a positive integer, got 0" in errs
+    assert f"{path}:19: spec.maxRequestsPerConnection: expected a positive integer, got 0" in errs
+    assert any(e.startswith(f"{path}:19: spec.maxConnectionAge: ") for e in errs), errs
     assert f"{path}:22: kind: unknown kind 'Gizmo' in apiVersion 'edge.router/v1alpha1'" in errs
+
+
+def test_cluster_connection_reuse_limits(tmp_path):
+    text = CLUSTERS.replace('spec: {endpoint: "http://10.0.0.2"}',
+                            'spec: {endpoint: "http://10.0.0.2", maxRequestsPerConnection: 1000, maxConnectionAge: 1h}')
+    config = load_config(write(tmp_path, text + native_split("clusters: [{name: eu-central, weight: 1}]")))
+    (eu,) = [c for c in config.clusters if c.name == "eu-central"]
+    assert (eu.max_requests_per_connection, eu.max_connection_age_s) == (1000, 3600.0)
 
 
 def test_yaml_syntax_error_has_line(tmp_path):

@@ -50,9 +50,8 @@ class RouteGuards:
         allowed = cors.allows(origin)
         self.ctx.metrics.cors_preflights.labels(route.name, "allowed" if allowed else "refused").inc()
         if not allowed:
-            self.respond_error(403, "CORS preflight from an origin the route does not allow", cluster="-",
-                               lines=cors.response_lines(None))
+            self.respond_error(403, "CORS preflight from an origin the route does not allow", cluster="-")
             return
         lines = cors.preflight_lines(origin, field(headers, b"access-control-request-method") or b"",
                                      field(headers, b"access-control-request-headers"))
-        self.respond_error(200, "cors preflight", cluster="-", lines=lines, empty=True)
+        self.respond_error(200, "cors preflight", cluster="-", lines=lines, body=b"", cors=False)

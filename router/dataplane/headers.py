@@ -280,18 +280,19 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
     return out, content_length, chunked
 
 
-def simple_response(status: int, body: str | None, close: bool, extra: list[tuple[str, str]] = (),
-                    raw_extra: bytes = b"") -> bytes:
-    """The router's own answer, a line of text (`body` None: none); `raw_extra`: header lines as bytes (a
-    Location built from the request)."""
-    data = (body + "\n").encode() if body is not None else b""
+def simple_response(status: int, body: str | bytes, close: bool, extra: list[tuple[str, str]] = (),
+                    raw_extra: bytes = b"", head_only: bool = False) -> bytes:
+    """The router's own answer: `body` a line of text (str), or bytes sent as they are (their type, if
+    any, among `raw_extra`: header lines as bytes, such as a Location built from the request). A HEAD
+    request's answer (`head_only`) has the head a GET's would, and no body (RFC 9110 9.3.2)."""
+    data = (body + "\n").encode() if isinstance(body, str) else body
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", f"Content-Length: {len(data)}"]
-    if body is not None:
+    if isinstance(body, str):
         lines.insert(1, "Content-Type: text/plain; charset=utf-8")
     lines += [f"{k}: {v}" for k, v in extra]
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n").encode() + raw_extra + b"\r\n" + data
+    return ("\r\n".join(lines) + "\r\n").encode() + raw_extra + b"\r\n" + (b"" if head_only else data)
 
 
 def redirect_location(redirect: tuple, own_scheme: bytes, host: str, raw_host: bytes, url: bytes,

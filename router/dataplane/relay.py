@@ -265,9 +265,9 @@ class ResponseRelay:
 
     def respond_error(self, status: int, reason: str, cluster: str | None = None,
                       retry_after_s: float | None = None, location: bytes | None = None,
-                      lines: bytes | None = None, empty: bool = False) -> None:
-        """The router's own answer: `reason` is its body (none when `empty`) and the access log's; `lines`:
-        header lines in place of the route's CORS lines (a CORS preflight's answer)."""
+                      lines: bytes = b"", body: bytes | None = None, cors: bool = True) -> None:
+        """The router's own answer: `reason` is its body (unless `body` is given) and the access log's;
+        `lines`: more header lines; `cors`: the route's CORS lines go with it (not on a preflight's answer)."""
         self.finished = True
         self.hold_id = None
         self._cancel_header_timer()
@@ -288,15 +288,13 @@ class ResponseRelay:
             extra.append(("X-Request-Id", self.req.request_id.decode("latin-1")))
         if status in (429, 503):
             extra.append(("Retry-After", str(max(1, round(retry_after_s or 1)))))
-        raw = b"Location: " + location + b"\r\n" if location else b""
+        raw = (b"Location: " + location + b"\r\n" if location else b"") + lines
         route = self.route
-        if lines is not None:
-            raw += lines
-        elif route is not None and route.cors is not None:  # so a page's script can read a 503 and its Retry-After
+        if cors and route is not None and route.cors is not None:  # so a page's script can read a 503, Retry-After
             raw += route.cors.response_lines(field(self.req.headers, b"origin"))
         self._record(cluster, status, self.ctx.clock(), reason)
-        self.conn.write(simple_response(status, None if empty else reason, close=not keep, extra=extra,
-                                        raw_extra=raw))
+        self.conn.write(simple_response(status, reason if body is None else body, close=not keep, extra=extra,
+                                        raw_extra=raw, head_only=self.req.method == b"HEAD"))
         self._end()
         self.conn.exchange_done(keep)
 

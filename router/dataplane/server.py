@@ -347,7 +347,8 @@ class ClientConnection(RequestReader, asyncio.Protocol):
             self.ctx.access_log.request(self.client_ip, req, reject.status, "-",
                                         self.ctx.clock() - req.t0 if req.t0 else 0.0, reject.reason)
         extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
-        self.write(simple_response(reject.status, reject.reason, close=True, extra=extra))
+        self.write(simple_response(reject.status, reject.reason, close=True, extra=extra,
+                                   head_only=req.method == b"HEAD"))
         self.close()
 
     def _stop(self, pause: bool = True) -> None:

@@ -494,6 +494,23 @@ async def test_head_and_204_keep_the_connection_usable(router):
         await b.stop()
 
 
+async def test_the_routers_own_answers_to_head_have_no_body(router):
+    # a 404 (no route) and a 502 (nothing listens): each head says the length a GET's body would have, and
+    # no body follows, so the next response on the connection is read as itself
+    app = await router(cluster_docs({"gone": 1}) + split_doc({"gone": 1}, "s", ["h"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"HEAD / HTTP/1.1\r\nHost: nope\r\n\r\nHEAD / HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n")
+        for status in (404, 502):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 %d " % status) and b"Content-Length: " in head, head
+        status, _, body = await asyncio.wait_for(read_response(reader), 5)
+        assert status == 404 and body == b"no route for host 'nope'\n"
+    finally:
+        writer.close()
+
+
 async def test_upstream_header_timeout_is_504(backends, router):
     (b,) = await backends("a")
     b.delay_s = 3

@@ -202,8 +202,8 @@ class RouterApp:
         if self.preconnector is not None:  # before the pool closes: no connection is handed to it after
             self.preconnector.stop()
         self.ctx.pool.close_all()
-        for copy in list(self.ctx.mirrors):
-            copy.abort()
+        for side in (*self.ctx.mirrors, *self.ctx.auth_checks):
+            side.abort()
         for opening in list(self.ctx.openings):
             opening.abort()
         if self.prober is not None:
@@ -309,6 +309,7 @@ class RouterApp:
                            "match": asdict(split.match) if split.match else None,
                            "session_persistence": asdict(split.session) if split.session else None,
                            "cors": asdict(split.cors) if split.cors else None,
+                           "external_auth": asdict(split.auth) if split.auth else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

@@ -73,6 +73,11 @@ TRAFFIC_SPLIT_SPEC = {
         "timeouts": {"type": "object", "properties": {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},
+        "externalAuth": {"type": "object", "required": ["cluster"], "properties": {
+            "cluster": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
+            **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}
+               for key in ("allowedHeaders", "allowedResponseHeaders")},
+            "timeout": {"type": "string", "pattern": DURATION}}},
         "cors": {"type": "object", "required": ["allowOrigins"], "properties": {
             **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}
                for key in ("allowOrigins", "allowMethods", "allowHeaders", "exposeHeaders")},

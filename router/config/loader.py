@@ -175,14 +175,13 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
             problems.add(at.file, at.line, at.path, "all weights are zero")
         elif not p.declared and p.redirect is None:
             problems.add(at.file, at.line, at.path or "spec", "no backends")
-        mirror = None
-        if p.mirror is not None:
-            mirror, node = p.mirror
-            if mirror.cluster not in by_name:
-                problems.add(node.file, node.line, node.path, f"no Cluster named {mirror.cluster!r}")
+        for ref in (p.mirror, p.auth):  # (option, the node naming its Cluster)
+            if ref is not None and ref[0].cluster not in by_name:
+                problems.add(ref[1].file, ref[1].line, ref[1].path, f"no Cluster named {ref[0].cluster!r}")
+        mirror, auth = (ref[0] if ref is not None else None for ref in (p.mirror, p.auth))
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
                                p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
-                               p.match, p.source_ranges, p.session, p.cors))
+                               p.match, p.source_ranges, p.session, p.cors, auth))
     return out

@@ -201,6 +201,20 @@ class Cors:
 
 
 @dataclass(frozen=True)
+class ExternalAuth:
+    """External authorization (the Gateway API's HTTPRoute ExternalAuth filter over HTTP, Envoy's ext_authz
+    HTTP service, nginx's auth_request): before a request is routed, the router asks `cluster` with the
+    request's method and `path_prefix` + path, its Host, Authorization and `allowed_headers`, and no body.
+    A 200 lets the request through with `allowed_response_headers` of that answer added (every field but
+    framing, forwarding and representation ones when the list is empty); any other answer is the client's."""
+    cluster: str
+    path_prefix: str = ""
+    allowed_headers: tuple[str, ...] = ()  # lowercase
+    allowed_response_headers: tuple[str, ...] = ()  # lowercase
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class SourceRanges:
     """Client addresses a route answers: none in `deny`, and, when `allow` is not empty, one in `allow`."""
     allow: tuple = ()  # ipaddress networks
@@ -231,6 +245,7 @@ class SplitConfig:
     source_ranges: SourceRanges | None = None  # which client addresses may use the route
     session: SessionPersistence | None = None  # requests of one session go to the cluster it began on
     cors: Cors | None = None  # preflights answered by the router, Access-Control-* on the responses
+    auth: ExternalAuth | None = None  # an authorization service asked before the request is routed
 
 
 @dataclass(frozen=True)

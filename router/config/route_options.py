@@ -179,7 +179,7 @@ FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 # Written by the router itself, or framing and hop-by-hop: a route may not change them.
-_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive",
+RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive",
                                "proxy-connection", "te", "trailer", "upgrade", "via", "x-forwarded-for",
                                "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-router-cluster",
                                "x-router-decision", "server-timing"))
@@ -200,7 +200,7 @@ def read_header_ops(doc: Doc, node: Node | None) -> HeaderOps | None:
             doc.error(item, f"header name must be a token such as X-Env, got {name!r}")
             return None
         lower = name.lower()
-        if lower in _RESERVED_HEADERS:
+        if lower in RESERVED_HEADERS:
             doc.error(item, f"header {name} is written by the router (framing, forwarding or routing) and "
                             "cannot be changed by a route")
             return None

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .authz import read_external_auth, read_gateway_external_auth
 from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
-from .model import (Cors, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
+from .model import (Cors, ExternalAuth, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
                     SessionPersistence, SourceRanges)
 from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions,
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
@@ -60,6 +61,7 @@ class PendingSplit:
     source_ranges: SourceRanges | None = None
     session: SessionPersistence | None = None
     cors: Cors | None = None
+    auth: tuple[ExternalAuth, Node] | None = None  # the Cluster it names is checked by the loader, at the node
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -69,7 +71,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match", "sourceRanges", "sessionPersistence", "cors"},
+                             "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -101,7 +103,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders", "sessionPersistence", "cors"):  # each would be accepted and do nothing
+                    "responseHeaders", "sessionPersistence", "cors", "externalAuth"):  # each would do nothing
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     response_ops = read_header_ops(doc, spec.get("responseHeaders"))
@@ -116,7 +118,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None,
                         source_ranges=read_source_ranges(doc, spec.get("sourceRanges")),
                         session=_session(doc, spec),
-                        cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")))
+                        cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")),
+                        auth=read_external_auth(doc, spec.get("externalAuth")))
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:
@@ -226,7 +229,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             match += (read_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
-        request_ops, response_ops, rewrite, redirect, mirror, cors = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite, redirect, mirror, cors, auth = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
         if replaces_prefix and any(exact for _, exact, _ in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
@@ -252,20 +255,21 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
                                        retry=retry, mirror=mirror, match=conditions, session=session,
-                                       cors=cors))
+                                       cors=cors, auth=auth))
     return splits
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
             "URLRewrite": "urlRewrite", "RequestRedirect": "requestRedirect", "RequestMirror": "requestMirror",
-            "CORS": "cors"}
+            "CORS": "cors", "ExternalAuth": "externalAuth"}
 
 
 def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
-                                                 Redirect | None, tuple[Mirror, Node] | None, Cors | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror
-    and CORS (each at most once; a redirect with neither a rewrite, nor CORS, nor backendRefs); any other
-    filter is refused."""
+                                                 Redirect | None, tuple[Mirror, Node] | None, Cors | None,
+                                                 tuple[ExternalAuth, Node] | None]:
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror,
+    CORS and ExternalAuth (each at most once; a redirect with neither a rewrite, CORS, ExternalAuth nor
+    backendRefs); any other filter is refused."""
     found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
         kind = _filter_type(item)
@@ -287,11 +291,13 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
             if doc.seq(rule, "backendRefs"):
                 doc.error(rule.get("backendRefs"), "a rule with a RequestRedirect filter is answered by the router: "
                                                    "backendRefs cannot go with it")
-            for other in ("URLRewrite", "CORS"):
+            for other in ("URLRewrite", "CORS", "ExternalAuth"):
                 if other in {_filter_type(f) for f in doc.seq(rule, "filters")}:
                     doc.error(item, f"RequestRedirect and {other} cannot be used together")
         elif kind == "CORS":
             found[kind] = body
+        elif kind == "ExternalAuth":
+            found[kind] = read_gateway_external_auth(doc, body)
         else:
             found[kind] = read_header_ops(doc, body)
     response_ops = found.get("ResponseHeaderModifier")
@@ -299,7 +305,7 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
     if "CORS" in found:
         cors = read_route_cors(doc, found["CORS"], response_ops, rule.get("filters"))
     return (found.get("RequestHeaderModifier"), response_ops, found.get("URLRewrite"),
-            found.get("RequestRedirect"), found.get("RequestMirror"), cors)
+            found.get("RequestRedirect"), found.get("RequestMirror"), cors, found.get("ExternalAuth"))
 
 
 def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ..config.model import (Config, Endpoint, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch, RouteTimeouts,
-                            SessionPersistence, SourceRanges, SplitConfig)
+from ..config.model import (Config, Endpoint, ExternalAuth, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch,
+                            RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
 
@@ -32,6 +32,16 @@ class RouteBackend:
     endpoint: Endpoint
     pool_key: tuple = ()  # (scheme, host, port[, TLS settings]): keys the upstream connection pool
     max_requests: int | None = None  # the cluster's limit on requests in flight
+
+
+@dataclass(frozen=True)
+class AuthPolicy:
+    """A route's externalAuth, compiled: what a check sends, how long it may take, and what of a 200 the
+    request takes."""
+    path: bytes  # put before the request's path
+    sent: frozenset  # lowercase names of the request's fields sent along: Host, Authorization, allowedHeaders
+    copied: frozenset  # lowercase names taken from a 200 (empty: every field but framing and the like)
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Route:
     hedge: bool = False  # a try past its per_try_s is kept and raced against the next choice
     session: SessionPersistence | None = None  # sticky sessions: a token names the cluster to use
     cors: CorsPolicy | None = None  # cross-origin sharing: preflights answered here, Access-Control-* written
+    auth: tuple[RouteBackend, AuthPolicy] | None = None  # the authorization cluster asked before routing
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -178,6 +189,12 @@ def _response_changes(split: SplitConfig) -> tuple[frozenset | None, bytes]:
     return (drop or frozenset()) | CORS_OWNED if split.cors is not None else drop, add
 
 
+def _auth(auth: ExternalAuth) -> AuthPolicy:
+    return AuthPolicy(auth.path_prefix.encode(),
+                      frozenset(n.encode() for n in ("host", "authorization", *auth.allowed_headers)),
+                      frozenset(n.encode() for n in auth.allowed_response_headers), auth.timeout_s)
+
+
 def _bytes(v: str | None) -> bytes | None:
     return v.encode() if v is not None else None
 
@@ -232,7 +249,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
                      _match(split.match), split.source_ranges,
                      hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
-                     cors=CorsPolicy(split.cors) if split.cors is not None else None)
+                     cors=CorsPolicy(split.cors) if split.cors is not None else None,
+                     auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

@@ -71,6 +71,7 @@ class ProxyContext:
         self._id_count = 0
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
         self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
+        self.auth_checks: set = set()  # authorization checks out to routes' externalAuth clusters (AuthCheck)
         self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
         self.per_client: dict[str, int] = {}  # client address -> its open connections, with maxConnectionsPerClient
 

@@ -22,6 +22,7 @@ from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_locati
 from .mirror import mirror_request
 from .paths import rewritten
 from .pause import PAUSE_HELD
+from .authz import ExternalAuthorization
 from .guards import RouteGuards
 from .hedge import Hedging
 from .relay import ResponseRelay
@@ -37,7 +38,7 @@ def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
 
 
-class Exchange(RouteGuards, Hedging, ResponseRelay):
+class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
@@ -105,8 +106,17 @@ class Exchange(RouteGuards, Hedging, ResponseRelay):
         if route.redirect is not None:  # answered here, nothing goes to a cluster
             self.answer_redirect(route.redirect, self.ctx.scheme, route.path_prefix, "redirect")
             return
+        if route.auth is not None:
+            self._authorize()  # the request goes on from its answer
+            return
+        self._keyed_choose()
+
+    def _keyed_choose(self) -> None:
+        """The choice, with the request's affinity key or session token when the route has them (read after
+        an authorization check, which may have set the header they are in)."""
+        route, req = self.route, self.req
         if route.affinity is not None:
-            self.affinity = affinity_key(route.affinity, req.headers, _path(url))
+            self.affinity = affinity_key(route.affinity, req.headers, _path(req.url))
         elif route.session is not None:
             self.session = session_cluster(route.session, req.headers, time.time())
         self._choose()

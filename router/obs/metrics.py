@@ -40,6 +40,9 @@ class Metrics:
         self.upstream_recycled = Counter("router_upstream_connections_recycled_total",
                                          "Pooled cluster connections closed at their cluster's maxRequestsPerConnection"
                                          " or maxConnectionAge, by reason", ["reason"], registry=r)
+        self.external_auth = Counter("router_external_auth_total",
+                                     "Authorization checks of routes with externalAuth, by route and result",
+                                     ["route", "result"], registry=r)
         self.cors_preflights = Counter("router_cors_preflights_total",
                                        "CORS preflights answered by the router, by route and result",
                                        ["route", "result"], registry=r)

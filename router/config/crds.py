@@ -73,6 +73,7 @@ TRAFFIC_SPLIT_SPEC = {
         "timeouts": {"type": "object", "properties": {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},
+        "maxBody": {"x-kubernetes-int-or-string": True},
         "externalAuth": {"type": "object", "required": ["cluster"], "properties": {
             "cluster": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
             **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}

@@ -246,6 +246,7 @@ class SplitConfig:
     session: SessionPersistence | None = None  # requests of one session go to the cluster it began on
     cors: Cors | None = None  # preflights answered by the router, Access-Control-* on the responses
     auth: ExternalAuth | None = None  # an authorization service asked before the request is routed
+    max_body_bytes: int | None = None  # the route's own request body limit; None: the Router's
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .route_options import (non_negative_int, path_modifier, read_affinity, read
                             read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
                             read_source_ranges,
                             read_rewrite, read_route_timeouts, read_session_persistence, rewrite_host)
-from .values import normalise_host, parse_quantity, parse_selector, parse_weight
+from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
 
@@ -62,6 +62,7 @@ class PendingSplit:
     session: SessionPersistence | None = None
     cors: Cors | None = None
     auth: tuple[ExternalAuth, Node] | None = None  # the Cluster it names is checked by the loader, at the node
+    max_body: int | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -71,7 +72,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth"},
+                             "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth", "maxBody"},
                        set() if redirects else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -103,7 +104,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     redirect = read_redirect(doc, spec.get("redirect"))
     if redirect is not None:
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders", "sessionPersistence", "cors", "externalAuth"):  # each would do nothing
+                    "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody"):  # all moot
             if spec.get(key) is not None:
                 doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
     response_ops = read_header_ops(doc, spec.get("responseHeaders"))
@@ -119,7 +120,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         source_ranges=read_source_ranges(doc, spec.get("sourceRanges")),
                         session=_session(doc, spec),
                         cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")),
-                        auth=read_external_auth(doc, spec.get("externalAuth")))
+                        auth=read_external_auth(doc, spec.get("externalAuth")),
+                        max_body=doc.value(spec, "maxBody", parse_positive_size))
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:

@@ -85,6 +85,7 @@ class Route:
     session: SessionPersistence | None = None  # sticky sessions: a token names the cluster to use
     cors: CorsPolicy | None = None  # cross-origin sharing: preflights answered here, Access-Control-* written
     auth: tuple[RouteBackend, AuthPolicy] | None = None  # the authorization cluster asked before routing
+    max_body: int = 0  # request body bytes the route takes (its own maxBody, else the Router's)
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -106,6 +107,7 @@ class RoutingSnapshot:
     # (bounded, so random Host headers cannot grow it); None when some route has a path prefix.
     by_host: dict | None = None
     named: dict = None  # split name -> Route
+    max_body: int = 0  # the largest body any route takes: what a request is held to before it is routed
 
     def resolve(self, host: str, path: str, req=None) -> tuple[Route, str] | None:
         """The route and the service name for a request, or None when no route matches; remembered in
@@ -250,7 +252,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      _match(split.match), split.source_ranges,
                      hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,
-                     auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None)
+                     auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
+                     max_body=split.max_body_bytes or config.router.limits.max_body_bytes)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}
@@ -278,4 +281,5 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
         order(default), {h: svc.name for svc in config.services for h in svc.hosts},
-        None if any(s.path_prefix != "/" or s.path_exact or s.match for s in config.splits) else {}, named)
+        None if any(s.path_prefix != "/" or s.path_exact or s.match for s in config.splits) else {}, named,
+        max((r.max_body for r in named.values()), default=config.router.limits.max_body_bytes))

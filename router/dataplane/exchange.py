@@ -96,6 +96,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
                 return
         route, self.service = hit
         self.route = route
+        if route.max_body != req.max_body and self._body_over(route):
+            return
         if route.source_ranges is not None and not self._source_allowed(route):
             return
         if route.rate_limit is not None and self._rate_limited(route):

@@ -42,6 +42,16 @@ class RouteGuards:
         self.respond_error(429, "rate limit exceeded", cluster="-", retry_after_s=wait)
         return True
 
+    def _body_over(self, route) -> bool:
+        """The request is held to its route's maxBody from now; one already over it is answered 413."""
+        req = self.req
+        req.max_body = route.max_body
+        if (req.facts["content_length"] or 0) > route.max_body or req.body_len > route.max_body:
+            self.keep_alive = False  # its body is not read: the connection cannot carry another request
+            self.respond_error(413, "request body larger than the route's limit", cluster="-")
+            return True
+        return False
+
     def _answer_preflight(self, route) -> None:
         """A CORS preflight, answered from the route's policy (its method and headers as the policy lists
         them; a browser then judges the actual request), or refused 403 for an origin it does not allow."""

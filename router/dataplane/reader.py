@@ -137,7 +137,8 @@ class RequestReader:
         if self.ctx.settings.request_id:
             self._identify(req)
         cl = req.facts["content_length"]
-        if cl is not None and cl > self.ctx.settings.limits.max_body_bytes:
+        req.max_body = self.ctx.snapshot.max_body  # narrowed to its route's when it is routed
+        if cl is not None and cl > req.max_body:
             raise HttpReject(413, "request body larger than the limit")
         req.t0 = self.ctx.clock()
         self.served += 1
@@ -157,7 +158,7 @@ class RequestReader:
     def on_body(self, body: bytes):
         req = self.req
         req.body_len += len(body)
-        if req.body_len > self.ctx.settings.limits.max_body_bytes:
+        if req.body_len > req.max_body:
             raise HttpReject(413, "request body larger than the limit")
         ex = self.active
         if ex is not None and ex.req is req and ex.streaming:

@@ -10,7 +10,7 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 class Request:
     __slots__ = ("method", "url", "version", "headers", "special", "facts", "keep_alive", "upgrade", "body", "body_len",
                  "complete", "reject", "tunnel_bytes", "head_done", "head_size", "header_count", "t0", "request_id",
-                 "request_id_line", "request_id_made")
+                 "request_id_line", "request_id_made", "max_body")
 
     def __init__(self):
         self.url = b""
@@ -31,6 +31,7 @@ class Request:
         self.request_id = b""  # with Router requestId: the X-Request-Id this request goes by
         self.request_id_line = b""  # its header line, returned to the client
         self.request_id_made = False  # the router made it (and sends it upstream in place of the client's)
+        self.max_body = 0  # body bytes it may have: the largest of any route's until it is routed, then its route's
 
     def has_body(self) -> bool:
         """Whether a body follows the head (framing read from the checked headers), or an upgrade."""

@@ -654,6 +654,31 @@ def test_cluster_errors(tmp_path):
     assert f"{path}:22: kind: unknown kind 'Gizmo' in apiVersion 'edge.router/v1alpha1'" in errs
 
 
+def test_a_routes_own_body_limit(tmp_path):
+    text = CLUSTERS + native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          maxBody: 1Gi
+        """) + native_split("""\
+          hosts: [b]
+          clusters: [{name: us-west, weight: 1}]
+        """, "t")
+    config = load_config(write(tmp_path, text))
+    assert [s.max_body_bytes for s in config.splits] == [1 << 30, None]
+    from router.core.snapshot import build_snapshot
+    snap = build_snapshot(config, 1)
+    assert (snap.named["s"].max_body, snap.named["t"].max_body, snap.max_body) == (1 << 30, 10 << 20, 1 << 30)
+    bad = CLUSTERS + native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          maxBody: 0
+        """) + native_split("""\
+          hosts: [b]
+          redirect: {hostname: c}
+          maxBody: 1Mi
+        """, "t")
+    path = write(tmp_path, bad, "bad.yaml")
+    assert_errors(path, [(21, "spec.maxBody: "), (29, "spec.maxBody: a redirect is answered by the router")])
+
+
 def test_cluster_connection_reuse_limits(tmp_path):
     text = CLUSTERS.replace('spec: {endpoint: "http://10.0.0.2"}',
                             'spec: {endpoint: "http://10.0.0.2", maxRequestsPerConnection: 1000, maxConnectionAge: 1h}')

@@ -74,6 +74,9 @@ TRAFFIC_SPLIT_SPEC = {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},
         "maxBody": {"x-kubernetes-int-or-string": True},
+        "directResponse": {"type": "object", "required": ["status"], "properties": {
+            "status": {"type": "integer", "minimum": 200, "maximum": 599},
+            "body": {"type": "string", "maxLength": 4096}, "contentType": {"type": "string", "minLength": 1}}},
         "externalAuth": {"type": "object", "required": ["cluster"], "properties": {
             "cluster": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
             **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}

@@ -173,7 +173,7 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
         at = p.at or p.node
         if p.entries and all(e.weight == 0 for e in p.entries):
             problems.add(at.file, at.line, at.path, "all weights are zero")
-        elif not p.declared and p.redirect is None:
+        elif not p.declared and p.redirect is None and p.direct is None:
             problems.add(at.file, at.line, at.path or "spec", "no backends")
         for ref in (p.mirror, p.auth):  # (option, the node naming its Cluster)
             if ref is not None and ref[0].cluster not in by_name:
@@ -183,5 +183,6 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
                                p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
-                               p.match, p.source_ranges, p.session, p.cors, auth, p.max_body))
+                               p.match, p.source_ranges, p.session, p.cors, auth, p.max_body,
+                               p.direct))
     return out

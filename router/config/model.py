@@ -126,6 +126,15 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class DirectResponse:
+    """The router answers every request of the route itself with this status and body (Envoy's
+    direct_response, nginx's `return 503 "text"`): a maintenance page, a path closed at the edge."""
+    status: int
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
 class RouteTimeouts:
     """A route's own timeouts (Gateway API's HTTPRouteTimeouts). `request_s`: the whole exchange, from
     the request head read to the response's last byte, tries and a scale-from-zero hold included (None:
@@ -247,6 +256,7 @@ class SplitConfig:
     cors: Cors | None = None  # preflights answered by the router, Access-Control-* on the responses
     auth: ExternalAuth | None = None  # an authorization service asked before the request is routed
     max_body_bytes: int | None = None  # the route's own request body limit; None: the Router's
+    direct: DirectResponse | None = None  # answered by the router with this; no clusters
 
 
 @dataclass(frozen=True)

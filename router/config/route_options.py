@@ -9,7 +9,7 @@ from typing import Any
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
                   read_cidrs, redirect_code)
-from .model import (HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
+from .model import (DirectResponse, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
                     SessionPersistence, SourceRanges)
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
@@ -146,6 +146,39 @@ def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirec
     return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", rewrite_host),
                     doc.value(node, "port", parse_port), prefix, full,
                     doc.value(node, "statusCode", redirect_code, 302))
+
+
+MAX_DIRECT_BODY = 4096  # as Envoy's direct_response bodies
+
+
+def read_direct_response(doc: Doc, node: Node | None) -> DirectResponse | None:
+    """directResponse: {status: 503, body: "down for maintenance", contentType: text/html}."""
+    if not doc.fields(node, {"status", "body", "contentType"}, {"status"}):
+        return None
+    status = doc.value(node, "status", _direct_status)
+    body = doc.value(node, "body", _direct_body, "")
+    content_type = doc.value(node, "contentType", _content_type, DirectResponse(200).content_type)
+    if body and status in (204, 304):
+        doc.error(node.get("body"), f"a {status} answer has no body")
+    return DirectResponse(status, body, content_type) if status is not None else None
+
+
+def _direct_status(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 200 <= v <= 599:
+        raise ValueError(f"status must be 200..599, got {v!r}")
+    return v
+
+
+def _direct_body(v: Any) -> str:
+    if not isinstance(v, str) or len(v.encode()) > MAX_DIRECT_BODY:
+        raise ValueError(f"body must be text of at most {MAX_DIRECT_BODY} bytes")
+    return v
+
+
+def _content_type(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip() or not FIELD_VALUE.fullmatch(v):
+        raise ValueError(f"contentType must be a media type such as text/html, got {v!r}")
+    return v.strip()
 
 
 def read_rewrite(doc: Doc, node: Node | None) -> Rewrite | None:

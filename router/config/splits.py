@@ -14,12 +14,11 @@ from typing import Any
 from .authz import read_external_auth, read_gateway_external_auth
 from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
-from .model import (Cors, ExternalAuth, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
-                    SessionPersistence, SourceRanges)
-from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions,
-                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
-                            read_source_ranges,
-                            read_rewrite, read_route_timeouts, read_session_persistence, rewrite_host)
+from .model import (Cors, DirectResponse, ExternalAuth, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
+                    RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges)
+from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions, read_direct_response,
+                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
+                            read_route_timeouts, read_session_persistence, read_source_ranges, rewrite_host)
 from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -63,17 +62,20 @@ class PendingSplit:
     cors: Cors | None = None
     auth: tuple[ExternalAuth, Node] | None = None  # the Cluster it names is checked by the loader, at the node
     max_body: int | None = None
+    direct: DirectResponse | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     """The seed TrafficSplit (networking.knative.dev/v1alpha1) and edge.router/v1alpha1."""
     name = doc.name()
     spec = doc.root.get("spec")
-    redirects = spec is not None and spec.kind == "map" and spec.get("redirect") is not None
+    answered = [key for key in ("redirect", "directResponse")  # by the router itself: no clusters
+                if spec is not None and spec.kind == "map" and spec.get(key) is not None]
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
-                             "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth", "maxBody"},
-                       set() if redirects else {"clusters"}):
+                             "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth", "maxBody",
+                             "directResponse"},
+                       set() if answered else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
@@ -102,11 +104,13 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     services = _service_refs(doc, spec)
     prefix = doc.value(spec, "pathPrefix", parse_path, "/")
     redirect = read_redirect(doc, spec.get("redirect"))
-    if redirect is not None:
+    direct = read_direct_response(doc, spec.get("directResponse"))
+    if answered:
+        what = "a redirect" if answered[0] == "redirect" else "a direct response"
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody"):  # all moot
-            if spec.get(key) is not None:
-                doc.error(spec.get(key), f"a redirect is answered by the router: {key} cannot go with it")
+                    "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody", *answered[1:]):
+            if spec.get(key) is not None:  # each would be accepted and do nothing
+                doc.error(spec.get(key), f"{what} is answered by the router: {key} cannot go with it")
     response_ops = read_header_ops(doc, spec.get("responseHeaders"))
     return PendingSplit(name, kind, hosts, prefix, entries, algorithm, max_rtt, doc.root, spec.get("clusters"),
                         len(doc.seq(spec, "clusters")), services, read_affinity(doc, spec.get("affinity")),
@@ -121,7 +125,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         session=_session(doc, spec),
                         cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")),
                         auth=read_external_auth(doc, spec.get("externalAuth")),
-                        max_body=doc.value(spec, "maxBody", parse_positive_size))
+                        max_body=doc.value(spec, "maxBody", parse_positive_size), direct=direct)
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:

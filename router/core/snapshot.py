@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ..config.model import (Config, Endpoint, ExternalAuth, HeaderOps, RateLimit, Redirect, Rewrite, RouteMatch,
-                            RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
+from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, HeaderOps, RateLimit, Redirect, Rewrite,
+                            RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
 
@@ -86,6 +86,8 @@ class Route:
     cors: CorsPolicy | None = None  # cross-origin sharing: preflights answered here, Access-Control-* written
     auth: tuple[RouteBackend, AuthPolicy] | None = None  # the authorization cluster asked before routing
     max_body: int = 0  # request body bytes the route takes (its own maxBody, else the Router's)
+    # Answered by the router: (status, body, Content-Type line) as bytes; None for a proxied route.
+    direct: tuple | None = None
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -197,6 +199,10 @@ def _auth(auth: ExternalAuth) -> AuthPolicy:
                       frozenset(n.encode() for n in auth.allowed_response_headers), auth.timeout_s)
 
 
+def _direct(d: DirectResponse) -> tuple[int, bytes, bytes]:
+    return d.status, d.body.encode(), b"Content-Type: %s\r\n" % d.content_type.encode() if d.status != 204 else b""
+
+
 def _bytes(v: str | None) -> bytes | None:
     return v.encode() if v is not None else None
 
@@ -253,7 +259,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
-                     max_body=split.max_body_bytes or config.router.limits.max_body_bytes)
+                     max_body=split.max_body_bytes or config.router.limits.max_body_bytes,
+                     direct=_direct(split.direct) if split.direct else None)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

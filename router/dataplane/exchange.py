@@ -108,6 +108,10 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         if route.redirect is not None:  # answered here, nothing goes to a cluster
             self.answer_redirect(route.redirect, self.ctx.scheme, route.path_prefix, "redirect")
             return
+        if route.direct is not None:  # answered here, nothing goes to a cluster
+            status, body, content_type = route.direct
+            self.respond_error(status, "direct response", cluster="-", lines=content_type, body=body)
+            return
         if route.auth is not None:
             self._authorize()  # the request goes on from its answer
             return

@@ -286,9 +286,11 @@ def simple_response(status: int, body: str | bytes, close: bool, extra: list[tup
     any, among `raw_extra`: header lines as bytes, such as a Location built from the request). A HEAD
     request's answer (`head_only`) has the head a GET's would, and no body (RFC 9110 9.3.2)."""
     data = (body + "\n").encode() if isinstance(body, str) else body
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", f"Content-Length: {len(data)}"]
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
     if isinstance(body, str):
-        lines.insert(1, "Content-Type: text/plain; charset=utf-8")
+        lines.append("Content-Type: text/plain; charset=utf-8")
+    if status != 204:  # (a 204 has no Content-Length: RFC 9110 8.6)
+        lines.append(f"Content-Length: {len(data)}")
     lines += [f"{k}: {v}" for k, v in extra]
     if close:
         lines.append("Connection: close")

@@ -679,6 +679,34 @@ def test_a_routes_own_body_limit(tmp_path):
     assert_errors(path, [(21, "spec.maxBody: "), (29, "spec.maxBody: a redirect is answered by the router")])
 
 
+def test_direct_responses(tmp_path):
+    from router.config.model import DirectResponse
+    text = CLUSTERS + native_split("""\
+          hosts: [a]
+          directResponse: {status: 503, body: "down for maintenance"}
+        """) + native_split("""\
+          hosts: [b]
+          directResponse: {status: 200, body: "{}", contentType: application/json}
+        """, "t")
+    assert [s.direct for s in load_config(write(tmp_path, text)).splits] == [
+        DirectResponse(503, "down for maintenance"), DirectResponse(200, "{}", "application/json")]
+    bad = CLUSTERS + native_split("""\
+          hosts: [a]
+          clusters: [{name: us-west, weight: 1}]
+          directResponse: {status: 99, contentType: "text/html\\u0000"}
+        """) + native_split("""\
+          hosts: [b]
+          redirect: {hostname: c}
+          directResponse: {status: 204, body: x}
+        """, "t")
+    path = write(tmp_path, bad, "bad.yaml")
+    assert_errors(path, [(21, "spec.clusters: a direct response is answered by the router"),
+                         (22, "spec.directResponse.status: status must be 200..599, got 99"),
+                         (22, "spec.directResponse.contentType: contentType must be a media type"),
+                         (30, "spec.directResponse: a redirect is answered by the router"),
+                         (30, "spec.directResponse.body: a 204 answer has no body")])
+
+
 def test_cluster_connection_reuse_limits(tmp_path):
     text = CLUSTERS.replace('spec: {endpoint: "http://10.0.0.2"}',
                             'spec: {endpoint: "http://10.0.0.2", maxRequestsPerConnection: 1000, maxConnectionAge: 1h}')

@@ -311,6 +311,7 @@ class RouterApp:
                            "cors": asdict(split.cors) if split.cors else None,
                            "external_auth": asdict(split.auth) if split.auth else None,
                            "direct_response": asdict(split.direct) if split.direct else None,
+                           "fault": asdict(split.fault) if split.fault else None,
                            "clusters": {b.cluster: {"configured_weight": b.weight,
                                                     "configured_percent": round(b.weight / total * 100, 2),
                                                     "effective_percent": round(eff.get(b.cluster, 0.0), 2),

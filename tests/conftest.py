@@ -292,6 +292,19 @@ def statuses_of(raw: bytes) -> list[int]:
     return out
 
 
+async def keepalive_get(port, n, host="x", path="/"):
+    """n GETs on one keep-alive connection; returns the list of (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    try:
+        for _ in range(n):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            out.append(await read_response(reader))
+    finally:
+        writer.close()
+    return out
+
+
 async def keepalive_text(port: int, n: int, host: str = "h") -> list[str]:
     """n GETs on one connection; the x-router-cluster of each (all must be 200)."""
     return [cluster for cluster, _ in await keepalive_answers(port, n, host)]

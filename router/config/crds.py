@@ -74,6 +74,13 @@ TRAFFIC_SPLIT_SPEC = {
             "request": {"type": "string", "pattern": DURATION}, "perTry": {"type": "string", "pattern": DURATION},
             "hedge": {"type": "boolean"}}},
         "maxBody": {"x-kubernetes-int-or-string": True},
+        "fault": {"type": "object", "properties": {
+            "delay": {"type": "object", "required": ["fixedDelay"], "properties": {
+                "fixedDelay": {"type": "string", "pattern": DURATION},
+                "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
+            "abort": {"type": "object", "required": ["httpStatus"], "properties": {
+                "httpStatus": {"type": "integer", "minimum": 200, "maximum": 599},
+                "percent": {"type": "number", "minimum": 0, "maximum": 100}}}}},
         "directResponse": {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "integer", "minimum": 200, "maximum": 599},
             "body": {"type": "string", "maxLength": 4096}, "contentType": {"type": "string", "minLength": 1}}},

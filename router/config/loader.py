@@ -184,5 +184,5 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
                                p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
                                p.match, p.source_ranges, p.session, p.cors, auth, p.max_body,
-                               p.direct))
+                               p.direct, p.fault))
     return out

@@ -126,6 +126,17 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """Faults a route injects into its own requests (Envoy's fault filter, Istio's HTTPFaultInjection): a
+    `delay_s` wait before the request goes on, for `delay_percent` of requests, and an answer of
+    `abort_status` from the router in place of the cluster's, for `abort_percent` (after any delay)."""
+    delay_s: float = 0.0
+    delay_percent: float = 100.0
+    abort_status: int = 0
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True)
 class DirectResponse:
     """The router answers every request of the route itself with this status and body (Envoy's
     direct_response, nginx's `return 503 "text"`): a maintenance page, a path closed at the edge."""
@@ -257,6 +268,7 @@ class SplitConfig:
     auth: ExternalAuth | None = None  # an authorization service asked before the request is routed
     max_body_bytes: int | None = None  # the route's own request body limit; None: the Router's
     direct: DirectResponse | None = None  # answered by the router with this; no clusters
+    fault: Fault | None = None  # delays and errors injected into the route's requests
 
 
 @dataclass(frozen=True)

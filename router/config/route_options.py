@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
                   read_cidrs, redirect_code)
-from .model import (DirectResponse, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch, RouteTimeouts,
-                    SessionPersistence, SourceRanges)
+from .model import (DirectResponse, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch,
+                    RouteTimeouts, SessionPersistence, SourceRanges)
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
 
@@ -146,6 +147,23 @@ def read_redirect(doc: Doc, node: Node | None, gateway: bool = False) -> Redirec
     return Redirect(doc.value(node, "scheme", _redirect_scheme), doc.value(node, "hostname", rewrite_host),
                     doc.value(node, "port", parse_port), prefix, full,
                     doc.value(node, "statusCode", redirect_code, 302))
+
+
+def read_fault(doc: Doc, node: Node | None) -> Fault | None:
+    """fault: {delay: {fixedDelay: 2s, percent: 10}, abort: {httpStatus: 503, percent: 5}}: either or both."""
+    if not doc.fields(node, {"delay", "abort"}):
+        return None
+    fault = Fault()
+    delay, abort = node.get("delay"), node.get("abort")
+    if doc.fields(delay, {"fixedDelay", "percent"}, {"fixedDelay"}):
+        fault = replace(fault, delay_s=doc.value(delay, "fixedDelay", positive_duration, 0.0),
+                        delay_percent=doc.value(delay, "percent", parse_percent, 100.0))
+    if doc.fields(abort, {"httpStatus", "percent"}, {"httpStatus"}):
+        fault = replace(fault, abort_status=doc.value(abort, "httpStatus", _direct_status, 0),
+                        abort_percent=doc.value(abort, "percent", parse_percent, 100.0))
+    if delay is None and abort is None:
+        doc.error(node, "fault needs a delay or an abort")
+    return fault if fault.delay_s or fault.abort_status else None
 
 
 MAX_DIRECT_BODY = 4096  # as Envoy's direct_response bodies

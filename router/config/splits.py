@@ -14,10 +14,10 @@ from typing import Any
 from .authz import read_external_auth, read_gateway_external_auth
 from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
-from .model import (Cors, DirectResponse, ExternalAuth, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
+from .model import (Cors, DirectResponse, ExternalAuth, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
                     RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges)
 from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions, read_direct_response,
-                            read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
+                            read_fault, read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
                             read_route_timeouts, read_session_persistence, read_source_ranges, rewrite_host)
 from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
@@ -63,6 +63,7 @@ class PendingSplit:
     auth: tuple[ExternalAuth, Node] | None = None  # the Cluster it names is checked by the loader, at the node
     max_body: int | None = None
     direct: DirectResponse | None = None
+    fault: Fault | None = None
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -74,7 +75,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
                              "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth", "maxBody",
-                             "directResponse"},
+                             "directResponse", "fault"},
                        set() if answered else {"clusters"}):
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
@@ -108,7 +109,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     if answered:
         what = "a redirect" if answered[0] == "redirect" else "a direct response"
         for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
-                    "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody", *answered[1:]):
+                    "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody", "fault",
+                    *answered[1:]):
             if spec.get(key) is not None:  # each would be accepted and do nothing
                 doc.error(spec.get(key), f"{what} is answered by the router: {key} cannot go with it")
     response_ops = read_header_ops(doc, spec.get("responseHeaders"))
@@ -125,7 +127,8 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         session=_session(doc, spec),
                         cors=read_route_cors(doc, spec.get("cors"), response_ops, spec.get("responseHeaders")),
                         auth=read_external_auth(doc, spec.get("externalAuth")),
-                        max_body=doc.value(spec, "maxBody", parse_positive_size), direct=direct)
+                        max_body=doc.value(spec, "maxBody", parse_positive_size), direct=direct,
+                        fault=read_fault(doc, spec.get("fault")))
 
 
 def _session(doc: Doc, node: Node) -> SessionPersistence | None:

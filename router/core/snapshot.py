@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, HeaderOps, RateLimit, Redirect, Rewrite,
+from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, Fault, HeaderOps, RateLimit, Redirect, Rewrite,
                             RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
@@ -88,6 +88,7 @@ class Route:
     max_body: int = 0  # request body bytes the route takes (its own maxBody, else the Router's)
     # Answered by the router: (status, body, Content-Type line) as bytes; None for a proxied route.
     direct: tuple | None = None
+    fault: Fault | None = None  # delays and errors injected into its requests
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
 
@@ -260,7 +261,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
                      max_body=split.max_body_bytes or config.router.limits.max_body_bytes,
-                     direct=_direct(split.direct) if split.direct else None)
+                     direct=_direct(split.direct) if split.direct else None, fault=split.fault)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

@@ -112,6 +112,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
             status, body, content_type = route.direct
             self.respond_error(status, "direct response", cluster="-", lines=content_type, body=body)
             return
+        if route.fault is not None and self._inject_fault(route):  # answered, or it goes on after a delay
+            return
         if route.auth is not None:
             self._authorize()  # the request goes on from its answer
             return

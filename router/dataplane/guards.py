@@ -1,6 +1,7 @@
 """A route's guards before anything is chosen: which client addresses it answers (sourceRanges, 403),
-how fast (its rate limit, 429), and a browser's CORS preflight (answered from the route's policy). A mixin of Exchange (exchange.py), like ResponseRelay: each
-check answers the request itself when it refuses it and says so.
+how fast (its rate limit, 429), a request body over the route's maxBody (413), a browser's CORS preflight
+(answered from the route's policy), and the faults the route injects (delays, aborts). A mixin of Exchange
+(exchange.py), like ResponseRelay: each check answers the request itself when it refuses it and says so.
 """
 from __future__ import annotations
 
@@ -51,6 +52,33 @@ class RouteGuards:
             self.respond_error(413, "request body larger than the route's limit", cluster="-")
             return True
         return False
+
+    def _inject_fault(self, route) -> bool:
+        """The route's fault, drawn for this request: False when none applies; else the request is answered
+        with the abort status now, or waits out the delay first (and is then aborted, or goes on)."""
+        fault, rng, metrics = route.fault, self.ctx.rng, self.ctx.metrics
+        delay = fault.delay_s if fault.delay_s and rng.random() * 100.0 < fault.delay_percent else 0.0
+        abort = fault.abort_status if fault.abort_status and rng.random() * 100.0 < fault.abort_percent else 0
+        if delay:
+            metrics.faults.labels(route.name, "delay").inc()
+            self.ctx.loop.call_later(delay, self._after_fault_delay, abort)
+        elif abort:
+            self._fault_abort(abort)
+        return bool(delay or abort)
+
+    def _after_fault_delay(self, abort: int) -> None:
+        if self.finished:  # the client left meanwhile
+            return
+        if abort:
+            self._fault_abort(abort)
+        elif self.route.auth is not None:
+            self._authorize()
+        else:
+            self._keyed_choose()
+
+    def _fault_abort(self, status: int) -> None:
+        self.ctx.metrics.faults.labels(self.route.name, "abort").inc()
+        self.respond_error(status, "fault injected (abort)", cluster="-")
 
     def _answer_preflight(self, route) -> None:
         """A CORS preflight, answered from the route's policy (its method and headers as the policy lists

@@ -35,6 +35,8 @@ class Metrics:
                                        registry=r)
         self.rejected = Counter("router_rejected_requests_total", "Requests refused by the router itself",
                                 ["code", "reason"], registry=r)
+        self.faults = Counter("router_faults_injected_total", "Delays and aborts a route's fault injected",
+                              ["route", "kind"], registry=r)
         self.rate_limited = Counter("router_rate_limited_total", "Requests refused 429 by a route's rate limit",
                                     ["route"], registry=r)
         self.upstream_recycled = Counter("router_upstream_connections_recycled_total",

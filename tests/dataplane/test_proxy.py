@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import (Backend, cluster_docs, raw_request, raw_upstream, read_response, read_until_close,
-                            response_of, router_doc, split_doc, statuses_of, wait_for)
+from tests.conftest import (Backend, cluster_docs, keepalive_get, raw_request, raw_upstream, read_response,
+                            read_until_close, response_of, router_doc, split_doc, statuses_of, wait_for)
 
 
 def free_port_refusing() -> int:
@@ -16,19 +16,6 @@ def free_port_refusing() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-async def keepalive_get(port, n, host="x", path="/"):
-    """n GETs on one keep-alive connection; returns the list of (status, headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out = []
-    try:
-        for _ in range(n):
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            out.append(await read_response(reader))
-    finally:
-        writer.close()
-    return out
 
 
 async def test_split_over_10000_requests_within_two_points(backends, router):

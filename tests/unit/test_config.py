@@ -707,6 +707,29 @@ def test_direct_responses(tmp_path):
                          (30, "spec.directResponse.body: a 204 answer has no body")])
 
 
+def test_route_faults(tmp_path):
+    from router.config.model import Fault
+    text = CLUSTERS + native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          fault: {delay: {fixedDelay: 1.5s, percent: 10}, abort: {httpStatus: 503, percent: 0.5}}
+        """)
+    (s,) = load_config(write(tmp_path, text)).splits
+    assert s.fault == Fault(1.5, 10.0, 503, 0.5)
+    bad = CLUSTERS + native_split("""\
+          clusters: [{name: us-west, weight: 1}]
+          fault: {delay: {percent: 10}, abort: {httpStatus: 700, percent: 101}}
+        """) + native_split("""\
+          hosts: [b]
+          clusters: [{name: us-west, weight: 1}]
+          fault: {}
+        """, "t")
+    path = write(tmp_path, bad, "bad.yaml")
+    assert_errors(path, [(21, "spec.fault.delay: missing required field 'spec.fault.delay.fixedDelay'"),
+                         (21, "spec.fault.abort.httpStatus: status must be 200..599, got 700"),
+                         (21, "spec.fault.abort.percent: percent must be a number 0..100"),
+                         (29, "spec.fault: fault needs a delay or an abort")])
+
+
 def test_cluster_connection_reuse_limits(tmp_path):
     text = CLUSTERS.replace('spec: {endpoint: "http://10.0.0.2"}',
                             'spec: {endpoint: "http://10.0.0.2", maxRequestsPerConnection: 1000, maxConnectionAge: 1h}')

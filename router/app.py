@@ -32,6 +32,7 @@ from .dataplane.listeners import serve, serve_https_redirect
 from .dataplane.tls import ListenerTls, certificate_not_after, utc_text
 from .obs.accesslog import AccessLog
 from .obs.admin import AdminServer, read_token
+from .obs.explain import explain
 from .obs.metrics import Metrics
 from .openfiles import open_files_limit
 
@@ -89,7 +90,8 @@ class RouterApp:
             token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
             self.admin = AdminServer(self.metrics.registry, self.state, self.ready,
                                      {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
-                                     token, before_scrape=self.metrics.flush)
+                                     token, before_scrape=self.metrics.flush,
+                                     explain=lambda *query: explain(self.ctx, *query))
             self.admin_port = await self.admin.start(*self.admin_addr)
         if self.config.router.tls is not None:
             self.listener_tls = ListenerTls(self.config.router.tls, self.metrics.tls_not_after)

@@ -48,8 +48,9 @@ def is_loopback(host: str) -> bool:
 class AdminServer:
     def __init__(self, registry, state: Callable[[], dict], ready: Callable[[], bool],
                  actions: dict[str, Callable[[], Awaitable[dict]]], token: str | None, collect=None,
-                 before_scrape: Callable[[], None] | None = None):
+                 before_scrape: Callable[[], None] | None = None, explain: Callable[..., dict] | None = None):
         self.registry, self.state, self.ready = registry, state, ready
+        self.explain = explain  # (host, path, method, headers) -> what the router would do; None: not offered
         self.actions, self.token = actions, token
         self.collect = collect  # optional: returns metrics text (merged across workers)
         self.before_scrape = before_scrape
@@ -62,6 +63,8 @@ class AdminServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/debug/state", self.debug_state)
+        if self.explain is not None:
+            app.router.add_get("/debug/route", self.debug_route)
         for name in self.actions:
             app.router.add_post(f"/admin/{name}", self.action)
         return app
@@ -97,6 +100,15 @@ class AdminServer:
 
     async def debug_state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state(), dumps=_dumps)
+
+    async def debug_route(self, request: web.Request) -> web.Response:
+        from .explain import ExplainError
+        q = request.query
+        try:
+            answer = self.explain(q.get("host", ""), q.get("path", ""), q.get("method", "GET"), q.getall("header", []))
+        except ExplainError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(answer, dumps=_dumps)
 
     async def action(self, request: web.Request) -> web.Response:
         if not self.token:

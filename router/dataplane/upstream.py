@@ -83,7 +83,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self.tunnel = True
             rest = data[exc.args[0]:] if exc.args else b""
-            self.exchange.on_upgraded(rest)
+            if self.exchange is not None:
+                self.exchange.on_upgraded(rest)
+            else:  # a 101 nobody asked for (the router's own request): dropped with its connection
+                self.close()
         except httptools.HttpParserError as exc:
             self._fail(f"invalid response from upstream: {exc}")
         finally:

@@ -23,8 +23,8 @@ BEHAVIOUR = st.tuples(st.sampled_from([0.0, 0.03, 0.08, 0.2]),
 
 
 @contextlib.asynccontextmanager
-async def scripted_cluster(script: dict):
-    """Each request gets what script["now"] says: (delay, what)."""
+async def scripted_cluster(script: dict, answers: dict = ANSWERS):
+    """Each request gets what script["now"] says: (delay, what): one of `answers`, "reset" or "silent"."""
     async def handle(reader, writer):
         try:
             while True:
@@ -37,7 +37,7 @@ async def scripted_cluster(script: dict):
                 if what == "silent":
                     await reader.read()
                     return
-                writer.write(ANSWERS[what])
+                writer.write(answers[what])
                 await writer.drain()
                 if what == "cut":
                     return

@@ -71,7 +71,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "tls",
+                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "tls",
                              "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
                              "slowStart", "outlierDetection"}):
         return RouterSettings()
@@ -131,6 +131,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
                                                     d.escaped_slashes),
                           underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
                                                        d.underscore_headers),
+                          error_format=doc.value(spec, "errorFormat", one_of("errorFormat", "text", "problem-json",
+                                                                               "auto"), d.error_format),
                           buffer=_read_buffer(doc, spec.get("buffer")),
                           resources=_read_resources(doc, spec.get("resources")),
                           access_log=_read_access_log(doc, spec.get("accessLog")),

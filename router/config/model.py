@@ -444,6 +444,7 @@ class RouterSettings:
     normalize_path: bool = True  # remove dot segments, merge slashes: route on and forward the same path
     escaped_slashes: str = "keep"  # %2F and %5C in a path: keep (as Envoy), reject (400) or unescape
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
+    error_format: str = "text"  # the router's own answers: text, problem-json (RFC 9457), or auto (by Accept)
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
     https_redirect: HttpsRedirect | None = None  # a plain listener redirecting every request to https
     proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header

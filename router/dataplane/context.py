@@ -19,7 +19,7 @@ from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
 from ..obs.metrics import Metrics
 from ..openfiles import open_files_limit
-from .headers import is_trusted
+from .headers import is_trusted, wants_json
 from .upstream import UpstreamPool
 
 
@@ -87,6 +87,11 @@ class ProxyContext:
     def new_request_id(self) -> bytes:
         self._id_count += 1
         return b"%s%016x" % (self._id_prefix, self._id_count)
+
+    def problem_replies(self, req) -> bool:
+        """Whether the router's own answer to `req` is an RFC 9457 problem document (Router errorFormat)."""
+        fmt = self.settings.error_format
+        return fmt != "text" and (fmt == "problem-json" or wants_json(req.headers))
 
     def response_tail(self, cluster: str) -> bytes:
         """The router's own response headers for a cluster, built once per config."""

@@ -8,6 +8,7 @@ message ends.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 from .paths import replaced
@@ -281,20 +282,39 @@ def response_head(status: int, headers: list[tuple[bytes, bytes]], tail: bytes, 
 
 
 def simple_response(status: int, body: str | bytes, close: bool, extra: list[tuple[str, str]] = (),
-                    raw_extra: bytes = b"", head_only: bool = False) -> bytes:
-    """The router's own answer: `body` a line of text (str), or bytes sent as they are (their type, if
-    any, among `raw_extra`: header lines as bytes, such as a Location built from the request). A HEAD
-    request's answer (`head_only`) has the head a GET's would, and no body (RFC 9110 9.3.2)."""
-    data = (body + "\n").encode() if isinstance(body, str) else body
+                    raw_extra: bytes = b"", head_only: bool = False, problem: bool = False) -> bytes:
+    """The router's own answer: `body` a line of text (str; with `problem`, the detail of an RFC 9457
+    problem document in JSON), or bytes sent as they are (their type, if any, among `raw_extra`: header
+    lines as bytes, such as a Location built from the request). A HEAD request's answer (`head_only`) has
+    the head a GET's would, and no body (RFC 9110 9.3.2)."""
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
-    if isinstance(body, str):
+    if isinstance(body, str) and problem:
+        data = json.dumps({"type": "about:blank", "title": REASONS.get(status, ""), "status": status,
+                           "detail": body}).encode() + b"\n"
+        lines.append("Content-Type: application/problem+json")
+    elif isinstance(body, str):
+        data = (body + "\n").encode()
         lines.append("Content-Type: text/plain; charset=utf-8")
+    else:
+        data = body
     if status != 204:  # (a 204 has no Content-Length: RFC 9110 8.6)
         lines.append(f"Content-Length: {len(data)}")
     lines += [f"{k}: {v}" for k, v in extra]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n").encode() + raw_extra + b"\r\n" + (b"" if head_only else data)
+
+
+def wants_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request's Accept names a JSON type (application/json, application/problem+json, any
+    +json) before any text/ one: an API client rather than a browser or a terminal."""
+    for name, value in headers:
+        if name.lower() == b"accept":
+            v = value.lower()
+            j = v.find(b"json")
+            t = v.find(b"text/")
+            return j >= 0 and (t < 0 or j < t)
+    return False
 
 
 def redirect_location(redirect: tuple, own_scheme: bytes, host: str, raw_host: bytes, url: bytes,

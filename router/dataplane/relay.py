@@ -294,7 +294,8 @@ class ResponseRelay:
             raw += route.cors.response_lines(field(self.req.headers, b"origin"))
         self._record(cluster, status, self.ctx.clock(), reason)
         self.conn.write(simple_response(status, reason if body is None else body, close=not keep, extra=extra,
-                                        raw_extra=raw, head_only=self.req.method == b"HEAD"))
+                                        raw_extra=raw, head_only=self.req.method == b"HEAD",
+                                        problem=self.ctx.problem_replies(self.req)))
         self._end()
         self.conn.exchange_done(keep)
 

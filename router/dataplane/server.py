@@ -348,7 +348,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                                         self.ctx.clock() - req.t0 if req.t0 else 0.0, reject.reason)
         extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
         self.write(simple_response(reject.status, reject.reason, close=True, extra=extra,
-                                   head_only=req.method == b"HEAD"))
+                                   head_only=req.method == b"HEAD", problem=self.ctx.problem_replies(req)))
         self.close()
 
     def _stop(self, pause: bool = True) -> None:

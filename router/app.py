@@ -335,6 +335,9 @@ class RouterApp:
                 "compression": ({"level": ctx.compression.level, "min_length": ctx.compression.min_length,
                                  "types": sorted(ctx.compression.types)} if ctx.compression else None),
                 "slow_start": asdict(ctx.health.slow_start) if ctx.health.slow_start else None,
+                "pin_header": {"name": ctx.settings.pin_header.name,
+                               "allow": [str(n) for n in ctx.settings.pin_header.allow]}
+                if ctx.settings.pin_header else None,
                 "outlier_detection": asdict(ctx.health.policy),
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}

@@ -10,8 +10,9 @@ from typing import Any, Callable
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
                   read_cidrs, read_hosts, redirect_code)
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
-                    KubernetesRef, Limits, OutlierDetection, Probes, ResourceWatch, RouterSettings, ServiceConfig,
-                    SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
+                    KubernetesRef, Limits, OutlierDetection, PinHeader, Probes, ResourceWatch, RouterSettings,
+                    ServiceConfig, SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
+from .route_options import RESERVED_HEADERS, TOKEN
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
@@ -71,8 +72,8 @@ def read_router(doc: Doc) -> RouterSettings | None:
     spec = doc.root.get("spec")
     if not doc.fields(spec, {"listen", "admin", "adminToken", "trustedProxies", "limits", "timeouts",
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
-                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "tls",
-                             "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
+                             "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "pinHeader",
+                             "tls", "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
                              "slowStart", "outlierDetection"}):
         return RouterSettings()
     d = RouterSettings()
@@ -131,6 +132,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                                                     d.escaped_slashes),
                           underscore_headers=doc.value(spec, "underscoreHeaders", _underscore_action,
                                                        d.underscore_headers),
+                          pin_header=_read_pin_header(doc, spec.get("pinHeader")),
                           error_format=doc.value(spec, "errorFormat", one_of("errorFormat", "text", "problem-json",
                                                                                "auto"), d.error_format),
                           buffer=_read_buffer(doc, spec.get("buffer")),
@@ -295,6 +297,21 @@ def _read_resources(doc: Doc, node: Node | None) -> ResourceWatch | None:
         return None
     return ResourceWatch(doc.string(node, "namespace", "default"), doc.string(node, "kubeconfig"),
                          doc.string(node, "context"), doc.value(node, "inCluster", parse_bool, False))
+
+
+def _read_pin_header(doc: Doc, node: Node | None) -> PinHeader | None:
+    """pinHeader: {name: X-Edge-Cluster, allow: [CIDR]}: both required (no client is trusted by default)."""
+    if not doc.fields(node, {"name", "allow"}, {"name", "allow"}):
+        return None
+    name = doc.string(node, "name")
+    if name is not None and not TOKEN.fullmatch(name):
+        doc.error(node.get("name"), f"a header name is a token such as X-Edge-Cluster, got {name!r}")
+    elif name is not None and name.lower() in RESERVED_HEADERS:
+        doc.error(node.get("name"), f"header {name} is written by the router and cannot name a cluster")
+    allow = read_cidrs(doc, doc.seq(node, "allow"))
+    if node.get("allow") is not None and not allow:
+        doc.error(node.get("allow"), "pinHeader needs the client addresses it is honoured for")
+    return PinHeader(name.lower(), allow) if name and allow else None
 
 
 def _read_buffer(doc: Doc, node: Node | None) -> BufferSettings:

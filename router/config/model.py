@@ -394,6 +394,14 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True)
+class PinHeader:
+    """A request header naming the cluster to send it to (Envoy's cluster_header), honoured for clients in
+    `allow`: an operator's request to one region, a cluster at weight 0 tried before it gets traffic."""
+    name: str  # lowercase
+    allow: tuple = ()  # ipaddress networks
+
+
+@dataclass(frozen=True)
 class HttpsRedirect:
     """A second, plain-HTTP listener that answers every request with a redirect to the same URL over
     https (nginx's `return 301 https://$host$request_uri`, Envoy's https_redirect): `port` is the
@@ -445,6 +453,7 @@ class RouterSettings:
     escaped_slashes: str = "keep"  # %2F and %5C in a path: keep (as Envoy), reject (400) or unescape
     underscore_headers: str = "drop"  # request header names with "_": drop (nginx), reject (400) or allow
     error_format: str = "text"  # the router's own answers: text, problem-json (RFC 9457), or auto (by Accept)
+    pin_header: PinHeader | None = None  # a header that sends a request to the cluster it names
     tls: Tls | None = None  # the client listener speaks TLS (HTTPS) when set
     https_redirect: HttpsRedirect | None = None  # a plain listener redirecting every request to https
     proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header

@@ -17,8 +17,9 @@ from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, posi
 from .model import (Cors, DirectResponse, ExternalAuth, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
                     RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges)
 from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions, read_direct_response,
-                            read_fault, read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry, read_rewrite,
-                            read_route_timeouts, read_session_persistence, read_source_ranges, rewrite_host)
+                            read_fault, read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
+                            read_rewrite, read_route_timeouts, read_session_persistence, read_source_ranges,
+                            rewrite_host)
 from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 

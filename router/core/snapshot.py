@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, Fault, HeaderOps, RateLimit, Redirect, Rewrite,
-                            RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
+from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, Fault, HeaderOps, RateLimit, Redirect,
+                            Rewrite, RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
 

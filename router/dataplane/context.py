@@ -54,6 +54,7 @@ class ProxyContext:
         self.rng = rng or random.Random()
         self.settings: RouterSettings = snapshot.config.router
         self.compression = self.settings.compression  # read once per response head: kept at hand
+        self.pin = _pin(self.settings.pin_header)  # (header name as bytes, CIDRs), read once per request
         self.pool = UpstreamPool(loop, self.settings.timeouts.upstream_idle_s)
         self.pool.recycled = metrics.upstream_recycled
         self.pool.set_reuse(snapshot.config.clusters)
@@ -119,6 +120,7 @@ class ProxyContext:
         self.keep_warm_services = self._keep_warm_services(snapshot)
         self.settings = snapshot.config.router
         self.compression = self.settings.compression
+        self.pin = _pin(self.settings.pin_header)
         self.max_connections = connection_limit(self.settings)
         self._connection_reuse()
         self.pool.set_reuse(snapshot.config.clusters)
@@ -181,3 +183,7 @@ class ProxyContext:
         self.draining = True
         for conn in list(self.connections):
             conn.on_drain()
+
+
+def _pin(pin) -> tuple[bytes, tuple] | None:
+    return (pin.name.encode(), pin.allow) if pin is not None else None

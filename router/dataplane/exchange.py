@@ -123,6 +123,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         """The choice, with the request's affinity key or session token when the route has them (read after
         an authorization check, which may have set the header they are in)."""
         route, req = self.route, self.req
+        if self.ctx.pin is not None and self._pinned(self.ctx.pin):
+            return
         if route.affinity is not None:
             self.affinity = affinity_key(route.affinity, req.headers, _path(req.url))
         elif route.session is not None:

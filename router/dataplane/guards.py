@@ -6,6 +6,7 @@ how fast (its rate limit, 429), a request body over the route's maxBody (413), a
 from __future__ import annotations
 
 from ..core.cors import field
+from ..core.decisions import Forward
 from .headers import client_address, source_allowed
 
 
@@ -79,6 +80,28 @@ class RouteGuards:
     def _fault_abort(self, status: int) -> None:
         self.ctx.metrics.faults.labels(self.route.name, "abort").inc()
         self.respond_error(status, "fault injected (abort)", cluster="-")
+
+    def _pinned(self, pin) -> bool:
+        """Router pinHeader: a request naming one of its route's clusters, from a client pinHeader allows, goes
+        there (reason `pinned`) whatever its weight, health or RTT, and nowhere else (the other clusters count
+        as tried: a failed try is answered 502). The header never reaches a cluster."""
+        req, route = self.req, self.route
+        name, allow = pin
+        values = [v for n, v in req.headers if len(n) == len(name) and n.lower() == name]
+        if not values:
+            return False
+        req.headers = [(n, v) for n, v in req.headers if n.lower() != name]
+        if len(values) > 1 or not source_allowed(self._client_address(), allow, ()):
+            return False  # not the operator's (or two of them): routed as usual
+        cluster = values[0].decode("latin-1").strip()
+        backend = next((b for b in route.backends if b.cluster == cluster), None)
+        if backend is None:
+            self.respond_error(400, f"cluster {cluster!r} named by {name.decode()} is not one of route "
+                                    f"{route.name}'s", cluster="-")
+            return True
+        self.tried = frozenset(b.cluster for b in route.backends if b is not backend)
+        self._choose(Forward(backend, "pinned"))
+        return True
 
     def _answer_preflight(self, route) -> None:
         """A CORS preflight, answered from the route's policy (its method and headers as the policy lists

@@ -730,6 +730,18 @@ def test_route_faults(tmp_path):
                          (29, "spec.fault: fault needs a delay or an abort")])
 
 
+@pytest.mark.parametrize("line,expected", [
+    ("pinHeader: {name: X-Edge-Cluster}", "pinHeader: missing required field 'spec.pinHeader.allow'"),
+    ("pinHeader: {name: Via, allow: [10.0.0.0/8]}", "pinHeader.name: header Via is written by the router"),
+    ("pinHeader: {name: X-Edge-Cluster, allow: []}", "pinHeader.allow: pinHeader needs the client addresses"),
+    ("pinHeader: {name: 'X Edge', allow: [10.0.0.0/8]}", "pinHeader.name: a header name is a token"),
+    ("errorFormat: xml", "errorFormat: errorFormat must be text, problem-json or auto"),
+])
+def test_router_pin_header_and_error_format_refused(tmp_path, line, expected):
+    path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")
+    assert any(e.startswith(f"{path}:5: spec.{expected}") for e in errors_of(path)), errors_of(path)
+
+
 def test_cluster_connection_reuse_limits(tmp_path):
     text = CLUSTERS.replace('spec: {endpoint: "http://10.0.0.2"}',
                             'spec: {endpoint: "http://10.0.0.2", maxRequestsPerConnection: 1000, maxConnectionAge: 1h}')

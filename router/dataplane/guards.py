@@ -49,7 +49,7 @@ class RouteGuards:
         req = self.req
         req.max_body = route.max_body
         if (req.facts["content_length"] or 0) > route.max_body or req.body_len > route.max_body:
-            self.keep_alive = False  # its body is not read: the connection cannot carry another request
+            # (a body still coming closes the connection after the answer; one read whole keeps it)
             self.respond_error(413, "request body larger than the route's limit", cluster="-")
             return True
         return False

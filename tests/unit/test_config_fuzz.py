@@ -31,6 +31,8 @@ spec:
   accessLog: {path: "-"}
   buffer: {perService: 1000, total: 10000, maxBytes: 64Mi}
   proxyProtocol: false
+  errorFormat: auto
+  pinHeader: {name: X-Edge-Cluster, allow: [10.1.0.0/16]}
   limits: {maxRequestLine: 8Ki, maxHeaderBytes: 64Ki, maxHeaders: 100, maxBody: 10Mi, maxBuffered: 1Mi,
            maxRequestsPerConnection: 1000}
   timeouts: {headerRead: 10s, idle: 60s, connect: 2s, upstreamHeader: 30s, upstreamIdle: 30s, drain: 20s,
@@ -39,7 +41,8 @@ spec:
 apiVersion: edge.router/v1alpha1
 kind: Cluster
 metadata: {name: a, labels: {region: a}}
-spec: {endpoint: "http://127.0.0.1:1", kubernetes: {kubeconfig: /k, context: c}}
+spec: {endpoint: "http://127.0.0.1:1", kubernetes: {kubeconfig: /k, context: c}, maxRequestsPerConnection: 1000,
+       maxConnectionAge: 1h}
 ---
 apiVersion: edge.router/v1alpha1
 kind: Cluster
@@ -81,6 +84,18 @@ spec:
   responseHeaders: {remove: [Server]}
   rewrite: {pathPrefix: /, hostname: shop.internal}
   timeouts: {request: 10s, perTry: 1s}
+  maxBody: 1Gi
+  fault: {delay: {fixedDelay: 1s, percent: 5}, abort: {httpStatus: 503, percent: 1}}
+  cors: {allowOrigins: ["https://app.example.com", "https://*.example.org"], allowMethods: [GET, PUT],
+         allowHeaders: [X-Api-Key], exposeHeaders: [X-Trace], allowCredentials: true, maxAge: 600}
+  externalAuth: {cluster: b, path: /check, allowedHeaders: [Cookie], allowedResponseHeaders: [X-User], timeout: 1s}
+---
+apiVersion: edge.router/v1alpha1
+kind: TrafficSplit
+metadata: {name: down}
+spec:
+  hosts: [down.example.com]
+  directResponse: {status: 503, body: back soon, contentType: text/html}
 ---
 apiVersion: split.smi-spec.io/v1alpha1
 kind: TrafficSplit
@@ -108,6 +123,11 @@ spec:
   - matches: [{path: {type: Exact, value: /x}}]
     backendRefs: [{name: a}]
   - matches: [{headers: [{name: X-Canary, value: "1"}], queryParams: [{name: v, value: "2"}], method: GET}]
+    backendRefs: [{name: b}]
+  - matches: [{path: {value: /app}}]
+    filters:
+    - {type: CORS, cors: {allowOrigins: ["*"], allowMethods: ["*"]}}
+    - {type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: a}, http: {path: /authz}}}
     backendRefs: [{name: b}]
 """))
 
@@ -175,7 +195,7 @@ def test_mutated_config_is_refused_with_a_location_or_served(data):
             assert problem.file == SOURCE and 0 <= problem.line <= lines and problem.message, problem
         return
     for split in config.splits:
-        if split.redirect is not None:  # answered by the router: no clusters
+        if split.redirect is not None or split.direct is not None:  # answered by the router: no clusters
             continue
         assert split.backends and all(math.isfinite(b.weight) and b.weight >= 0 for b in split.backends), split
         assert any(b.weight > 0 for b in split.backends), split

@@ -91,11 +91,14 @@ class Route:
     fault: Fault | None = None  # delays and errors injected into its requests
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
+    guarded: bool = False  # something of the route may answer or hold a request before the choice (one test)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite))
         object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add or self.session
                                                          or self.cors))
+        object.__setattr__(self, "guarded", any(x is not None for x in (
+            self.source_ranges, self.rate_limit, self.cors, self.redirect, self.direct, self.fault, self.auth)))
 
 
 @dataclass(frozen=True)

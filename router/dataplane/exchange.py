@@ -15,7 +15,6 @@ import time
 
 from ..core.affinity import affinity_key
 from ..core.choice import Forward, Reject, choose_backend
-from ..core.cors import is_preflight
 from ..core.health import is_local_exhaustion
 from ..core.session import session_cluster
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
@@ -98,24 +97,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         self.route = route
         if route.max_body != req.max_body and self._body_over(route):
             return
-        if route.source_ranges is not None and not self._source_allowed(route):
-            return
-        if route.rate_limit is not None and self._rate_limited(route):
-            return
-        if route.cors is not None and req.method == b"OPTIONS" and is_preflight(req.method, req.headers):
-            self._answer_preflight(route)  # a browser's question about the route: nothing goes to a cluster
-            return
-        if route.redirect is not None:  # answered here, nothing goes to a cluster
-            self.answer_redirect(route.redirect, self.ctx.scheme, route.path_prefix, "redirect")
-            return
-        if route.direct is not None:  # answered here, nothing goes to a cluster
-            status, body, content_type = route.direct
-            self.respond_error(status, "direct response", cluster="-", lines=content_type, body=body)
-            return
-        if route.fault is not None and self._inject_fault(route):  # answered, or it goes on after a delay
-            return
-        if route.auth is not None:
-            self._authorize()  # the request goes on from its answer
+        if route.guarded and self._guard(route):
             return
         self._keyed_choose()
 

@@ -5,13 +5,38 @@ how fast (its rate limit, 429), a request body over the route's maxBody (413), a
 """
 from __future__ import annotations
 
-from ..core.cors import field
+from ..core.cors import field, is_preflight
 from ..core.decisions import Forward
 from .headers import client_address, source_allowed
 
 
 class RouteGuards:
     __slots__ = ()
+
+    def _guard(self, route) -> bool:
+        """What of the route comes before the choice, in order; True when it answered the request, or holds it
+        (a fault's delay, an authorization check) and takes it on from there."""
+        req = self.req
+        if route.source_ranges is not None and not self._source_allowed(route):
+            return True
+        if route.rate_limit is not None and self._rate_limited(route):
+            return True
+        if route.cors is not None and req.method == b"OPTIONS" and is_preflight(req.method, req.headers):
+            self._answer_preflight(route)  # a browser's question about the route: nothing goes to a cluster
+            return True
+        if route.redirect is not None:  # answered here, nothing goes to a cluster
+            self.answer_redirect(route.redirect, self.ctx.scheme, route.path_prefix, "redirect")
+            return True
+        if route.direct is not None:  # answered here, nothing goes to a cluster
+            status, body, content_type = route.direct
+            self.respond_error(status, "direct response", cluster="-", lines=content_type, body=body)
+            return True
+        if route.fault is not None and self._inject_fault(route):  # answered, or it goes on after a delay
+            return True
+        if route.auth is not None:
+            self._authorize()  # the request goes on from its answer
+            return True
+        return False
 
     def _client_address(self) -> str:
         """The client's address: the peer's (or the PROXY header's), or, behind a trusted proxy, the nearest

@@ -49,10 +49,13 @@ class ResponseRelay:
             return
         if req.upgrade and status != 101:
             self.keep_alive = False  # the client parser stopped at the Upgrade request
-        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        head = req.method == b"HEAD"
+        no_body = head or status in (204, 304) or status == 101
         tail = self.ctx.response_tail(self.backend.cluster)
         compression = ctx.compression
-        plan = compression_plan(compression, status, headers, req.headers) if compression and not no_body else None
+        # (a HEAD answer gets the head its GET would: the plan's fields, and no length when it would be gzipped)
+        plan = compression_plan(compression, status, headers, req.headers) \
+            if compression and (not no_body or head and status != 101) else None
         if route.response_changes or req.request_id or plan is not None:
             if route.response_add:
                 tail = route.response_add + tail
@@ -73,12 +76,13 @@ class ResponseRelay:
             parts, cl, upstream_chunked = response_head(status, headers, tail, status == 101)
         client_cl = cl
         if plan is not None and plan.gzip:
-            self.gzip = GzipStream(compression.level)
+            if not head:
+                self.gzip = GzipStream(compression.level)
             client_cl = None  # the length changes: chunked (or close-delimited for HTTP/1.0)
         if status == 101:
             pass
         elif no_body:
-            if cl is not None and req.method == b"HEAD":
+            if client_cl is not None and head:
                 parts += (b"Content-Length: ", cl, b"\r\n")
         elif client_cl is not None:
             parts += (b"Content-Length: ", cl, b"\r\n")

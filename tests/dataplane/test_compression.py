@@ -110,11 +110,17 @@ async def test_vary_is_merged_and_bodiless_answers_are_untouched(compressing):
     assert headers["vary"] == "Cookie, Accept-Encoding" and gzip.decompress(body) == JSON
     status, headers, body = await fetch(compressing.port, "/empty", "Accept-Encoding: gzip")
     assert status == 204 and body == b"" and "content-encoding" not in headers
+    # HEAD: the head its GET would get (RFC 9110 9.3.2), no body, then the next answer on the connection
     reader, writer = await asyncio.open_connection("127.0.0.1", compressing.port)
     writer.write(b"HEAD /json HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n"
+                 b"HEAD /json HTTP/1.1\r\nHost: h\r\n\r\n"
                  b"GET /small HTTP/1.1\r\nHost: h\r\n\r\n")
-    head = await reader.readuntil(b"\r\n\r\n")  # HEAD: the cluster's length, no body, then the next answer
+    head = await reader.readuntil(b"\r\n\r\n")  # would be gzipped: its fields, and no length (it is not known)
+    assert b"Content-Encoding: gzip" in head and b"Vary: Accept-Encoding" in head and b'ETag: W/"v1"' in head
+    assert b"Content-Length" not in head
+    head = await reader.readuntil(b"\r\n\r\n")  # would not be: the cluster's length, Vary for caches
     assert b"Content-Encoding" not in head and b"Content-Length: %d" % len(JSON) in head
+    assert b"Vary: Accept-Encoding" in head
     assert (await read_response(reader))[2] == b'{"ok": true}'
     writer.close()
 

@@ -43,7 +43,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
-                 "session", "tries", "resumed")
+                 "session", "tries", "resumed", "body_sent", "head_at")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -79,6 +79,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         self.parked = None  # earlier tries still running beside this one (hedging: a list of ParkedTry)
         self.resumed = False  # (hedging) the current try is an earlier one, taken up again
         self.tries = 0  # times the request was sent to a cluster (retries and hedges included), for the access log
+        self.body_sent = 0  # response body bytes written to the client (compressed, when gzipped)
+        self.head_at = 0.0  # when the answering try's response head arrived (0: none did)
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------

@@ -42,7 +42,7 @@ class ResponseRelay:
         self._cancel_header_timer()
         self.status = status
         ctx = self.ctx
-        now = ctx.clock()
+        self.head_at = now = ctx.clock()
         ctx.policy.rtt.on_first_byte(self.service, self.backend.cluster, now - self.sent_at, now)
         if status == 101 and not req.upgrade:
             self.on_upstream_error("upstream switched protocols without an Upgrade request")
@@ -126,6 +126,7 @@ class ResponseRelay:
             return
         if self.gzip is not None:
             data = self.gzip.compress(data)  # never empty: each piece ends with a flush block
+        self.body_sent += len(data)
         if self.resp_chunked:
             self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -296,10 +297,12 @@ class ResponseRelay:
         route = self.route
         if cors and route is not None and route.cors is not None:  # so a page's script can read a 503, Retry-After
             raw += route.cors.response_lines(field(self.req.headers, b"origin"))
+        answer = simple_response(status, reason if body is None else body, close=not keep, extra=extra,
+                                 raw_extra=raw, head_only=self.req.method == b"HEAD",
+                                 problem=self.ctx.problem_replies(self.req))
+        self.body_sent = len(answer) - answer.index(b"\r\n\r\n") - 4
         self._record(cluster, status, self.ctx.clock(), reason)
-        self.conn.write(simple_response(status, reason if body is None else body, close=not keep, extra=extra,
-                                        raw_extra=raw, head_only=self.req.method == b"HEAD",
-                                        problem=self.ctx.problem_replies(self.req)))
+        self.conn.write(answer)
         self._end()
         self.conn.exchange_done(keep)
 
@@ -311,7 +314,8 @@ class ResponseRelay:
         if ctx.access_log is not None:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen
-            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route, self.tries)
+            ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route, self.tries,
+                                   self.body_sent, self.head_at - self.sent_at if self.head_at else None)
 
     def on_client_lost(self) -> None:
         if self.task is not None:

@@ -17,8 +17,8 @@ async def test_each_answer_is_one_json_line(backends, router, tmp_path):
     app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}, hosts=["shop.example"])
                        + router_doc(accessLog={"path": str(log_path)}))
     await raw_request(app.port, b"GET /p?q=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
-    await raw_request(app.port, b"POST /x HTTP/1.1\r\nHost: other.example\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
+    await raw_request(app.port, b"POST /x HTTP/1.1\r\nHost: other.example\r\nContent-Length: 3\r\n"
+                                b"Connection: close\r\n\r\nabc")
     await raw_request(app.port, b"GET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     lines = await wait_for(lambda: len(_lines(log_path)) == 3 and _lines(log_path), what="three log lines")
     ok, no_route, refused = lines
@@ -27,6 +27,10 @@ async def test_each_answer_is_one_json_line(backends, router, tmp_path):
         "cluster": "a", "route": "split", "reason": "weighted"}
     assert ok["time"].endswith("Z") and 0 <= ok["duration_ms"] < 5000 and ok["request_id"] == ""
     assert (ok["tries"], no_route["tries"], refused["tries"]) == (1, 0, 0)  # times sent to a cluster
+    # body bytes each way (the cluster's "a:0", the router's own text), and the cluster's time to its head
+    assert (ok["bytes_received"], ok["bytes_sent"]) == (0, 3) and 0 < ok["upstream_ms"] <= ok["duration_ms"]
+    assert no_route["bytes_sent"] == len("no route for host 'other.example'\n") and no_route["upstream_ms"] is None
+    assert refused["upstream_ms"] is None
     assert (no_route["method"], no_route["status"], no_route["cluster"], no_route["route"]) == ("POST", 404, "-", "-")
     assert no_route["reason"] == "no route for host 'other.example'"
     assert (refused["status"], refused["path"], refused["reason"]) == (400, "/bad", "more than one Host header")
@@ -62,6 +66,6 @@ async def test_lines_past_the_pending_limit_are_dropped_and_counted(tmp_path):
     dropped = []
     log = AccessLog(asyncio.get_running_loop(), str(tmp_path / "a.log"), dropped.append, max_pending=2)
     for i in range(5):  # all before the first flush
-        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b"", 1))
+        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b"", 1, 0, 2, 0.0005))
     await log.close()
     assert [r["path"] for r in _lines(tmp_path / "a.log")] == ["/0", "/1"] and dropped == [1, 1, 1]

@@ -299,7 +299,7 @@ class RouterApp:
             eff = effective_weights(route, ctx.health, now) if route else {}
             total = sum(b.weight for b in split.backends) or 1.0
             routes.append({"name": split.name, "kind": split.kind, "hosts": list(split.hosts),
-                           "pathPrefix": split.path_prefix, "maxRTT_s": split.max_rtt_s,
+                           "pathPrefix": split.path_prefix, "pathRegex": split.path_regex, "maxRTT_s": split.max_rtt_s,
                            "source": split.source, "timeouts": asdict(split.timeouts) if split.timeouts else None,
                            "rate_limit": self._rate_limit_state(split),
                            "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}

@@ -20,7 +20,7 @@ HEADER_OPS = {"type": "object", "properties": {"set": HEADER_PAIRS, "add": HEADE
 MATCH_PAIRS = {"type": "array", "maxItems": 16, "items": {
     "type": "object", "required": ["name", "value"],
     "properties": {"name": HEADER_NAME, "value": {"type": "string", "maxLength": 4096},
-                   "type": {"type": "string", "enum": ["Exact"]}}}}
+                   "type": {"type": "string", "enum": ["Exact", "RegularExpression"]}}}}
 TRAFFIC_SPLIT_SPEC = {
     "type": "object",
     "anyOf": [{"required": ["clusters"]}, {"required": ["redirect"]}],

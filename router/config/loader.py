@@ -144,14 +144,15 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
     routes: dict[tuple, PendingSplit] = {}
     out = []
     for p in pending:
-        for key in [(h, p.path_prefix, p.path_exact, p.match) for h in p.hosts] or \
-                [("", p.path_prefix, p.path_exact, p.match)]:
+        for key in [(h, p.path_prefix, p.path_exact, p.match, p.path_regex) for h in p.hosts] or \
+                [("", p.path_prefix, p.path_exact, p.match, p.path_regex)]:
             if key in routes:
                 first = routes[key].node
                 what = f"host {key[0]!r}" if key[0] else "default route"
                 also = " with the same header, query and method conditions" if key[3] else ""
                 problems.add(p.node.file, p.node.line, "spec",
-                             f"{what} {'exact path' if key[2] else 'path'} {key[1]!r}{also} already routed by "
+                             f"{what} {'path pattern' if key[4] else 'exact path' if key[2] else 'path'} "
+                             f"{key[4] or key[1]!r}{also} already routed by "
                              f"{routes[key].name!r} ({first.file}:{first.line})")
             routes[key] = p
         weights: dict[str, float] = {}
@@ -184,5 +185,5 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
                                p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
                                p.match, p.source_ranges, p.session, p.cors, auth, p.max_body,
-                               p.direct, p.fault))
+                               p.direct, p.fault, p.path_regex))
     return out

@@ -177,6 +177,8 @@ class RouteMatch:
     headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value)
     query: tuple[tuple[str, str], ...] = ()
     method: str | None = None
+    header_patterns: tuple[tuple[str, str], ...] = ()  # (lowercase name, RE2 pattern the whole value matches)
+    query_patterns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ class SplitConfig:
     max_body_bytes: int | None = None  # the route's own request body limit; None: the Router's
     direct: DirectResponse | None = None  # answered by the router with this; no clusters
     fault: Fault | None = None  # delays and errors injected into the route's requests
+    path_regex: str | None = None  # an RE2 pattern the whole path matches (HTTPRoute's RegularExpression)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port
                   read_cidrs, redirect_code)
 from .model import (DirectResponse, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite, RouteMatch,
                     RouteTimeouts, SessionPersistence, SourceRanges)
+from ..core.regex import compile_pattern
 from .values import normalise_host, parse_duration
 from .yamlsrc import Node
 
@@ -329,35 +330,41 @@ _METHODS = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "
 
 
 def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
-    """A match's header and query parameter conditions (type Exact; a name once per match) and method:
-    an HTTPRoute match's `headers`, `queryParams`, `method`, and a TrafficSplit's `match` the same (the
-    caller has checked the mapping's fields)."""
+    """A match's header and query parameter conditions (type Exact, or RegularExpression: an RE2 pattern the
+    whole value matches; a name once per match) and method: an HTTPRoute match's `headers`, `queryParams`,
+    `method`, and a TrafficSplit's `match` the same (the caller has checked the mapping's fields)."""
     found = {}
     for key, what in (("headers", "header"), ("queryParams", "query parameter")):
         pairs: dict[str, str] = {}
+        patterns: dict[str, str] = {}
         for item in doc.seq(m, key):
             if not doc.fields(item, {"name", "value", "type"}, {"name", "value"}):
                 continue
-            kind = doc.string(item, "type", "Exact")
-            if kind != "Exact":
-                doc.error(item.get("type"), f"{what} match type must be Exact, got {kind!r} (RegularExpression "
-                                            "is not supported)")
-            name, value = doc.value(item, "name", _token_name), doc.value(item, "value", _match_value)
+            kind = doc.value(item, "type", one_of(f"{what} match type", "Exact", "RegularExpression"), "Exact")
+            name = doc.value(item, "name", _token_name)
+            value = doc.value(item, "value", _match_value if kind != "RegularExpression" else _pattern)
             if name is None or value is None:
                 continue
             name = name.lower() if key == "headers" else name
-            if name in pairs:
+            if name in pairs or name in patterns:
                 doc.error(item.get("name"), f"{what} {name} is matched twice")
                 continue
-            pairs[name] = value
+            (patterns if kind == "RegularExpression" else pairs)[name] = value
         found[key] = tuple(pairs.items())
-    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS))
+        found[key + "/re"] = tuple(patterns.items())
+    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS),
+                            found["headers/re"], found["queryParams/re"])
     return conditions if conditions != RouteMatch() else None
 
 
 def _token_name(v: Any) -> str:
     if not isinstance(v, str) or not TOKEN.fullmatch(v):
         raise ValueError(f"name must be a token such as X-Canary, got {v!r}")
+    return v
+
+
+def _pattern(v: Any) -> str:
+    compile_pattern(v)  # (the snapshot compiles it again, once per config)
     return v
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .authz import read_external_auth, read_gateway_external_auth
+from ..core.regex import compile_pattern
 from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
 from .model import (Cors, DirectResponse, ExternalAuth, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
@@ -63,6 +64,7 @@ class PendingSplit:
     cors: Cors | None = None
     auth: tuple[ExternalAuth, Node] | None = None  # the Cluster it names is checked by the loader, at the node
     max_body: int | None = None
+    path_regex: str | None = None  # an RE2 pattern the whole path matches (path_prefix is then "/")
     direct: DirectResponse | None = None
     fault: Fault | None = None
 
@@ -224,26 +226,18 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
         if not doc.fields(rule, {"matches", "backendRefs", "filters", "timeouts", "retry", "name",
                                  "sessionPersistence"}, set() if redirects else {"backendRefs"}):
             continue
-        prefixes = []  # (path, exact, RouteMatch | None)
+        prefixes = []  # (path, exact, RE2 pattern or None, RouteMatch | None)
         for m in doc.seq(rule, "matches"):
             if not doc.fields(m, {"path", "headers", "queryParams", "method"}):
                 continue
-            match = ("/", False)  # (path, exact)
-            path = m.get("path")
-            if path is not None and doc.fields(path, {"type", "value"}):
-                kind = doc.string(path, "type", "PathPrefix")
-                if kind not in ("PathPrefix", "Exact"):
-                    doc.error(path.get("type"), f"path match type must be PathPrefix or Exact, got {kind!r} "
-                                                "(RegularExpression is not supported)")
-                match = (doc.value(path, "value", parse_path, "/"), kind == "Exact")
-            match += (read_conditions(doc, m),)
+            match = _path_match(doc, m.get("path")) + (read_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
         request_ops, response_ops, rewrite, redirect, mirror, cors, auth = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
-        if replaces_prefix and any(exact for _, exact, _ in prefixes):
-            doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact match has no "
-                                           "prefix to replace)")
+        if replaces_prefix and any(exact or regex for _, exact, regex, _ in prefixes):
+            doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact or "
+                                           "RegularExpression match has no prefix to replace)")
         timeouts = read_route_timeouts(doc, rule.get("timeouts"), gateway=True)
         retry = read_retry(doc, rule.get("retry"), gateway=True)
         session = read_session_persistence(doc, rule.get("sessionPersistence"))
@@ -257,16 +251,34 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             weight = doc.value(ref, "weight", _gateway_weight, 1.0)
             if cluster and weight is not None:
                 entries.append(PendingEntry(cluster, weight, None, cluster, ref))
-        prefixes = prefixes or [("/", False, None)]
-        for j, (prefix, exact, conditions) in enumerate(prefixes):
+        prefixes = prefixes or [("/", False, None, None)]
+        for j, (prefix, exact, regex, conditions) in enumerate(prefixes):
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
             splits.append(PendingSplit(split_name, "httproute", hosts, prefix, list(entries), "weighted",
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
                                        retry=retry, mirror=mirror, match=conditions, session=session,
-                                       cors=cors, auth=auth))
+                                       cors=cors, auth=auth, path_regex=regex))
     return splits
+
+
+def _path_match(doc: Doc, path: Node | None) -> tuple[str, bool, str | None]:
+    """A match's path: (prefix, exact, RE2 pattern): PathPrefix (the default, "/"), Exact, or RegularExpression
+    (the whole path matches the pattern; its route's prefix is "/")."""
+    if path is None or not doc.fields(path, {"type", "value"}):
+        return "/", False, None
+    kind = doc.value(path, "type", one_of("path match type", "PathPrefix", "Exact", "RegularExpression"),
+                     "PathPrefix")
+    if kind == "RegularExpression":
+        pattern = doc.value(path, "value", _path_pattern)
+        return "/", False, pattern
+    return doc.value(path, "value", parse_path, "/"), kind == "Exact", None
+
+
+def _path_pattern(v: Any) -> str:
+    compile_pattern(v)
+    return v
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",

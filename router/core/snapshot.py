@@ -12,6 +12,7 @@ from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, Faul
                             Rewrite, RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
+from .regex import compile_pattern
 
 
 HOST_MEMO_MAX = 4096
@@ -78,7 +79,8 @@ class Route:
     retry_attempts: int = 0  # ... at most this many times per request
     mirror: tuple[RouteBackend, float] | None = None  # (the mirror cluster, percent of requests copied)
     # Header, query and method conditions, compiled: ((lowercase name, value) bytes pairs, (name, value)
-    # str pairs, method bytes or None); None when host and path alone decide.
+    # str pairs, method bytes or None, (lowercase name bytes, RE2 pattern) pairs, (name, RE2 pattern)
+    # pairs); None when host and path alone decide.
     match: tuple | None = None
     source_ranges: SourceRanges | None = None  # client addresses allowed; None: every client
     hedge: bool = False  # a try past its per_try_s is kept and raced against the next choice
@@ -89,6 +91,7 @@ class Route:
     # Answered by the router: (status, body, Content-Type line) as bytes; None for a proxied route.
     direct: tuple | None = None
     fault: Fault | None = None  # delays and errors injected into its requests
+    path_regex: object = None  # a compiled RE2 pattern the whole path matches (then path_prefix is "/")
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
     guarded: bool = False  # something of the route may answer or hold a request before the choice (one test)
@@ -150,7 +153,8 @@ class RoutingSnapshot:
                     break
         for candidates in (routes or (), self.default):
             for route in candidates:
-                if path == route.path_prefix if route.path_exact else _prefix_match(path, route.path_prefix):
+                if (route.path_regex.fullmatch(path) is not None if route.path_regex is not None else
+                        path == route.path_prefix if route.path_exact else _prefix_match(path, route.path_prefix)):
                     if route.match is None or req is not None and meets(route.match, req):
                         return route
         return None
@@ -159,7 +163,7 @@ class RoutingSnapshot:
 def meets(match: tuple, req) -> bool:
     """Whether a request (method, url and headers as the data path holds them) meets a route's
     compiled conditions: every header and query pair, and the method."""
-    headers, query, method = match
+    headers, query, method, header_patterns, query_patterns = match
     if method is not None and req.method != method and not (req.method == b"OPTIONS" and is_preflight(
             req.method, req.headers) and field(req.headers, b"access-control-request-method") == method):
         return False  # (a preflight is routed as the request it asks about, as the Gateway API's CORS asks)
@@ -167,11 +171,19 @@ def meets(match: tuple, req) -> bool:
         if not any(value == v and name == n.lower() for n, v in req.headers) and \
                 not any(value == v and name == n for n, v in req.special):
             return False
-    if query:
+    for name, pattern in header_patterns:  # the first field of the name (the special ones kept apart, lowercase)
+        value = next((v for n, v in req.headers if n.lower() == name), None)
+        if value is None:
+            value = next((v for n, v in req.special if n == name), None)
+        if value is None or pattern.fullmatch(value.decode("latin-1")) is None:
+            return False
+    if query or query_patterns:
         first: dict[str, str] = {}
         for k, v in parse_qsl(req.url.partition(b"?")[2].decode("latin-1"), keep_blank_values=True):
             first.setdefault(k, v)
         if any(first.get(name) != value for name, value in query):
+            return False
+        if any(name not in first or pattern.fullmatch(first[name]) is None for name, pattern in query_patterns):
             return False
     return True
 
@@ -229,7 +241,9 @@ def _match(m: RouteMatch | None) -> tuple | None:
     # A value's text as a client sends it: UTF-8, as the route's own header changes are sent (a value
     # beyond Latin-1, valid in the config, must not fail the snapshot's build).
     return (tuple((n.encode(), v.encode()) for n, v in m.headers), m.query,
-            m.method.encode() if m.method else None)
+            m.method.encode() if m.method else None,
+            tuple((n.encode(), compile_pattern(p)) for n, p in m.header_patterns),
+            tuple((n, compile_pattern(p)) for n, p in m.query_patterns))
 
 
 def _timeouts(t: RouteTimeouts | None, router_per_try_s: float | None) -> tuple[float | None, float | None]:
@@ -264,7 +278,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
                      max_body=split.max_body_bytes or config.router.limits.max_body_bytes,
-                     direct=_direct(split.direct) if split.direct else None, fault=split.fault)
+                     direct=_direct(split.direct) if split.direct else None, fault=split.fault,
+                     path_regex=compile_pattern(split.path_regex) if split.path_regex else None)
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}
@@ -281,16 +296,21 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                 exact.setdefault(host, []).append(r)
 
     def order(routes: list[Route]) -> tuple[Route, ...]:
-        # The Gateway API's precedence: an exact path, the longest prefix, then a method condition, the
-        # most header conditions, the most query conditions; ties keep the order the splits were read in.
+        # The Gateway API's precedence: an exact path, (a path pattern, the longest first: the Gateway API
+        # leaves its place to the implementation), the longest prefix, then a method condition, the most
+        # header conditions, the most query conditions; ties keep the order the splits were read in.
         def key(r: Route) -> tuple:
-            headers, query, method = r.match or ((), (), None)
-            return not r.path_exact, -len(r.path_prefix), method is None, -len(headers), -len(query)
+            headers, query, method, header_patterns, query_patterns = r.match or ((), (), None, (), ())
+            kind = 0 if r.path_exact else 1 if r.path_regex is not None else 2  # exact, pattern, prefix
+            length = len(r.path_regex.pattern) if r.path_regex is not None else len(r.path_prefix)
+            return (kind, -length, method is None, -len(headers) - len(header_patterns),
+                    -len(query) - len(query_patterns))
         return tuple(sorted(routes, key=key))
 
     return RoutingSnapshot(
         version, config, {h: order(rs) for h, rs in exact.items()},
         tuple((s, order(rs)) for s, rs in sorted(wildcard.items(), key=lambda kv: -len(kv[0]))),
         order(default), {h: svc.name for svc in config.services for h in svc.hosts},
-        None if any(s.path_prefix != "/" or s.path_exact or s.match for s in config.splits) else {}, named,
+        None if any(s.path_prefix != "/" or s.path_exact or s.match or s.path_regex for s in config.splits) else {},
+        named,
         max((r.max_body for r in named.values()), default=config.router.limits.max_body_bytes))

@@ -2,7 +2,7 @@
 precedence between rules that share a path."""
 import asyncio
 
-from tests.conftest import cluster_docs, httproute_doc, read_response, split_doc
+from tests.conftest import cluster_docs, httproute_doc, keepalive_answers, read_response, split_doc
 
 
 async def test_requests_go_by_their_headers_query_and_method(backends, router):
@@ -66,4 +66,33 @@ async def test_trafficsplit_match_sends_a_canary_by_header(backends, router):
     finally:
         writer.close()
     assert [r["match"] for r in app.state()["routes"]] == [
-        None, {"headers": (("x-canary", "1"),), "query": (), "method": None}]
+        None, {"headers": (("x-canary", "1"),), "query": (), "method": None, "header_patterns": (),
+               "query_patterns": ()}]
+
+
+async def test_regular_expression_matches_route_in_linear_time(backends, router):
+    a, b, c = await backends("a", "b", "c")
+    rules = """\
+        - matches: [{path: {type: RegularExpression, value: "/v[0-9]+/items/[^/]+"}}]
+          backendRefs: [{name: a}]
+        - matches: [{headers: [{name: X-Client, type: RegularExpression, value: "(a+)+b"}]},
+                    {queryParams: [{name: tag, type: RegularExpression, value: "beta-[0-9]{2}"}]}]
+          backendRefs: [{name: b}]
+        - backendRefs: [{name: c}]
+        """
+    app = await router(cluster_docs({"a": a.port, "b": b.port, "c": c.port}) + httproute_doc(rules, ["shop"]))
+
+    async def cluster_for(path: str, extra: str = "") -> str:
+        return (await keepalive_answers(app.port, 1, "shop", path, extra))[0][0]
+    assert await cluster_for("/v2/items/7") == "a"
+    assert await cluster_for("/v2/items/7/reviews") == "c"  # the whole path must match
+    assert await cluster_for("/vx/items/7") == "c"
+    assert await cluster_for("/", "X-Client: aaab\r\n") == "b"
+    assert await cluster_for("/?tag=beta-12") == "b" and await cluster_for("/?tag=beta-123") == "c"
+    # a value that makes a backtracking engine take exponential time ((a+)+b over a run of a's without the b)
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    assert await cluster_for("/", "X-Client: " + "a" * 4000 + "\r\n") == "c"
+    assert loop.time() - t < 1.0
+    (state,) = [r for r in app.state()["routes"] if r["name"] == "web/rule0"]
+    assert state["pathRegex"] == "/v[0-9]+/items/[^/]+"

@@ -136,7 +136,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
           rules:
           - matches:
             - path: {value: /a}
-              headers: [{name: x-canary, value: "1", type: RegularExpression}, {name: "x y", value: a}]
+              headers: [{name: x-canary, value: "1", type: Prefix}, {name: "x y", value: a}]
             - method: FETCH
             filters:
             - type: RequestMirror
@@ -156,8 +156,8 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
           backends: [{service: us-west, weight: 1}]
         """)
     path = write(tmp_path, bad, "bad.yaml")
-    assert_errors(path, [(23, "spec.rules[0].matches[0].headers[0].type: header match type must be Exact, got "
-                              "'RegularExpression' (RegularExpression is not supported)"),
+    assert_errors(path, [(23, "spec.rules[0].matches[0].headers[0].type: header match type must be Exact or "
+                              "RegularExpression, got 'Prefix'"),
                          (23, "spec.rules[0].matches[0].headers[1].name: name must be a token"),
                          (24, "spec.rules[0].matches[1].method: method must be GET, HEAD, POST"),
                          (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
@@ -231,15 +231,15 @@ def test_httproute_exact_path_matches_come_before_prefixes(tmp_path):
     assert route("/api/other") == "web/rule0/match1" and snap.route_for("any", "/") is None
     bad = httproute("""\
           rules:
-          - matches: [{path: {type: RegularExpression, value: /a.*}}]
+          - matches: [{path: {type: RegularExpression, value: "/a(.*"}}]
             backendRefs: [{name: us-west}]
           - matches: [{path: {type: Exact, value: /b}}]
             filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
             backendRefs: [{name: us-west}]
         """)
     errors = errors_of(write(tmp_path, bad, "bad.yaml"))
-    assert any("spec.rules[0].matches[0].path.type: path match type must be PathPrefix or Exact, got "
-               "'RegularExpression'" in e for e in errors), errors
+    assert any("spec.rules[0].matches[0].path.value: not a regular expression RE2 takes (missing ): /a(.*)" in e
+               for e in errors), errors
     assert any("spec.rules[1].filters: ReplacePrefixMatch needs PathPrefix matches" in e for e in errors), errors
 
 
@@ -485,7 +485,8 @@ def test_hedged_route_timeouts(tmp_path):
     ("mirror: {percent: 5}", "mirror: missing required field 'spec.mirror.cluster'"),
     ("match: {path: {value: /x}}", "match.path: unknown field"),
     ("match: {method: FETCH}", "match.method: method must be GET, HEAD, POST"),
-    ("match: {headers: [{name: X-A, value: a, type: RegularExpression}]}", "match.headers[0].type: header match type"),
+    ("match: {headers: [{name: X-A, value: '(a)\\1', type: RegularExpression}]}",
+     "match.headers[0].value: not a regular expression RE2 takes (invalid escape sequence"),
     ("retry: {codes: [200]}", "retry.codes[0]: a retried status code must be 400..599, got 200"),
     ("retry: {codes: [503], attempts: 0}", "retry.attempts: expected a positive integer, got 0"),
     ("retry: {codes: [503], backoff: 1s}", "retry.backoff: unknown field"),
@@ -873,3 +874,29 @@ def test_session_persistence(tmp_path):
                          (22, "spec.sessionPersistence.cookieConfig: a Permanent cookie needs absoluteTimeout"),
                          (30, "spec.sessionPersistence.sessionName: expected a cookie or header name"),
                          (30, "spec.sessionPersistence.cookieConfig: cookieConfig is for type Cookie")])
+
+
+def test_httproute_regular_expression_matches_and_their_precedence(tmp_path):
+    from router.config.model import RouteMatch
+    from router.core.snapshot import build_snapshot
+    text = httproute("""\
+          rules:
+          - matches: [{path: {type: PathPrefix, value: /api}}]
+            backendRefs: [{name: us-west}]
+          - matches: [{path: {type: RegularExpression, value: "/api/v[0-9]+"}}]
+            backendRefs: [{name: eu-central}]
+          - matches: [{path: {type: Exact, value: /api/v1}}]
+            backendRefs: [{name: ap-east}]
+          - matches: [{path: {value: /q}, queryParams: [{name: v, type: RegularExpression, value: "[0-9]+"}],
+                       headers: [{name: X-Env, type: RegularExpression, value: "prod|stage"}]}]
+            backendRefs: [{name: ap-east}]
+        """)
+    cfg = load_config(write(tmp_path, text))
+    assert [s.path_regex for s in cfg.splits] == [None, "/api/v[0-9]+", None, None]
+    assert cfg.splits[3].match == RouteMatch(header_patterns=(("x-env", "prod|stage"),),
+                                             query_patterns=(("v", "[0-9]+"),))
+    snap = build_snapshot(cfg, 1)
+    assert snap.by_host is None
+    route = lambda path: snap.route_for("any", path).name  # noqa: E731
+    assert route("/api/v1") == "web/rule2"  # Exact, then the pattern, then the prefix
+    assert route("/api/v2") == "web/rule1" and route("/api/v2/x") == route("/api/x") == "web/rule0"

@@ -333,7 +333,7 @@ def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
     """A match's header and query parameter conditions (type Exact, or RegularExpression: an RE2 pattern the
     whole value matches; a name once per match) and method: an HTTPRoute match's `headers`, `queryParams`,
     `method`, and a TrafficSplit's `match` the same (the caller has checked the mapping's fields)."""
-    found = {}
+    found, found_patterns = {}, {}
     for key, what in (("headers", "header"), ("queryParams", "query parameter")):
         pairs: dict[str, str] = {}
         patterns: dict[str, str] = {}
@@ -350,10 +350,9 @@ def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
                 doc.error(item.get("name"), f"{what} {name} is matched twice")
                 continue
             (patterns if kind == "RegularExpression" else pairs)[name] = value
-        found[key] = tuple(pairs.items())
-        found[key + "/re"] = tuple(patterns.items())
+        found[key], found_patterns[key] = tuple(pairs.items()), tuple(patterns.items())
     conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS),
-                            found["headers/re"], found["queryParams/re"])
+                            found_patterns["headers"], found_patterns["queryParams"])
     return conditions if conditions != RouteMatch() else None
 
 

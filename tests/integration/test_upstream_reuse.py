@@ -58,7 +58,8 @@ async def test_a_connection_is_closed_at_its_age_busy_or_idle(router):
             later = first
             while later == first and time.monotonic() - start < 5:  # busy: a request after another
                 later = await ask()
-            assert later != first and time.monotonic() - start >= 0.3  # changed, and not before its age
+            # changed, and not before its age (less the event loop's clock granularity: it caches the time)
+            assert later != first and time.monotonic() - start >= 0.28
         finally:
             writer.close()
         # idle: the pool's sweep closes it at its age, well before upstreamIdle

@@ -37,8 +37,7 @@ def connect_failure(exc: BaseException) -> str:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool_key", "transport", "parser", "exchange", "closed", "reused", "status", "headers",
-                 "idle_since", "tunnel", "keep_alive", "interim", "limits", "head_bytes", "served", "max_served",
-                 "expires_at")
+                 "idle_since", "tunnel", "keep_alive", "interim", "limits", "head_bytes", "served", "reuse")
 
     def __init__(self, pool_key: tuple, limits: Limits = DEFAULT_LIMITS):
         self.pool_key = pool_key
@@ -54,8 +53,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.headers: list = []
         self.parser = httptools.HttpResponseParser(self)
-        self.served = 0  # requests answered on it
-        self.max_served = self.expires_at = INF  # its cluster's maxRequestsPerConnection, its maxConnectionAge
+        self.served = 0  # requests answered on it (counted only under a reuse limit)
+        self.reuse: tuple[float, float] | None = None  # (its cluster's maxRequestsPerConnection, when it expires)
 
     # asyncio.Protocol
     def connection_made(self, transport):
@@ -244,7 +243,7 @@ class UpstreamPool:
         def protocol():
             conn = UpstreamConnection(key, limits)
             if reuse is not None:
-                conn.max_served, conn.expires_at = reuse[0], self.loop.time() + reuse[1]
+                conn.reuse = (reuse[0], self.loop.time() + reuse[1])
             return conn
         error: OSError | None = None
         for address in await self.dns.resolve(endpoint.host, endpoint.port):
@@ -259,15 +258,16 @@ class UpstreamPool:
         served) or unused; closed instead when it cannot carry another request, or has reached its cluster's
         maxRequestsPerConnection or maxConnectionAge (a new one then goes to whatever the name or the load
         balancer in front of the cluster gives now)."""
-        if conn.exchange is not None:
-            conn.exchange = None
+        reuse = conn.reuse
+        if reuse is not None and conn.exchange is not None:
             conn.served += 1
+        conn.exchange = None
         if conn.closed or not conn.keep_alive or conn.tunnel:
             conn.close()
             return
         now = self.loop.time()
-        if conn.served >= conn.max_served or now >= conn.expires_at:
-            self._recycle(conn, "requests" if conn.served >= conn.max_served else "age")
+        if reuse is not None and (conn.served >= reuse[0] or now >= reuse[1]):
+            self._recycle(conn, "requests" if conn.served >= reuse[0] else "age")
             return
         conns = self.idle.get(conn.pool_key)
         if conns is None:
@@ -295,8 +295,8 @@ class UpstreamPool:
         for key, conns in self.idle.items():
             while conns and (conns[0].closed or conns[0].idle_since <= cutoff):
                 conns.popleft().close()
-            if key in self.reuse and any(c.expires_at <= now for c in conns):
-                for conn in [c for c in conns if c.expires_at <= now]:
+            if key in self.reuse and any(c.reuse is not None and c.reuse[1] <= now for c in conns):
+                for conn in [c for c in conns if c.reuse is not None and c.reuse[1] <= now]:
                     conns.remove(conn)
                     self._recycle(conn, "age")
             left += len(conns)

@@ -739,7 +739,8 @@ def test_route_faults(tmp_path):
     ("errorFormat: xml", "errorFormat: errorFormat must be text, problem-json or auto"),
 ])
 def test_router_pin_header_and_error_format_refused(tmp_path, line, expected):
-    path = write(tmp_path, f"apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {{name: edge}}\nspec:\n  {line}\n")
+    path = write(tmp_path, "apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\n"
+                           f"spec:\n  {line}\n")
     assert any(e.startswith(f"{path}:5: spec.{expected}") for e in errors_of(path)), errors_of(path)
 
 

@@ -14,7 +14,6 @@ broken, over its timeout or 64 KiB) is a 503: the route fails closed.
 from __future__ import annotations
 
 from ..core.cors import OWNED as CORS_OWNED
-from .headers import forwarding_headers
 from .side import SideRequest
 
 MAX_ANSWER = 64 * 1024
@@ -80,14 +79,13 @@ class ExternalAuthorization:
         check.send(backend, self._auth_request(auth), auth.timeout_s)
 
     def _auth_request(self, auth) -> bytes:
-        req, client, ctx = self.req, self.conn, self.ctx
+        req = self.req
         sent = auth.sent
         parts = [req.method, b" ", auth.path + req.url if req.url[:1] == b"/" else auth.path + b"/", b" HTTP/1.1\r\n"]
         for name, value in req.headers:
             if name.lower() in sent:
                 parts += (name, b": ", value, b"\r\n")
-        parts.append(forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
-                                        ctx.via, False, ctx.scheme, client.client_cert))
+        parts.append(self.forwarding_lines())
         parts.append(b"Content-Length: 0\r\n\r\n")
         return b"".join(parts)
 

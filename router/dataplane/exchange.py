@@ -212,6 +212,13 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
             self.keep_alive = False  # closing the client connection gives a descriptor back
             self.respond_error(503, f"router out of local resources ({errno.errorcode[exc.errno]})", cluster="-")
 
+    def forwarding_lines(self, upgrade: bool = False) -> bytes:
+        """X-Forwarded-*, Forwarded and Via for what the router sends on this request's behalf: a try, a
+        mirror copy, an authorization check (`upgrade`: the try carries the client's Upgrade)."""
+        req, client, ctx = self.req, self.conn, self.ctx
+        return forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
+                                  ctx.via, upgrade, ctx.scheme, client.client_cert)
+
     def changed_request_lines(self) -> list[bytes]:
         """The request line and headers under the route's changes (header set/add/remove, URL
         rewrite) and the router's own X-Request-Id; without any, the request's own lines (_attach
@@ -247,8 +254,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         if cached is not None and cached[0] is facts and cached[1] is ctx.via and cached[2] is trusted:
             parts.append(cached[3])
         else:
-            fwd = forwarding_headers(facts, client.client_ip_bytes, client.forwarded_node, trusted, ctx.via,
-                                     req.upgrade, ctx.scheme, client.client_cert)
+            fwd = self.forwarding_lines(req.upgrade)
             client.fwd_cache = (facts, ctx.via, trusted, fwd)
             parts.append(fwd)
         if facts["chunked"]:

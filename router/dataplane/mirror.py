@@ -9,7 +9,6 @@ copies were already out). The mirror cluster's health and RTT are not fed by cop
 """
 from __future__ import annotations
 
-from .headers import forwarding_headers
 from .side import SideRequest
 
 MAX_IN_FLIGHT = 256  # copies out at once per process
@@ -33,7 +32,7 @@ def mirror_request(ex) -> None:
     cluster, for the route's percent of requests: the head as the cluster got it, the body re-framed
     with a Content-Length."""
     backend, percent = ex.route.mirror
-    ctx, req, client = ex.ctx, ex.req, ex.conn
+    ctx, req = ex.ctx, ex.req
     if percent < 100.0 and ctx.rng.random() * 100.0 >= percent:
         return
     if ex.kept is None or len(ctx.mirrors) >= MAX_IN_FLIGHT:  # the body was not kept whole; too many out
@@ -41,8 +40,7 @@ def mirror_request(ex) -> None:
         return
     body = b"".join(ex.kept)
     parts = ex.changed_request_lines()
-    parts.append(forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
-                                    ctx.via, False, ctx.scheme, client.client_cert))
+    parts.append(ex.forwarding_lines())
     if body or req.facts["content_length"] is not None or req.facts["chunked"]:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts += (b"\r\n", body)

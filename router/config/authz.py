@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .doc import Doc, parse_path, positive_duration
+from .doc import Doc, parse_path, positive_duration, read_list
 from .model import ExternalAuth
-from .route_options import RESERVED_HEADERS, TOKEN
+from .route_options import RESERVED_HEADERS, header_name
 from .yamlsrc import Node
 
 MAX_HEADERS = 64
@@ -64,26 +64,11 @@ def _auth(doc: Doc, node: Node | None, cluster: str | None, timeout_s: float) ->
 
 
 def _names(doc: Doc, node: Node | None, key: str, refused: frozenset) -> tuple[str, ...]:
-    items = doc.seq(node, key) if node is not None else []
-    if len(items) > MAX_HEADERS:
-        doc.error(node.get(key), f"at most {MAX_HEADERS} header names, got {len(items)}")
-        return ()
-    out: list[str] = []
-    for item in items:
-        name = _header_name(doc, item)
-        if name is None:
-            continue
+    """A list of header names, lowercase; names in `refused` are reported at their line."""
+    def parse(v: Any) -> str:
+        name = header_name(v).lower()
         if name in refused:
-            doc.error(item, f"header {item.value} is written by the router (framing, forwarding or routing) and "
-                            "cannot be taken from the authorization service")
-        elif name not in out:
-            out.append(name)
-    return tuple(out)
-
-
-def _header_name(doc: Doc, item: Node) -> str | None:
-    v: Any = item.value
-    if not isinstance(v, str) or not TOKEN.fullmatch(v):
-        doc.error(item, f"a header name is a token such as X-User, got {v!r}")
-        return None
-    return v.lower()
+            raise ValueError(f"header {v} is written by the router (framing, forwarding or routing) and cannot be "
+                             "taken from the authorization service")
+        return name
+    return read_list(doc, node, key, parse, MAX_HEADERS)

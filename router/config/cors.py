@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.cors import OWNED, parse_origin
-from .doc import Doc, parse_bool
+from .doc import Doc, parse_bool, read_list
 from .model import Cors, HeaderOps
-from .route_options import TOKEN
+from .route_options import TOKEN, header_name
 from .yamlsrc import Node
 
 MAX_ITEMS = 64
@@ -21,12 +21,12 @@ def read_cors(doc: Doc, node: Node | None) -> Cors | None:
         return None
     origins = _list(doc, node, "allowOrigins", _origin)
     credentials = doc.value(node, "allowCredentials", parse_bool, False)
-    expose = _list(doc, node, "exposeHeaders", _header_name)
+    expose = _list(doc, node, "exposeHeaders", header_name)
     if credentials and expose == ("*",):
         doc.error(node.get("exposeHeaders"), "'*' is taken as a header name by a browser when credentials are "
                                              "allowed: list the headers scripts may read")
     cors = Cors(origins, credentials, _list(doc, node, "allowMethods", _method),
-                _list(doc, node, "allowHeaders", _header_name), expose, doc.value(node, "maxAge", _max_age, 5))
+                _list(doc, node, "allowHeaders", header_name), expose, doc.value(node, "maxAge", _max_age, 5))
     return cors if origins else None
 
 
@@ -44,25 +44,13 @@ def read_route_cors(doc: Doc, node: Node | None, response_ops: HeaderOps | None,
 
 def _list(doc: Doc, node: Node, key: str, parse) -> tuple[str, ...]:
     """A list of distinct values, each checked at its line; `*` stands alone."""
-    items = doc.seq(node, key)
-    if len(items) > MAX_ITEMS:
-        doc.error(node.get(key), f"at most {MAX_ITEMS} entries, got {len(items)}")
-        return ()
-    out: list[str] = []
-    for item in items:
-        try:
-            value = "*" if item.value == "*" else parse(item.value)
-        except ValueError as exc:
-            doc.error(item, str(exc))
-            continue
-        if value not in out:
-            out.append(value)
+    out = read_list(doc, node, key, lambda v: "*" if v == "*" else parse(v), MAX_ITEMS)
     if "*" in out and len(out) > 1:
         doc.error(node.get(key), "'*' cannot be listed with other entries (it already means all)")
         return ()
-    if node.get(key) is not None and not items:
+    if node.get(key) is not None and not doc.seq(node, key):
         doc.error(node.get(key), "expected at least one entry")
-    return tuple(out)
+    return out
 
 
 def _origin(v: Any) -> str:
@@ -77,12 +65,6 @@ def _origin(v: Any) -> str:
 def _method(v: Any) -> str:
     if not isinstance(v, str) or not TOKEN.fullmatch(v):
         raise ValueError(f"a method is a token such as GET or PUT, got {v!r}")
-    return v
-
-
-def _header_name(v: Any) -> str:
-    if not isinstance(v, str) or not TOKEN.fullmatch(v):
-        raise ValueError(f"a header name is a token such as X-Trace, got {v!r}")
     return v
 
 

@@ -126,6 +126,24 @@ def positive_duration(v: Any) -> float:
     return d
 
 
+def read_list(doc: Doc, node: Node | None, key: str, parse: Callable[[Any], Any], max_items: int = 64) -> tuple:
+    """The distinct values of a list field, each parsed (a ValueError is reported at its item's line)."""
+    items = doc.seq(node, key)
+    if len(items) > max_items:
+        doc.error(node.get(key), f"at most {max_items} entries, got {len(items)}")
+        return ()
+    out: list = []
+    for item in items:
+        try:
+            value = parse(item.value)
+        except ValueError as exc:
+            doc.error(item, str(exc))
+            continue
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
 def read_cidrs(doc: Doc, nodes: list[Node]) -> tuple:
     """The networks of a list of CIDRs (trustedProxies, sourceRanges); a bad one is reported at its line."""
     out = []

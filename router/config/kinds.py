@@ -12,7 +12,7 @@ from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port
 from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
                     KubernetesRef, Limits, OutlierDetection, PinHeader, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
-from .route_options import RESERVED_HEADERS, TOKEN
+from .route_options import RESERVED_HEADERS, header_name
 from .values import (check_ca_file, check_tls_pair, parse_duration, parse_endpoint, parse_hostport,
                      parse_positive_size, parse_server_name, parse_size, parse_tls_version, upstream_context)
 from .yamlsrc import Node
@@ -303,10 +303,8 @@ def _read_pin_header(doc: Doc, node: Node | None) -> PinHeader | None:
     """pinHeader: {name: X-Edge-Cluster, allow: [CIDR]}: both required (no client is trusted by default)."""
     if not doc.fields(node, {"name", "allow"}, {"name", "allow"}):
         return None
-    name = doc.string(node, "name")
-    if name is not None and not TOKEN.fullmatch(name):
-        doc.error(node.get("name"), f"a header name is a token such as X-Edge-Cluster, got {name!r}")
-    elif name is not None and name.lower() in RESERVED_HEADERS:
+    name = doc.value(node, "name", header_name)
+    if name is not None and name.lower() in RESERVED_HEADERS:
         doc.error(node.get("name"), f"header {name} is written by the router and cannot name a cluster")
     allow = read_cidrs(doc, doc.seq(node, "allow"))
     if node.get("allow") is not None and not allow:

@@ -356,6 +356,13 @@ def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
     return conditions if conditions != RouteMatch() else None
 
 
+def header_name(v: Any) -> str:
+    """A header name as a route option names it (CORS lists, authorization headers, the pin header)."""
+    if not isinstance(v, str) or not TOKEN.fullmatch(v):
+        raise ValueError(f"a header name is a token such as X-User, got {v!r}")
+    return v
+
+
 def _token_name(v: Any) -> str:
     if not isinstance(v, str) or not TOKEN.fullmatch(v):
         raise ValueError(f"name must be a token such as X-Canary, got {v!r}")

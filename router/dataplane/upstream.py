@@ -292,13 +292,12 @@ class UpstreamPool:
         now = self.loop.time()
         cutoff = now - self.idle_timeout_s
         left = 0
-        for key, conns in self.idle.items():
+        for conns in self.idle.values():
             while conns and (conns[0].closed or conns[0].idle_since <= cutoff):
                 conns.popleft().close()
-            if key in self.reuse and any(c.reuse is not None and c.reuse[1] <= now for c in conns):
-                for conn in [c for c in conns if c.reuse is not None and c.reuse[1] <= now]:
-                    conns.remove(conn)
-                    self._recycle(conn, "age")
+            for conn in [c for c in conns if c.reuse is not None and c.reuse[1] <= now]:
+                conns.remove(conn)
+                self._recycle(conn, "age")
             left += len(conns)
         if left:
             self._sweep = self.loop.call_later(max(self.idle_timeout_s / 4, 0.05), self._expire)

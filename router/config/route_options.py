@@ -342,7 +342,7 @@ def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
                 continue
             kind = doc.value(item, "type", one_of(f"{what} match type", "Exact", "RegularExpression"), "Exact")
             name = doc.value(item, "name", _token_name)
-            value = doc.value(item, "value", _match_value if kind != "RegularExpression" else _pattern)
+            value = doc.value(item, "value", _match_value if kind != "RegularExpression" else parse_pattern)
             if name is None or value is None:
                 continue
             name = name.lower() if key == "headers" else name
@@ -369,8 +369,10 @@ def _token_name(v: Any) -> str:
     return v
 
 
-def _pattern(v: Any) -> str:
-    compile_pattern(v)  # (the snapshot compiles it again, once per config)
+def parse_pattern(v: Any) -> str:
+    """A match's RegularExpression value, checked by compiling it (the snapshot compiles it again, once per
+    config)."""
+    compile_pattern(v)
     return v
 
 

@@ -12,15 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .authz import read_external_auth, read_gateway_external_auth
-from ..core.regex import compile_pattern
 from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
 from .model import (Cors, DirectResponse, ExternalAuth, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
                     RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges)
-from .route_options import (non_negative_int, path_modifier, read_affinity, read_conditions, read_direct_response,
-                            read_fault, read_header_ops, read_mirror, read_rate_limit, read_redirect, read_retry,
-                            read_rewrite, read_route_timeouts, read_session_persistence, read_source_ranges,
-                            rewrite_host)
+from .route_options import (non_negative_int, parse_pattern, path_modifier, read_affinity, read_conditions,
+                            read_direct_response, read_fault, read_header_ops, read_mirror, read_rate_limit,
+                            read_redirect, read_retry, read_rewrite, read_route_timeouts, read_session_persistence,
+                            read_source_ranges, rewrite_host)
 from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -271,14 +270,9 @@ def _path_match(doc: Doc, path: Node | None) -> tuple[str, bool, str | None]:
     kind = doc.value(path, "type", one_of("path match type", "PathPrefix", "Exact", "RegularExpression"),
                      "PathPrefix")
     if kind == "RegularExpression":
-        pattern = doc.value(path, "value", _path_pattern)
+        pattern = doc.value(path, "value", parse_pattern)
         return "/", False, pattern
     return doc.value(path, "value", parse_path, "/"), kind == "Exact", None
-
-
-def _path_pattern(v: Any) -> str:
-    compile_pattern(v)
-    return v
 
 
 _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from ..config.model import (Config, DirectResponse, Endpoint, ExternalAuth, Fault, HeaderOps, RateLimit, Redirect,
                             Rewrite, RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges, SplitConfig)
+from ..config.authz import ALWAYS_SENT
 from .cors import OWNED as CORS_OWNED, CorsPolicy, field, is_preflight
 from .decisions import Forward
 from .regex import compile_pattern
@@ -211,7 +212,7 @@ def _response_changes(split: SplitConfig) -> tuple[frozenset | None, bytes]:
 
 def _auth(auth: ExternalAuth) -> AuthPolicy:
     return AuthPolicy(auth.path_prefix.encode(),
-                      frozenset(n.encode() for n in ("host", "authorization", *auth.allowed_headers)),
+                      frozenset(n.encode() for n in (*ALWAYS_SENT, *auth.allowed_headers)),
                       frozenset(n.encode() for n in auth.allowed_response_headers), auth.timeout_s)
 
 

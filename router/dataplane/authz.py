@@ -37,7 +37,7 @@ class AuthCheck(SideRequest):
     __slots__ = ("exchange", "status", "headers", "body", "size")
 
     def __init__(self, exchange, cluster: str):
-        super().__init__(exchange.ctx, cluster, exchange.req.method == b"HEAD")
+        super().__init__(exchange.ctx, cluster, exchange.req.method == b"HEAD", exchange.ctx.auth_checks)
         self.exchange = exchange
         self.status = 0
         self.headers: list = []
@@ -57,7 +57,6 @@ class AuthCheck(SideRequest):
             self.body.append(data)
 
     def finished(self, result: str) -> None:
-        self.ctx.auth_checks.discard(self)
         ex = self.exchange
         if ex.finished:  # the client left, or its request was refused meanwhile
             return
@@ -74,9 +73,7 @@ class ExternalAuthorization:
     def _authorize(self) -> None:
         """Ask the route's authorization cluster; the request goes on in on_auth_answer / on_auth_failed."""
         backend, auth = self.route.auth
-        check = AuthCheck(self, backend.cluster)
-        self.ctx.auth_checks.add(check)
-        check.send(backend, self._auth_request(auth), auth.timeout_s)
+        AuthCheck(self, backend.cluster).send(backend, self._auth_request(auth), auth.timeout_s)
 
     def _auth_request(self, auth) -> bytes:
         req = self.req

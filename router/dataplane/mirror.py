@@ -18,12 +18,7 @@ class MirrorCopy(SideRequest):
     """A copy on its way to the mirror cluster; its answer is read and dropped."""
     __slots__ = ()
 
-    def send(self, backend, data: bytes, timeout_s: float) -> None:
-        self.ctx.mirrors.add(self)
-        super().send(backend, data, timeout_s)
-
     def finished(self, result: str) -> None:
-        self.ctx.mirrors.discard(self)
         self.ctx.metrics.mirrored.labels(self.cluster, result).inc()
 
 
@@ -44,5 +39,5 @@ def mirror_request(ex) -> None:
     if body or req.facts["content_length"] is not None or req.facts["chunked"]:
         parts.append(b"Content-Length: %d\r\n" % len(body))
     parts += (b"\r\n", body)
-    MirrorCopy(ctx, backend.cluster, req.method == b"HEAD").send(backend, b"".join(parts),
-                                                                ctx.settings.timeouts.upstream_header_s)
+    copy = MirrorCopy(ctx, backend.cluster, req.method == b"HEAD", ctx.mirrors)
+    copy.send(backend, b"".join(parts), ctx.settings.timeouts.upstream_header_s)

@@ -10,10 +10,11 @@ import asyncio
 
 
 class SideRequest:
-    __slots__ = ("ctx", "cluster", "head", "upstream", "timer", "task", "done", "conn", "resp_started")
+    __slots__ = ("ctx", "cluster", "head", "upstream", "timer", "task", "done", "conn", "resp_started", "registry")
 
-    def __init__(self, ctx, cluster: str, head_only: bool):
+    def __init__(self, ctx, cluster: str, head_only: bool, registry: set):
         self.ctx, self.cluster = ctx, cluster
+        self.registry = registry  # the context's set of such requests out, which a stopping router aborts
         self.head = head_only  # a HEAD request: the answer ends with its head
         self.upstream = None
         self.timer: asyncio.TimerHandle | None = None
@@ -25,6 +26,7 @@ class SideRequest:
     def send(self, backend, data: bytes, timeout_s: float) -> None:
         """Send `data` (a whole request) to the cluster; `finished` is called once, within `timeout_s`."""
         ctx = self.ctx
+        self.registry.add(self)
         self.timer = ctx.loop.call_later(timeout_s, self._finish, "failed")
         conn = ctx.pool.take_idle(backend.pool_key)
         if conn is not None:
@@ -71,6 +73,7 @@ class SideRequest:
             else:
                 up.exchange = None
                 up.abort()
+        self.registry.discard(self)
         self.finished(result)
 
     def finished(self, result: str) -> None:

@@ -43,9 +43,9 @@ def explain(ctx, host: str, path: str, method: str = "GET", headers: list[str] =
     req = request_of(host.lower(), path, method, list(headers))
     if ctx.settings.normalize_path and needs_normalizing(req.url):  # routed as the data path would
         req.url = normalize(req.url)
-    path = req.url.decode("latin-1")
+    path = req.url.decode("latin-1").split("?", 1)[0]  # what routing and affinity read
     snap, now = ctx.snapshot, ctx.clock()
-    hit = snap.route_for(host.lower(), path.split("?", 1)[0], req)
+    hit = snap.route_for(host.lower(), path, req)
     if hit is None:
         return {"route": None, "answer": {"status": 404, "reason": f"no route for host {host!r}"}}
     route, service = hit, snap.service_for(host.lower(), hit)
@@ -55,7 +55,7 @@ def explain(ctx, host: str, path: str, method: str = "GET", headers: list[str] =
     if route.redirect is not None or route.direct is not None:
         out["answer"] = {"by": "router", "what": "redirect" if route.redirect is not None else "direct response"}
         return out
-    affinity = affinity_key(route.affinity, req.headers, path.split("?", 1)[0]) if route.affinity else None
+    affinity = affinity_key(route.affinity, req.headers, path) if route.affinity else None
     session = session_cluster(route.session, req.headers, time.time()) if route.session else None
     decision = choose_backend(route, ctx.policy, now, random.Random(), frozenset(), service, affinity, session)
     if isinstance(decision, Reject):

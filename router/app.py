@@ -94,7 +94,7 @@ class RouterApp:
                                      explain=lambda *query: explain(self.ctx, *query))
             self.admin_port = await self.admin.start(*self.admin_addr)
         if self.config.router.tls is not None:
-            self.listener_tls = ListenerTls(self.config.router.tls, self.metrics.tls_not_after)
+            self.listener_tls = ListenerTls(self.config.router.tls, self.metrics.tls_not_after, self.ctx.http2_alpn)
         tls = self.listener_tls
         self.server = await serve(self.ctx, *self.listen, sock=self.listen_sock, reuse_port=self.reuse_port,
                                   tls_context=(lambda: tls.context) if tls is not None else None)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .doc import (Doc, one_of, parse_bool, parse_path, parse_percent, parse_port, positive_duration, positive_int,
                   read_cidrs, read_hosts, redirect_code)
-from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, HttpsRedirect,
+from .model import (BufferSettings, ClientCertificates, ClusterConfig, Compression, Endpoint, Http2, HttpsRedirect,
                     KubernetesRef, Limits, OutlierDetection, PinHeader, Probes, ResourceWatch, RouterSettings,
                     ServiceConfig, SlowStart, SniCertificate, Timeouts, Tls, UpstreamTls, Workload)
 from .route_options import RESERVED_HEADERS, header_name
@@ -74,7 +74,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "pinHeader",
                              "tls", "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
-                             "slowStart", "outlierDetection"}):
+                             "slowStart", "outlierDetection", "http2"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -142,6 +142,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           https_redirect=_read_https_redirect(doc, spec.get("httpsRedirect"), hostport),
                           proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False),
                           compression=_read_compression(doc, spec.get("compression")),
+                          http2=_read_http2(doc, spec),
                           slow_start=_read_slow_start(doc, spec.get("slowStart")),
                           outlier_detection=_read_outlier_detection(doc, spec.get("outlierDetection")))
 
@@ -170,6 +171,29 @@ def _read_compression(doc: Doc, node: Node | None) -> Compression | None:
     return Compression(doc.value(node, "level", _zlib_level, d.level),
                        doc.value(node, "minLength", parse_size, d.min_length),
                        frozenset(types) if node.get("types") is not None else d.types)
+
+
+def _read_http2(doc: Doc, spec: Node) -> Http2 | None:
+    """http2: {cleartext: false, maxConcurrentStreams: 100}; `{}` offers HTTP/2 on the TLS listener."""
+    node = spec.get("http2")
+    if not doc.fields(node, {"cleartext", "maxConcurrentStreams"}):
+        return None
+    d = Http2()
+    http2 = Http2(doc.value(node, "cleartext", parse_bool, d.cleartext),
+                  doc.value(node, "maxConcurrentStreams", _stream_count, d.max_concurrent_streams))
+    if not http2.cleartext and spec.get("tls") is None:
+        doc.error(node, "HTTP/2 is offered by ALPN on the TLS listener: set tls, or cleartext: true for HTTP/2 "
+                        "with prior knowledge on the plain listener")
+    elif http2.cleartext and spec.get("tls") is not None:
+        doc.error(node.get("cleartext"), "cleartext is for a plain listener; with tls, HTTP/2 is offered by ALPN")
+    return http2
+
+
+def _stream_count(v: Any) -> int:
+    """Concurrent streams per HTTP/2 connection: 1 to 1000."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+        raise ValueError(f"expected a number of streams from 1 to 1000, got {v!r}")
+    return v
 
 
 def _read_slow_start(doc: Doc, node: Node | None) -> SlowStart | None:

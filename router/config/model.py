@@ -428,6 +428,14 @@ class Compression:
 
 
 @dataclass(frozen=True)
+class Http2:
+    """HTTP/2 from clients (Router `http2`): by ALPN on the TLS listener; with `cleartext`, with prior
+    knowledge on a plain listener (h2c, RFC 9113 3.3)."""
+    cleartext: bool = False
+    max_concurrent_streams: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS
+
+
+@dataclass(frozen=True)
 class SlowStart:
     """A cluster that comes back (healthy again after an ejection or failed probes) or joins on a
     reload gets its weight ramped up over `window_s` (Envoy's slow start, HAProxy's slowstart):
@@ -462,6 +470,7 @@ class RouterSettings:
     proxy_protocol: bool = False  # every client connection begins with a PROXY protocol header
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     compression: Compression | None = None  # gzip for responses; None: responses pass as they are
+    http2: Http2 | None = None  # HTTP/2 from clients; None: HTTP/1.1 only (fixed at start)
     slow_start: SlowStart | None = None  # ramp a returning or new cluster's weight; None: full weight at once
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     buffer: BufferSettings = field(default_factory=BufferSettings)

@@ -64,6 +64,10 @@ class ProxyContext:
         self.draining = False
         self.via = self.settings.via.encode()
         self.scheme = b"https" if self.settings.tls is not None else b"http"  # the listener's, fixed at start
+        # HTTP/2 offered by ALPN on the TLS listener, and with prior knowledge on a plain one (fixed at start)
+        http2 = self.settings.http2
+        self.http2_alpn = http2 is not None and self.settings.tls is not None
+        self.http2_cleartext = http2 is not None and http2.cleartext and self.settings.tls is None
         self.clock = time.monotonic
         self._tails: dict[str, bytes] = {}
         # Request ids: 64 random bits per process, then a counter: unique across workers and replicas

@@ -11,7 +11,11 @@ limit or the deadline. Its steps:
    copy of the descriptor the transport gives up): a TLS handshake record (0x16) begins the
    handshake; anything else is plain HTTP sent to the TLS port, handed to `make_plain()`'s
    protocol, which answers it 400 (as nginx does) instead of closing in silence.
-3. The connection is handed on with the client's address: the header's, else the peer's.
+3. On a plain listener offering HTTP/2 with prior knowledge (Router `http2.cleartext`), the client's
+   first bytes, read while they match the HTTP/2 connection preface: the whole preface hands the
+   connection to HTTP/2 (h2.py); the first byte that differs (the first, for any HTTP/1.x method but
+   PRI) hands it, with the bytes read, to HTTP/1.1.
+4. The connection is handed on with the client's address: the header's, else the peer's.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import socket
 import ssl
 from typing import Callable
 
+from .h2 import PREFACE, Http2Connection
 from .proxyproto import ProxyHeaderError, client_address, next_read
 
 log = logging.getLogger("router.dataplane")
@@ -33,12 +38,15 @@ class Opening(asyncio.BufferedProtocol):
     """The first protocol of a connection on a PROXY protocol or TLS listener (see the module)."""
 
     def __init__(self, ctx, make_connection: Callable, tls_context: Callable[[], ssl.SSLContext] | None,
-                 proxy_header: bool, make_plain: Callable | None = None):
+                 proxy_header: bool, make_plain: Callable | None = None, preface: bool = False):
         self.ctx = ctx
         self.make_connection = make_connection
         self.make_plain = make_plain  # for plain HTTP on a TLS listener
         self.tls_context = tls_context  # the listener's context as it is now (certificates are replaced live)
         self.proxy_header = proxy_header
+        self.preface = preface  # the HTTP/2 preface is looked for (a plain listener with http2.cleartext)
+        self.reading_preface = False
+        self.pre = b""  # the client's first bytes, while they match the preface
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None  # the descriptor's copy, while its first byte is awaited
         self.task: asyncio.Task | None = None  # the hand-over through a new transport (a TLS handshake)
@@ -73,12 +81,18 @@ class Opening(asyncio.BufferedProtocol):
             self._opened()  # (a TLS listener: the transport gives up its descriptor before its first read)
 
     def get_buffer(self, sizehint: int):
+        if self.reading_preface:
+            self.space = bytearray(len(PREFACE) - len(self.pre))
+            return self.space
         # buffer_updated checked these bytes and asked for more: next_read is positive here.
         self.space = bytearray(next_read(self.buf, self.ctx.settings.limits.max_header_bytes))
         return self.space
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.transport is None or self.transport.is_closing():
+            return
+        if self.reading_preface:
+            self._preface_read(bytes(self.space[:nbytes]))
             return
         self.buf += self.space[:nbytes]
         try:
@@ -94,6 +108,9 @@ class Opening(asyncio.BufferedProtocol):
             self._opened()
 
     def eof_received(self) -> bool:
+        if self.reading_preface:
+            self._refuse("http2 preface", "closed before its first request")
+            return False
         self._refuse("proxy protocol", "closed before its PROXY protocol header ended")
         return False
 
@@ -104,13 +121,12 @@ class Opening(asyncio.BufferedProtocol):
     # --- the steps after the header ----------------------------------------------------------
     def _opened(self) -> None:
         transport = self.transport
-        if self.tls_context is None:  # the PROXY protocol on a plain listener: HTTP from here
-            conn = self.make_connection()
-            self._hand_count(conn)
-            transport.set_protocol(conn)
-            self._finish()
-            conn.accept(transport, self.address)
-            transport.resume_reading()
+        if self.tls_context is None:  # a plain listener: HTTP from here, or the HTTP/2 preface first
+            if self.preface:
+                self.preface, self.reading_preface = False, True
+                transport.resume_reading()
+                return
+            self._hand_plain(b"")
             return
         # The descriptor is copied and the transport closed before it reads: the connection stays
         # open on the copy, its bytes unread, until the first one is known.
@@ -127,6 +143,35 @@ class Opening(asyncio.BufferedProtocol):
         self.transport, self.detached = None, True
         transport.abort()
         self.ctx.loop.add_reader(self.sock.fileno(), self._first_byte)
+
+    def _hand_plain(self, first: bytes) -> None:
+        """HTTP/1.x from here, beginning with `first` (bytes already read)."""
+        transport = self.transport
+        conn = self.make_connection()
+        self._hand_count(conn)
+        transport.set_protocol(conn)
+        self._finish()
+        conn.accept(transport, self.address)
+        if first:
+            conn.data_received(first)
+        transport.resume_reading()
+
+    def _preface_read(self, data: bytes) -> None:
+        self.pre += data
+        if PREFACE.startswith(self.pre) and len(self.pre) < len(PREFACE):
+            return  # (a read is never longer than what is left of the preface)
+        self.transport.pause_reading()
+        self.reading_preface = False
+        if self.pre != PREFACE:
+            self._hand_plain(self.pre)
+            return
+        transport = self.transport
+        h2 = Http2Connection(self.ctx, self.address, self.client_counted)
+        self.client_counted = False  # the HTTP/2 connection holds the client's place now
+        transport.set_protocol(h2)
+        self._finish()
+        h2.connection_made(transport, PREFACE)
+        transport.resume_reading()
 
     def _first_byte(self) -> None:
         try:
@@ -194,6 +239,9 @@ class Opening(asyncio.BufferedProtocol):
 
     # --- ends --------------------------------------------------------------------------------
     def _expire(self) -> None:
+        if self.reading_preface:
+            self._refuse("http2 preface", "no request in time")
+            return
         reason = ("no whole PROXY protocol header in time" if self.proxy_header and self.transport is not None
                   else "no TLS handshake in time")
         self._refuse("proxy protocol" if self.transport is not None else "tls handshake", reason)
@@ -201,7 +249,7 @@ class Opening(asyncio.BufferedProtocol):
     def _refuse(self, kind: str, reason: str) -> None:
         """Close, with nothing sent (the peer may not speak HTTP). A connection that sent nothing at all
         (a load balancer's TCP health check) is not counted."""
-        sent = bool(self.buf) if self.transport is not None else self._has_input()
+        sent = bool(self.buf or self.pre) if self.transport is not None else self._has_input()
         if sent and not self.done:
             self.ctx.metrics.rejected.labels("0", kind).inc()
             log.debug("connection from %s closed: %s", self.address, reason)

@@ -40,6 +40,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                  "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert", "wire_req",
                  "wire_bytes", "client_counted")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
+    counted_per_client = True  # holds a place under maxConnectionsPerClient (an HTTP/2 stream does not)
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -82,7 +83,21 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         if not self.client_ip:  # (set already when the connection opened with a PROXY header or TLS)
             peer = transport.get_extra_info("peername")
             self.client_ip = peer[0] if peer else ""
+        if self.ctx.http2_alpn and self._negotiated_http2(transport):
+            return
         self.accept(transport, self.client_ip)
+
+    def _negotiated_http2(self, transport) -> bool:
+        """A TLS client that chose HTTP/2 by ALPN: the connection is handed to HTTP/2 (h2.py)."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            return False
+        from .h2 import Http2Connection  # (h2.py builds on this module)
+        h2 = Http2Connection(self.ctx, self.client_ip, self.client_counted)
+        self.client_counted = False  # the HTTP/2 connection holds the client's place now
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        return True
 
     def accept(self, transport, client_ip: str) -> None:
         """A client connection from `client_ip`: the peer's, or the one a PROXY protocol header gave."""
@@ -104,7 +119,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         if len(self.ctx.connections) > self.ctx.max_connections:  # answered at once, before reading a request
             self._fail(HttpReject(503, "too many connections"))
             return
-        if not self.client_counted:
+        if not self.client_counted and self.counted_per_client:
             counted = self.ctx.count_client(client_ip)
             if counted is False:
                 self._fail(HttpReject(503, "too many connections from one address"))

@@ -29,13 +29,14 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def server_context(cert_file: str, key_file: str, min_version: str = "1.2",
-                   clients: ClientCertificates | None = None) -> ssl.SSLContext:
+                   clients: ClientCertificates | None = None, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     """TLS 1.2 (or `min_version`) and up, the ssl module's server defaults (no compression, forward-secret
-    ciphers first), HTTP/1.1 offered by ALPN so clients speak what the router serves; with `clients`,
+    ciphers first), HTTP/1.1 (and with `alpn`, HTTP/2 first) offered by ALPN so clients speak what the router
+    serves; with `clients`,
     client certificates asked for (required, or checked when given) and verified against its CAs."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = _VERSIONS[min_version]
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     ctx.load_cert_chain(cert_file, key_file, refuse_passphrase)
     if clients is not None:
         ctx.load_verify_locations(cafile=clients.ca_file)
@@ -47,7 +48,8 @@ class ListenerTls:
     """The client listener's TLS: the live default context (`context`, read at each handshake), the
     SNI contexts by host name, and what /debug/state and the expiry gauge show of them."""
 
-    def __init__(self, tls: Tls, expiry_gauge):
+    def __init__(self, tls: Tls, expiry_gauge, http2: bool = False):
+        self.alpn = ("h2", "http/1.1") if http2 else ("http/1.1",)  # (fixed at start, as the listener is)
         self.context: ssl.SSLContext | None = None
         self.exact: dict[str, ssl.SSLContext] = {}
         self.suffixes: dict[str, ssl.SSLContext] = {}  # ".example.com" for "*.example.com"
@@ -75,7 +77,7 @@ class ListenerTls:
 
     def _install(self, tls: Tls) -> None:
         def build(cert_file: str, key_file: str) -> ssl.SSLContext:
-            return server_context(cert_file, key_file, tls.min_version, tls.client_certificates)
+            return server_context(cert_file, key_file, tls.min_version, tls.client_certificates, self.alpn)
 
         default = build(tls.cert_file, tls.key_file)  # all built aside, swapped in whole below
         default.sni_callback = self._pick

@@ -1,0 +1,483 @@
+"""HTTP/2 from clients (Router `http2`): over TLS by ALPN, or in clear text with prior knowledge.
+
+The framing, HPACK and the protocol's state and flow-control rules are the `h2` library's. Each
+stream's request is handed to its own ClientConnection (server.py) as the HTTP/1.1 request it stands
+for (h2head.py), through an Http2Stream standing in for that connection's transport: the request is
+parsed, checked, routed and relayed exactly as one that came over HTTP/1.1, and the response that
+connection writes is parsed back (httptools) into HEADERS and DATA frames. Clusters are reached over
+HTTP/1.1, as nginx's proxy_pass does.
+
+Flow control ties the two ends: a stream's received DATA is acknowledged (its window reopened) only
+as its connection reads it, so a cluster that reads slowly slows the client's upload instead of
+filling memory; a stream's response waits for the client's window, and its connection is told to
+pause writing (which pauses reading from the cluster) while more than its write limit waits. When
+the client stops reading the socket, nothing more is read from it either (so acknowledgements of its
+PINGs and SETTINGS cannot pile up).
+
+A connection is closed after `timeouts.idle` without an open stream, sent GOAWAY (in-flight streams
+finish) on drain and at maxRequestsPerConnection or maxConnectionAge, and ended with GOAWAY
+ENHANCE_YOUR_CALM when its client resets more than RESET_ALLOWANCE more streams than it lets finish
+(the "rapid reset" attack, CVE-2023-44487: each reset request may already have cost a cluster a
+request).
+"""
+from __future__ import annotations
+
+import logging
+
+import httptools
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
+                       StreamReset, WindowUpdated)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from .h2head import Malformed, NotSupported, request_head, response_headers
+from .headers import simple_response
+from .server import ClientConnection
+from .timers import LazyTimer
+
+log = logging.getLogger("router.dataplane")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a client speaking HTTP/2 with prior knowledge sends first
+ALPN = "h2"
+CONNECTION_WINDOW = 4 * 1024 * 1024  # bytes of request bodies in flight per connection, all streams together
+RESET_ALLOWANCE = 100  # streams a client may reset beyond those it lets finish
+
+
+class StreamConnection(ClientConnection):
+    """One HTTP/2 stream's request, as a connection that carries one request. It counts toward
+    maxConnections (each may need a connection to a cluster) but not toward maxConnectionsPerClient:
+    the HTTP/2 connection holds the client's place."""
+    __slots__ = ()
+    counted_per_client = False
+
+
+class Http2Stream:
+    """The transport of one stream's StreamConnection (see the module)."""
+
+    def __init__(self, owner: "Http2Connection", sid: int, head_only: bool, chunked: bool, ended: bool):
+        self.owner = owner
+        self.sid = sid
+        self.head_only = head_only  # a HEAD request: its response ends with its head
+        self.chunked = chunked  # the request's body is passed on chunked (no content-length)
+        self.request_done = ended
+        self.conn: StreamConnection | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.pending = bytearray()  # response body waiting for the client's window
+        self.fin = False  # the whole response has been written (END_STREAM once `pending` is sent)
+        self.sent_fin = False  # END_STREAM or RST_STREAM sent: nothing more goes out on this stream
+        self.closing = False
+        self.lost = False  # the connection was told it is gone
+        self.reading_paused = False
+        self.inbox: list[tuple[bytes, int]] = []  # request body (and its flow-controlled size) while paused
+        self.high, self.low = 256 * 1024, 64 * 1024
+        self.writing_paused = False
+
+    # --- from the HTTP/2 connection --------------------------------------------------------------
+    def start(self, head: bytes) -> None:
+        conn = self.conn = StreamConnection(self.owner.ctx)
+        conn.retiring = True  # one request: the connection closes after its response
+        conn.accept(self, self.owner.client_ip)
+        if not conn.closed:
+            conn.data_received(head)
+
+    def answer(self, status: int, reason: str) -> None:
+        """The router's own answer, without a request behind it."""
+        self.write(simple_response(status, reason, close=False, head_only=self.head_only))
+        self.close()
+
+    def body(self, data: bytes, flow: int) -> None:
+        if self.conn is None or self.lost or self.closing:
+            self.owner.h2.acknowledge_received_data(flow, self.sid)  # read and dropped
+        elif self.reading_paused:
+            self.inbox.append((data, flow))
+        else:
+            self._feed(data, flow)
+
+    def end_request(self) -> None:
+        self.request_done = True
+        if self.chunked:
+            self.body(b"0\r\n\r\n", 0)  # (already framed: see _feed)
+
+    def client_reset(self) -> None:
+        self.sent_fin = True  # the stream is closed: nothing may be sent on it
+        self._lose()
+
+    def connection_gone(self) -> None:
+        self.sent_fin = True
+        self._lose()
+
+    # --- the asyncio transport a ClientConnection uses ---------------------------------------------
+    def get_extra_info(self, name, default=None):
+        return self.owner.transport.get_extra_info(name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self.high = high if high is not None else self.high
+        self.low = low if low is not None else self.high // 4
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.pending)
+
+    def write(self, data: bytes) -> None:
+        if self.fin or self.sent_fin:
+            return  # a HEAD response's body, or the stream is gone
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:  # the router's own output: a fault, never the client's
+            log.error("HTTP/2 stream %d: response not understood: %s", self.sid, exc)
+            self.abort()
+            return
+        self.flush()
+        self.owner.send()
+
+    def writelines(self, parts) -> None:
+        self.write(b"".join(parts))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        while self.inbox and not self.reading_paused and not self.lost:
+            data, flow = self.inbox.pop(0)
+            self._feed(data, flow)
+        self.owner.send()
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
+
+    def close(self) -> None:
+        """The connection is done with the stream: the response, if whole, still goes out as the
+        client's window allows; if not whole, the stream is reset."""
+        if self.closing:
+            return
+        self.closing = True
+        if not self.fin:
+            self._reset(ErrorCodes.INTERNAL_ERROR)
+        self.owner.ctx.loop.call_soon(self._lose)
+
+    def abort(self) -> None:
+        if not self.sent_fin:
+            self._reset(ErrorCodes.INTERNAL_ERROR)
+        self.closing = True
+        self.owner.ctx.loop.call_soon(self._lose)
+
+    # --- httptools.HttpResponseParser callbacks: the response the connection writes ---------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        fields, self.fields = self.fields, []
+        if status == 101:  # cannot happen (HTTP/2 requests carry no Upgrade): never an upgrade here
+            self.abort()
+            return
+        try:
+            self.owner.h2.send_headers(self.sid, response_headers(status, fields))
+        except StreamClosedError:
+            self._closed_by_client()
+            return
+        if self.head_only and status >= 200:
+            self.fin = True
+
+    def on_body(self, data: bytes) -> None:
+        self.pending += data
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:
+            self.fin = True
+
+    # --- internals ------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Send what the client's window allows of the body, and END_STREAM after the last of it."""
+        if self.sent_fin:
+            return
+        owner = self.owner
+        h2 = owner.h2
+        try:
+            while self.pending and not owner.write_blocked:
+                n = min(len(self.pending), h2.local_flow_control_window(self.sid), h2.max_outbound_frame_size)
+                if n <= 0:
+                    break
+                h2.send_data(self.sid, bytes(self.pending[:n]))
+                del self.pending[:n]
+            if self.fin and not self.pending:
+                h2.end_stream(self.sid)
+                self.sent_fin = True
+                owner.completed += 1
+                stream = h2.streams.get(self.sid)
+                if stream is not None and not stream.closed:  # the rest of the request is not wanted
+                    h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+                owner.stream_done(self)
+        except StreamClosedError:
+            self._closed_by_client()
+            return
+        size = len(self.pending)
+        if self.conn is not None and not self.lost:
+            if not self.writing_paused and size > self.high:
+                self.writing_paused = True
+                self.conn.pause_writing()
+            elif self.writing_paused and size <= self.low:
+                self.writing_paused = False
+                self.conn.resume_writing()
+
+    def _feed(self, data: bytes, flow: int) -> None:
+        if data and self.chunked and flow:  # (the last-chunk marker comes with no flow-controlled size)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if data:
+            self.conn.data_received(data)
+        if flow:
+            self.owner.h2.acknowledge_received_data(flow, self.sid)
+
+    def _reset(self, code: ErrorCodes) -> None:
+        if not self.sent_fin:
+            self.sent_fin = True
+            try:
+                self.owner.h2.reset_stream(self.sid, code)
+            except StreamClosedError:  # already closed by the client, in frames not yet handled
+                pass
+            self.owner.send()
+            self.owner.stream_done(self)
+
+    def _closed_by_client(self) -> None:
+        """h2 has closed the stream on frames from the client this connection has not handled yet (its
+        RST_STREAM): nothing more is sent, and the connection learns it is gone."""
+        self.sent_fin = True
+        self.pending.clear()
+        if not self.closing:
+            self.closing = True
+            self.owner.ctx.loop.call_soon(self._lose)
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.inbox.clear()
+            if self.conn is not None:
+                self.conn.connection_lost(None)
+            if self.sent_fin:
+                self.owner.stream_done(self)
+
+
+class Http2Connection:
+    """One client connection speaking HTTP/2 (an asyncio protocol; see the module)."""
+
+    def __init__(self, ctx, client_ip: str, client_counted: bool):
+        self.ctx = ctx
+        self.client_ip = client_ip
+        self.client_counted = client_counted  # the client's place under maxConnectionsPerClient, released here
+        self.transport = None
+        self.h2: H2Connection | None = None
+        self.streams: dict[int, Http2Stream] = {}
+        self.timer = LazyTimer(ctx.loop)
+        self.write_blocked = False
+        self.closed = False
+        self.goaway_at: int | None = None  # the last stream served after a GOAWAY was sent
+        self.started = 0
+        self.completed = 0
+        self.resets = 0
+        self.born = 0.0
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------
+    def connection_made(self, transport, first: bytes = b"") -> None:
+        ctx = self.ctx
+        self.transport = transport
+        self.born = ctx.clock()
+        ctx.connections.add(self)
+        ctx.metrics.open_connections.inc()
+        settings = ctx.settings
+        config = H2Configuration(client_side=False, header_encoding=None)
+        h2 = self.h2 = H2Connection(config=config)
+        h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: settings.http2.max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limits.max_header_bytes,
+            SettingCodes.INITIAL_WINDOW_SIZE: min(settings.limits.max_buffered_bytes, 2 ** 31 - 1),
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.send()
+        if len(ctx.connections) > ctx.max_connections:
+            ctx.metrics.rejected.labels("0", "too many connections").inc()
+            self.goaway(ErrorCodes.REFUSED_STREAM)
+            self.close()
+            return
+        self.timer.set(settings.timeouts.header_read_s, self._on_idle)  # the first request, within the deadline
+        if first:
+            self.data_received(first)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as exc:  # h2 has queued GOAWAY with the error's code
+            self.ctx.metrics.rejected.labels("0", "http2 protocol error").inc()
+            log.debug("HTTP/2 connection from %s: protocol error: %s", self.client_ip, exc)
+            self.send()
+            self.close()
+            return
+        for event in events:
+            if self.closed:  # (ended by an event before this one)
+                return
+            kind = type(event)
+            if kind is DataReceived:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body(event.data, event.flow_controlled_length)
+                else:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif kind is RequestReceived:
+                self._request(event)
+            elif kind is StreamEnded:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.end_request()
+            elif kind is StreamReset:
+                self._reset_by_client(event)
+            elif kind is WindowUpdated or kind is RemoteSettingsChanged:
+                for stream in list(self.streams.values()):
+                    stream.flush()
+            elif kind is ConnectionTerminated:  # the client's GOAWAY: what is open finishes
+                if event.error_code:
+                    self.abort()
+                    return
+                self.goaway_at = self.h2.highest_inbound_stream_id if self.goaway_at is None else self.goaway_at
+                if not self.streams:
+                    self.close()
+        self.send()
+
+    def eof_received(self) -> bool:
+        return False  # the client is gone: close (its streams lose their connections)
+
+    def connection_lost(self, exc) -> None:
+        if self.transport is None:
+            return
+        self.closed = True
+        self.timer.cancel()
+        for stream in list(self.streams.values()):
+            stream.connection_gone()
+        self.streams.clear()
+        if self in self.ctx.connections:
+            self.ctx.connections.discard(self)
+            self.ctx.metrics.open_connections.dec()
+        if self.client_counted:
+            self.client_counted = False
+            self.ctx.release_client(self.client_ip)
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True  # streams keep their bodies (and pause their connections past their limit)
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        if not self.closed:
+            self.transport.resume_reading()
+            for stream in list(self.streams.values()):
+                stream.flush()
+            self.send()
+
+    # --- what the router's connection set asks of a connection ----------------------------------------
+    def on_drain(self) -> None:
+        self.goaway()
+        if not self.streams:
+            self.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.send()
+            self.transport.close()
+
+    # --- internals ----------------------------------------------------------------------------------
+    def send(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def goaway(self, code: ErrorCodes = ErrorCodes.NO_ERROR) -> None:
+        """GOAWAY naming the last stream that will be served: streams open now finish, newer ones are
+        refused (safe for the client to retry). Sent outside h2's state machine, which would refuse to
+        send anything more once it had sent one."""
+        if self.goaway_at is None and not self.closed:
+            self.goaway_at = self.h2.highest_inbound_stream_id
+            frame = GoAwayFrame(0)
+            frame.last_stream_id, frame.error_code = self.goaway_at, code
+            self.send()
+            self.transport.write(frame.serialize())
+
+    def stream_done(self, stream: Http2Stream) -> None:
+        if stream.lost and stream.sent_fin and self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+            if not self.streams:
+                if self.goaway_at is not None:
+                    self.close()
+                elif not self.closed:
+                    self.timer.set(self.ctx.settings.timeouts.idle_s, self._on_idle)
+
+    def _request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        if self.goaway_at is not None and sid > self.goaway_at:
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        ended = event.stream_ended is not None
+        try:
+            method, head, chunked = request_head(event.headers, ended)
+        except Malformed as exc:
+            self.ctx.metrics.rejected.labels("0", "http2 malformed request").inc()
+            log.debug("HTTP/2 stream %d from %s reset: %s", sid, self.client_ip, exc)
+            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        except NotSupported as exc:
+            stream = self.streams[sid] = Http2Stream(self, sid, False, False, ended)
+            stream.answer(501, str(exc))
+            return
+        self.timer.cancel()  # a stream is open: not idle
+        self.started += 1
+        stream = self.streams[sid] = Http2Stream(self, sid, method == b"HEAD", chunked, ended)
+        stream.start(head)
+        ctx = self.ctx
+        if self.started >= ctx.max_requests_per_connection or ctx.clock() - self.born >= ctx.max_connection_age_s:
+            self.goaway()
+
+    def _reset_by_client(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        if event.remote_reset and not stream.fin:
+            self.resets += 1
+            if self.resets > self.completed + RESET_ALLOWANCE:
+                self.ctx.metrics.rejected.labels("0", "http2 rapid reset").inc()
+                log.warning("HTTP/2 connection from %s closed: %d streams reset by the client", self.client_ip,
+                            self.resets)
+                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+                self.abort_streams()
+                self.close()
+        stream.client_reset()
+
+    def abort_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.connection_gone()
+
+    def _on_idle(self) -> None:
+        if not self.streams and not self.closed:
+            self.goaway()
+            self.close()

@@ -1,0 +1,296 @@
+"""HTTP/2 from clients (Router `http2`): requests served as their HTTP/1.1 equivalents over TLS (ALPN) and in
+clear text (prior knowledge), flow control both ways, and hostile clients refused without reaching a cluster."""
+import asyncio
+
+import pytest
+from aiohttp import web
+from h2.config import H2Configuration
+from h2.errors import ErrorCodes
+from hypothesis import given, strategies as st
+
+from router.config.errors import ConfigError
+from router.config.loader import load_config
+from tests.conftest import (cluster_docs, fuzz_settings, raw_request, response_of, router_doc, serve_app,
+                            split_doc, wait_for)
+from tests.dataplane.test_tls import ca, client_context, write_pair  # noqa: F401 - ca is a fixture
+from tests.h2client import H2Client
+
+H2C = {"http2": {"cleartext": True}}
+
+
+def rejected(app, reason: str) -> float:
+    return app.metrics.registry.get_sample_value("router_rejected_requests_total",
+                                                 {"code": "0", "reason": reason}) or 0.0
+
+
+@pytest.fixture
+async def h2c_router(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(**H2C))
+    app.backend = b
+    return app
+
+
+async def test_requests_over_cleartext_http2_reach_the_cluster_as_http11(h2c_router):
+    app, b = h2c_router, h2c_router.backend
+    client = await H2Client.open(app.port)
+    try:
+        got = await client.get("/x?q=1", headers=[("cookie", "a=1"), ("cookie", "b=2"), ("accept", "text/plain")])
+        assert got.status == 200 and bytes(got.data) == b"a:0" and got.headers[b"x-router-cluster"] == b"a"
+        assert b"connection" not in got.headers and b"transfer-encoding" not in got.headers
+        seen = b.seen[-1]
+        assert seen.path_qs == "/x?q=1" and seen.version == (1, 1) and seen.headers["Host"] == "h"
+        assert seen.headers["Cookie"] == "a=1; b=2" and seen.headers["X-Forwarded-Proto"] == "http"
+        # a body of unknown length goes on chunked; one with content-length as it is
+        got = await client.post("/up", b"x" * 100_000)
+        assert got.status == 200 and bytes(got.data) == b"a:100000" and b.bodies[-1] == b"x" * 100_000
+        assert b.seen[-1].headers.get("Transfer-Encoding") == "chunked"
+        got = await client.response(client.request("PUT", "/up", headers=[("content-length", "5")], body=b"hello"))
+        assert got.status == 200 and b.bodies[-1] == b"hello" and b.seen[-1].headers["Content-Length"] == "5"
+        # HEAD: the head only, its length kept
+        got = await client.response(client.request("HEAD", "/h"))
+        assert got.status == 200 and got.data == b"" and got.headers[b"content-length"] == b"3"
+        # many streams at once on one connection, each answered as itself
+        sids = {client.request("GET", f"/p{i}"): i for i in range(40)}
+        for sid in sids:
+            assert (await client.response(sid)).status == 200
+        assert sorted(r.path for r in b.seen[-40:]) == sorted(f"/p{i}" for i in range(40))
+    finally:
+        client.close()
+    await wait_for(lambda: not app.ctx.connections, what="the connection and its streams closed")
+
+
+async def test_http11_clients_are_served_beside_http2_on_the_cleartext_listener(h2c_router):
+    app = h2c_router
+    status, headers, body = response_of(await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n"
+                                                                    b"Connection: close\r\n\r\n"))
+    assert status == 200 and body == b"a:0"
+    # one byte at a time: the listener reads no further than the first byte that is not the preface's
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    for byte in b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n":
+        writer.write(bytes([byte]))
+        await writer.drain()
+    assert response_of(await reader.read())[0] == 200
+    writer.close()
+    # a request that begins as the preface does and then differs is HTTP/1.x, refused as such
+    raw = await raw_request(app.port, b"PRI * HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert response_of(raw)[0] == 400 and len(app.backend.seen) == 2
+
+
+async def test_http2_is_negotiated_by_alpn_on_the_tls_listener(backends, router, ca, tmp_path):  # noqa: F811
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(tls={"certFile": cert, "keyFile": key}, http2={}))
+    client = await H2Client.open(app.port, client_context(ca))
+    assert client.writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    got = await client.get("/secure")
+    assert got.status == 200 and bytes(got.data) == b"a:0" and b.seen[-1].headers["X-Forwarded-Proto"] == "https"
+    client.close()
+    # a client offering only HTTP/1.1 gets it
+    only11 = client_context(ca)
+    only11.set_alpn_protocols(["http/1.1"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port, ssl=only11, server_hostname="localhost")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert response_of(await reader.read())[0] == 200
+    writer.close()
+    await wait_for(lambda: not app.ctx.connections, what="connections closed")
+
+
+async def test_the_routers_own_answers_and_limits_apply_per_stream(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port, "down": 1}) + split_doc({"a": 1}) +
+                       split_doc({"down": 1}, name="gone", hosts=["gone"]) +
+                       router_doc(limits={"maxBody": "1Ki", "maxHeaders": 20}, **H2C))
+    client = await H2Client.open(app.port)
+    try:
+        got = await client.get("/", authority="gone")  # its only cluster refuses connections
+        assert got.status == 502 and bytes(got.data).startswith(b"no healthy cluster left for route gone")
+        got = await client.post("/", b"x" * 5000)
+        assert got.status == 413 and got.ended
+        got = await client.get("/", headers=[(f"x-h{i}", "v") for i in range(30)])
+        assert got.status == 431
+        got = await client.response(client.request("CONNECT", "/", authority="example.com:443"))
+        assert got.status == 501
+        assert (await client.get("/fine")).status == 200  # the connection serves on
+    finally:
+        client.close()
+    assert [r.path for r in b.seen] == ["/fine"]
+
+
+def lax_client_config() -> H2Configuration:
+    """A client that sends what h2 would refuse to: header validation off."""
+    return H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                           normalize_outbound_headers=False)
+
+
+@pytest.mark.parametrize("bad", [
+    [("x-evil", "a\r\nx-injected: 1")],  # a line break would add a header to the HTTP/1.1 request
+    [("x-nul", "a\x00b")],
+    [("host", "other")],  # differs from :authority
+])
+async def test_malformed_requests_are_reset_and_reach_no_cluster(h2c_router, bad):
+    app, b = h2c_router, h2c_router.backend
+    client = await H2Client.open(app.port)
+    client.h2.config = lax_client_config()
+    sid = client.request("GET", "/bad", headers=bad)
+    try:
+        await client.pump(lambda: client.streams[sid].done or client.goaway is not None)
+    except ConnectionError:
+        pass
+    stream = client.streams[sid]
+    assert (stream.reset == ErrorCodes.PROTOCOL_ERROR
+            or (client.goaway is not None and client.goaway.error_code == ErrorCodes.PROTOCOL_ERROR))
+    assert b.seen == [] and b":status" not in stream.headers
+    client.close()
+    await wait_for(lambda: not app.ctx.connections, what="nothing left open")
+
+
+async def test_rapid_reset_ends_the_connection(h2c_router):
+    app = h2c_router
+    client = await H2Client.open(app.port)
+    for _ in range(150):  # open and cancel at once, never waiting for an answer
+        sid = client.request("GET", "/slow")
+        client.h2.reset_stream(sid, ErrorCodes.CANCEL)
+    client.flush()
+    await client.pump(lambda: client.goaway is not None, 5)
+    assert client.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert rejected(app, "http2 rapid reset") == 1
+    client.close()
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.inflight.get("a"), what="all let go")
+
+
+async def test_streams_that_finish_are_not_counted_as_resets(h2c_router):
+    app = h2c_router
+    client = await H2Client.open(app.port)
+    for _ in range(3):  # 3 x 60 requests answered, then reset after their answer: never a rapid reset
+        sids = [client.request("GET", "/") for _ in range(60)]
+        for sid in sids:
+            await client.response(sid)
+    assert client.goaway is None and rejected(app, "http2 rapid reset") == 0
+    client.close()
+
+
+async def test_flow_control_holds_a_response_until_the_client_opens_its_window(backends, router):
+    big = b"z" * (1 << 20)
+
+    async def handle(request):
+        return web.Response(body=big)
+
+    backend_app = web.Application()
+    backend_app.router.add_get("/{tail:.*}", handle)
+    runner, port = await serve_app(backend_app)
+    try:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(**H2C))
+        client = await H2Client.open(app.port, ack_data=False)  # the window is never reopened
+        sid = client.request("GET", "/big")
+        with pytest.raises(TimeoutError):
+            await client.pump(lambda: client.streams[sid].done, 1.0)
+        stream = client.streams[sid]
+        assert stream.status == 200 and len(stream.data) == 65535  # the default window, no byte more
+        client.ack_data = True
+        client.h2.acknowledge_received_data(len(stream.data), sid)  # now the rest flows
+        client.h2.increment_flow_control_window(1 << 20)
+        client.h2.increment_flow_control_window(1 << 20, sid)
+        client.flush()
+        await client.response(sid, 5)
+        assert bytes(stream.data) == big and stream.ended
+        client.close()
+        await wait_for(lambda: not app.ctx.connections, what="closed")
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_upload_larger_than_the_window_passes_as_the_cluster_reads_it(h2c_router):
+    app, b = h2c_router, h2c_router.backend
+    client = await H2Client.open(app.port)
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB: the connection's window four times, many stream windows
+    sid = client.request("POST", "/up", end=False)
+    await client.send_body(sid, body)
+    got = await client.response(sid, 10)
+    assert got.status == 200 and bytes(got.data) == b"a:%d" % len(body) and b.bodies[-1] == body
+    client.close()
+
+
+async def test_an_idle_connection_gets_goaway_and_is_closed(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(timeouts={"idle": "300ms"}, **H2C))
+    client = await H2Client.open(app.port)
+    assert (await client.get("/")).status == 200
+    await client.pump(lambda: client.closed, 3)
+    assert client.goaway is not None and client.goaway.error_code == ErrorCodes.NO_ERROR
+    await wait_for(lambda: not app.ctx.connections, what="closed")
+
+
+async def test_drain_lets_open_streams_finish_and_refuses_new_ones(backends, router):
+    (b,) = await backends("a")
+    b.delay_s = 0.3
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(**H2C))
+    client = await H2Client.open(app.port)
+    first = client.request("GET", "/in-flight")
+    await wait_for(lambda: len(b.seen) == 1, what="the request reached the cluster")
+    app.ctx.start_drain()
+    await client.pump(lambda: client.goaway is not None, 3)
+    assert client.goaway.last_stream_id == first
+    got = await client.response(first, 3)
+    assert got.status == 200 and bytes(got.data) == b"a:0"
+    await client.pump(lambda: client.closed, 3)
+    await wait_for(lambda: not app.ctx.connections, what="closed")
+
+
+async def test_max_requests_per_connection_sends_goaway_after_the_last(backends, router):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(limits={"maxRequestsPerConnection": 3}, **H2C))
+    client = await H2Client.open(app.port)
+    sids = [client.request("GET", f"/{i}") for i in range(3)]
+    for sid in sids:
+        assert (await client.response(sid)).status == 200
+    assert client.goaway is not None and client.goaway.last_stream_id == sids[-1]
+    await client.pump(lambda: client.closed, 3)
+
+
+def test_http2_config_is_checked(tmp_path):
+    path = tmp_path / "r.yaml"
+    cases = [
+        (router_doc(http2={}), "spec.http2: HTTP/2 is offered by ALPN on the TLS listener"),
+        (router_doc(http2={"maxConcurrentStreams": 0, "cleartext": True}), "expected a number of streams"),
+        (router_doc(http2={"cleartext": "yes"}), "spec.http2.cleartext"),
+        (router_doc(http2={"push": True, "cleartext": True}), "unknown field"),
+    ]
+    for text, message in cases:
+        path.write_text(cluster_docs({"a": 1}) + split_doc({"a": 1}) + text)
+        with pytest.raises(ConfigError) as err:
+            load_config(str(path))
+        assert message in str(err.value), str(err.value)
+    path.write_text(cluster_docs({"a": 1}) + split_doc({"a": 1}) + router_doc(**H2C))
+    assert load_config(str(path)).router.http2.max_concurrent_streams == 100
+
+
+@pytest.fixture
+async def quick_h2c_router(backends, router):
+    (b,) = await backends("a")
+    return await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                        router_doc(timeouts={"headerRead": "300ms", "idle": "300ms"}, **H2C))
+
+
+@fuzz_settings
+@given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=6))
+async def test_random_frames_never_crash_the_listener_or_leak(quick_h2c_router, pieces):
+    app = quick_h2c_router
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"".join(pieces))
+        async with asyncio.timeout(2):
+            while await reader.read(65536):
+                pass
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+    await wait_for(lambda: not app.ctx.connections, timeout_s=5, what="no connection left")
+    client = await H2Client.open(app.port)
+    assert (await client.get("/")).status == 200
+    client.close()

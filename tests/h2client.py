@@ -19,6 +19,7 @@ class Stream:
         self.data = bytearray()
         self.ended = False
         self.reset: int | None = None
+        self.method = ""
 
     @property
     def status(self) -> int:
@@ -62,6 +63,7 @@ class H2Client:
         hdrs += [(k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
                  for k, v in headers]
         self.streams[sid] = Stream()
+        self.streams[sid].method = method
         self.h2.send_headers(sid, hdrs, end_stream=end and not body)
         if body:
             self.h2.send_data(sid, body, end_stream=end)

@@ -1,10 +1,11 @@
 """HTTP/2 heads to and from the HTTP/1.1 the rest of the data path reads and writes.
 
 A client's HTTP/2 request becomes the HTTP/1.1 head it stands for (RFC 9113 8.3.1): `:authority` as
-Host, cookie fields joined with "; " (8.2.3), and chunked framing for a body of unknown length. The
-bytes are parsed again as any request is, so every check and limit applies; a value with CR, LF or NUL
-(which would end a line there) or a field name that is not a lowercase token is refused here first:
-the request is malformed (8.2.1), and would otherwise smuggle a header into the HTTP/1.1 text.
+Host, cookie fields joined with "; " (8.2.3; h2 joins them as it reads the request too), and chunked
+framing for a body of unknown length. The bytes are parsed again as any request is, so every check and
+limit applies. A value with CR, LF or NUL (which would end a line there) or a field name that is not a
+lowercase token is refused here, whatever h2 checked before: the request is malformed (8.2.1), and would
+otherwise smuggle a header into the HTTP/1.1 text.
 
 An HTTP/1.1 response head becomes an HTTP/2 header list: `:status`, lowercase names, without the
 connection-specific fields (8.2.2) and those its Connection field names.

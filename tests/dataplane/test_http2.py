@@ -50,6 +50,7 @@ async def test_requests_over_cleartext_http2_reach_the_cluster_as_http11(h2c_rou
         # HEAD: the head only, its length kept
         got = await client.response(client.request("HEAD", "/h"))
         assert got.status == 200 and got.data == b"" and got.headers[b"content-length"] == b"3"
+        assert got.ended and got.reset is None  # ended with END_STREAM, not a reset
         # many streams at once on one connection, each answered as itself
         sids = {client.request("GET", f"/p{i}"): i for i in range(40)}
         for sid in sids:
@@ -238,6 +239,19 @@ async def test_drain_lets_open_streams_finish_and_refuses_new_ones(backends, rou
     assert got.status == 200 and bytes(got.data) == b"a:0"
     await client.pump(lambda: client.closed, 3)
     await wait_for(lambda: not app.ctx.connections, what="closed")
+
+
+async def test_streams_hold_no_place_under_max_connections_per_client(backends, router):
+    (b,) = await backends("a")
+    b.delay_s = 0.1
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(limits={"maxConnectionsPerClient": 2}, **H2C))
+    client = await H2Client.open(app.port)
+    sids = [client.request("GET", f"/{i}") for i in range(10)]  # ten at once on the client's one connection
+    assert [(await client.response(sid)).status for sid in sids] == [200] * 10
+    assert app.ctx.per_client == {"127.0.0.1": 1}
+    client.close()
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.per_client, what="its place given back")
 
 
 async def test_max_requests_per_connection_sends_goaway_after_the_last(backends, router):

@@ -73,12 +73,19 @@ def start_only_changes(started: Config, new: Config, overridden: frozenset[str] 
         ("buffer", a.buffer, b.buffer), ("resources", a.resources, b.resources),
         ("accessLog", a.access_log, b.access_log), ("tls", a.tls is None, b.tls is None),
         ("proxyProtocol", a.proxy_protocol, b.proxy_protocol),
-        ("httpsRedirect", a.https_redirect, b.https_redirect))
+        ("httpsRedirect", a.https_redirect, b.https_redirect),
+        ("http2", _http2_listening(a), _http2_listening(b)))
         if old != now and name not in overridden]
     kube = {c.name: c.kubernetes for c in started.clusters}
     out += [f"Cluster {c.name} spec.kubernetes" for c in new.clusters
             if c.kubernetes is not None and kube.get(c.name) != c.kubernetes]
     return out
+
+
+def _http2_listening(router) -> tuple[bool, bool]:
+    """What of Router http2 the listeners read at start: whether it is on, and in clear text
+    (maxConcurrentStreams is read by each new connection)."""
+    return router.http2 is not None, router.http2 is not None and router.http2.cleartext
 
 
 class Reloader:

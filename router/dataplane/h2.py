@@ -34,6 +34,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from ..config.model import Http2
 from .h2head import Malformed, NotSupported, request_head, response_headers
 from .headers import simple_response
 from .server import ClientConnection
@@ -301,7 +302,8 @@ class Http2Connection:
         config = H2Configuration(client_side=False, header_encoding=None)
         h2 = self.h2 = H2Connection(config=config)
         h2.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: settings.http2.max_concurrent_streams,
+            # (a reload may have removed http2 since this listener began offering it: the defaults then)
+            SettingCodes.MAX_CONCURRENT_STREAMS: (settings.http2 or Http2()).max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: settings.limits.max_header_bytes,
             SettingCodes.INITIAL_WINDOW_SIZE: min(settings.limits.max_buffered_bytes, 2 ** 31 - 1),
             SettingCodes.ENABLE_PUSH: 0,

@@ -61,6 +61,17 @@ async def test_requests_over_cleartext_http2_reach_the_cluster_as_http11(h2c_rou
     await wait_for(lambda: not app.ctx.connections, what="the connection and its streams closed")
 
 
+async def test_http2_stays_on_until_the_next_start_when_a_reload_removes_it(h2c_router):
+    app = h2c_router
+    (app.config_dir / "router.yaml").write_text(cluster_docs({"a": app.backend.port}) + split_doc({"a": 1}))
+    result = await app.reloader.reload("test")
+    assert result["ok"] and result["next_start"] == ["Router spec.http2"]
+    client = await H2Client.open(app.port)  # the listener still takes HTTP/2, with the default settings
+    got = await client.get("/after")
+    assert got.status == 200 and bytes(got.data) == b"a:0"
+    client.close()
+
+
 async def test_http11_clients_are_served_beside_http2_on_the_cleartext_listener(h2c_router):
     app = h2c_router
     status, headers, body = response_of(await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\n"

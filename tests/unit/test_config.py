@@ -826,6 +826,11 @@ def test_start_only_changes_name_what_a_reload_cannot_apply(tmp_path):
     assert start_only_changes(started, changed, frozenset({"listen"})) == ["Router spec.adminToken",
                                                                             "Cluster eu-central spec.kubernetes"]
     assert start_only_changes(started, started) == []
+    h2c = "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: e}\nspec: {http2: {cleartext: true%s}}\n"
+    with_h2c = load_config(write(tmp_path, base + h2c % "", "c.yaml"))
+    assert start_only_changes(started, with_h2c) == ["Router spec.http2"]
+    fewer_streams = load_config(write(tmp_path, base + h2c % ", maxConcurrentStreams: 10", "d.yaml"))
+    assert start_only_changes(with_h2c, fewer_streams) == []  # read by each new connection
 
 
 def test_aliases_work_but_an_alias_bomb_is_refused(tmp_path):

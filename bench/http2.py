@@ -61,7 +61,7 @@ def start_targets(work: str, python: str, procs: list) -> dict:
     base._write(work, "backend.conf", conf % ("backend", "backend"))
     procs.append(base.start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
     conf = base.nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }} "
-                                 f"server {{ listen 127.0.0.1:{nginx_port}; http2 on; keepalive_timeout 300s; "
+                                 f"server {{ listen 127.0.0.1:{nginx_port} http2; keepalive_timeout 300s; "
                                  f"http2_max_concurrent_streams 100; location / {{ proxy_pass http://b; "
                                  f"proxy_http_version 1.1; proxy_set_header Connection ''; }} }}")
     base._write(work, "proxy.conf", conf % ("proxy", "proxy"))

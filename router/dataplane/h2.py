@@ -30,7 +30,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
                        StreamReset, WindowUpdated)
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
@@ -188,7 +188,7 @@ class Http2Stream:
             return
         try:
             self.owner.h2.send_headers(self.sid, response_headers(status, fields))
-        except StreamClosedError:
+        except ProtocolError:  # (StreamClosedError among them)
             self._closed_by_client()
             return
         if self.head_only and status >= 200:
@@ -223,7 +223,7 @@ class Http2Stream:
                 if stream is not None and not stream.closed:  # the rest of the request is not wanted
                     h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
                 owner.stream_done(self)
-        except StreamClosedError:
+        except ProtocolError:
             self._closed_by_client()
             return
         size = len(self.pending)
@@ -248,14 +248,15 @@ class Http2Stream:
             self.sent_fin = True
             try:
                 self.owner.h2.reset_stream(self.sid, code)
-            except StreamClosedError:  # already closed by the client, in frames not yet handled
+            except ProtocolError:  # already closed by the client, in frames not yet handled
                 pass
             self.owner.send()
             self.owner.stream_done(self)
 
     def _closed_by_client(self) -> None:
-        """h2 has closed the stream on frames from the client this connection has not handled yet (its
-        RST_STREAM): nothing more is sent, and the connection learns it is gone."""
+        """h2 has closed the stream, or the whole connection, on frames from the client this connection
+        has not handled yet (its RST_STREAM, its GOAWAY, a protocol error): nothing more is sent, and the
+        connection learns it is gone."""
         self.sent_fin = True
         self.pending.clear()
         if not self.closing:
@@ -284,6 +285,7 @@ class Http2Connection:
         self.streams: dict[int, Http2Stream] = {}
         self.timer = LazyTimer(ctx.loop)
         self.write_blocked = False
+        self.send_pending = False
         self.closed = False
         self.goaway_at: int | None = None  # the last stream served after a GOAWAY was sent
         self.started = 0
@@ -299,7 +301,10 @@ class Http2Connection:
         ctx.connections.add(self)
         ctx.metrics.open_connections.inc()
         settings = ctx.settings
-        config = H2Configuration(client_side=False, header_encoding=None)
+        # Outbound headers are the router's own, from a response head llhttp has parsed and h2head has
+        # filtered: h2's checks of them again cost a tenth of the request; inbound ones are all checked.
+        config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
         h2 = self.h2 = H2Connection(config=config)
         h2.local_settings = Settings(client=False, initial_values={
             # (a reload may have removed http2 since this listener began offering it: the defaults then)
@@ -329,7 +334,6 @@ class Http2Connection:
         except ProtocolError as exc:  # h2 has queued GOAWAY with the error's code
             self.ctx.metrics.rejected.labels("0", "http2 protocol error").inc()
             log.debug("HTTP/2 connection from %s: protocol error: %s", self.client_ip, exc)
-            self.send()
             self.close()
             return
         for event in events:
@@ -353,13 +357,13 @@ class Http2Connection:
             elif kind is WindowUpdated or kind is RemoteSettingsChanged:
                 for stream in list(self.streams.values()):
                     stream.flush()
-            elif kind is ConnectionTerminated:  # the client's GOAWAY: what is open finishes
-                if event.error_code:
-                    self.abort()
-                    return
-                self.goaway_at = self.h2.highest_inbound_stream_id if self.goaway_at is None else self.goaway_at
-                if not self.streams:
-                    self.close()
+            elif kind is ConnectionTerminated:
+                # The client's GOAWAY. RFC 9113 6.8 lets its open streams finish, but h2 sends nothing
+                # more once it has received one (python-hyper/h2 issue 1181): they end here, as if the
+                # client had left (it says it is leaving: browsers send one as they close).
+                self.abort_streams()
+                self.close()
+                return
         self.send()
 
     def eof_received(self) -> bool:
@@ -406,11 +410,19 @@ class Http2Connection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.send()
+            self.send_now()
             self.transport.close()
 
     # --- internals ----------------------------------------------------------------------------------
     def send(self) -> None:
+        """What h2 has ready goes out once this turn of the loop is over: the frames of every stream
+        answered in it leave in one write (one system call), not one per stream or per event."""
+        if not self.send_pending:
+            self.send_pending = True
+            self.ctx.loop.call_soon(self.send_now)
+
+    def send_now(self) -> None:
+        self.send_pending = False
         data = self.h2.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
@@ -423,7 +435,7 @@ class Http2Connection:
             self.goaway_at = self.h2.highest_inbound_stream_id
             frame = GoAwayFrame(0)
             frame.last_stream_id, frame.error_code = self.goaway_at, code
-            self.send()
+            self.send_now()
             self.transport.write(frame.serialize())
 
     def stream_done(self, stream: Http2Stream) -> None:

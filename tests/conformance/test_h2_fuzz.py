@@ -1,5 +1,5 @@
 """HTTP/2 clients doing anything in any order (requests with odd or forbidden fields, bodies longer or
-shorter than announced, resets, window changes, settings, pings, leaving mid-stream): the router never
+shorter than announced, resets, window changes, settings, pings, GOAWAY, leaving mid-stream): the router never
 logs an error of its own, never presents a cut-short response as whole, lets go of every stream and
 connection, and serves the next client."""
 import asyncio
@@ -59,6 +59,7 @@ ACTION = st.one_of(
     st.tuples(st.just("settings"), st.sampled_from([0, 1, 65535, 1 << 20])),
     st.tuples(st.just("ping")),
     st.tuples(st.just("read")),
+    st.tuples(st.just("goaway")),
     st.tuples(st.just("leave")),
 )
 
@@ -94,6 +95,10 @@ async def act(client: H2Client, action) -> bool:
             await client.pump(lambda: False, 0.05)
         except TimeoutError:
             pass
+    elif kind == "goaway":
+        h2.close_connection()
+        client.flush()
+        return False
     elif kind == "leave":
         return False
     client.flush()

@@ -10,10 +10,11 @@ from hypothesis import given, strategies as st
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
-from tests.conftest import (cluster_docs, fuzz_settings, raw_request, response_of, router_doc, serve_app,
-                            split_doc, wait_for)
+from tests.conftest import (cluster_docs, fuzz_settings, loop_errors, raw_request, read_until_close, response_of,
+                            router_doc, serve_app, split_doc, wait_for)
 from tests.dataplane.test_tls import ca, client_context, write_pair  # noqa: F401 - ca is a fixture
 from tests.h2client import H2Client
+from tests.integration.test_hedge import idle
 
 H2C = {"http2": {"cleartext": True}}
 
@@ -263,6 +264,21 @@ async def test_streams_hold_no_place_under_max_connections_per_client(backends, 
     assert app.ctx.per_client == {"127.0.0.1": 1}
     client.close()
     await wait_for(lambda: not app.ctx.connections and not app.ctx.per_client, what="its place given back")
+
+
+async def test_a_clients_goaway_ends_its_open_streams_quietly(backends, router, caplog):
+    (b,) = await backends("a")
+    b.delay_s = 0.2
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(**H2C))
+    client = await H2Client.open(app.port)
+    client.request("GET", "/in-flight")
+    await wait_for(lambda: len(b.seen) == 1, what="the request reached the cluster")
+    client.h2.close_connection()  # GOAWAY from the client, its stream still open (as h2load at the end of a run)
+    client.flush()
+    await read_until_close(client.reader, 3)  # (the client's h2 reads nothing after its own GOAWAY)
+    await wait_for(lambda: not app.ctx.connections and idle(app), what="the stream and its try let go")
+    await asyncio.sleep(0.3)  # the cluster answers meanwhile: nothing is written for the stream, nothing fails
+    assert loop_errors(caplog) == []
 
 
 async def test_max_requests_per_connection_sends_goaway_after_the_last(backends, router):

@@ -3,12 +3,13 @@ in-memory transports, so what is timed is parsing, checks, routing, the choice, 
 rewriting, timers and bookkeeping, not the kernel. A companion to bench/proxy.py, which shows
 the same work against nginx on real sockets.
 
-    python bench/dataplane_cost.py [--requests 300000]
+    python bench/dataplane_cost.py [--requests 300000] [--http2]
 
 Prints the best of 15 rounds in microseconds per request (a GET with a Host header answered
 with 64 bytes, on a keep-alive connection, one cluster), for the router and, on the same
 transports, for bench/minimal_proxy.py (parse and forward, nothing else): the difference is
-the router's own work.
+the router's own work. With --http2, also the same request as one stream of an HTTP/2
+connection (prior knowledge), a new stream per request as a client sends them.
 """
 from __future__ import annotations
 
@@ -150,10 +151,69 @@ async def measure(requests: int) -> float:
     return best
 
 
+async def measure_http2(requests: int) -> float:
+    """Each request a new stream on one HTTP/2 connection; the frames a client would send for all of them
+    are made before the clock starts (the client's work is not the router's)."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    from router.dataplane.h2 import PREFACE, Http2Connection
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+        fh.write(CONFIG + "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: e}\n"
+                          "spec: {http2: {cleartext: true}}\n")
+        fh.flush()
+        config = load_config(fh.name)
+    loop = asyncio.get_running_loop()
+    ctx = ProxyContext(loop, build_snapshot(config, 1), Metrics())
+    route = ctx.snapshot.route_for("127.0.0.1", "/small")
+    decision = choose_backend(route, ctx.policy, ctx.clock(), ctx.rng)
+    upstream, upstream_t = UpstreamConnection(decision.backend.pool_key), MemoryTransport()
+    upstream.connection_made(upstream_t)
+    ctx.pool.release(upstream)
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.increment_flow_control_window(2 ** 31 - 1 - 65535)
+    server, server_t = Http2Connection(ctx, "127.0.0.1", False), MemoryTransport()
+    server.connection_made(server_t, PREFACE)
+    server.data_received(client.data_to_send()[len(PREFACE):])
+    await asyncio.sleep(0)
+    server_t.out.clear()  # (the client never reads the router's frames: its streams stay open on its side, uncounted)
+    headers = [(b":method", b"GET"), (b":path", b"/small"), (b":scheme", b"http"), (b":authority", b"127.0.0.1:8080")]
+    per_round = max(requests // ROUNDS, 1)
+    frames = []
+    for _ in range(per_round * ROUNDS + 1):
+        client.send_headers(client.get_next_available_stream_id(), headers, end_stream=True)
+        frames.append(client.data_to_send())
+    feed = iter(frames)
+    server.data_received(next(feed))  # one checked round trip first
+    upstream.data_received(RESPONSE)
+    await asyncio.sleep(0)
+    answer = b"".join(server_t.out)
+    if len(answer) < 64 or b"x" * 64 not in answer or not upstream_t.out or server.closed:
+        raise SystemExit(f"unexpected exchange: {answer[:200]!r}")
+    best = float("inf")
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        for _ in range(per_round):
+            server.data_received(next(feed))
+            upstream.data_received(RESPONSE)
+            await asyncio.sleep(0)
+            upstream_t.out.clear()
+            server_t.out.clear()
+        best = min(best, (time.perf_counter() - t) / per_round)
+    if server.streams or server.closed or len(ctx.connections) != 1:
+        raise SystemExit("the streams did not complete: the measurement is not valid")
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300_000)
+    ap.add_argument("--http2", action="store_true", help="also each request as a stream of an HTTP/2 connection")
     args = ap.parse_args()
+    if args.http2:
+        h2_best = uvloop.run(measure_http2(args.requests // 10))
+        print(f"router work per proxied HTTP/2 stream: {h2_best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")
     best = uvloop.run(measure(args.requests))
     floor = uvloop.run(measure_floor(args.requests))
     print(f"router work per proxied request: {best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")

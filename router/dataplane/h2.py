@@ -186,13 +186,15 @@ class Http2Stream:
         if status == 101:  # cannot happen (HTTP/2 requests carry no Upgrade): never an upgrade here
             self.abort()
             return
+        head_only = self.head_only and status >= 200  # a HEAD's final answer: its head ends the stream
         try:
-            self.owner.h2.send_headers(self.sid, response_headers(status, fields))
+            self.owner.h2.send_headers(self.sid, response_headers(status, fields), end_stream=head_only)
         except ProtocolError:  # (StreamClosedError among them)
             self._closed_by_client()
             return
-        if self.head_only and status >= 200:
+        if head_only:
             self.fin = True
+            self._ended()
 
     def on_body(self, data: bytes) -> None:
         self.pending += data
@@ -213,16 +215,14 @@ class Http2Stream:
                 n = min(len(self.pending), h2.local_flow_control_window(self.sid), h2.max_outbound_frame_size)
                 if n <= 0:
                     break
-                h2.send_data(self.sid, bytes(self.pending[:n]))
+                last = self.fin and n == len(self.pending)  # END_STREAM on the last of the body, not a frame more
+                h2.send_data(self.sid, bytes(self.pending[:n]), end_stream=last)
                 del self.pending[:n]
-            if self.fin and not self.pending:
+                if last:
+                    self._ended()
+            if self.fin and not self.pending and not self.sent_fin:
                 h2.end_stream(self.sid)
-                self.sent_fin = True
-                owner.completed += 1
-                stream = h2.streams.get(self.sid)
-                if stream is not None and not stream.closed:  # the rest of the request is not wanted
-                    h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
-                owner.stream_done(self)
+                self._ended()
         except ProtocolError:
             self._closed_by_client()
             return
@@ -234,6 +234,16 @@ class Http2Stream:
             elif self.writing_paused and size <= self.low:
                 self.writing_paused = False
                 self.conn.resume_writing()
+
+    def _ended(self) -> None:
+        """END_STREAM has been sent: the response is whole."""
+        self.sent_fin = True
+        owner = self.owner
+        owner.completed += 1
+        stream = owner.h2.streams.get(self.sid)
+        if stream is not None and not stream.closed:  # the rest of the request is not wanted
+            owner.h2.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+        owner.stream_done(self)
 
     def _feed(self, data: bytes, flow: int) -> None:
         if data and self.chunked and flow:  # (the last-chunk marker comes with no flow-controlled size)

@@ -43,13 +43,13 @@ def run_h2load(port: int, conns: int, streams: int, duration: int, pid: int | No
     if done is None:
         raise SystemExit(f"h2load gave no summary:\n{out}")
     succeeded, failed, errored = int(done.group(4)), int(done.group(5)), int(done.group(6))
-    codes = re.search(r"status codes: (\d+) 2xx", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     return {"rps": round(succeeded / duration, 1),
             "mean_ms": round(float(mean.group(1)) * scale[mean.group(2)], 3) if mean else None,
-            "non2xx": succeeded - int(codes.group(1)) if codes else succeeded, "failed": failed + errored,
+            "non2xx": sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else succeeded, "failed": failed + errored,
             "user_us": round((u1 - u0) * tick_us / max(succeeded, 1), 1) if pid else None,
             "sys_us": round((s1 - s0) * tick_us / max(succeeded, 1), 1) if pid else None}
 

@@ -62,6 +62,18 @@ async def test_requests_over_cleartext_http2_reach_the_cluster_as_http11(h2c_rou
     await wait_for(lambda: not app.ctx.connections, what="the connection and its streams closed")
 
 
+async def test_expect_100_continue_is_an_informational_response(h2c_router):
+    app, b = h2c_router, h2c_router.backend
+    client = await H2Client.open(app.port)
+    sid = client.request("POST", "/up", headers=[("expect", "100-continue"), ("content-length", "5")], end=False)
+    await client.pump(lambda: client.streams[sid].informational, 3)  # the cluster's 100, before any body
+    assert client.streams[sid].informational[0][b":status"] == b"100" and b":status" not in client.streams[sid].headers
+    await client.send_body(sid, b"hello")
+    got = await client.response(sid)
+    assert got.status == 200 and bytes(got.data) == b"a:5" and b.bodies[-1] == b"hello"
+    client.close()
+
+
 async def test_http2_stays_on_until_the_next_start_when_a_reload_removes_it(h2c_router):
     app = h2c_router
     (app.config_dir / "router.yaml").write_text(cluster_docs({"a": app.backend.port}) + split_doc({"a": 1}))

@@ -54,6 +54,7 @@ class StreamConnection(ClientConnection):
     the HTTP/2 connection holds the client's place."""
     __slots__ = ()
     counted_per_client = False
+    http2 = True
 
 
 class Http2Stream:

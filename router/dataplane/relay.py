@@ -315,7 +315,8 @@ class ResponseRelay:
             if not reason and self.decision is not None:
                 reason = self.decision.reason  # how the cluster was chosen
             ctx.access_log.request(self.conn.client_ip, req, status, cluster, now - req.t0, reason, route, self.tries,
-                                   self.body_sent, self.head_at - self.sent_at if self.head_at else None)
+                                   self.body_sent, self.head_at - self.sent_at if self.head_at else None,
+                                   self.conn.http2)
 
     def on_client_lost(self) -> None:
         if self.task is not None:

@@ -41,6 +41,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                  "wire_bytes", "client_counted")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
     counted_per_client = True  # holds a place under maxConnectionsPerClient (an HTTP/2 stream does not)
+    http2 = False  # an HTTP/2 stream's request, as the access log shows
 
     def __init__(self, ctx: ProxyContext):
         self.ctx = ctx
@@ -360,7 +361,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.ctx.metrics.rejected.labels(str(reject.status), reject.reason.split(":")[0][:40]).inc()
         if self.ctx.access_log is not None:  # as much of the request as was read
             self.ctx.access_log.request(self.client_ip, req, reject.status, "-",
-                                        self.ctx.clock() - req.t0 if req.t0 else 0.0, reject.reason)
+                                        self.ctx.clock() - req.t0 if req.t0 else 0.0, reject.reason, http2=self.http2)
         extra = [("Retry-After", "1")] if reject.status == 503 else []  # as the router's other 503s
         self.write(simple_response(reject.status, reject.reason, close=True, extra=extra,
                                    head_only=req.method == b"HEAD", problem=self.ctx.problem_replies(req)))

@@ -21,7 +21,7 @@ MAX_PENDING = 100_000
 _quote = json.encoder.encode_basestring  # a JSON string literal, escaped (the C encoder)
 _LINE = ('{"time":"%s.%03dZ","client":%s,"method":%s,"host":%s,"path":%s,"status":%d,"cluster":%s,"route":%s,'
          '"duration_ms":%.3f,"reason":%s,"request_id":%s,"tries":%d,"bytes_received":%d,"bytes_sent":%d,'
-         '"upstream_ms":%s}\n')
+         '"upstream_ms":%s,"protocol":"HTTP/%s"}\n')
 
 
 def format_lines(batch: list[tuple]) -> bytes:
@@ -30,14 +30,14 @@ def format_lines(batch: list[tuple]) -> bytes:
     out = []
     second, stamp = -1, ""
     for (ts, client, method, host, path, status, cluster, route, duration_s, reason, request_id, tries, received, sent,
-         upstream_s) in batch:
+         upstream_s, version) in batch:
         if int(ts) != second:
             second = int(ts)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         out.append(_LINE % (stamp, int(ts % 1 * 1000), _quote(client), _quote(method.decode("latin-1")), _quote(host),
                             _quote(path.decode("latin-1")), status, _quote(cluster), _quote(route), duration_s * 1000,
                             _quote(reason), _quote(request_id.decode("latin-1")), tries, received, sent,
-                            "null" if upstream_s is None else "%.3f" % (upstream_s * 1000)))
+                            "null" if upstream_s is None else "%.3f" % (upstream_s * 1000), version))
     return "".join(out).encode("utf-8", "replace")
 
 
@@ -52,17 +52,19 @@ class AccessLog:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-log")
 
     def request(self, client: str, req, status: int, cluster: str, duration_s: float, reason: str,
-                route: str = "-", tries: int = 0, sent: int = 0, upstream_s: float | None = None) -> None:
+                route: str = "-", tries: int = 0, sent: int = 0, upstream_s: float | None = None,
+                http2: bool = False) -> None:
         """An answered request (a dataplane Request: as much of it as was read); `tries`: how many times it
         was sent to a cluster; `sent`: response body bytes written; `upstream_s`: from the answering try's
-        send to its response head (None when no cluster answered)."""
+        send to its response head (None when no cluster answered); `http2`: it came as an HTTP/2 stream."""
         self.log((time.time(), client, req.method, req.facts.get("host", ""), req.url, status, cluster, route,
-                  duration_s, reason, req.request_id, tries, req.body_len, sent, upstream_s))
+                  duration_s, reason, req.request_id, tries, req.body_len, sent, upstream_s,
+                  "2" if http2 else req.version))
 
     def log(self, record: tuple) -> None:
         """Hot path: `record` is (time as epoch seconds, client, method bytes, host, path bytes, status,
         cluster, route, duration in seconds, reason, request id bytes, tries, request body bytes, response
-        body bytes, upstream seconds or None)."""
+        body bytes, upstream seconds or None, HTTP version as "1.1", "1.0" or "2")."""
         if len(self.pending) >= self.max_pending:
             self.on_drop(1)
             return

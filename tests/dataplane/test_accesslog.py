@@ -31,6 +31,7 @@ async def test_each_answer_is_one_json_line(backends, router, tmp_path):
     assert (ok["bytes_received"], ok["bytes_sent"]) == (0, 3) and 0 < ok["upstream_ms"] <= ok["duration_ms"]
     assert no_route["bytes_sent"] == len("no route for host 'other.example'\n") and no_route["upstream_ms"] is None
     assert refused["upstream_ms"] is None
+    assert ok["protocol"] == no_route["protocol"] == refused["protocol"] == "HTTP/1.1"
     assert (no_route["method"], no_route["status"], no_route["cluster"], no_route["route"]) == ("POST", 404, "-", "-")
     assert no_route["reason"] == "no route for host 'other.example'"
     assert (refused["status"], refused["path"], refused["reason"]) == (400, "/bad", "more than one Host header")
@@ -66,6 +67,7 @@ async def test_lines_past_the_pending_limit_are_dropped_and_counted(tmp_path):
     dropped = []
     log = AccessLog(asyncio.get_running_loop(), str(tmp_path / "a.log"), dropped.append, max_pending=2)
     for i in range(5):  # all before the first flush
-        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b"", 1, 0, 2, 0.0005))
+        log.log((0.0, "10.0.0.1", b"GET", "h", b"/%d" % i, 200, "a", "web", 0.001, "weighted", b"", 1, 0, 2, 0.0005,
+                 "1.1"))
     await log.close()
     assert [r["path"] for r in _lines(tmp_path / "a.log")] == ["/0", "/1"] and dropped == [1, 1, 1]

@@ -1,6 +1,7 @@
 """HTTP/2 from clients (Router `http2`): requests served as their HTTP/1.1 equivalents over TLS (ALPN) and in
 clear text (prior knowledge), flow control both ways, and hostile clients refused without reaching a cluster."""
 import asyncio
+import json
 
 import pytest
 from aiohttp import web
@@ -83,6 +84,22 @@ async def test_http2_stays_on_until_the_next_start_when_a_reload_removes_it(h2c_
     got = await client.get("/after")
     assert got.status == 200 and bytes(got.data) == b"a:0"
     client.close()
+
+
+async def test_the_access_log_names_the_protocol(backends, router, tmp_path):
+    (b,) = await backends("a")
+    log_path = tmp_path / "access.log"
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(accessLog={"path": str(log_path)}, **H2C))
+    client = await H2Client.open(app.port)
+    assert (await client.get("/over-h2")).status == 200
+    assert (await client.get("/", headers=[(f"x-{i}", "v") for i in range(120)])).status == 431  # refused: logged too
+    client.close()
+    await raw_request(app.port, b"GET /over-h1 HTTP/1.0\r\nHost: h\r\n\r\n")
+    lines = await wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) == 3
+                           and [json.loads(line) for line in log_path.read_text().splitlines()], what="3 lines")
+    assert [(line["path"], line["status"], line["protocol"]) for line in lines] == [
+        ("/over-h2", 200, "HTTP/2"), ("/", 431, "HTTP/2"), ("/over-h1", 200, "HTTP/1.0")]
 
 
 async def test_http11_clients_are_served_beside_http2_on_the_cleartext_listener(h2c_router):

@@ -22,6 +22,7 @@ request).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httptools
@@ -78,6 +79,8 @@ class Http2Stream:
         self.inbox: list[tuple[bytes, int]] = []  # request body (and its flow-controlled size) while paused
         self.high, self.low = 256 * 1024, 64 * 1024
         self.writing_paused = False
+        self.sent_at = 0.0  # when the client's window last let body bytes go
+        self.stall: asyncio.TimerHandle | None = None  # armed while body bytes wait for the client's window
 
     # --- from the HTTP/2 connection --------------------------------------------------------------
     def start(self, head: bytes) -> None:
@@ -112,6 +115,7 @@ class Http2Stream:
     def connection_gone(self) -> None:
         self.sent_fin = True
         self._lose()
+        self._no_stall()  # (a stream already lost keeps its timer otherwise)
 
     # --- the asyncio transport a ClientConnection uses ---------------------------------------------
     def get_extra_info(self, name, default=None):
@@ -219,6 +223,7 @@ class Http2Stream:
                 last = self.fin and n == len(self.pending)  # END_STREAM on the last of the body, not a frame more
                 h2.send_data(self.sid, bytes(self.pending[:n]), end_stream=last)
                 del self.pending[:n]
+                self.sent_at = owner.ctx.loop.time()
                 if last:
                     self._ended()
             if self.fin and not self.pending and not self.sent_fin:
@@ -228,6 +233,10 @@ class Http2Stream:
             self._closed_by_client()
             return
         size = len(self.pending)
+        if size and self.stall is None:
+            if not self.sent_at:
+                self.sent_at = owner.ctx.loop.time()
+            self.stall = owner.ctx.loop.call_later(owner.ctx.settings.timeouts.body_idle_s, self._on_stall)
         if self.conn is not None and not self.lost:
             if not self.writing_paused and size > self.high:
                 self.writing_paused = True
@@ -236,9 +245,31 @@ class Http2Stream:
                 self.writing_paused = False
                 self.conn.resume_writing()
 
+    def _on_stall(self) -> None:
+        """A response the client has not let through (no window, or not reading the socket) for
+        timeouts.bodyIdle: the stream is reset, as an HTTP/1.1 response whose client stopped reading ends."""
+        self.stall = None
+        if self.sent_fin or not self.pending:
+            return
+        idle_s = self.owner.ctx.settings.timeouts.body_idle_s
+        waited = self.owner.ctx.loop.time() - self.sent_at
+        if waited < idle_s:  # it moved meanwhile: the rest of the time from its last move
+            self.stall = self.owner.ctx.loop.call_later(idle_s - waited, self._on_stall)
+            return
+        self.pending.clear()
+        self._reset(ErrorCodes.CANCEL)
+        self.closing = True
+        self._lose()
+
+    def _no_stall(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
     def _ended(self) -> None:
         """END_STREAM has been sent: the response is whole."""
         self.sent_fin = True
+        self._no_stall()
         owner = self.owner
         owner.completed += 1
         stream = owner.h2.streams.get(self.sid)
@@ -257,6 +288,7 @@ class Http2Stream:
     def _reset(self, code: ErrorCodes) -> None:
         if not self.sent_fin:
             self.sent_fin = True
+            self._no_stall()
             try:
                 self.owner.h2.reset_stream(self.sid, code)
             except ProtocolError:  # already closed by the client, in frames not yet handled
@@ -269,12 +301,15 @@ class Http2Stream:
         has not handled yet (its RST_STREAM, its GOAWAY, a protocol error): nothing more is sent, and the
         connection learns it is gone."""
         self.sent_fin = True
+        self._no_stall()
         self.pending.clear()
         if not self.closing:
             self.closing = True
             self.owner.ctx.loop.call_soon(self._lose)
 
     def _lose(self) -> None:
+        if self.sent_fin:
+            self._no_stall()
         if not self.lost:
             self.lost = True
             self.inbox.clear()

@@ -244,6 +244,31 @@ async def test_flow_control_holds_a_response_until_the_client_opens_its_window(b
         await runner.cleanup()
 
 
+async def test_a_response_the_client_never_lets_through_is_reset_after_body_idle(backends, router):
+    big = b"z" * 200_000  # a whole response the router holds (under its 256 KiB write limit): its exchange is over
+
+    async def handle(request):
+        return web.Response(body=big)
+
+    backend_app = web.Application()
+    backend_app.router.add_get("/{tail:.*}", handle)
+    runner, port = await serve_app(backend_app)
+    try:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
+                           router_doc(timeouts={"bodyIdle": "300ms"}, **H2C))
+        client = await H2Client.open(app.port, ack_data=False)  # takes 65,535 bytes, then never opens its window
+        sid = client.request("GET", "/big")
+        await client.pump(lambda: client.streams[sid].done, 3)
+        stream = client.streams[sid]
+        assert stream.reset == ErrorCodes.CANCEL and len(stream.data) == 65535 and not stream.ended
+        h2conn = next(c for c in app.ctx.connections if hasattr(c, "streams"))
+        await wait_for(lambda: not h2conn.streams and len(app.ctx.connections) == 1, what="only the connection left")
+        client.close()
+        await wait_for(lambda: not app.ctx.connections, what="closed")
+    finally:
+        await runner.cleanup()
+
+
 async def test_an_upload_larger_than_the_window_passes_as_the_cluster_reads_it(h2c_router):
     app, b = h2c_router, h2c_router.backend
     client = await H2Client.open(app.port)

@@ -140,6 +140,27 @@ async def test_http2_is_negotiated_by_alpn_on_the_tls_listener(backends, router,
     await wait_for(lambda: not app.ctx.connections, what="connections closed")
 
 
+async def test_http2_behind_the_proxy_protocol_keeps_the_headers_client(backends, router, ca, tmp_path):  # noqa: F811
+    (b,) = await backends("a")
+    cert, key, _ = write_pair(tmp_path, ca)
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(proxyProtocol=True, tls={"certFile": cert, "keyFile": key}, http2={},
+                                  limits={"maxConnectionsPerClient": 1}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n")
+    await writer.start_tls(client_context(ca), server_hostname="localhost")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    client = H2Client(reader, writer)
+    client.h2.initiate_connection()
+    client.flush()
+    sids = [client.request("GET", f"/{i}") for i in range(3)]  # streams hold no place of their own
+    assert [(await client.response(sid)).status for sid in sids] == [200] * 3
+    assert {r.headers["X-Forwarded-For"] for r in b.seen} == {"203.0.113.7"}
+    assert app.ctx.per_client == {"203.0.113.7": 1}
+    client.close()
+    await wait_for(lambda: not app.ctx.connections and not app.ctx.per_client, what="its place given back")
+
+
 async def test_the_routers_own_answers_and_limits_apply_per_stream(backends, router):
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port, "down": 1}) + split_doc({"a": 1}) +

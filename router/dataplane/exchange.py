@@ -217,7 +217,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         mirror copy, an authorization check (`upgrade`: the try carries the client's Upgrade)."""
         req, client, ctx = self.req, self.conn, self.ctx
         return forwarding_headers(req.facts, client.client_ip_bytes, client.forwarded_node, client.trusted(),
-                                  ctx.via, upgrade, ctx.scheme, client.client_cert)
+                                  ctx.via, upgrade, ctx.scheme, client.client_cert,
+                                  b"2" if client.http2 else req.version.encode())
 
     def changed_request_lines(self) -> list[bytes]:
         """The request line and headers under the route's changes (header set/add/remove, URL

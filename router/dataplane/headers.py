@@ -200,8 +200,9 @@ def request_lines(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
 
 
 def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool, via: bytes,
-                       upgrade: bool, scheme: bytes, client_cert: bytes = b"") -> bytes:
-    """X-Forwarded-*, Forwarded, Via (and the upgrade headers). The same for every request of a
+                       upgrade: bool, scheme: bytes, client_cert: bytes = b"", received: bytes = b"1.1") -> bytes:
+    """X-Forwarded-*, Forwarded, Via (its protocol the one the request came in: `received`, "1.0", "1.1"
+    or "2", RFC 9110 7.6.3) and the upgrade headers. The same for every request of a
     keep-alive connection that repeats its headers, so the connection keeps the last one.
     X-Forwarded-Client-Cert: a trusted proxy's kept, `client_cert` (the certificate the client showed
     on this connection, as client_certificate_element() wrote it) added; a client's own dropped."""
@@ -218,7 +219,7 @@ def forwarding_headers(facts: dict, client_ip: bytes, node: bytes, trusted: bool
         element += b';host="' + host.replace(b'"', b"") + b'"'
     prior = fwd.get(b"forwarded")
     out += (b"Forwarded: ", b", ".join(prior) + b", " + element if prior else element, b"\r\n")
-    out += (b"Via: 1.1 ", via, b"\r\n")
+    out += (b"Via: ", received, b" ", via, b"\r\n")
     prior = fwd.get(b"x-forwarded-client-cert")
     if prior or client_cert:
         out += (b"X-Forwarded-Client-Cert: ", b",".join((*(prior or ()), client_cert) if client_cert else prior),

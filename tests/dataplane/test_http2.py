@@ -43,6 +43,7 @@ async def test_requests_over_cleartext_http2_reach_the_cluster_as_http11(h2c_rou
         seen = b.seen[-1]
         assert seen.path_qs == "/x?q=1" and seen.version == (1, 1) and seen.headers["Host"] == "h"
         assert seen.headers["Cookie"] == "a=1; b=2" and seen.headers["X-Forwarded-Proto"] == "http"
+        assert seen.headers["Via"] == "2 edge-router"  # received over HTTP/2 (RFC 9110 7.6.3)
         # a body of unknown length goes on chunked; one with content-length as it is
         got = await client.post("/up", b"x" * 100_000)
         assert got.status == 200 and bytes(got.data) == b"a:100000" and b.bodies[-1] == b"x" * 100_000

@@ -128,13 +128,15 @@ async def test_forwarding_loop_is_stopped_at_the_second_pass(backends, router):
                                       b"Connection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200") and b.seen[-1].headers.getall("Via") == [
         "1.0 cdn, 1.1 other-proxy (x)", "1.1 edge-router"], raw  # other proxies' entries pass
+    await raw_request(app.port, b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
+    assert b.seen[-1].headers.getall("Via") == ["1.0 edge-router"]  # the protocol it was received in
     (app.config_dir / "router.yaml").write_text(cluster_docs({"a": app.port}) + split_doc({"a": 1}))
     assert (await app.reloader.reload("test"))["ok"]
     loop = asyncio.get_running_loop()
     t = loop.time()
     raw = await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 508 Loop Detected") and b"forwarding loop" in raw, raw
-    assert loop.time() - t < 2.0 and len(b.seen) == 1
+    assert loop.time() - t < 2.0 and len(b.seen) == 2  # (the two above)
 
 
 async def test_headers_hop_by_hop_forwarding_and_via(backends, router):

@@ -108,14 +108,10 @@ class Http2Stream:
         if self.chunked:
             self.body(b"0\r\n\r\n", 0)  # (already framed: see _feed)
 
-    def client_reset(self) -> None:
-        self.sent_fin = True  # the stream is closed: nothing may be sent on it
-        self._lose()
-
-    def connection_gone(self) -> None:
+    def gone(self) -> None:
+        """The client reset the stream, or the connection ended: nothing more may be sent on it."""
         self.sent_fin = True
         self._lose()
-        self._no_stall()  # (a stream already lost keeps its timer otherwise)
 
     # --- the asyncio transport a ClientConnection uses ---------------------------------------------
     def get_extra_info(self, name, default=None):
@@ -421,7 +417,7 @@ class Http2Connection:
         self.closed = True
         self.timer.cancel()
         for stream in list(self.streams.values()):
-            stream.connection_gone()
+            stream.gone()
         self.streams.clear()
         if self in self.ctx.connections:
             self.ctx.connections.discard(self)
@@ -531,11 +527,11 @@ class Http2Connection:
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
                 self.abort_streams()
                 self.close()
-        stream.client_reset()
+        stream.gone()
 
     def abort_streams(self) -> None:
         for stream in list(self.streams.values()):
-            stream.connection_gone()
+            stream.gone()
 
     def _on_idle(self) -> None:
         if not self.streams and not self.closed:

@@ -12,7 +12,6 @@ This is a benchmark, not a test: it prints measured numbers and ratios.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -71,18 +70,11 @@ def start_targets(work: str, python: str, procs: list) -> dict:
     router = base.start_router(python, work, router_port, "router")
     procs.append(router)
     targets = {"nginx": (nginx_port, base.nginx_worker_pid(nginx)), "router": (router_port, router.pid)}
-    for port, _ in targets.values():
-        base.wait_port(port)
-    return targets
+    return base.wait_targets(targets)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out")
-    ap.add_argument("--python", default=sys.executable, help="interpreter for the router (default: this one)")
-    args = ap.parse_args()
+    args = base.side_by_side_args()
     base.ensure_tools()
     ensure_h2load()
     work = tempfile.mkdtemp(prefix="edge-bench-h2-")

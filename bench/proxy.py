@@ -62,6 +62,23 @@ def describe_interpreter(python: str, flag: str = "--python") -> dict:
     return json.loads(out.stdout)
 
 
+def side_by_side_args() -> argparse.Namespace:
+    """The arguments the side-by-side benchmarks of one case family take (bench/tls.py, bench/http2.py)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the router (default: this one)")
+    return ap.parse_args()
+
+
+def wait_targets(targets: dict) -> dict:
+    """`targets` ({name: (port, pid)}) once every one of them listens."""
+    for port, _ in targets.values():
+        wait_port(port)
+    return targets
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

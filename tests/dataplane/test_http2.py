@@ -1,6 +1,7 @@
 """HTTP/2 from clients (Router `http2`): requests served as their HTTP/1.1 equivalents over TLS (ALPN) and in
 clear text (prior knowledge), flow control both ways, and hostile clients refused without reaching a cluster."""
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -236,16 +237,24 @@ async def test_streams_that_finish_are_not_counted_as_resets(h2c_router):
     client.close()
 
 
+@contextlib.asynccontextmanager
+async def body_cluster(body: bytes):
+    """A cluster answering every GET with `body`; yields its port."""
+    async def handle(request):
+        return web.Response(body=body)
+
+    cluster = web.Application()
+    cluster.router.add_get("/{tail:.*}", handle)
+    runner, port = await serve_app(cluster)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
 async def test_flow_control_holds_a_response_until_the_client_opens_its_window(backends, router):
     big = b"z" * (1 << 20)
-
-    async def handle(request):
-        return web.Response(body=big)
-
-    backend_app = web.Application()
-    backend_app.router.add_get("/{tail:.*}", handle)
-    runner, port = await serve_app(backend_app)
-    try:
+    async with body_cluster(big) as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(**H2C))
         client = await H2Client.open(app.port, ack_data=False)  # the window is never reopened
         sid = client.request("GET", "/big")
@@ -262,20 +271,11 @@ async def test_flow_control_holds_a_response_until_the_client_opens_its_window(b
         assert bytes(stream.data) == big and stream.ended
         client.close()
         await wait_for(lambda: not app.ctx.connections, what="closed")
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_response_the_client_never_lets_through_is_reset_after_body_idle(backends, router):
-    big = b"z" * 200_000  # a whole response the router holds (under its 256 KiB write limit): its exchange is over
-
-    async def handle(request):
-        return web.Response(body=big)
-
-    backend_app = web.Application()
-    backend_app.router.add_get("/{tail:.*}", handle)
-    runner, port = await serve_app(backend_app)
-    try:
+    # a whole response the router holds (under its 256 KiB write limit): its exchange is over
+    async with body_cluster(b"z" * 200_000) as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
                            router_doc(timeouts={"bodyIdle": "300ms"}, **H2C))
         client = await H2Client.open(app.port, ack_data=False)  # takes 65,535 bytes, then never opens its window
@@ -287,8 +287,6 @@ async def test_a_response_the_client_never_lets_through_is_reset_after_body_idle
         await wait_for(lambda: not h2conn.streams and len(app.ctx.connections) == 1, what="only the connection left")
         client.close()
         await wait_for(lambda: not app.ctx.connections, what="closed")
-    finally:
-        await runner.cleanup()
 
 
 async def test_an_upload_larger_than_the_window_passes_as_the_cluster_reads_it(h2c_router):

@@ -55,17 +55,9 @@ def run_h2load(port: int, conns: int, streams: int, duration: int, pid: int | No
 
 def start_targets(work: str, python: str, procs: list) -> dict:
     backend, nginx_port, router_port = (base.free_port() for _ in range(3))
-    conf = base.nginx_conf(work, f"server {{ listen 127.0.0.1:{backend}; keepalive_timeout 300s; "
-                                 f"location = /small {{ default_type text/plain; return 200 '{'x' * 63}\n'; }} }}")
-    base._write(work, "backend.conf", conf % ("backend", "backend"))
-    procs.append(base.start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
-    conf = base.nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }} "
-                                 f"server {{ listen 127.0.0.1:{nginx_port} http2; keepalive_timeout 300s; "
-                                 f"http2_max_concurrent_streams 100; location / {{ proxy_pass http://b; "
-                                 f"proxy_http_version 1.1; proxy_set_header Connection ''; }} }}")
-    base._write(work, "proxy.conf", conf % ("proxy", "proxy"))
-    nginx = base.start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
-    procs.append(nginx)
+    base.start_small_backend(work, backend, procs)
+    nginx = base.start_nginx_proxy(work, backend, f"listen 127.0.0.1:{nginx_port} http2; "
+                                                  "http2_max_concurrent_streams 100;", procs)
     base._write(work, "router.yaml", base.router_config(backend, "{http2: {cleartext: true}}"))
     router = base.start_router(python, work, router_port, "router")
     procs.append(router)

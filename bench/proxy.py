@@ -72,6 +72,26 @@ def side_by_side_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def start_small_backend(work: str, port: int, procs: list) -> None:
+    """nginx on core 1 answering /small with 64 bytes: the backend of bench/tls.py and bench/http2.py."""
+    conf = nginx_conf(work, f"server {{ listen 127.0.0.1:{port}; keepalive_timeout 300s; "
+                            f"location = /small {{ default_type text/plain; return 200 '{'x' * 63}\n'; }} }}")
+    _write(work, "backend.conf", conf % ("backend", "backend"))
+    procs.append(start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
+
+
+def start_nginx_proxy(work: str, backend: int, server: str, procs: list) -> subprocess.Popen:
+    """nginx on core 0 proxying to `backend` with keep-alive upstream connections; `server`: its listen
+    directive and what else the server block needs."""
+    conf = nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }} "
+                            f"server {{ {server} keepalive_timeout 300s; location / {{ proxy_pass http://b; "
+                            f"proxy_http_version 1.1; proxy_set_header Connection ''; }} }}")
+    _write(work, "proxy.conf", conf % ("proxy", "proxy"))
+    nginx = start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
+    procs.append(nginx)
+    return nginx
+
+
 def wait_targets(targets: dict) -> dict:
     """`targets` ({name: (port, pid)}) once every one of them listens."""
     for port, _ in targets.values():

@@ -40,18 +40,9 @@ def make_certificate(work: str) -> tuple[str, str, str]:
 def start_targets(work: str, python: str, procs: list) -> dict:
     backend, nginx_port, haproxy_port, router_port = (base.free_port() for _ in range(4))
     cert, key, both = make_certificate(work)
-    conf = base.nginx_conf(work, f"server {{ listen 127.0.0.1:{backend}; keepalive_timeout 300s; "
-                                 f"location = /small {{ default_type text/plain; return 200 '{'x' * 63}\n'; }} }}")
-    base._write(work, "backend.conf", conf % ("backend", "backend"))
-    procs.append(base.start(["nginx", "-c", f"{work}/backend.conf", "-p", work], 1, work, "backend"))
-    conf = base.nginx_conf(work, f"upstream b {{ server 127.0.0.1:{backend}; keepalive 128; }} "
-                                 f"server {{ listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; "
-                                 f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; keepalive_timeout 300s; "
-                                 f"location / {{ proxy_pass http://b; proxy_http_version 1.1; "
-                                 f"proxy_set_header Connection ''; }} }}")
-    base._write(work, "proxy.conf", conf % ("proxy", "proxy"))
-    nginx = base.start(["nginx", "-c", f"{work}/proxy.conf", "-p", work], 0, work, "nginx")
-    procs.append(nginx)
+    base.start_small_backend(work, backend, procs)
+    nginx = base.start_nginx_proxy(work, backend, f"listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; "
+                                                  f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;", procs)
     base._write(work, "haproxy.cfg", base.haproxy_cfg(f"127.0.0.1:{haproxy_port} ssl crt {both}", backend))
     haproxy = base.start(["haproxy", "-f", f"{work}/haproxy.cfg"], 0, work, "haproxy")
     procs.append(haproxy)

@@ -157,7 +157,8 @@ async def measure_http2(requests: int) -> float:
     from h2.config import H2Configuration
     from h2.connection import H2Connection
 
-    from router.dataplane.h2 import PREFACE, Http2Connection
+    from router.dataplane.h2 import Http2Connection
+    from router.dataplane.h2head import PREFACE
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
         fh.write(CONFIG + "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: e}\n"
                           "spec: {http2: {cleartext: true}}\n")

@@ -43,7 +43,6 @@ from .timers import LazyTimer
 
 log = logging.getLogger("router.dataplane")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a client speaking HTTP/2 with prior knowledge sends first
 ALPN = "h2"
 CONNECTION_WINDOW = 4 * 1024 * 1024  # bytes of request bodies in flight per connection, all streams together
 RESET_ALLOWANCE = 100  # streams a client may reset beyond those it lets finish

@@ -26,7 +26,7 @@ import socket
 import ssl
 from typing import Callable
 
-from .h2 import PREFACE, Http2Connection
+from .h2head import PREFACE
 from .proxyproto import ProxyHeaderError, client_address, next_read
 
 log = logging.getLogger("router.dataplane")
@@ -165,6 +165,7 @@ class Opening(asyncio.BufferedProtocol):
         if self.pre != PREFACE:
             self._hand_plain(self.pre)
             return
+        from .h2 import Http2Connection  # (the h2 library is loaded by the first HTTP/2 connection)
         transport = self.transport
         h2 = Http2Connection(self.ctx, self.address, self.client_counted)
         self.client_counted = False  # the HTTP/2 connection holds the client's place now

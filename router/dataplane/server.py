@@ -93,7 +93,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             return False
-        from .h2 import Http2Connection  # (h2.py builds on this module)
+        from .h2 import Http2Connection  # (h2.py builds on this module; h2 is loaded by the first HTTP/2 client)
         h2 = Http2Connection(self.ctx, self.client_ip, self.client_counted)
         self.client_counted = False  # the HTTP/2 connection holds the client's place now
         transport.set_protocol(h2)

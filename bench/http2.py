@@ -12,7 +12,6 @@ This is a benchmark, not a test: it prints measured numbers and ratios.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -102,11 +101,7 @@ def main() -> int:
         for name, cases in results.items():
             for case, r in cases.items():
                 print(f"{name:14} {case:8} {r['rps']:>9.0f} {r['user_us'] + r['sys_us']:>11.1f}")
-        print("ratios:", json.dumps(ratios))
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(report, fh, indent=2)
-        return 0
+        return base.finish_report(report, args.out)
     finally:
         base.stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)

@@ -92,6 +92,15 @@ def start_nginx_proxy(work: str, backend: int, server: str, procs: list) -> subp
     return nginx
 
 
+def finish_report(report: dict, out: str | None) -> int:
+    """Print the ratios; with --out, write the whole report as JSON."""
+    print("ratios:", json.dumps(report["ratios"]))
+    if out:
+        with open(out, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
 def wait_targets(targets: dict) -> dict:
     """`targets` ({name: (port, pid)}) once every one of them listens."""
     for port, _ in targets.values():

@@ -12,7 +12,6 @@ This is a benchmark, not a test: it prints measured numbers and ratios.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -76,11 +75,7 @@ def main() -> int:
             k, h = cases["keepalive_c64"], cases["handshake_c16"]
             print(f"{name:8} {k['rps']:>15.0f} {k['p50_ms']:>7.3f} {k['user_us'] + k['sys_us']:>14.1f} | "
                   f"{h['rps']:>12.0f} {h['user_us'] + h['sys_us']:>17.1f}")
-        print("ratios:", json.dumps(report["ratios"]))
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(report, fh, indent=2)
-        return 0
+        return base.finish_report(report, args.out)
     finally:
         base.stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)

@@ -43,9 +43,16 @@ from .timers import LazyTimer
 
 log = logging.getLogger("router.dataplane")
 
-ALPN = "h2"
 CONNECTION_WINDOW = 4 * 1024 * 1024  # bytes of request bodies in flight per connection, all streams together
 RESET_ALLOWANCE = 100  # streams a client may reset beyond those it lets finish
+
+
+def take_over(ctx, transport, client_ip: str, client_counted: bool, first: bytes = b"") -> None:
+    """Hand an open connection that speaks HTTP/2 (by ALPN, or having sent `first`: the preface) to an
+    Http2Connection, with the client's place under maxConnectionsPerClient (the caller gives it up)."""
+    h2 = Http2Connection(ctx, client_ip, client_counted)
+    transport.set_protocol(h2)
+    h2.connection_made(transport, first)
 
 
 class StreamConnection(ClientConnection):
@@ -415,8 +422,7 @@ class Http2Connection:
             return
         self.closed = True
         self.timer.cancel()
-        for stream in list(self.streams.values()):
-            stream.gone()
+        self.abort_streams()
         self.streams.clear()
         if self in self.ctx.connections:
             self.ctx.connections.discard(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+ALPN = "h2"  # HTTP/2 over TLS, as ALPN names it
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a client speaking HTTP/2 with prior knowledge sends first
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                  b"upgrade"})

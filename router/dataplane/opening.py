@@ -165,14 +165,11 @@ class Opening(asyncio.BufferedProtocol):
         if self.pre != PREFACE:
             self._hand_plain(self.pre)
             return
-        from .h2 import Http2Connection  # (the h2 library is loaded by the first HTTP/2 connection)
-        transport = self.transport
-        h2 = Http2Connection(self.ctx, self.address, self.client_counted)
-        self.client_counted = False  # the HTTP/2 connection holds the client's place now
-        transport.set_protocol(h2)
+        from .h2 import take_over  # (the h2 library is loaded by the first HTTP/2 connection)
+        counted, self.client_counted = self.client_counted, False  # the HTTP/2 connection holds the place now
         self._finish()
-        h2.connection_made(transport, PREFACE)
-        transport.resume_reading()
+        take_over(self.ctx, self.transport, self.address, counted, PREFACE)
+        self.transport.resume_reading()
 
     def _first_byte(self) -> None:
         try:

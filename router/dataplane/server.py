@@ -14,6 +14,7 @@ import httptools
 
 from .context import ProxyContext
 from .exchange import Exchange
+from .h2head import ALPN
 from .headers import HttpReject, forwarded_node, is_trusted, simple_response
 from .pause import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_STOPPED, PAUSE_UPSTREAM
 from .reader import PIPELINE_WINDOW, RequestReader, PastLastRequest
@@ -91,13 +92,11 @@ class ClientConnection(RequestReader, asyncio.Protocol):
     def _negotiated_http2(self, transport) -> bool:
         """A TLS client that chose HTTP/2 by ALPN: the connection is handed to HTTP/2 (h2.py)."""
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
             return False
-        from .h2 import Http2Connection  # (h2.py builds on this module; h2 is loaded by the first HTTP/2 client)
-        h2 = Http2Connection(self.ctx, self.client_ip, self.client_counted)
+        from .h2 import take_over  # (h2.py builds on this module; h2 is loaded by the first HTTP/2 client)
+        take_over(self.ctx, transport, self.client_ip, self.client_counted)
         self.client_counted = False  # the HTTP/2 connection holds the client's place now
-        transport.set_protocol(h2)
-        h2.connection_made(transport)
         return True
 
     def accept(self, transport, client_ip: str) -> None:

@@ -19,6 +19,7 @@ import ssl
 import time
 
 from ..config.model import ClientCertificates, Tls
+from .h2head import ALPN
 from ..config.values import refuse_passphrase
 
 log = logging.getLogger("router.tls")
@@ -49,7 +50,7 @@ class ListenerTls:
     SNI contexts by host name, and what /debug/state and the expiry gauge show of them."""
 
     def __init__(self, tls: Tls, expiry_gauge, http2: bool = False):
-        self.alpn = ("h2", "http/1.1") if http2 else ("http/1.1",)  # (fixed at start, as the listener is)
+        self.alpn = (ALPN, "http/1.1") if http2 else ("http/1.1",)  # (fixed at start, as the listener is)
         self.context: ssl.SSLContext | None = None
         self.exact: dict[str, ssl.SSLContext] = {}
         self.suffixes: dict[str, ssl.SSLContext] = {}  # ".example.com" for "*.example.com"

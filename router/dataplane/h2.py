@@ -36,8 +36,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from ..config.model import Http2
-from .h2head import Malformed, NotSupported, request_head, response_headers
-from .headers import simple_response
+from .h2head import Malformed, request_head, response_headers
 from .server import ClientConnection
 from .timers import LazyTimer
 
@@ -95,11 +94,6 @@ class Http2Stream:
         conn.accept(self, self.owner.client_ip)
         if not conn.closed:
             conn.data_received(head)
-
-    def answer(self, status: int, reason: str) -> None:
-        """The router's own answer, without a request behind it."""
-        self.write(simple_response(status, reason, close=False, head_only=self.head_only))
-        self.close()
 
     def body(self, data: bytes, flow: int) -> None:
         if self.conn is None or self.lost or self.closing:
@@ -506,10 +500,6 @@ class Http2Connection:
             self.ctx.metrics.rejected.labels("0", "http2 malformed request").inc()
             log.debug("HTTP/2 stream %d from %s reset: %s", sid, self.client_ip, exc)
             self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-            return
-        except NotSupported as exc:
-            stream = self.streams[sid] = Http2Stream(self, sid, False, False, ended)
-            stream.answer(501, str(exc))
             return
         self.timer.cancel()  # a stream is open: not idle
         self.started += 1

@@ -5,7 +5,8 @@ Host, cookie fields joined with "; " (8.2.3; h2 joins them as it reads the reque
 framing for a body of unknown length. The bytes are parsed again as any request is, so every check and
 limit applies. A value with CR, LF or NUL (which would end a line there) or a field name that is not a
 lowercase token is refused here, whatever h2 checked before: the request is malformed (8.2.1), and would
-otherwise smuggle a header into the HTTP/1.1 text.
+otherwise smuggle a header into the HTTP/1.1 text. CONNECT becomes its authority-form HTTP/1.1 head,
+which the request reader refuses (405) as it refuses one sent over HTTP/1.1.
 
 An HTTP/1.1 response head becomes an HTTP/2 header list: `:status`, lowercase names, without the
 connection-specific fields (8.2.2) and those its Connection field names.
@@ -24,10 +25,6 @@ _LINE_BREAKING = re.compile(rb"[\x00\r\n]")
 
 class Malformed(Exception):
     """An HTTP/2 request that cannot be a request (RFC 9113 8.1.1): reset with PROTOCOL_ERROR."""
-
-
-class NotSupported(Exception):
-    """A well-formed HTTP/2 request the router does not serve (CONNECT): answered 501."""
 
 
 def request_head(headers, ended: bool) -> tuple[bytes, bytes, bool]:
@@ -64,8 +61,10 @@ def request_head(headers, ended: bool) -> tuple[bytes, bytes, bool]:
             fields += (name, b": ", value, b"\r\n")
     if method is None:
         raise Malformed("no :method")
-    if method == b"CONNECT":
-        raise NotSupported("CONNECT is not supported over HTTP/2")
+    if method == b"CONNECT":  # (RFC 9113 8.5): refused as HTTP/1.1's CONNECT is, by the request reader
+        if authority is None or path is not None:
+            raise Malformed("CONNECT needs :authority and no :path")
+        return method, b"CONNECT %s HTTP/1.1\r\nhost: %s\r\n\r\n" % (authority, authority), False
     if not path:
         raise Malformed("no :path")
     if authority is not None and host is not None and host != authority:

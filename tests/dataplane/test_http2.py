@@ -177,7 +177,14 @@ async def test_the_routers_own_answers_and_limits_apply_per_stream(backends, rou
         got = await client.get("/", headers=[(f"x-h{i}", "v") for i in range(30)])
         assert got.status == 431
         got = await client.response(client.request("CONNECT", "/", authority="example.com:443"))
-        assert got.status == 501
+        assert got.status == 405 and bytes(got.data).startswith(b"CONNECT is not supported")  # as over HTTP/1.1
+        sid = client.request("CONNECT", "/", authority="example.com:443", end=False)  # a tunnel's opening
+        client.h2.send_data(sid, b"tunnel bytes")
+        client.flush()
+        got = await client.response(sid)
+        assert got.status == 405 and got.ended
+        assert app.metrics.registry.get_sample_value("router_rejected_requests_total",
+                                                     {"code": "405", "reason": "CONNECT is not supported"}) == 2
         assert (await client.get("/fine")).status == 200  # the connection serves on
     finally:
         client.close()

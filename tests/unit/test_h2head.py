@@ -2,7 +2,7 @@
 text is refused whatever the HTTP/2 library let through."""
 import pytest
 
-from router.dataplane.h2head import Malformed, NotSupported, request_head, response_headers
+from router.dataplane.h2head import Malformed, request_head, response_headers
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/a?b=1"), (b":authority", b"shop.example")]
 
@@ -45,9 +45,13 @@ def test_a_line_break_in_a_pseudo_header_is_malformed_too():
                       (b":authority", b"a")], True)
 
 
-def test_connect_is_not_served_and_a_request_needs_method_and_path():
-    with pytest.raises(NotSupported):
-        request_head([(b":method", b"CONNECT"), (b":authority", b"example.com:443")], False)
+def test_connect_becomes_its_authority_form_head_and_a_request_needs_method_and_path():
+    got = request_head([(b":method", b"CONNECT"), (b":authority", b"example.com:443")], False)
+    assert got == (b"CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n", False)
+    with pytest.raises(Malformed):  # RFC 9113 8.5: :authority, and no :path
+        request_head([(b":method", b"CONNECT"), (b":path", b"/")], False)
+    with pytest.raises(Malformed):
+        request_head([(b":method", b"CONNECT"), (b":authority", b"a:1"), (b":path", b"/")], False)
     with pytest.raises(Malformed):
         request_head(BASE[1:], True)
     with pytest.raises(Malformed):

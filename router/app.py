@@ -31,7 +31,7 @@ from .dataplane.context import ProxyContext
 from .dataplane.listeners import serve, serve_https_redirect
 from .dataplane.tls import ListenerTls, certificate_not_after, utc_text
 from .obs.accesslog import AccessLog
-from .obs.admin import AdminServer, read_token
+from .obs.admin import AdminServer, explain_args, read_token
 from .obs.explain import explain
 from .obs.metrics import Metrics
 from .openfiles import open_files_limit
@@ -88,10 +88,8 @@ class RouterApp:
             self.ctx.access_log = AccessLog(loop, self.config.router.access_log, self.metrics.access_log_dropped.inc)
         if self.run_admin:
             token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
-            self.admin = AdminServer(self.metrics.registry, self.state, self.ready,
-                                     {"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
-                                     token, before_scrape=self.metrics.flush,
-                                     explain=lambda *query: explain(self.ctx, *query))
+            self.admin = self.admin_server({"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},
+                                           token)
             self.admin_port = await self.admin.start(*self.admin_addr)
         if self.config.router.tls is not None:
             self.listener_tls = ListenerTls(self.config.router.tls, self.metrics.tls_not_after, self.ctx.http2_alpn)
@@ -110,6 +108,12 @@ class RouterApp:
             self._spawn(self.reloader.watch(self.watch_interval_s))
         if not self.run_admin:  # a worker: its series are read from files by the supervisor
             self._spawn(self._flush_metrics())
+
+    def admin_server(self, actions: dict, token: str | None) -> AdminServer:
+        """This router's admin endpoints; a worker's has no actions and no token (see workers.py)."""
+        return AdminServer(self.metrics.registry, self.state, self.ready, actions, token,
+                           before_scrape=self.metrics.flush,
+                           explain=lambda query: explain(self.ctx, *explain_args(query)))
 
     async def _flush_metrics(self) -> None:
         try:

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker processes sharing the port: a number, or 'auto' for one per usable CPU")
     s.add_argument("--log-level", default="info")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
+    s.add_argument("--debug-socket", help=argparse.SUPPRESS)  # a worker's read-only admin endpoints
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
     d = sub.add_parser("demo", help="the local multi-region lab behind the seed split, with a live view and a report")
@@ -97,7 +98,7 @@ def serve(args) -> int:
         if args.worker:
             import uvloop
             from .workers import run_worker
-            return uvloop.run(run_worker(args.config, args.listen))
+            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket))
         if args.workers > 1:
             from .workers import run_workers
             return run_workers(args.config, args.listen, args.admin, args.workers)

@@ -6,10 +6,15 @@ new config first and only then sends SIGHUP to every worker; a bad config is ref
 with its FILE:LINE errors, and counted once. SIGTERM drains every worker; a worker that dies
 unexpectedly is replaced, after a pause that doubles (0.5 s up to 30 s) while replacements keep dying
 within RESTART_STABLE_S of their start, so a worker that cannot start does not become a busy loop.
+
+Each worker serves its read-only admin endpoints (/debug/state, /debug/route) on a Unix socket in the
+supervisor's private directory (mode 0700); the supervisor's /debug/route asks one worker and its
+/debug/state gathers every worker's, since health and load are each worker's own.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -22,6 +27,8 @@ log = logging.getLogger("router.workers")
 
 RESTART_FIRST_S, RESTART_MAX_S = 0.5, 30.0
 RESTART_STABLE_S = 5.0  # a worker that lived this long resets the restart pause
+ASK_TIMEOUT_S = 2.0  # a worker's answer on its debug socket
+SOCKET_PATH_MAX = 100  # bytes of a Unix socket path (108 with the terminating NUL on Linux)
 
 
 def run_workers(paths: list[str], listen: str | None, admin: str | None, n: int) -> int:
@@ -60,6 +67,7 @@ class Supervisor:
         self.placeholder: socket.socket | None = None
         self.port = 0
         self.restart_pause_s = 0.0
+        self.spawned = 0
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -77,9 +85,16 @@ class Supervisor:
         cmd = [sys.executable, "-m", "router", "serve", "--worker", "--listen", f"{host}:{self.port}"]
         for p in self.paths:
             cmd += ["--config", p]
+        self.spawned += 1
+        debug_socket = os.path.join(self.mp_dir, f"worker-{self.spawned}.sock")
+        if len(debug_socket.encode()) <= SOCKET_PATH_MAX:
+            cmd += ["--debug-socket", debug_socket]
+        else:
+            debug_socket = None
         proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
                                                     stderr=None)
         proc.started_at = asyncio.get_running_loop().time()
+        proc.debug_socket = debug_socket
         self.workers[proc.pid] = proc
         asyncio.get_running_loop().create_task(self._watch(proc))
 
@@ -120,14 +135,51 @@ class Supervisor:
         return (not self.stopping and not self.draining and len(self.workers) == self.n
                 and all(getattr(p, "ready", False) for p in self.workers.values()))
 
-    def _state(self) -> dict:
+    async def _state(self) -> dict:
+        procs = [self.workers[pid] for pid in sorted(self.workers)]
+        answers = await asyncio.gather(*(self._ask(proc, "/debug/state", []) for proc in procs))
+        per_worker = {str(proc.pid): body if status == 200 else {"error": body.get("error", f"status {status}")}
+                      for proc, (status, body) in zip(procs, answers)}
         return {"workers": sorted(self.workers), "ready": self._ready(), "files": list(self.config.files),
                 "restart_pause_s": self.restart_pause_s, "next_start": self.reloader.next_start,
                 "last_reload_error": self.reloader.last_error,
-                "note": "per-request health lives in each worker; see router_* metrics for the merged view",
                 "routes": [{"name": s.name, "hosts": list(s.hosts),
                             "clusters": {b.cluster: {"configured_weight": b.weight} for b in s.backends}}
-                           for s in self.config.splits]}
+                           for s in self.config.splits],
+                "worker_state": per_worker}
+
+    async def _explain(self, query) -> dict:
+        """/debug/route answered by one worker: the one `worker=PID` names, else the lowest ready pid."""
+        from .obs.admin import Unavailable
+        from .obs.explain import ExplainError
+        ready = [pid for pid in sorted(self.workers) if getattr(self.workers[pid], "ready", False)]
+        named = query.get("worker")
+        if named is not None:
+            if not named.isdigit() or int(named) not in self.workers:
+                raise ExplainError(f"worker={named}: not one of the workers {sorted(self.workers)}")
+            ready = [int(named)]
+        if not ready:
+            raise Unavailable("no worker is ready")
+        proc = self.workers[ready[0]]
+        status, body = await self._ask(proc, "/debug/route", [(k, v) for k, v in query.items() if k != "worker"])
+        if status == 400:
+            raise ExplainError(body.get("error", "bad query"))
+        if status != 200:
+            raise Unavailable(f"worker {proc.pid}: {body.get('error', f'status {status}')}")
+        return {"worker": proc.pid, **body}
+
+    async def _ask(self, proc, path: str, params: list) -> tuple[int, dict]:
+        """(status, JSON body) of a worker's debug endpoint; (503, error) when it cannot answer."""
+        import aiohttp
+        if proc.debug_socket is None:
+            return 503, {"error": f"the supervisor's directory path is too long for a Unix socket: {self.mp_dir}"}
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=proc.debug_socket),
+                                             timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S)) as session:
+                async with session.get(f"http://worker{path}", params=params) as r:
+                    return r.status, await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return 503, {"error": f"worker {proc.pid} did not answer: {exc or type(exc).__name__}"}
 
     async def run(self) -> int:
         from .obs.admin import AdminServer, read_token
@@ -137,7 +189,7 @@ class Supervisor:
         token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
         admin = AdminServer(self.merged, self._state, self._ready,
                             {"reload": lambda: self.reloader.reload("admin"), "drain": self._drain}, token,
-                            collect=self.generate)
+                            collect=self.generate, explain=self._explain)
         admin_port = await admin.start(*self.admin_addr)
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
@@ -168,12 +220,17 @@ def subprocess_out():
     return asyncio.subprocess.PIPE
 
 
-async def run_worker(paths: list[str], listen: str) -> int:
-    """One worker: the data path on a SO_REUSEPORT socket, no admin server of its own."""
+async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None) -> int:
+    """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
+    `debug_socket` for the supervisor, no admin port of its own."""
     from .app import RouterApp
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0)
     await app.start()
+    debug = None
+    if debug_socket is not None:
+        debug = app.admin_server({}, None)
+        await debug.start_unix(debug_socket)
     app.install_signals()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: app.ctx.start_drain())
@@ -186,4 +243,8 @@ async def run_worker(paths: list[str], listen: str) -> int:
     app._spawn(orphan_check())
     print("ready", flush=True)
     await app.stopped.wait()
+    if debug is not None:
+        await debug.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(debug_socket)
     return 0

@@ -1,11 +1,13 @@
-"""Admin HTTP server (aiohttp): /metrics /healthz /readyz /debug/state, POST /admin/*.
+"""Admin HTTP server (aiohttp): /metrics /healthz /readyz /debug/state /debug/route, POST /admin/*.
 
 POST endpoints need `Authorization: Bearer TOKEN`. Binding to a non-loopback address
-without a token configured is refused at start.
+without a token configured is refused at start. A worker of `serve --workers` serves the read-only
+endpoints on a Unix socket in its supervisor's private directory, where the supervisor asks them.
 """
 from __future__ import annotations
 
 import hmac
+import inspect
 import ipaddress
 import os
 from typing import Awaitable, Callable
@@ -15,6 +17,10 @@ from aiohttp import web
 
 class AdminError(Exception):
     pass
+
+
+class Unavailable(Exception):
+    """What the endpoint reports on cannot answer now (a worker that is not up): 503."""
 
 
 async def start_site(app: web.Application, host: str, port: int, **kwargs) -> tuple[web.AppRunner, int]:
@@ -46,11 +52,12 @@ def is_loopback(host: str) -> bool:
 
 
 class AdminServer:
-    def __init__(self, registry, state: Callable[[], dict], ready: Callable[[], bool],
+    def __init__(self, registry, state: Callable[[], dict | Awaitable[dict]], ready: Callable[[], bool],
                  actions: dict[str, Callable[[], Awaitable[dict]]], token: str | None, collect=None,
-                 before_scrape: Callable[[], None] | None = None, explain: Callable[..., dict] | None = None):
+                 before_scrape: Callable[[], None] | None = None,
+                 explain: Callable[..., dict | Awaitable[dict]] | None = None):
         self.registry, self.state, self.ready = registry, state, ready
-        self.explain = explain  # (host, path, method, headers) -> what the router would do; None: not offered
+        self.explain = explain  # (query) -> what the router would do (see explain_args); None: not offered
         self.actions, self.token = actions, token
         self.collect = collect  # optional: returns metrics text (merged across workers)
         self.before_scrape = before_scrape
@@ -76,6 +83,13 @@ class AdminServer:
         self.runner, self.port = await start_site(self.app(), host, port, reuse_address=True)
         return self.port
 
+    async def start_unix(self, path: str) -> None:
+        """Serve on a Unix socket (a worker's, for its supervisor): no token, as only the socket's
+        directory's owner can reach it."""
+        self.runner = web.AppRunner(self.app(), access_log=None)
+        await self.runner.setup()
+        await web.UnixSite(self.runner, path).start()
+
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
@@ -99,15 +113,16 @@ class AdminServer:
         return web.Response(status=503, text="not ready\n")
 
     async def debug_state(self, request: web.Request) -> web.Response:
-        return web.json_response(self.state(), dumps=_dumps)
+        return web.json_response(await _result(self.state()), dumps=_dumps)
 
     async def debug_route(self, request: web.Request) -> web.Response:
         from .explain import ExplainError
-        q = request.query
         try:
-            answer = self.explain(q.get("host", ""), q.get("path", ""), q.get("method", "GET"), q.getall("header", []))
+            answer = await _result(self.explain(request.query))
         except ExplainError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except Unavailable as exc:
+            return web.json_response({"error": str(exc)}, status=503)
         return web.json_response(answer, dumps=_dumps)
 
     async def action(self, request: web.Request) -> web.Response:
@@ -123,6 +138,15 @@ class AdminServer:
         name = request.path.rsplit("/", 1)[1]
         result = await self.actions[name]()
         return web.json_response(result, status=200 if result.get("ok", True) else 400, dumps=_dumps)
+
+
+def explain_args(query) -> tuple[str, str, str, list[str]]:
+    """/debug/route's query as explain()'s arguments: host, path, method, headers."""
+    return query.get("host", ""), query.get("path", ""), query.get("method", "GET"), query.getall("header", [])
+
+
+async def _result(value):
+    return await value if inspect.isawaitable(value) else value
 
 
 def _dumps(obj) -> str:

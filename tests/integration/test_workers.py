@@ -86,3 +86,46 @@ async def test_worker_that_cannot_start_is_retried_with_growing_pauses(backends,
             assert await keepalive_text(rp.port, 1) == ["a"]
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0
+
+
+async def test_debug_endpoints_answer_from_the_workers_own_state(backends, tmp_path):
+    (a,) = await backends("a")
+    (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port, "down": 1}) + split_doc({"a": 1, "down": 1}))
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def get(endpoint, **params):
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}{endpoint}", params=params) as r:
+                    return r.status, await r.json()
+
+            async def ready():
+                return (await get("/debug/state"))[1]["ready"]
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            status, state = await get("/debug/state")
+            pids = [str(pid) for pid in state["workers"]]
+            assert status == 200 and sorted(state["worker_state"]) == sorted(pids) and len(pids) == 2
+            for pid in pids:  # each worker's own view: its health, in flight, expected latency inputs
+                assert state["worker_state"][pid]["routes"][0]["clusters"]["down"]["healthy"] is True
+
+            async def down_seen():  # a worker marks `down` at its first refused connect (and retries on a)
+                await asyncio.gather(*[keepalive_text(rp.port, 2) for _ in range(6)])
+                views = (await get("/debug/state"))[1]["worker_state"]
+                return [pid for pid in pids if not views[pid]["routes"][0]["clusters"]["down"]["healthy"]]
+            marked = await wait_for(down_seen, timeout_s=10, interval_s=0.05, what="a worker saw `down` refuse")
+            sent = len(a.seen)
+            status, out = await get("/debug/route", host="h", path="/", worker=marked[0])
+            assert status == 200 and out["worker"] == int(marked[0]) and out["route"] == "split"
+            assert out["answer"]["cluster"] == "a" and out["clusters"]["down"]["healthy"] is False
+            for pid in pids:
+                assert (await get("/debug/route", host="h", path="/", worker=pid))[1]["worker"] == int(pid)
+            status, out = await get("/debug/route", host="h", path="/")  # the lowest ready pid by default
+            assert status == 200 and out["worker"] == min(int(p) for p in pids)
+            status, out = await get("/debug/route", path="/")  # the worker's 400, passed on
+            assert status == 400 and "host=" in out["error"]
+            status, out = await get("/debug/route", host="h", path="/", worker="1")
+            assert status == 400 and "not one of the workers" in out["error"]
+            assert len(a.seen) == sent  # asking sent nothing
+            mp_dir, _ = _mp_dir(rp.pid)
+            assert len([f for f in os.listdir(mp_dir) if f.endswith(".sock")]) == 2
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0
+    assert not os.path.exists(mp_dir)  # the workers' sockets went with the supervisor's directory

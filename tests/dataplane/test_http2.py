@@ -8,6 +8,8 @@ import pytest
 from aiohttp import web
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
+from hpack import Encoder
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame
 from hypothesis import given, strategies as st
 
 from router.config.errors import ConfigError
@@ -217,6 +219,51 @@ async def test_malformed_requests_are_reset_and_reach_no_cluster(h2c_router, bad
     assert b.seen == [] and b":status" not in stream.headers
     client.close()
     await wait_for(lambda: not app.ctx.connections, what="nothing left open")
+
+
+REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"h")]
+
+
+def header_flood(kind: str) -> list[Frame]:
+    if kind == "continuation":  # a header block that never ends (CVE-2024-27316's shape): 100 CONTINUATIONs
+        block = Encoder().encode(REQUEST + [(b"x-pad", b"v" * 100)] * 100)
+        return [HeadersFrame(1, data=block[:16], flags=["END_STREAM"])] + [
+            ContinuationFrame(1, data=block[16 * i:16 * (i + 1)]) for i in range(1, 101)]
+    if kind == "hpack bomb":  # 4 KB indexed once, then named 40 times by one byte each: 160 KB decoded
+        return [HeadersFrame(1, data=Encoder().encode(REQUEST + [(b"x-big", b"v" * 4000)] * 40),
+                             flags=["END_HEADERS", "END_STREAM"])]
+    return [HeadersFrame(1, data=Encoder().encode(REQUEST)[:8], flags=["END_STREAM"])]  # then nothing more
+
+
+def frames_of(data: bytes) -> list[Frame]:
+    frames = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        frames.append(frame)
+        data = data[9 + length:]
+    return frames
+
+
+@pytest.mark.parametrize("kind,code", [("continuation", ErrorCodes.PROTOCOL_ERROR),
+                                       ("hpack bomb", ErrorCodes.ENHANCE_YOUR_CALM),
+                                       ("unfinished", ErrorCodes.NO_ERROR)])
+async def test_header_blocks_that_flood_or_never_end_close_the_connection(backends, router, kind, code):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
+                       router_doc(timeouts={"headerRead": "300ms"}, **H2C))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+                 + b"".join(frame.serialize() for frame in header_flood(kind)))
+    got = frames_of(await read_until_close(reader, 5))  # (the router closes: read_until_close returns at once)
+    writer.close()
+    assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == code
+    assert not any(isinstance(frame, HeadersFrame) for frame in got) and b.seen == []
+    assert rejected(app, "http2 protocol error") == (0 if kind == "unfinished" else 1)
+    await wait_for(lambda: not app.ctx.connections, what="nothing left open")
+    client = await H2Client.open(app.port)
+    assert (await client.get("/")).status == 200
+    client.close()
 
 
 async def test_rapid_reset_ends_the_connection(h2c_router):

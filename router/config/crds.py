@@ -88,7 +88,8 @@ TRAFFIC_SPLIT_SPEC = {
             "cluster": {"type": "string", "minLength": 1}, "path": {"type": "string", "pattern": "^/"},
             **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}
                for key in ("allowedHeaders", "allowedResponseHeaders")},
-            "timeout": {"type": "string", "pattern": DURATION}}},
+            "timeout": {"type": "string", "pattern": DURATION},
+            "forwardBody": {"type": "object", "properties": {"maxSize": {"x-kubernetes-int-or-string": True}}}}},
         "cors": {"type": "object", "required": ["allowOrigins"], "properties": {
             **{key: {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1}}
                for key in ("allowOrigins", "allowMethods", "allowHeaders", "exposeHeaders")},

@@ -56,6 +56,10 @@ def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Con
     _check_unique([(s.name, s.source) for s in services], "Service", problems)
     _check_services(services, clusters, problems)
     splits = _resolve(pending, clusters, services, problems)
+    for split in splits:  # a body the router may not hold whole could never be sent with its check
+        if split.auth is not None and split.auth.forward_body > router.limits.max_buffered_bytes:
+            problems.add(*split.auth.forward_body_at, f"{split.auth.forward_body} bytes is more than the Router's "
+                         f"limits.maxBuffered ({router.limits.max_buffered_bytes}), what a request may hold buffered")
     problems.raise_if_any()
     return Config(router, tuple(clusters), tuple(splits), tuple(files), tuple(services))
 

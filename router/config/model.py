@@ -226,14 +226,17 @@ class Cors:
 class ExternalAuth:
     """External authorization (the Gateway API's HTTPRoute ExternalAuth filter over HTTP, Envoy's ext_authz
     HTTP service, nginx's auth_request): before a request is routed, the router asks `cluster` with the
-    request's method and `path_prefix` + path, its Host, Authorization and `allowed_headers`, and no body.
-    A 200 lets the request through with `allowed_response_headers` of that answer added (every field but
-    framing, forwarding and representation ones when the list is empty); any other answer is the client's."""
+    request's method and `path_prefix` + path, its Host, Authorization and `allowed_headers`, and its body
+    when `forward_body` is above 0 (a body over it is refused 413), else none. A 200 lets the request
+    through with `allowed_response_headers` of that answer added (every field but framing, forwarding and
+    representation ones when the list is empty); any other answer is the client's."""
     cluster: str
     path_prefix: str = ""
     allowed_headers: tuple[str, ...] = ()  # lowercase
     allowed_response_headers: tuple[str, ...] = ()  # lowercase
     timeout_s: float = 2.0
+    forward_body: int = 0  # bytes of the request body sent with the check (forwardBody.maxSize); 0: none
+    forward_body_at: tuple = ()  # (file, line, field) of forwardBody.maxSize, checked against limits.maxBuffered
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class AuthPolicy:
     sent: frozenset  # lowercase names of the request's fields sent along: Host, Authorization, allowedHeaders
     copied: frozenset  # lowercase names taken from a 200 (empty: every field but framing and the like)
     timeout_s: float
+    body: int = 0  # bytes of the request body sent with the check (the route's maxBody is held to it); 0: none
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,16 @@ def _response_changes(split: SplitConfig) -> tuple[frozenset | None, bytes]:
 def _auth(auth: ExternalAuth) -> AuthPolicy:
     return AuthPolicy(auth.path_prefix.encode(),
                       frozenset(n.encode() for n in (*ALWAYS_SENT, *auth.allowed_headers)),
-                      frozenset(n.encode() for n in auth.allowed_response_headers), auth.timeout_s)
+                      frozenset(n.encode() for n in auth.allowed_response_headers), auth.timeout_s, auth.forward_body)
+
+
+def _max_body(split: SplitConfig, limit: int) -> int:
+    """The route's maxBody (else the Router's), held to what its authorization check is sent of a body:
+    a larger body could not go with the check (the Gateway API asks for a 4xx)."""
+    max_body = split.max_body_bytes or limit
+    if split.auth is not None and split.auth.forward_body:
+        max_body = min(max_body, split.auth.forward_body)
+    return max_body
 
 
 def _direct(d: DirectResponse) -> tuple[int, bytes, bytes]:
@@ -278,7 +288,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
-                     max_body=split.max_body_bytes or config.router.limits.max_body_bytes,
+                     max_body=_max_body(split, config.router.limits.max_body_bytes),
                      direct=_direct(split.direct) if split.direct else None, fault=split.fault,
                      path_regex=compile_pattern(split.path_regex) if split.path_regex else None)
 

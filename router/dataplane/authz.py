@@ -4,12 +4,15 @@ authorization cluster whether it may pass.
 
 The check is a request of its own (a SideRequest): the client's method and the route's `path` prefix +
 the request's path and query, its Host, Authorization and the route's `allowedHeaders`, the router's
-forwarding headers, and no body. A 200 lets the request through: the fields of that answer named in
-`allowedResponseHeaders` replace the request's own of those names (a client cannot send its own X-User
-past a service that did not set one), or, when that list is empty, every field of the answer but framing,
-forwarding and the answer's own representation is set on the request. Any other answer is the client's:
-its status, headers and body (a 401 with WWW-Authenticate, a 302 to a login page). No answer (refused,
-broken, over its timeout or 64 KiB) is a 503: the route fails closed.
+forwarding headers, and no body; with `forwardBody`, the request's body (waited for whole; the route's
+maxBody is held to its maxSize) with its Content-Type, while the body stays buffered for the cluster.
+
+A 200 lets the request through: the fields of that answer named in `allowedResponseHeaders` replace the
+request's own of those names (a client cannot send its own X-User past a service that did not set one),
+or, when that list is empty, every field of the answer but framing, forwarding and the answer's own
+representation is set on the request. Any other answer is the client's: its status, headers and body (a
+401 with WWW-Authenticate, a 302 to a login page). No answer (refused, broken, over its timeout or 64
+KiB) is a 503: the route fails closed.
 """
 from __future__ import annotations
 
@@ -71,19 +74,35 @@ class ExternalAuthorization:
     __slots__ = ()
 
     def _authorize(self) -> None:
-        """Ask the route's authorization cluster; the request goes on in on_auth_answer / on_auth_failed."""
+        """Ask the route's authorization cluster; the request goes on in on_auth_answer / on_auth_failed.
+        A check sent with the body waits for the rest of it (the exchange's on_request_end asks then); a
+        client waiting for `100 Continue` before it sends the body gets it from the router."""
+        req = self.req
+        facts = req.facts
+        if self.route.auth[1].body and not req.complete and (facts["chunked"] or facts["content_length"]):
+            self.auth_waiting = True
+            if facts["expect_continue"]:
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.sent_continue = True  # (a cluster's own 100 is not passed on after it)
+            return
+        self.ask_authorization()
+
+    def ask_authorization(self) -> None:
+        self.auth_waiting = False
         backend, auth = self.route.auth
         AuthCheck(self, backend.cluster).send(backend, self._auth_request(auth), auth.timeout_s)
 
     def _auth_request(self, auth) -> bytes:
         req = self.req
         sent = auth.sent
+        body = b"".join(req.body) if auth.body and req.body else b""  # (left in place: the cluster's too)
         parts = [req.method, b" ", auth.path + req.url if req.url[:1] == b"/" else auth.path + b"/", b" HTTP/1.1\r\n"]
         for name, value in req.headers:
-            if name.lower() in sent:
+            lname = name.lower()
+            if lname in sent or (body and lname == b"content-type"):
                 parts += (name, b": ", value, b"\r\n")
         parts.append(self.forwarding_lines())
-        parts.append(b"Content-Length: 0\r\n\r\n")
+        parts += (b"Content-Length: %d\r\n\r\n" % len(body), body)
         return b"".join(parts)
 
     def on_auth_answer(self, status: int, headers: list, body: bytes) -> None:

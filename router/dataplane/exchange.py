@@ -43,7 +43,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
-                 "session", "tries", "resumed", "body_sent", "head_at")
+                 "session", "tries", "resumed", "body_sent", "head_at", "auth_waiting", "sent_continue")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -81,6 +81,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         self.tries = 0  # times the request was sent to a cluster (retries and hedges included), for the access log
         self.body_sent = 0  # response body bytes written to the client (compressed, when gzipped)
         self.head_at = 0.0  # when the answering try's response head arrived (0: none did)
+        self.auth_waiting = False  # an authorization check waits for the whole body to be sent with it
+        self.sent_continue = False  # the router answered the client's Expect: 100-continue itself
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -303,6 +305,9 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         return [data]
 
     def on_request_end(self) -> None:
+        if self.auth_waiting:  # the body to send with the authorization check is whole
+            self.ask_authorization()
+            return
         if self.upstream is not None and self.req.facts["chunked"] and not self.finished:
             self.upstream.write(b"0\r\n\r\n")
         route = self.route

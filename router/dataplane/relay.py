@@ -27,7 +27,8 @@ class ResponseRelay:
     def on_response_head(self, status: int, headers: list, upgrade: bool) -> None:
         req = self.req
         if 100 <= status < 200 and status != 101:
-            if status == 100 and req.facts.get("expect_continue") and not self.resp_started:
+            if status == 100 and req.facts.get("expect_continue") and not self.resp_started \
+                    and not self.sent_continue:
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         route = self.route

@@ -1,12 +1,13 @@
 """External authorization on real sockets: the route's authorization cluster is asked first (method,
-prefixed path, Host, Authorization and the allowed headers, no body); its 200 lets the request through
-with the granted fields, any other answer is the client's, and no answer is a 503."""
+prefixed path, Host, Authorization and the allowed headers, no body unless forwardBody asks for it); its
+200 lets the request through with the granted fields, any other answer is the client's, and no answer is
+a 503."""
 import asyncio
 import time
 
 from aiohttp import web
 
-from tests.conftest import Backend, cluster_docs, httproute_doc, read_response, split_doc
+from tests.conftest import Backend, cluster_docs, httproute_doc, read_response, split_doc, wait_for
 
 
 async def auth_service() -> Backend:
@@ -101,6 +102,55 @@ async def test_an_httproute_filter_takes_every_granted_field_and_the_body_waits(
         assert seen.headers["X-User"] == "alice" and seen.headers["X-Extra"] == "1"
         # the check's own Content-Type (text/plain) describes its answer, not the request: not taken
         assert seen.headers["Content-Type"] == "application/json" and app_cluster.bodies == [body]
+    finally:
+        await auth.stop()
+
+
+async def test_forward_body_sends_the_whole_body_with_the_check_and_on_to_the_cluster(backends, router):
+    app_cluster, = await backends("a")
+    auth = await auth_service()
+    try:
+        app = await router(cluster_docs({"a": app_cluster.port, "auth": auth.port})
+                           + split_doc({"a": 1}, "shop", ["shop"])
+                           + "  externalAuth: {cluster: auth, forwardBody: {maxSize: 1Ki}}\n")
+        head = b"POST /cart HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
+        body = b'{"item": 7, "signed": "abc"}'
+        status, _, answer = await ask(app.port, head % b"good" + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert (status, answer) == (200, b"a:%d" % len(body))
+        assert auth.bodies == [body] and auth.seen[0].headers["Content-Type"] == "application/json"
+        assert auth.seen[0].headers["Content-Length"] == str(len(body)) and app_cluster.bodies == [body]
+
+        # chunked, arriving in pieces after the head: the check waits for all of it
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(head % b"good" + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await wait_for(lambda: any(c.active is not None and c.active.req.body_len == 5 for c in app.ctx.connections),
+                       what="the first piece read")
+        (waiting,) = [c.active for c in app.ctx.connections if c.active is not None]
+        assert waiting.auth_waiting and len(auth.seen) == 1  # not asked yet: the body is not whole
+        writer.write(b"6\r\n world\r\n0\r\n\r\n")
+        status, _, answer = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert (status, auth.bodies[-1], app_cluster.bodies[-1]) == (200, b"hello world", b"hello world")
+
+        # Expect: 100-continue: the router says continue itself, once, and the client's body follows
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        writer.write(head % b"good" + b"Content-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"ping")
+        status, _, answer = await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert (status, auth.bodies[-1], app_cluster.bodies[-1]) == (200, b"ping", b"ping")
+
+        # a body over maxSize is refused before anyone is asked; a denied one reaches no cluster
+        asked, sent = len(auth.seen), len(app_cluster.seen)
+        status, _, answer = await ask(app.port, head % b"good" + b"Content-Length: 2000\r\n\r\n" + b"x" * 2000)
+        assert status == 413 and len(auth.seen) == asked
+        status, _, answer = await ask(app.port, head % b"good" + b"Transfer-Encoding: chunked\r\n\r\n"
+                                      + b"400\r\n" + b"x" * 1024 + b"\r\n1\r\nx\r\n0\r\n\r\n")
+        assert status == 413 and len(auth.seen) == asked
+        status, _, answer = await ask(app.port, head % b"nope" + b"Content-Length: 4\r\n\r\nping")
+        assert status == 401 and auth.bodies[-1] == b"ping" and len(app_cluster.seen) == sent
     finally:
         await auth.stop()
 

@@ -7,7 +7,8 @@ import time
 
 from aiohttp import web
 
-from tests.conftest import Backend, cluster_docs, httproute_doc, read_response, split_doc, wait_for
+from tests.conftest import Backend, cluster_docs, httproute_doc, read_response, router_doc, split_doc, wait_for
+from tests.h2client import H2Client
 
 
 async def auth_service() -> Backend:
@@ -152,6 +153,28 @@ async def test_forward_body_sends_the_whole_body_with_the_check_and_on_to_the_cl
         status, _, answer = await ask(app.port, head % b"nope" + b"Content-Length: 4\r\n\r\nping")
         assert status == 401 and auth.bodies[-1] == b"ping" and len(app_cluster.seen) == sent
     finally:
+        await auth.stop()
+
+
+async def test_forward_body_over_http2(backends, router):
+    app_cluster, = await backends("a")
+    auth = await auth_service()
+    client = None
+    try:
+        app = await router(cluster_docs({"a": app_cluster.port, "auth": auth.port})
+                           + split_doc({"a": 1}, "shop", ["shop"])
+                           + "  externalAuth: {cluster: auth, forwardBody: {maxSize: 64Ki}}\n"
+                           + router_doc(http2={"cleartext": True}))
+        client = await H2Client.open(app.port)
+        body = bytes(range(256)) * 200  # 51,200 bytes: four DATA frames
+        got = await client.post("/upload", body, authority="shop", headers=[("authorization", "Bearer good")])
+        assert got.status == 200 and bytes(got.data) == b"a:%d" % len(body)
+        assert auth.bodies == [body] and app_cluster.bodies == [body]
+        got = await client.post("/upload", b"x" * 70_000, authority="shop", headers=[("authorization", "Bearer good")])
+        assert got.status == 413 and len(auth.seen) == 1
+    finally:
+        if client is not None:
+            client.close()
         await auth.stop()
 
 

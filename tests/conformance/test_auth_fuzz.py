@@ -27,14 +27,15 @@ METHODS = st.sampled_from([b"GET", b"HEAD", b"POST", b"DELETE"])
 
 
 @fuzz_settings
-@given(behaviour=BEHAVIOUR, method=METHODS)
-async def test_any_authorization_answer_ends_promptly(router, backends, behaviour, method, caplog):
+@given(behaviour=BEHAVIOUR, method=METHODS, forward=st.booleans())
+async def test_any_authorization_answer_ends_promptly(router, backends, behaviour, method, forward, caplog):
     caplog.clear()
     a, = await backends("a")
     script = {"now": behaviour}
     async with scripted_cluster(script, AUTH_ANSWERS) as auth:
         app = await router(cluster_docs({"a": a.port, "auth": auth}) + split_doc({"a": 1}, "s", ["h"])
-                           + "  externalAuth: {cluster: auth, allowedResponseHeaders: [X-User], timeout: 500ms}\n")
+                           + "  externalAuth: {cluster: auth, allowedResponseHeaders: [X-User], timeout: 500ms%s}\n"
+                           % (", forwardBody: {maxSize: 1Ki}" if forward else ""))
         body = b"hello" if method == b"POST" else b""
         loop = asyncio.get_running_loop()
         t = loop.time()
@@ -51,6 +52,7 @@ async def test_any_authorization_answer_ends_promptly(router, backends, behaviou
         assert len(a.seen) == (1 if allowed else 0)
         if allowed:
             assert a.seen[0].headers.getall("X-User", []) in ([], ["alice"], ["bob"])
+            assert a.bodies[0] == body  # (sent with the check too, when forwarded: still the cluster's)
         elif what in ("deny", "redirect") or head and what == "huge":
             assert status == {"deny": 403, "redirect": 302, "huge": 401}[what]
         else:

@@ -115,8 +115,13 @@ class RequestReader:
                 elif req.version == "1.0":  # (HTTP/1.1 without Host stays a 400)
                     req.special.append((b"host", authority))
                     req.headers.append((b"Host", authority))
-        if b"%" in req.url and self.ctx.settings.escaped_slashes != "keep":
-            self._escaped_slashes(req)
+        if b"#" in req.url:  # (Envoy's default since 1.19: a fragment would route apart from what is served)
+            raise HttpReject(400, "fragment (#) in the request target")
+        if b"%" in req.url:
+            if b"%00" in req.url.partition(b"?")[0]:  # a NUL when decoded: where C strings end (nginx refuses it too)
+                raise HttpReject(400, "encoded NUL (%00) in the request path")
+            if self.ctx.settings.escaped_slashes != "keep":
+                self._escaped_slashes(req)
         if needs_normalizing(req.url) and self.ctx.settings.normalize_path:
             req.url = normalize_path(req.url)  # routed on, and forwarded, as the cluster will resolve it
         key = (req.version, *req.special)

@@ -178,7 +178,8 @@ async def test_path_is_routed_and_forwarded_as_the_cluster_resolves_it(backends,
              (b"/public/./x/.././../admin/", b"main", "/admin/"), (b"/../public/x", b"public", "/public/x"),
              (b"//public//x/./y?q=/../z", b"public", "/public/x/y?q=/../z"), (b"/public/x/..", b"public", "/public/"),
              (b"/public/..%2Fadmin", b"public", "/public/..%2Fadmin"), (b"/public/.well-known/x", b"public",
-                                                                       "/public/.well-known/x")]
+                                                                       "/public/.well-known/x"),
+             (b"/public/x?q=%00", b"public", "/public/x?q=%00")]  # (an encoded NUL in the query is the app's)
     for target, cluster, seen_path in cases:
         raw = await raw_request(app.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: " + cluster in raw, (target, raw)

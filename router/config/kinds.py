@@ -243,7 +243,7 @@ def _read_access_log(doc: Doc, node: Node | None) -> str | None:
 
 def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
     """tls: {certFile: PATH, keyFile: PATH, sni: [{hosts: [NAME], certFile, keyFile}], minVersion: "1.2",
-    clientCertificates: {caFile: PATH, required: true}}; each pair must load (as `nginx -t` checks), and
+    clientCertificates: {caFile: PATH, required: true, forwardCert: false}}; each pair must load (as `nginx -t` checks), and
     a host name may pick one certificate only."""
     if not doc.fields(node, {"certFile", "keyFile", "sni", "minVersion", "clientCertificates"},
                       {"certFile", "keyFile"}):
@@ -270,18 +270,20 @@ def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
 
 
 def _read_client_certificates(doc: Doc, node: Node | None) -> ClientCertificates | None:
-    """clientCertificates: {caFile: PATH, required: true}: the CA bundle must hold a certificate that loads."""
-    if not doc.fields(node, {"caFile", "required"}, {"caFile"}):
+    """clientCertificates: {caFile: PATH, required: true, forwardCert: false}: the CA bundle must hold a
+    certificate that loads."""
+    if not doc.fields(node, {"caFile", "required", "forwardCert"}, {"caFile"}):
         return None
     ca_file = doc.string(node, "caFile")
     required = doc.value(node, "required", parse_bool, True)
+    forward_cert = doc.value(node, "forwardCert", parse_bool, False)
     if ca_file is None:
         return None
     problem = check_ca_file(ca_file)
     if problem is not None:
         doc.error(node.get("caFile"), problem)
         return None
-    return ClientCertificates(ca_file, required)
+    return ClientCertificates(ca_file, required, forward_cert)
 
 
 def _read_pair(doc: Doc, node: Node) -> tuple[str, str] | None:

@@ -350,9 +350,11 @@ class SniCertificate:
 @dataclass(frozen=True)
 class ClientCertificates:
     """Mutual TLS with clients: certificates signed by the CAs in `ca_file` are accepted; with
-    `required`, a handshake without one fails, else one is asked for and checked when given."""
+    `required`, a handshake without one fails, else one is asked for and checked when given. With
+    `forward_cert`, X-Forwarded-Client-Cert carries the certificate itself (Cert=, URL-encoded PEM)."""
     ca_file: str
     required: bool = True
+    forward_cert: bool = False
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         if tls is not None and tls.client_certificates is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None:
-                self.client_cert = client_certificate_element(ssl_object)
+                self.client_cert = client_certificate_element(ssl_object, tls.client_certificates.forward_cert)
         transport.set_write_buffer_limits(high=256 * 1024)
         self.ctx.connections.add(self)
         self.ctx.metrics.open_connections.inc()

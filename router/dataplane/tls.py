@@ -17,6 +17,7 @@ import os
 import re
 import ssl
 import time
+import urllib.parse
 
 from ..config.model import ClientCertificates, Tls
 from .h2head import ALPN
@@ -132,19 +133,24 @@ class ListenerTls:
         default, clients = self.served[0], self.settings.client_certificates
         return {"cert_file": default["cert_file"], "key_file": default["key_file"], "not_after": default["not_after"],
                 "certificates": self.served, "min_version": self.settings.min_version,
-                "client_certificates": {"ca_file": clients.ca_file, "required": clients.required} if clients else None,
+                "client_certificates": {"ca_file": clients.ca_file, "required": clients.required,
+                                        "forward_cert": clients.forward_cert} if clients else None,
                 "loads": self.loads, "last_error": self.last_error}
 
 
-def client_certificate_element(ssl_object) -> bytes:
+def client_certificate_element(ssl_object, with_cert: bool = False) -> bytes:
     """What X-Forwarded-Client-Cert says of the certificate a client showed on this connection (Envoy's
-    format: Hash=<SHA-256 of the DER, hex>;Subject="<RFC 2253>";URI=...;DNS=...), or b"" when it
-    showed none. Read once per connection: the handshake verified it against the client CAs."""
+    format: Hash=<SHA-256 of the DER, hex>;Cert="<PEM, URL-encoded>" (`with_cert`);Subject="<RFC 2253>";
+    URI=...;DNS=...), or b"" when it showed none. Read once per connection: the handshake verified it
+    against the client CAs."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return b""
     info = ssl_object.getpeercert() or {}
-    parts = ["Hash=" + hashlib.sha256(der).hexdigest(), "Subject=" + _quoted(rfc2253(info.get("subject", ())))]
+    parts = ["Hash=" + hashlib.sha256(der).hexdigest()]
+    if with_cert:
+        parts.append('Cert="' + urllib.parse.quote(ssl.DER_cert_to_PEM_cert(der), safe="") + '"')
+    parts.append("Subject=" + _quoted(rfc2253(info.get("subject", ()))))
     uris = [value for kind, value in info.get("subjectAltName", ()) if kind == "URI"]
     if uris:
         parts.append("URI=" + _quoted(uris[0]))

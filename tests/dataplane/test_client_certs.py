@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import os
 import ssl
+import urllib.parse
 
 import pytest
 import trustme
@@ -74,7 +75,23 @@ async def test_required_client_certificates_admit_only_the_client_cas_and_name_t
     await wait_for(lambda: app.metrics.registry.get_sample_value(
         "router_rejected_requests_total", {"code": "0", "reason": "tls handshake"}) == 2, what="both counted")
     state = app.state()["tls"]
-    assert state["client_certificates"] == {"ca_file": pki["bundle"], "required": True}
+    assert state["client_certificates"] == {"ca_file": pki["bundle"], "required": True, "forward_cert": False}
+
+
+async def test_forward_cert_puts_the_certificate_itself_in_the_header(backends, router, pki):
+    (b,) = await backends("a")
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(
+        tls={"certFile": pki["cert"], "keyFile": pki["key"],
+             "clientCertificates": {"caFile": pki["bundle"], "forwardCert": True}}))
+    assert await get(app.port, with_client(pki, pki["client"])) == 200
+    xfcc = b.seen[-1].headers["X-Forwarded-Client-Cert"]
+    hash_part, cert_part, rest = xfcc.split(";", 2)
+    assert hash_part == "Hash=" + hashlib.sha256(der_of(pki["client"])).hexdigest() and rest.startswith("Subject=")
+    assert cert_part.startswith('Cert="') and cert_part.endswith('"')
+    pem = urllib.parse.unquote(cert_part[6:-1])  # Envoy's encoding: the PEM, URL-encoded, quoted
+    assert ssl.PEM_cert_to_DER_cert(pem) == der_of(pki["client"])
+    assert not any(c in cert_part[6:-1] for c in ',;="\n ')  # nothing in it that the header's syntax uses
+    assert app.state()["tls"]["client_certificates"]["forward_cert"] is True
 
 
 async def test_optional_client_certificates_pass_clients_without_one(backends, router, pki):
@@ -131,7 +148,8 @@ def test_listener_tls_settings_are_checked(tmp_path, pki):
     bad = [({"caFile": str(tmp_path / "missing.pem")}, "spec.tls.clientCertificates.caFile", "cannot read"),
            ({"caFile": pki["key"]}, "spec.tls.clientCertificates.caFile", "no PEM certificate"),
            ({"required": True}, "spec.tls.clientCertificates.caFile", "required"),
-           ({"caFile": pki["bundle"], "required": "sometimes"}, "spec.tls.clientCertificates.required", "")]
+           ({"caFile": pki["bundle"], "required": "sometimes"}, "spec.tls.clientCertificates.required", ""),
+           ({"caFile": pki["bundle"], "forwardCert": "pem"}, "spec.tls.clientCertificates.forwardCert", "")]
     for clients, field, words in bad:
         path = tmp_path / "r.yaml"
         path.write_text(cluster_docs({"a": 1}) + split_doc({"a": 1}) + router_doc(

@@ -243,8 +243,8 @@ def _read_access_log(doc: Doc, node: Node | None) -> str | None:
 
 def _read_tls(doc: Doc, node: Node | None) -> Tls | None:
     """tls: {certFile: PATH, keyFile: PATH, sni: [{hosts: [NAME], certFile, keyFile}], minVersion: "1.2",
-    clientCertificates: {caFile: PATH, required: true, forwardCert: false}}; each pair must load (as `nginx -t` checks), and
-    a host name may pick one certificate only."""
+    clientCertificates: {caFile: PATH, required: true, forwardCert: false}}; each pair must load (as
+    `nginx -t` checks), and a host name may pick one certificate only."""
     if not doc.fields(node, {"certFile", "keyFile", "sni", "minVersion", "clientCertificates"},
                       {"certFile", "keyFile"}):
         return None

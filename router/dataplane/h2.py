@@ -333,6 +333,7 @@ class Http2Connection:
         self.started = 0
         self.completed = 0
         self.resets = 0
+        self.max_streams = 0  # maxConcurrentStreams, as this connection's SETTINGS said it
         self.born = 0.0
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
@@ -348,14 +349,16 @@ class Http2Connection:
         config = H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
                                  normalize_outbound_headers=False)
         h2 = self.h2 = H2Connection(config=config)
-        h2.local_settings = Settings(client=False, initial_values={
-            # (a reload may have removed http2 since this listener began offering it: the defaults then)
-            SettingCodes.MAX_CONCURRENT_STREAMS: (settings.http2 or Http2()).max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: settings.limits.max_header_bytes,
-            SettingCodes.INITIAL_WINDOW_SIZE: min(settings.limits.max_buffered_bytes, 2 ** 31 - 1),
-            SettingCodes.ENABLE_PUSH: 0,
-        })
-        h2.initiate_connection()
+        # (a reload may have removed http2 since this listener began offering it: the defaults then)
+        self.max_streams = (settings.http2 or Http2()).max_concurrent_streams
+        values = {SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+                  SettingCodes.MAX_HEADER_LIST_SIZE: settings.limits.max_header_bytes,
+                  SettingCodes.INITIAL_WINDOW_SIZE: min(settings.limits.max_buffered_bytes, 2 ** 31 - 1),
+                  SettingCodes.ENABLE_PUSH: 0}
+        h2.local_settings = Settings(client=False, initial_values=values)
+        h2.initiate_connection()  # (the SETTINGS frame says the limit; then h2 is told there is none, see _request)
+        h2.local_settings = Settings(client=False, initial_values={**values,
+                                                                   SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1})
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         transport.set_write_buffer_limits(high=256 * 1024)
         self.send()
@@ -493,6 +496,16 @@ class Http2Connection:
         if self.goaway_at is not None and sid > self.goaway_at:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
+        if len(self.streams) >= self.max_streams:
+            # Over maxConcurrentStreams: that stream is refused, and the client may send it again (RFC 9113
+            # 5.1.2; a client may open more before it has read the limit). h2 would end the whole connection.
+            # Refused streams count as resets toward the rapid-reset bound.
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.ctx.metrics.rejected.labels("0", "http2 refused stream").inc()
+            self.resets += 1
+            if self.resets > self.completed + RESET_ALLOWANCE:
+                self._calm_down()
+            return
         ended = event.stream_ended is not None
         try:
             method, head, chunked = request_head(event.headers, ended)
@@ -516,13 +529,17 @@ class Http2Connection:
         if event.remote_reset and not stream.fin:
             self.resets += 1
             if self.resets > self.completed + RESET_ALLOWANCE:
-                self.ctx.metrics.rejected.labels("0", "http2 rapid reset").inc()
-                log.warning("HTTP/2 connection from %s closed: %d streams reset by the client", self.client_ip,
-                            self.resets)
-                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
-                self.abort_streams()
-                self.close()
+                self._calm_down()
         stream.gone()
+
+    def _calm_down(self) -> None:
+        """Too many streams that cost the router without finishing (reset by the client, or refused)."""
+        self.ctx.metrics.rejected.labels("0", "http2 rapid reset").inc()
+        log.warning("HTTP/2 connection from %s closed: %d streams reset by the client or refused", self.client_ip,
+                    self.resets)
+        self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.abort_streams()
+        self.close()
 
     def abort_streams(self) -> None:
         for stream in list(self.streams.values()):

@@ -9,7 +9,8 @@ from aiohttp import web
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame,
+                              SettingsFrame)
 from hypothesis import given, strategies as st
 
 from router.config.errors import ConfigError
@@ -236,9 +237,12 @@ def header_flood(kind: str) -> list[Frame]:
 
 
 def frames_of(data: bytes) -> list[Frame]:
+    """The whole frames in `data` (a frame still arriving at its end is left out)."""
     frames = []
     while len(data) >= 9:
         frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        if len(data) < 9 + length:
+            break
         frame.parse_body(memoryview(data[9:9 + length]))
         frames.append(frame)
         data = data[9 + length:]
@@ -264,6 +268,46 @@ async def test_header_blocks_that_flood_or_never_end_close_the_connection(backen
     client = await H2Client.open(app.port)
     assert (await client.get("/")).status == 200
     client.close()
+
+
+async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h2c_router):
+    """150 requests sent before the router's SETTINGS (limit 100) could be read: the 50 over the limit are
+    refused with REFUSED_STREAM (safe to send again, RFC 9113 5.1.2), not the connection ended."""
+    app, b = h2c_router, h2c_router.backend
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    encoder = Encoder()
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + b"".join(
+        HeadersFrame(1 + 2 * i, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize()
+        for i in range(150)))
+    data = b""
+    async with asyncio.timeout(5):
+        while True:
+            data += await reader.read(65536)
+            got = frames_of(data)
+            if sum(isinstance(f, DataFrame) and "END_STREAM" in f.flags or isinstance(f, RstStreamFrame)
+                   for f in got) >= 150:
+                break
+    refused = [f.stream_id for f in got if isinstance(f, RstStreamFrame)]
+    answered = [f.stream_id for f in got if isinstance(f, DataFrame) and "END_STREAM" in f.flags]
+    assert len(answered) == 100 and len(refused) == 50 and set(refused).isdisjoint(answered)
+    assert all(f.error_code == ErrorCodes.REFUSED_STREAM for f in got if isinstance(f, RstStreamFrame))
+    assert not any(isinstance(f, GoAwayFrame) for f in got) and len(b.seen) == 100
+    assert rejected(app, "http2 refused stream") == 50
+    writer.write(HeadersFrame(301, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    async with asyncio.timeout(5):  # the connection serves on: the next stream is answered
+        while not any(isinstance(f, DataFrame) and f.stream_id == 301 for f in frames_of(data)):
+            data += await reader.read(65536)
+    writer.close()
+    # refused streams count toward the rapid-reset bound: 250 at once is 150 refused, over it
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    encoder = Encoder()
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + b"".join(
+        HeadersFrame(1 + 2 * i, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize()
+        for i in range(250)))
+    got = frames_of(await read_until_close(reader, 5))
+    writer.close()
+    assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    await wait_for(lambda: not app.ctx.connections, what="nothing left open")
 
 
 async def test_rapid_reset_ends_the_connection(h2c_router):

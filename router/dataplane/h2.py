@@ -359,6 +359,11 @@ class Http2Connection:
         h2.initiate_connection()  # (the SETTINGS frame says the limit; then h2 is told there is none, see _request)
         h2.local_settings = Settings(client=False, initial_values={**values,
                                                                    SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1})
+        # HPACK's decoder ends the connection past its header-list limit, 64 KiB whatever was announced: twice
+        # maxHeaderBytes (and HPACK's 32 bytes a field), so that a request over the limits is answered 431 on
+        # its stream by the reader, as over HTTP/1.1, and only a list far past them ends the connection.
+        limits = settings.limits
+        h2.decoder.max_header_list_size = 2 * limits.max_header_bytes + 32 * limits.max_header_count
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         transport.set_write_buffer_limits(high=256 * 1024)
         self.send()

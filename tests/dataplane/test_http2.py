@@ -179,6 +179,8 @@ async def test_the_routers_own_answers_and_limits_apply_per_stream(backends, rou
         assert got.status == 413 and got.ended
         got = await client.get("/", headers=[(f"x-h{i}", "v") for i in range(30)])
         assert got.status == 431
+        got = await client.get("/", headers=[("x-big", "v" * 70_000)])  # over maxHeaderBytes (64 KiB): 431 too
+        assert got.status == 431
         got = await client.response(client.request("CONNECT", "/", authority="example.com:443"))
         assert got.status == 405 and bytes(got.data).startswith(b"CONNECT is not supported")  # as over HTTP/1.1
         sid = client.request("CONNECT", "/", authority="example.com:443", end=False)  # a tunnel's opening

@@ -15,7 +15,8 @@ the client stops reading the socket, nothing more is read from it either (so ack
 PINGs and SETTINGS cannot pile up).
 
 A connection is closed after `timeouts.idle` without an open stream, sent GOAWAY (in-flight streams
-finish) on drain and at maxRequestsPerConnection or maxConnectionAge, and ended with GOAWAY
+finish) on drain and at maxRequestsPerConnection or maxConnectionAge, closed after its last stream when
+the client sent GOAWAY (h2goaway.py), and ended with GOAWAY
 ENHANCE_YOUR_CALM when its client resets more than RESET_ALLOWANCE more streams than it lets finish
 (the "rapid reset" attack, CVE-2023-44487: each reset request may already have cost a cluster a
 request).
@@ -29,14 +30,15 @@ import httptools
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
+from h2.events import (DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
                        StreamReset, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from ..config.model import Http2
-from .h2head import Malformed, request_head, response_headers
+from .h2goaway import GoawayFilter
+from .h2head import PREFACE, Malformed, request_head, response_headers
 from .server import ClientConnection
 from .timers import LazyTimer
 
@@ -334,6 +336,8 @@ class Http2Connection:
         self.completed = 0
         self.resets = 0
         self.max_streams = 0  # maxConcurrentStreams, as this connection's SETTINGS said it
+        self.incoming = GoawayFilter(len(PREFACE))  # the client's bytes, less its GOAWAY (see h2goaway.py)
+        self.client_leaving = False  # the client sent GOAWAY: close once its streams are answered
         self.born = 0.0
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
@@ -379,6 +383,7 @@ class Http2Connection:
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        data = self.incoming.feed(data)
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as exc:  # h2 has queued GOAWAY with the error's code
@@ -407,14 +412,26 @@ class Http2Connection:
             elif kind is WindowUpdated or kind is RemoteSettingsChanged:
                 for stream in list(self.streams.values()):
                     stream.flush()
-            elif kind is ConnectionTerminated:
-                # The client's GOAWAY. RFC 9113 6.8 lets its open streams finish, but h2 sends nothing
-                # more once it has received one (python-hyper/h2 issue 1181): they end here, as if the
-                # client had left (it says it is leaving: browsers send one as they close).
-                self.abort_streams()
-                self.close()
+        if self.incoming.goaway is not None:
+            self._client_goaway()
+            if self.closed:
                 return
         self.send()
+
+    def _client_goaway(self) -> None:
+        """The client's GOAWAY (kept from h2, see h2goaway.py): with NO_ERROR, the streams it opened are
+        answered and the connection closes after the last (a load balancer draining its connection); with
+        an error code, nothing more is wanted: they end here."""
+        _, code = self.incoming.goaway
+        self.incoming.goaway = None
+        self.client_leaving = True
+        if code != ErrorCodes.NO_ERROR:
+            log.debug("HTTP/2 connection from %s: the client's GOAWAY says %s", self.client_ip, code)
+            self.abort_streams()
+            self.close()
+        elif not self.streams:
+            self.goaway()
+            self.close()
 
     def eof_received(self) -> bool:
         return False  # the client is gone: close (its streams lose their connections)
@@ -491,7 +508,10 @@ class Http2Connection:
         if stream.lost and stream.sent_fin and self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
             if not self.streams:
-                if self.goaway_at is not None:
+                if self.client_leaving:
+                    self.goaway()
+                    self.close()
+                elif self.goaway_at is not None:
                     self.close()
                 elif not self.closed:
                     self.timer.set(self.ctx.settings.timeouts.idle_s, self._on_idle)

@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 
 from router.config.errors import ConfigError
 from router.config.loader import load_config
+from router.dataplane.h2head import PREFACE
 from tests.conftest import (cluster_docs, fuzz_settings, loop_errors, raw_request, read_until_close, response_of,
                             router_doc, serve_app, split_doc, wait_for)
 from tests.dataplane.test_tls import ca, client_context, write_pair  # noqa: F401 - ca is a fixture
@@ -238,6 +239,17 @@ def header_flood(kind: str) -> list[Frame]:
     return [HeadersFrame(1, data=Encoder().encode(REQUEST)[:8], flags=["END_STREAM"])]  # then nothing more
 
 
+async def raw_h2(port: int, frames: list[Frame] | None = None, streams: int = 0):
+    """A connection that sent the preface, an empty SETTINGS, `frames` and `streams` GET requests (streams 1,
+    3, ...) without reading anything; (reader, writer, encoder) for more of its own."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    encoder = Encoder()
+    frames = list(frames or ()) + [HeadersFrame(1 + 2 * i, data=encoder.encode(REQUEST),
+                                                flags=["END_HEADERS", "END_STREAM"]) for i in range(streams)]
+    writer.write(PREFACE + SettingsFrame(0).serialize() + b"".join(frame.serialize() for frame in frames))
+    return reader, writer, encoder
+
+
 def frames_of(data: bytes) -> list[Frame]:
     """The whole frames in `data` (a frame still arriving at its end is left out)."""
     frames = []
@@ -258,9 +270,7 @@ async def test_header_blocks_that_flood_or_never_end_close_the_connection(backen
     (b,) = await backends("a")
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) +
                        router_doc(timeouts={"headerRead": "300ms"}, **H2C))
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
-                 + b"".join(frame.serialize() for frame in header_flood(kind)))
+    reader, writer, _ = await raw_h2(app.port, header_flood(kind))
     got = frames_of(await read_until_close(reader, 5))  # (the router closes: read_until_close returns at once)
     writer.close()
     assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == code
@@ -276,11 +286,7 @@ async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h
     """150 requests sent before the router's SETTINGS (limit 100) could be read: the 50 over the limit are
     refused with REFUSED_STREAM (safe to send again, RFC 9113 5.1.2), not the connection ended."""
     app, b = h2c_router, h2c_router.backend
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-    encoder = Encoder()
-    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + b"".join(
-        HeadersFrame(1 + 2 * i, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize()
-        for i in range(150)))
+    reader, writer, encoder = await raw_h2(app.port, streams=150)
     data = b""
     async with asyncio.timeout(5):
         while True:
@@ -301,11 +307,7 @@ async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h
             data += await reader.read(65536)
     writer.close()
     # refused streams count toward the rapid-reset bound: 250 at once is 150 refused, over it
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-    encoder = Encoder()
-    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + b"".join(
-        HeadersFrame(1 + 2 * i, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize()
-        for i in range(250)))
+    reader, writer, _ = await raw_h2(app.port, streams=250)
     got = frames_of(await read_until_close(reader, 5))
     writer.close()
     assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
@@ -447,9 +449,7 @@ async def test_a_clients_goaway_lets_its_open_streams_finish(backends, router, c
     (b,) = await backends("a")
     b.delay_s = 0.2
     app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(**H2C))
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
-                 + HeadersFrame(1, data=Encoder().encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    reader, writer, _ = await raw_h2(app.port, streams=1)
     await wait_for(lambda: len(b.seen) == 1, what="the request reached the cluster")
     bye = GoAwayFrame(0)
     bye.last_stream_id, bye.error_code = 0, ErrorCodes.NO_ERROR
@@ -462,9 +462,7 @@ async def test_a_clients_goaway_lets_its_open_streams_finish(backends, router, c
     assert got[-1].last_stream_id == 1 and not any(isinstance(f, RstStreamFrame) for f in got)
     await wait_for(lambda: not app.ctx.connections and idle(app), what="all let go")
 
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)  # with an error code: ended at once
-    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
-                 + HeadersFrame(1, data=Encoder().encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    reader, writer, _ = await raw_h2(app.port, streams=1)  # with an error code: ended at once
     await wait_for(lambda: len(b.seen) == 2, what="the request reached the cluster")
     bye.error_code = ErrorCodes.INTERNAL_ERROR
     writer.write(bye.serialize())
@@ -517,7 +515,7 @@ async def test_random_frames_never_crash_the_listener_or_leak(quick_h2c_router, 
     app = quick_h2c_router
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
     try:
-        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"".join(pieces))
+        writer.write(PREFACE + b"".join(pieces))
         async with asyncio.timeout(2):
             while await reader.read(65536):
                 pass

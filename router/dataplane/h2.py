@@ -16,10 +16,10 @@ PINGs and SETTINGS cannot pile up).
 
 A connection is closed after `timeouts.idle` without an open stream, sent GOAWAY (in-flight streams
 finish) on drain and at maxRequestsPerConnection or maxConnectionAge, closed after its last stream when
-the client sent GOAWAY (h2goaway.py), and ended with GOAWAY
+the client sent GOAWAY (h2inbound.py), and ended with GOAWAY
 ENHANCE_YOUR_CALM when its client resets more than RESET_ALLOWANCE more streams than it lets finish
 (the "rapid reset" attack, CVE-2023-44487: each reset request may already have cost a cluster a
-request).
+request) or floods it with frames that carry nothing (h2inbound.py).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from ..config.model import Http2
-from .h2goaway import GoawayFilter
+from .h2inbound import InboundFrames
 from .h2head import PREFACE, Malformed, request_head, response_headers
 from .server import ClientConnection
 from .timers import LazyTimer
@@ -220,6 +220,7 @@ class Http2Stream:
                     break
                 last = self.fin and n == len(self.pending)  # END_STREAM on the last of the body, not a frame more
                 h2.send_data(self.sid, bytes(self.pending[:n]), end_stream=last)
+                owner.data_frames += 1
                 del self.pending[:n]
                 self.sent_at = owner.ctx.loop.time()
                 if last:
@@ -336,7 +337,8 @@ class Http2Connection:
         self.completed = 0
         self.resets = 0
         self.max_streams = 0  # maxConcurrentStreams, as this connection's SETTINGS said it
-        self.incoming = GoawayFilter(len(PREFACE))  # the client's bytes, less its GOAWAY (see h2goaway.py)
+        self.incoming = InboundFrames(len(PREFACE))  # the client's bytes, less its GOAWAY (see h2inbound.py)
+        self.data_frames = 0  # DATA frames sent (WINDOW_UPDATEs the client may send grow with them)
         self.client_leaving = False  # the client sent GOAWAY: close once its streams are answered
         self.born = 0.0
 
@@ -384,6 +386,14 @@ class Http2Connection:
         if self.closed:
             return
         data = self.incoming.feed(data)
+        flood = self._flood()
+        if flood:  # (before h2 spends its work on them)
+            self.ctx.metrics.rejected.labels("0", "http2 flood").inc()
+            log.warning("HTTP/2 connection from %s closed: a flood of %s", self.client_ip, flood)
+            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.abort_streams()
+            self.close()
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as exc:  # h2 has queued GOAWAY with the error's code
@@ -418,8 +428,20 @@ class Http2Connection:
                 return
         self.send()
 
+    def _flood(self) -> str | None:
+        """What the client floods the connection with, held against what it asked for (see h2inbound.py)."""
+        inbound = self.incoming
+        opened = (self.h2.highest_inbound_stream_id + 1) // 2  # (client streams are 1, 3, 5, ...)
+        if inbound.most_empty > 1:
+            return "empty DATA/HEADERS/CONTINUATION frames"
+        if inbound.priority > 100 * (1 + opened):
+            return "PRIORITY frames"
+        if inbound.window_updates > 5 + 2 * opened + 20 * self.data_frames:
+            return "WINDOW_UPDATE frames"
+        return None
+
     def _client_goaway(self) -> None:
-        """The client's GOAWAY (kept from h2, see h2goaway.py): with NO_ERROR, the streams it opened are
+        """The client's GOAWAY (kept from h2, see h2inbound.py): with NO_ERROR, the streams it opened are
         answered and the connection closes after the last (a load balancer draining its connection); with
         an error code, nothing more is wanted: they end here."""
         _, code = self.incoming.goaway

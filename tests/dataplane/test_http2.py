@@ -9,8 +9,8 @@ from aiohttp import web
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from hpack import Encoder
-from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame,
-                              SettingsFrame)
+from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PriorityFrame,
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 from hypothesis import given, strategies as st
 
 from router.config.errors import ConfigError
@@ -230,7 +230,7 @@ REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":au
 
 def header_flood(kind: str) -> list[Frame]:
     if kind == "continuation":  # a header block that never ends (CVE-2024-27316's shape): 100 CONTINUATIONs
-        block = Encoder().encode(REQUEST + [(b"x-pad", b"v" * 100)] * 100)
+        block = Encoder().encode(REQUEST + [(b"x-pad%d" % i, b"v" * 100) for i in range(100)])  # (none empty)
         return [HeadersFrame(1, data=block[:16], flags=["END_STREAM"])] + [
             ContinuationFrame(1, data=block[16 * i:16 * (i + 1)]) for i in range(1, 101)]
     if kind == "hpack bomb":  # 4 KB indexed once, then named 40 times by one byte each: 160 KB decoded
@@ -248,6 +248,14 @@ async def raw_h2(port: int, frames: list[Frame] | None = None, streams: int = 0)
                                                 flags=["END_HEADERS", "END_STREAM"]) for i in range(streams)]
     writer.write(PREFACE + SettingsFrame(0).serialize() + b"".join(frame.serialize() for frame in frames))
     return reader, writer, encoder
+
+
+async def more(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes the router sends; its closing the connection fails the test (rather than spinning on EOF
+    past the test's own deadline)."""
+    chunk = await reader.read(65536)
+    assert chunk, "the router closed the connection"
+    return chunk
 
 
 def frames_of(data: bytes) -> list[Frame]:
@@ -290,7 +298,7 @@ async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h
     data = b""
     async with asyncio.timeout(5):
         while True:
-            data += await reader.read(65536)
+            data += await more(reader)
             got = frames_of(data)
             if sum(isinstance(f, DataFrame) and "END_STREAM" in f.flags or isinstance(f, RstStreamFrame)
                    for f in got) >= 150:
@@ -304,7 +312,7 @@ async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h
     writer.write(HeadersFrame(301, data=encoder.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"]).serialize())
     async with asyncio.timeout(5):  # the connection serves on: the next stream is answered
         while not any(isinstance(f, DataFrame) and f.stream_id == 301 for f in frames_of(data)):
-            data += await reader.read(65536)
+            data += await more(reader)
     writer.close()
     # refused streams count toward the rapid-reset bound: 250 at once is 150 refused, over it
     reader, writer, _ = await raw_h2(app.port, streams=250)
@@ -312,6 +320,58 @@ async def test_streams_over_the_limit_are_refused_and_the_connection_serves_on(h
     writer.close()
     assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
     await wait_for(lambda: not app.ctx.connections, what="nothing left open")
+
+
+def flood(kind: str) -> list[Frame]:
+    if kind == "empty DATA":  # a request that stays open, then DATA frames of nothing (CVE-2019-9518)
+        return [HeadersFrame(1, data=Encoder().encode(REQUEST), flags=["END_HEADERS"]), DataFrame(1), DataFrame(1)]
+    if kind == "PRIORITY":  # (CVE-2019-9513)
+        return [PriorityFrame(1 + 2 * i, depends_on=0, stream_weight=16) for i in range(101)]
+    return [WindowUpdateFrame(0, window_increment=1) for _ in range(6)]
+
+
+@pytest.mark.parametrize("kind", ["empty DATA", "PRIORITY", "WINDOW_UPDATE"])
+async def test_frames_that_carry_nothing_are_a_flood(h2c_router, kind):
+    app, b = h2c_router, h2c_router.backend
+    reader, writer, _ = await raw_h2(app.port, flood(kind))
+    got = frames_of(await read_until_close(reader, 5))
+    writer.close()
+    assert isinstance(got[-1], GoAwayFrame) and got[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert rejected(app, "http2 flood") == 1
+    await wait_for(lambda: not app.ctx.connections and idle(app), what="nothing left open")
+    # within the limits: one empty DATA, then the body; a few PRIORITY and WINDOW_UPDATE frames
+    body = [HeadersFrame(1, data=Encoder().encode([(b":method", b"POST")] + REQUEST[1:]), flags=["END_HEADERS"]),
+            DataFrame(1), DataFrame(1, data=b"hello", flags=["END_STREAM"]),
+            PriorityFrame(3, depends_on=0, stream_weight=16), WindowUpdateFrame(0, window_increment=1000)]
+    reader, writer, _ = await raw_h2(app.port, body)
+    async with asyncio.timeout(5):
+        data = b""
+        while not any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in frames_of(data)):
+            data += await more(reader)
+    writer.close()
+    assert b"".join(f.data for f in frames_of(data) if isinstance(f, DataFrame)) == b"a:5"
+    assert rejected(app, "http2 flood") == 1 and b.bodies[-1] == b"hello"
+
+
+async def test_a_client_acknowledging_every_data_frame_is_no_flood(router):
+    """WINDOW_UPDATEs grow with the DATA frames the router sends: a client that opens both windows after each
+    frame (two updates a frame, 32 for a 256 KiB answer) downloads the whole response."""
+    big = b"z" * (256 * 1024)
+    async with body_cluster(big) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(**H2C))
+        reader, writer, _ = await raw_h2(app.port, streams=1)
+        received, data, acked = 0, b"", 0
+        async with asyncio.timeout(5):
+            while received < len(big):
+                data += await more(reader)
+                frames = [f for f in frames_of(data) if isinstance(f, DataFrame)]
+                for f in frames[acked:]:
+                    received += len(f.data)
+                    writer.write(WindowUpdateFrame(0, window_increment=len(f.data)).serialize()
+                                 + WindowUpdateFrame(1, window_increment=len(f.data)).serialize())
+                acked = len(frames)
+        writer.close()
+        assert received == len(big) and rejected(app, "http2 flood") == 0 and acked >= 16
 
 
 async def test_rapid_reset_ends_the_connection(h2c_router):

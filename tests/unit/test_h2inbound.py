@@ -2,7 +2,7 @@
 every other byte passes on in order and the GOAWAY's last stream and code are noted."""
 from hypothesis import given, strategies as st
 
-from router.dataplane.h2goaway import GoawayFilter
+from router.dataplane.h2inbound import InboundFrames
 from router.dataplane.h2head import PREFACE
 
 
@@ -29,7 +29,7 @@ def test_other_bytes_pass_in_order_and_the_goaway_is_noted(frames, cuts):
     data = PREFACE + b"".join(f[1] for f in frames)
     expected = PREFACE + b"".join(f[1] for f in frames if f[0] == "keep")
     noted = [f[2] for f in frames if f[0] == "goaway"]
-    flt, out, pos = GoawayFilter(len(PREFACE)), [], 0
+    flt, out, pos = InboundFrames(len(PREFACE)), [], 0
     for cut in cuts:
         out.append(flt.feed(data[pos:pos + cut]))
         pos += cut
@@ -39,6 +39,16 @@ def test_other_bytes_pass_in_order_and_the_goaway_is_noted(frames, cuts):
 
 
 def test_a_goaway_longer_than_a_frame_may_be_is_left_to_h2():
-    flt = GoawayFilter()
+    flt = InboundFrames()
     huge = frame(7, 0, b"\0" * 20000)
     assert flt.feed(huge[:100]) == huge[:100] and flt.goaway is None and flt.held == b""  # not held in memory
+
+
+def test_frames_that_carry_nothing_are_counted():
+    flt = InboundFrames()
+    data = (frame(0, 1, b"") + frame(0, 1, b"x") + frame(0, 1, b"")  # empty, not, empty: runs of one
+            + bytes([0, 0, 0, 0, 1, 0, 0, 0, 1])  # an empty DATA that ends its stream: not empty-handed
+            + frame(2, 1, b"\0" * 5) * 3 + frame(8, 0, b"\0\0\0\1") * 2
+            + frame(9, 1, b"") + frame(1, 3, b""))  # an empty CONTINUATION then an empty HEADERS: a run of two
+    assert flt.feed(data) == data
+    assert (flt.most_empty, flt.priority, flt.window_updates) == (2, 3, 2)

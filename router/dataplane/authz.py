@@ -17,6 +17,7 @@ KiB) is a 503: the route fails closed.
 from __future__ import annotations
 
 from ..core.cors import OWNED as CORS_OWNED
+from .headers import CONTINUE
 from .side import SideRequest
 
 MAX_ANSWER = 64 * 1024
@@ -82,7 +83,7 @@ class ExternalAuthorization:
         if self.route.auth[1].body and not req.complete and (facts["chunked"] or facts["content_length"]):
             self.auth_waiting = True
             if facts["expect_continue"]:
-                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.conn.write(CONTINUE)
                 self.sent_continue = True  # (a cluster's own 100 is not passed on after it)
             return
         self.ask_authorization()

@@ -116,11 +116,7 @@ class Http2Connection:
         data = self.incoming.feed(data)
         flood = self._flood()
         if flood:  # (before h2 spends its work on them)
-            self.ctx.metrics.rejected.labels("0", "http2 flood").inc()
-            log.warning("HTTP/2 connection from %s closed: a flood of %s", self.client_ip, flood)
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
-            self.abort_streams()
-            self.close()
+            self._calm_down("http2 flood", f"a flood of {flood}")
             return
         try:
             events = self.h2.receive_data(data)
@@ -277,9 +273,7 @@ class Http2Connection:
             # Refused streams count as resets toward the rapid-reset bound.
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             self.ctx.metrics.rejected.labels("0", "http2 refused stream").inc()
-            self.resets += 1
-            if self.resets > self.completed + RESET_ALLOWANCE:
-                self._calm_down()
+            self._count_reset()
             return
         ended = event.stream_ended is not None
         try:
@@ -302,16 +296,20 @@ class Http2Connection:
         if stream is None:
             return
         if event.remote_reset and not stream.fin:
-            self.resets += 1
-            if self.resets > self.completed + RESET_ALLOWANCE:
-                self._calm_down()
+            self._count_reset()
         stream.gone()
 
-    def _calm_down(self) -> None:
-        """Too many streams that cost the router without finishing (reset by the client, or refused)."""
-        self.ctx.metrics.rejected.labels("0", "http2 rapid reset").inc()
-        log.warning("HTTP/2 connection from %s closed: %d streams reset by the client or refused", self.client_ip,
-                    self.resets)
+    def _count_reset(self) -> None:
+        """One more stream that cost the router without finishing (reset by the client, or refused)."""
+        self.resets += 1
+        if self.resets > self.completed + RESET_ALLOWANCE:
+            self._calm_down("http2 rapid reset", f"{self.resets} streams reset by the client or refused")
+
+    def _calm_down(self, reason: str, why: str) -> None:
+        """A client that costs the router work for nothing (streams reset or refused, frames that carry
+        nothing): GOAWAY ENHANCE_YOUR_CALM, counted under `reason`, and the connection ends."""
+        self.ctx.metrics.rejected.labels("0", reason).inc()
+        log.warning("HTTP/2 connection from %s closed: %s", self.client_ip, why)
         self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
         self.abort_streams()
         self.close()

@@ -48,6 +48,7 @@ SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"connect
 # SPECIAL headers that are also passed on as they came (the rest are dropped or rewritten).
 PASSED_ON = frozenset((b"host", b"expect", b"via", b"x-request-id"))
 REQUEST_ID = frozenset((b"x-request-id",))
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the interim answer to Expect: 100-continue
 _CONNECTION_OPTIONS = frozenset((b"keep-alive", b"close", b"upgrade"))
 
 

@@ -12,7 +12,7 @@ import time
 from ..core.cors import field
 from ..core.session import session_line
 from .compress import GzipStream, plan as compression_plan
-from .headers import response_head, simple_response
+from .headers import CONTINUE, response_head, simple_response
 from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
 
@@ -29,7 +29,7 @@ class ResponseRelay:
         if 100 <= status < 200 and status != 101:
             if status == 100 and req.facts.get("expect_continue") and not self.resp_started \
                     and not self.sent_continue:
-                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.conn.write(CONTINUE)
             return
         route = self.route
         if route.retry_codes is not None and status in route.retry_codes \

@@ -255,11 +255,12 @@ class RouterApp:
                 "cert_not_after": utc_text(self.client_cert_expiry.get(cluster.name))}
 
     def _rate_limit_state(self, split) -> dict | None:
-        """A route's limit and how many buckets (keys) this process holds for it."""
+        """A route's limit and how many buckets (keys) it holds (in the table the workers share, with
+        `serve --workers`)."""
         if split.rate_limit is None:
             return None
-        limiter = self.ctx.rate_limiters.get((split.name, split.rate_limit))
-        return {**asdict(split.rate_limit), "buckets": len(limiter.buckets) if limiter else 0}
+        return {**asdict(split.rate_limit), "buckets": self.ctx.rate_limiter(split).count(),
+                "shared": self.ctx.shared_buckets is not None}
 
     def _note_client_certificates(self, config: Config) -> None:
         """Each cluster's client certificate (mutual TLS) expiry, read once per config applied: kept for

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log-level", default="info")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     s.add_argument("--debug-socket", help=argparse.SUPPRESS)  # a worker's read-only admin endpoints
+    s.add_argument("--rate-limit-fd", type=int, help=argparse.SUPPRESS)  # the workers' shared rate-limit table
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
     d = sub.add_parser("demo", help="the local multi-region lab behind the seed split, with a live view and a report")
@@ -98,7 +99,7 @@ def serve(args) -> int:
         if args.worker:
             import uvloop
             from .workers import run_worker
-            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket))
+            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket, args.rate_limit_fd))
         if args.workers > 1:
             from .workers import run_workers
             return run_workers(args.config, args.listen, args.admin, args.workers)

@@ -9,7 +9,9 @@ within RESTART_STABLE_S of their start, so a worker that cannot start does not b
 
 Each worker serves its read-only admin endpoints (/debug/state, /debug/route) on a Unix socket in the
 supervisor's private directory (mode 0700); the supervisor's /debug/route asks one worker and its
-/debug/state gathers every worker's, since health and load are each worker's own.
+/debug/state gathers every worker's, since health and load are each worker's own. Rate limits are not:
+the supervisor holds one table of buckets in shared memory that every worker counts in
+(dataplane/sharedlimit.py), so a route admits its rate in total whatever the number of workers.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class Supervisor:
 
         from .config.values import parse_hostport
         from .control.reload import ConfigSource, Reloader, cli_overrides
+        from .dataplane.sharedlimit import create_table
         from .obs.metrics import Metrics
 
         self.paths, self.n, self.mp_dir = paths, n, mp_dir
@@ -68,6 +71,7 @@ class Supervisor:
         self.port = 0
         self.restart_pause_s = 0.0
         self.spawned = 0
+        self.rate_limit_fd = create_table()  # the routes' rate-limit buckets, shared by every worker
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -91,8 +95,9 @@ class Supervisor:
             cmd += ["--debug-socket", debug_socket]
         else:
             debug_socket = None
+        cmd += ["--rate-limit-fd", str(self.rate_limit_fd)]
         proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
-                                                    stderr=None)
+                                                    stderr=None, pass_fds=(self.rate_limit_fd,))
         proc.started_at = asyncio.get_running_loop().time()
         proc.debug_socket = debug_socket
         self.workers[proc.pid] = proc
@@ -213,6 +218,7 @@ class Supervisor:
         await admin.stop()
         if self.placeholder:
             self.placeholder.close()
+        os.close(self.rate_limit_fd)
         return 0
 
 
@@ -220,13 +226,18 @@ def subprocess_out():
     return asyncio.subprocess.PIPE
 
 
-async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None) -> int:
+async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None,
+                     rate_limit_fd: int | None = None) -> int:
     """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
-    `debug_socket` for the supervisor, no admin port of its own."""
+    `debug_socket` for the supervisor, no admin port of its own; its routes' rate limits counted in the
+    table all workers share (`rate_limit_fd`)."""
     from .app import RouterApp
+    from .dataplane.sharedlimit import SharedBuckets
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0)
     await app.start()
+    if rate_limit_fd is not None:
+        app.ctx.shared_buckets = SharedBuckets(rate_limit_fd)
     debug = None
     if debug_socket is not None:
         debug = app.admin_server({}, None)

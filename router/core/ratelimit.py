@@ -11,6 +11,18 @@ from __future__ import annotations
 MAX_KEYS = 100_000
 
 
+def draw(tokens: float, elapsed: float, rate: float, burst: int) -> tuple[float, float]:
+    """A bucket that held `tokens` `elapsed` seconds ago, asked for one token now: (tokens left, 0.0) when it
+    gave one, else (tokens it holds, seconds until the next one)."""
+    if elapsed > 0:
+        tokens += elapsed * rate
+        if tokens > burst:
+            tokens = float(burst)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate
+
+
 class RateLimiter:
     __slots__ = ("rate", "burst", "max_keys", "buckets")
 
@@ -28,12 +40,11 @@ class RateLimiter:
             if len(buckets) >= self.max_keys:
                 del buckets[next(iter(buckets))]
             bucket = [float(self.burst), now]
-        else:
-            tokens = bucket[0] + (now - bucket[1]) * self.rate
-            bucket[0] = tokens if tokens < self.burst else float(self.burst)
-            bucket[1] = now
         buckets[key] = bucket  # most recently used last
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
-            return 0.0
-        return (1.0 - bucket[0]) / self.rate
+        bucket[0], wait = draw(bucket[0], now - bucket[1], self.rate, self.burst)
+        bucket[1] = now
+        return wait
+
+    def count(self) -> int:
+        """How many buckets (keys) are held."""
+        return len(self.buckets)

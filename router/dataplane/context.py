@@ -75,6 +75,7 @@ class ProxyContext:
         self._id_prefix = os.urandom(8).hex().encode()
         self._id_count = 0
         self.rate_limiters: dict[tuple, RateLimiter] = {}  # (route name, its RateLimit) -> buckets
+        self.shared_buckets = None  # set by a worker of `serve --workers`: the table its buckets share
         self.mirrors: set = set()  # request copies out to mirror clusters (MirrorCopy)
         self.auth_checks: set = set()  # authorization checks out to routes' externalAuth clusters (AuthCheck)
         self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
@@ -85,8 +86,9 @@ class ProxyContext:
         key = (route.name, route.rate_limit)
         limiter = self.rate_limiters.get(key)
         if limiter is None:
-            limit = route.rate_limit
-            limiter = self.rate_limiters[key] = RateLimiter(limit.rate, limit.burst)
+            limit, shared = route.rate_limit, self.shared_buckets
+            limiter = self.rate_limiters[key] = (RateLimiter(limit.rate, limit.burst) if shared is None
+                                                 else shared.limiter(route.name, limit))
         return limiter
 
     def new_request_id(self) -> bytes:

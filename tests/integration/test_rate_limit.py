@@ -28,7 +28,8 @@ async def test_past_the_burst_429_with_retry_after_and_nothing_upstream(backends
     assert [(await get(app.port, "open"))[0] for _ in range(5)] == [200] * 5  # another route, no limit
     assert app.ctx.metrics.rate_limited.labels("limited")._value.get() == 3
     (state,) = [r for r in app.state()["routes"] if r["name"] == "limited"]
-    assert state["rate_limit"] == {"rate": 0.5, "burst": 3, "key": "route", "buckets": 1}
+    assert state["rate_limit"] == {"rate": 0.5, "burst": 3, "key": "route", "buckets": 1,
+                                   "shared": False}
     # A reload that keeps the route's name and limit keeps its bucket (still empty) ...
     (app.config_dir / "router.yaml").write_text((app.config_dir / "router.yaml").read_text() + "\n")
     assert (await app.reloader.reload("test"))["ok"]

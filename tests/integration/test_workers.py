@@ -8,6 +8,7 @@ import subprocess
 import aiohttp
 
 from tests.conftest import cluster_docs, keepalive_text, router_process, split_doc, wait_for
+from tests.integration.test_rate_limit import get
 
 
 async def test_two_workers_share_the_port_and_merge_metrics(backends, tmp_path):
@@ -129,3 +130,42 @@ async def test_debug_endpoints_answer_from_the_workers_own_state(backends, tmp_p
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0
     assert not os.path.exists(mp_dir)  # the workers' sockets went with the supervisor's directory
+
+
+async def test_workers_count_a_rate_limit_in_one_table(backends, tmp_path):
+    """A route's rate limit is its total over the workers (one table in shared memory), and a worker that
+    replaces one that died finds the buckets where they were."""
+    (a,) = await backends("a")
+    split = split_doc({"a": 1}, "limited", ["limited"]) + "  rateLimit: {requestsPerSecond: 0.001, burst: 10}\n"
+    (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port}) + split)
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def state():
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
+                    return await r.json()
+
+            async def ready():
+                return (await state())["ready"]
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            # 40 connections of one request each: SO_REUSEPORT spreads them over both workers.
+            got = await asyncio.gather(*[get(rp.port, "limited") for _ in range(40)])
+            statuses = sorted(status for status, _, _ in got)
+            assert statuses == [200] * 10 + [429] * 30  # the burst once, not once per worker
+            assert len(a.seen) == 10
+            views = (await state())["worker_state"]
+            assert len(views) == 2
+            for view in views.values():
+                limit = view["routes"][0]["rate_limit"]
+                assert limit["shared"] is True and limit["buckets"] == 1
+
+            worker = subprocess.run(["pgrep", "-P", str(rp.pid)], capture_output=True, text=True).stdout.split()[0]
+            os.kill(int(worker), signal.SIGKILL)
+
+            async def replaced():
+                return (await state())["ready"] and str(worker) not in (await state())["worker_state"]
+            await wait_for(replaced, timeout_s=15, interval_s=0.1, what="the killed worker replaced")
+            got = await asyncio.gather(*[get(rp.port, "limited") for _ in range(20)])
+            assert [status for status, _, _ in got] == [429] * 20  # the bucket is still empty
+            assert len(a.seen) == 10
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0

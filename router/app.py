@@ -43,7 +43,7 @@ class RouterApp:
     def __init__(self, paths: list[str], listen: str | None = None, admin: str | None = None,
                  watch_interval_s: float = 1.0, metrics: Metrics | None = None, run_admin: bool = True,
                  listen_sock: socket.socket | None = None, reuse_port: bool = False, count_reloads: bool = True,
-                 probes: bool | None = None, wake_trigger=None):
+                 probes: bool | None = None, wake_trigger=None, shared: dict | None = None):
         self.source = ConfigSource(paths)
         self.config: Config = self.source.load()
         self.listen = parse_hostport(listen or self.config.router.listen)
@@ -67,6 +67,7 @@ class RouterApp:
         self.stopped = asyncio.Event()
         self.probes_enabled = probes
         self.wake_trigger = wake_trigger
+        self.shared = shared or {}  # a worker's tables shared with the others (ProxyContext attributes)
         self.prober: Prober | None = None
         self.keepwarm: KeepWarmer | None = None
         self.preconnector: Preconnector | None = None
@@ -82,6 +83,8 @@ class RouterApp:
         loop = asyncio.get_running_loop()
         self.version = 1
         self.ctx = ProxyContext(loop, build_snapshot(self.config, self.version), self.metrics)
+        for name, table in self.shared.items():  # before the listener opens: every connection is counted
+            setattr(self.ctx, name, table)
         self.metrics.config_version.set(self.version)
         self._note_client_certificates(self.config)
         if self.config.router.access_log is not None:

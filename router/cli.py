@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     s.add_argument("--debug-socket", help=argparse.SUPPRESS)  # a worker's read-only admin endpoints
     s.add_argument("--rate-limit-fd", type=int, help=argparse.SUPPRESS)  # the workers' shared rate-limit table
+    s.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)  # connections per client, every worker's
+    s.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)  # its region in that table
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
     d = sub.add_parser("demo", help="the local multi-region lab behind the seed split, with a live view and a report")
@@ -99,7 +101,8 @@ def serve(args) -> int:
         if args.worker:
             import uvloop
             from .workers import run_worker
-            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket, args.rate_limit_fd))
+            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket, args.rate_limit_fd,
+                                         args.clients_fd, args.worker_slot))
         if args.workers > 1:
             from .workers import run_workers
             return run_workers(args.config, args.listen, args.admin, args.workers)

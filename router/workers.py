@@ -50,6 +50,7 @@ class Supervisor:
 
         from .config.values import parse_hostport
         from .control.reload import ConfigSource, Reloader, cli_overrides
+        from .dataplane.sharedclients import create_table as create_clients_table
         from .dataplane.sharedlimit import create_table
         from .obs.metrics import Metrics
 
@@ -72,6 +73,8 @@ class Supervisor:
         self.restart_pause_s = 0.0
         self.spawned = 0
         self.rate_limit_fd = create_table()  # the routes' rate-limit buckets, shared by every worker
+        self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
+        self.free_slots = set(range(n))  # regions of that table no running worker holds
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -95,9 +98,17 @@ class Supervisor:
             cmd += ["--debug-socket", debug_socket]
         else:
             debug_socket = None
-        cmd += ["--rate-limit-fd", str(self.rate_limit_fd)]
-        proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
-                                                    stderr=None, pass_fds=(self.rate_limit_fd,))
+        slot = min(self.free_slots)  # its region of the client-connection table, taken before any await
+        self.free_slots.discard(slot)
+        cmd += ["--rate-limit-fd", str(self.rate_limit_fd), "--clients-fd", str(self.clients_fd),
+                "--worker-slot", str(slot)]
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
+                                                        stderr=None, pass_fds=(self.rate_limit_fd, self.clients_fd))
+        except BaseException:
+            self.free_slots.add(slot)
+            raise
+        proc.slot = slot
         proc.started_at = asyncio.get_running_loop().time()
         proc.debug_socket = debug_socket
         self.workers[proc.pid] = proc
@@ -110,7 +121,11 @@ class Supervisor:
         proc.ready = True
         rc = await proc.wait()
         from prometheus_client import multiprocess
+
+        from .dataplane.sharedclients import clear_region
         multiprocess.mark_process_dead(proc.pid, self.mp_dir)
+        clear_region(self.clients_fd, proc.slot)  # its connections died with it
+        self.free_slots.add(proc.slot)
         self.workers.pop(proc.pid, None)
         if self.stopping:
             return
@@ -219,6 +234,7 @@ class Supervisor:
         if self.placeholder:
             self.placeholder.close()
         os.close(self.rate_limit_fd)
+        os.close(self.clients_fd)
         return 0
 
 
@@ -227,17 +243,19 @@ def subprocess_out():
 
 
 async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None,
-                     rate_limit_fd: int | None = None) -> int:
+                     rate_limit_fd: int | None = None, clients_fd: int | None = None, slot: int = 0) -> int:
     """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
     `debug_socket` for the supervisor, no admin port of its own; its routes' rate limits counted in the
-    table all workers share (`rate_limit_fd`)."""
+    table all workers share (`rate_limit_fd`), its open connections per client address published in its slot
+    of another (`clients_fd`)."""
     from .app import RouterApp
+    from .dataplane.sharedclients import SharedClientCounts
     from .dataplane.sharedlimit import SharedBuckets
+    shared = {"shared_buckets": SharedBuckets(rate_limit_fd) if rate_limit_fd is not None else None,
+              "shared_clients": SharedClientCounts(clients_fd, slot) if clients_fd is not None else None}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
-                    watch_interval_s=0)
+                    watch_interval_s=0, shared=shared)
     await app.start()
-    if rate_limit_fd is not None:
-        app.ctx.shared_buckets = SharedBuckets(rate_limit_fd)
     debug = None
     if debug_socket is not None:
         debug = app.admin_server({}, None)

@@ -80,6 +80,7 @@ class ProxyContext:
         self.auth_checks: set = set()  # authorization checks out to routes' externalAuth clusters (AuthCheck)
         self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
         self.per_client: dict[str, int] = {}  # client address -> its open connections, with maxConnectionsPerClient
+        self.shared_clients = None  # set by a worker of `serve --workers`: every worker's per_client, published
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""
@@ -162,6 +163,9 @@ class ProxyContext:
         held = self.per_client.get(address, 0)
         if held >= limit:
             return False
+        shared = self.shared_clients  # with `serve --workers`: the address's connections at every worker
+        if shared is not None and not shared.publish(address, held + 1, limit):
+            return False
         self.per_client[address] = held + 1
         return True
 
@@ -171,6 +175,8 @@ class ProxyContext:
             self.per_client[address] = held - 1
         else:
             self.per_client.pop(address, None)
+        if self.shared_clients is not None:
+            self.shared_clients.publish(address, max(held - 1, 0), None)
 
     def hint_wake(self, service: str, clusters: tuple[str, ...]) -> None:
         """Cold clusters the choice skipped: counted, and woken in the background by the activator

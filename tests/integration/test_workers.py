@@ -7,7 +7,8 @@ import subprocess
 
 import aiohttp
 
-from tests.conftest import cluster_docs, keepalive_text, router_process, split_doc, wait_for
+from tests.conftest import (cluster_docs, keepalive_text, read_response, router_doc, router_process, split_doc,
+                            wait_for)
 from tests.integration.test_rate_limit import get
 
 
@@ -167,5 +168,61 @@ async def test_workers_count_a_rate_limit_in_one_table(backends, tmp_path):
             got = await asyncio.gather(*[get(rp.port, "limited") for _ in range(20)])
             assert [status for status, _, _ in got] == [429] * 20  # the bucket is still empty
             assert len(a.seen) == 10
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0
+
+
+async def test_workers_hold_a_client_to_its_connection_limit_together(backends, tmp_path):
+    """limits.maxConnectionsPerClient counts an address's connections at every worker; a worker that dies
+    gives its places back."""
+    (a,) = await backends("a")
+    (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port}) + split_doc({"a": 1})
+                                     + router_doc(limits={"maxConnectionsPerClient": 3}))
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def state():
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
+                    return await r.json()
+
+            async def ready():
+                return (await state())["ready"]
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+
+            async def connect_many(n: int) -> list:
+                """n connections, one request each: those answered 200 are kept open."""
+                held = []
+                for _ in range(n):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", rp.port)
+                    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                    status = (await asyncio.wait_for(read_response(reader), 5))[0]
+                    assert status in (200, 503), status
+                    if status == 200:
+                        held.append(writer)
+                    else:
+                        writer.close()
+                return held
+
+            held = await connect_many(10)  # SO_REUSEPORT spreads them over both workers
+            assert len(held) == 3  # the limit over both workers, not per worker
+
+            async def per_worker():
+                views = (await state())["worker_state"]
+                counts = {int(pid): view["open_connections"] for pid, view in views.items()}
+                return counts if sum(counts.values()) == 3 else None
+            counts = await wait_for(per_worker, timeout_s=5, interval_s=0.05, what="the refused ones closed")
+            victim = max(counts, key=counts.get)  # holds two or three of them
+            good = (tmp_path / "c.yaml").read_text()
+            (tmp_path / "c.yaml").write_text("kind: [broken")  # its replacement cannot start for now
+            os.kill(victim, signal.SIGKILL)
+
+            async def survivor_alone():
+                view = await state()
+                return str(victim) not in view["worker_state"] and view["restart_pause_s"] > 0
+            await wait_for(survivor_alone, timeout_s=15, interval_s=0.05, what="the killed worker gone")
+            more = await connect_many(10)  # all to the survivor
+            assert len(more) == counts[victim]  # the dead worker's places were given back, the survivor's held
+            (tmp_path / "c.yaml").write_text(good)
+            for writer in held + more:
+                writer.close()
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0

@@ -57,20 +57,18 @@ class SharedClientCounts:
         group = h % REGION_GROUPS
         fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, group)
         try:
-            mine = None
-            free = None
+            mine = free = None
             others = 0
             for region in range(self.regions):
                 base = region * REGION_BYTES + group * GROUP.size
-                fields = GROUP.unpack_from(self.map, base)
-                for i in range(0, 2 * GROUP_SLOTS, 2):
-                    if region == self.region:
-                        if fields[i] == h:
-                            mine = base + i * 8
-                        elif fields[i] == 0 and free is None:
-                            free = base + i * 8
-                    elif fields[i] == h:
-                        others += fields[i + 1]
+                fields = GROUP.unpack_from(self.map, base)  # a used slot's count is never 0, a hash never is
+                if region == self.region:
+                    if h in fields:
+                        mine = base + fields.index(h) * 8
+                    elif 0 in fields:
+                        free = base + fields.index(0) * 8
+                elif h in fields:
+                    others += fields[fields.index(h) + 1]
             if limit is not None and held + others > limit:
                 return False
             if mine is None:

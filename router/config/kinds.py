@@ -74,7 +74,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "pinHeader",
                              "tls", "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
-                             "slowStart", "outlierDetection", "http2"}):
+                             "slowStart", "outlierDetection", "http2", "earlyHints"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -143,8 +143,18 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           proxy_protocol=doc.value(spec, "proxyProtocol", parse_bool, False),
                           compression=_read_compression(doc, spec.get("compression")),
                           http2=_read_http2(doc, spec),
+                          early_hints=doc.value(spec, "earlyHints", _early_hints, d.early_hints),
                           slow_start=_read_slow_start(doc, spec.get("slowStart")),
                           outlier_detection=_read_outlier_detection(doc, spec.get("outlierDetection")))
+
+
+def _early_hints(v: Any) -> str:
+    """earlyHints: false (off), true (to every HTTP/1.1 and HTTP/2 client), or http2 (to HTTP/2 clients only)."""
+    if v is True or v is False:
+        return "all" if v else "off"
+    if v == "http2":
+        return "http2"
+    raise ValueError(f"expected true, false or http2, got {v!r}")
 
 
 def _read_https_redirect(doc: Doc, node: Node | None, hostport: Callable[[Any], str]) -> HttpsRedirect | None:

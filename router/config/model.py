@@ -476,6 +476,7 @@ class RouterSettings:
     access_log: str | None = None  # a file to append JSON lines to, "-" for stdout; None: no access log
     compression: Compression | None = None  # gzip for responses; None: responses pass as they are
     http2: Http2 | None = None  # HTTP/2 from clients; None: HTTP/1.1 only (fixed at start)
+    early_hints: str = "off"  # a cluster's 103 Early Hints passed on: off, http2 (to HTTP/2 clients), all
     slow_start: SlowStart | None = None  # ramp a returning or new cluster's weight; None: full weight at once
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     buffer: BufferSettings = field(default_factory=BufferSettings)

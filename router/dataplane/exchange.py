@@ -43,7 +43,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
-                 "session", "tries", "resumed", "body_sent", "head_at", "auth_waiting", "sent_continue")
+                 "session", "tries", "resumed", "body_sent", "head_at", "auth_waiting", "sent_continue",
+                 "hints")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -83,6 +84,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         self.head_at = 0.0  # when the answering try's response head arrived (0: none did)
         self.auth_waiting = False  # an authorization check waits for the whole body to be sent with it
         self.sent_continue = False  # the router answered the client's Expect: 100-continue itself
+        self.hints = 0  # 103 Early Hints passed on to the client (Router earlyHints)
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------

@@ -20,7 +20,7 @@ FORWARDING = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 # Headers a client may not declare hop-by-hop: dropping them would change what the message means.
 PROTECTED = frozenset((b"host", b"content-length", b"x-forwarded-for", b"transfer-encoding"))
 
-REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 301: "Moved Permanently", 302: "Found",
+REASONS = {100: "Continue", 101: "Switching Protocols", 103: "Early Hints", 200: "OK", 301: "Moved Permanently", 302: "Found",
            303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
            403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",

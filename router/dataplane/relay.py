@@ -19,6 +19,7 @@ from .request import IDEMPOTENT
 
 
 _PLANNED = frozenset((b"vary", b"etag"))  # response headers a compression plan writes itself
+MAX_HINTS = 4  # 103 Early Hints passed on per request (more from a cluster are dropped)
 
 
 class ResponseRelay:
@@ -30,6 +31,8 @@ class ResponseRelay:
             if status == 100 and req.facts.get("expect_continue") and not self.resp_started \
                     and not self.sent_continue:
                 self.conn.write(CONTINUE)
+            elif status == 103 and self.ctx.settings.early_hints != "off":
+                self._pass_hints(headers)
             return
         route = self.route
         if route.retry_codes is not None and status in route.retry_codes \
@@ -268,6 +271,18 @@ class ResponseRelay:
         self._record(cluster, status, self.ctx.clock(), reason)
         self._end()
         self.conn.abort()
+
+    def _pass_hints(self, headers: list) -> None:
+        """A cluster's 103 Early Hints (RFC 8297) on to the client, its end-to-end fields only: with earlyHints
+        `http2` to HTTP/2 clients only, never to an HTTP/1.0 client (RFC 9110 15.2), at most MAX_HINTS a
+        request, none once the response has begun."""
+        if (self.resp_started or self.hints >= MAX_HINTS or self.req.version != "1.1"
+                or self.ctx.settings.early_hints == "http2" and not self.conn.http2):
+            return
+        self.hints += 1
+        parts = response_head(103, headers, b"", False)[0]
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
 
     def respond_error(self, status: int, reason: str, cluster: str | None = None,
                       retry_after_s: float | None = None, location: bytes | None = None,

@@ -29,7 +29,8 @@ TRAFFIC_SPLIT_SPEC = {
             "type": "object", "required": ["weight"],
             "properties": {"name": {"type": "string", "minLength": 1},
                            "weight": {"type": "number", "minimum": 0},
-                           "selector": {"type": "string", "pattern": LABEL_SELECTOR}}}},
+                           "selector": {"type": "string", "pattern": LABEL_SELECTOR},
+                           "requestHeaders": HEADER_OPS, "responseHeaders": HEADER_OPS}}},
         "strategy": {"type": "object", "properties": {
             "algorithm": {"type": "string", "enum": ["latency-aware", "weighted"]},
             "params": {"type": "object", "properties": {"maxRTT": {"type": "string", "pattern": DURATION}}}}},

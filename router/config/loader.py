@@ -160,6 +160,7 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                              f"{routes[key].name!r} ({first.file}:{first.line})")
             routes[key] = p
         weights: dict[str, float] = {}
+        own_headers: dict[str, tuple] = {}  # cluster -> (request ops, response ops) of the entry naming it
         for e in p.entries:
             if e.selector is not None:
                 matched = [c for c in clusters if all(c.label(k) == v for k, v in e.selector)]
@@ -175,6 +176,10 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                     problems.add(e.node.file, node.line, node.path, f"no Cluster named {e.cluster_name!r}")
             for c in matched:  # an entry's weight is shared by the clusters it selects
                 weights[c.name] = weights.get(c.name, 0.0) + e.weight / len(matched)
+                ops = (e.request_headers, e.response_headers)
+                if own_headers.setdefault(c.name, ops) != ops:
+                    problems.add(e.node.file, e.node.line, e.node.path,
+                                 f"Cluster {c.name!r} is given other header changes by another entry of the split")
         at = p.at or p.node
         if p.entries and all(e.weight == 0 for e in p.entries):
             problems.add(at.file, at.line, at.path, "all weights are zero")
@@ -189,5 +194,6 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
                                p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
                                p.match, p.source_ranges, p.session, p.cors, auth, p.max_body,
-                               p.direct, p.fault, p.path_regex))
+                               p.direct, p.fault, p.path_regex,
+                               tuple((n, *ops) for n, ops in own_headers.items() if ops != (None, None))))
     return out

@@ -275,6 +275,9 @@ class SplitConfig:
     direct: DirectResponse | None = None  # answered by the router with this; no clusters
     fault: Fault | None = None  # delays and errors injected into the route's requests
     path_regex: str | None = None  # an RE2 pattern the whole path matches (HTTPRoute's RegularExpression)
+    # Clusters with header changes of their own (an entry's requestHeaders/responseHeaders, a backendRef's
+    # filters), applied after the route's: (cluster, request HeaderOps or None, response HeaderOps or None).
+    backend_headers: tuple[tuple[str, HeaderOps | None, HeaderOps | None], ...] = ()
 
 
 @dataclass(frozen=True)

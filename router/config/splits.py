@@ -32,6 +32,8 @@ class PendingEntry:
     selector: tuple[tuple[str, str], ...] | None
     cluster_name: str | None
     node: Node
+    request_headers: HeaderOps | None = None  # changes for this entry's clusters only, after the route's
+    response_headers: HeaderOps | None = None
 
 
 @dataclass
@@ -84,7 +86,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
         return None
     entries = []
     for item in doc.seq(spec, "clusters"):
-        if not doc.fields(item, {"name", "weight", "selector"}, {"weight"}):
+        if not doc.fields(item, {"name", "weight", "selector", "requestHeaders", "responseHeaders"}, {"weight"}):
             continue
         label = doc.string(item, "name") or ""
         selector = doc.value(item, "selector", parse_selector)
@@ -95,7 +97,9 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
         if weight is None:
             continue
         entries.append(PendingEntry(label or str(item.get("selector").value), weight, selector,
-                                    None if item.get("selector") is not None else label, item))
+                                    None if item.get("selector") is not None else label, item,
+                                    read_header_ops(doc, item.get("requestHeaders")),
+                                    read_header_ops(doc, item.get("responseHeaders"))))
     algorithm, max_rtt = "latency-aware", None
     strat = spec.get("strategy")
     if doc.fields(strat, {"algorithm", "params"}):
@@ -245,11 +249,11 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             if not doc.fields(ref, {"name", "weight", "port", "kind", "group", "namespace", "filters"},
                               {"name"}):
                 continue
-            _unsupported_filters(doc, ref)
+            own_request, own_response = _backend_filters(doc, ref)
             cluster = doc.string(ref, "name")
             weight = doc.value(ref, "weight", _gateway_weight, 1.0)
             if cluster and weight is not None:
-                entries.append(PendingEntry(cluster, weight, None, cluster, ref))
+                entries.append(PendingEntry(cluster, weight, None, cluster, ref, own_request, own_response))
         prefixes = prefixes or [("/", False, None, None)]
         for j, (prefix, exact, regex, conditions) in enumerate(prefixes):
             split_name = f"{name}/rule{i}" if len(prefixes) == 1 else f"{name}/rule{i}/match{j}"
@@ -335,9 +339,22 @@ def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:
     return rewrite if rewrite != Rewrite() else None
 
 
-def _unsupported_filters(doc: Doc, node: Node) -> None:
-    for item in doc.seq(node, "filters"):
-        _unsupported_filter(doc, item, _filter_type(item))
+def _backend_filters(doc: Doc, ref: Node) -> tuple[HeaderOps | None, HeaderOps | None]:
+    """A backendRef's RequestHeaderModifier and ResponseHeaderModifier (each at most once): changes for
+    requests sent to that backend and its answers, after the rule's own; any other filter is refused."""
+    found: dict[str, HeaderOps | None] = {}
+    for item in doc.seq(ref, "filters"):
+        kind = _filter_type(item)
+        if kind not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+            _unsupported_filter(doc, item, kind)
+            continue
+        if not doc.fields(item, {"type", _FILTERS[kind]}, {_FILTERS[kind]}):
+            continue
+        if kind in found:
+            doc.error(item, f"filter {kind} is given twice")
+            continue
+        found[kind] = read_header_ops(doc, item.get(_FILTERS[kind]))
+    return found.get("RequestHeaderModifier"), found.get("ResponseHeaderModifier")
 
 
 def _filter_type(item: Node) -> str | None:

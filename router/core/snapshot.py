@@ -94,14 +94,18 @@ class Route:
     direct: tuple | None = None
     fault: Fault | None = None  # delays and errors injected into its requests
     path_regex: object = None  # a compiled RE2 pattern the whole path matches (then path_prefix is "/")
+    # Clusters with header changes of their own, compiled with the route's: cluster -> (request_drop,
+    # request_add, response_drop, response_add) for every backend of the route; None when none has any.
+    per_backend: dict | None = None
     request_changes: bool = False  # some of request_drop, request_add, rewrite (one test on the hot path)
     response_changes: bool = False  # response_drop or response_add
     guarded: bool = False  # something of the route may answer or hold a request before the choice (one test)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite))
+        object.__setattr__(self, "request_changes", bool(self.request_drop or self.request_add or self.rewrite
+                                                        or self.per_backend))
         object.__setattr__(self, "response_changes", bool(self.response_drop or self.response_add or self.session
-                                                         or self.cors))
+                                                         or self.cors or self.per_backend))
         object.__setattr__(self, "guarded", any(x is not None for x in (
             self.source_ranges, self.rate_limit, self.cors, self.redirect, self.direct, self.fault, self.auth)))
 
@@ -204,11 +208,34 @@ def _compiled(ops: HeaderOps | None) -> tuple[frozenset | None, bytes]:
     return drop or None, add
 
 
-def _response_changes(split: SplitConfig) -> tuple[frozenset | None, bytes]:
-    """The route's response header changes, compiled; a CORS policy drops the cluster's Access-Control-*
-    fields (it writes its own)."""
-    drop, add = _compiled(split.response_headers)
+def _response_changes(split: SplitConfig, own: HeaderOps | None = None) -> tuple[frozenset | None, bytes]:
+    """The route's response header changes (then a cluster's `own`), compiled; a CORS policy drops the
+    cluster's Access-Control-* fields (it writes its own)."""
+    drop, add = _compiled(then(split.response_headers, own))
     return (drop or frozenset()) | CORS_OWNED if split.cors is not None else drop, add
+
+
+def then(first: HeaderOps | None, second: HeaderOps | None) -> HeaderOps | None:
+    """`second`'s changes made after `first`'s, as one set of changes: a name `second` sets or removes
+    loses what `first` set, added or removed for it; what `second` adds comes after `first`'s lines."""
+    if second is None or first is None:
+        return first if second is None else second
+    over = {n.lower() for n, _ in second.set} | {n.lower() for n in second.remove}
+    return HeaderOps(tuple(p for p in first.set if p[0].lower() not in over) + second.set,
+                     tuple(p for p in first.add if p[0].lower() not in over) + second.add,
+                     tuple(n for n in first.remove if n.lower() not in over) + second.remove)
+
+
+def _per_backend(split: SplitConfig) -> dict | None:
+    """Each backend's header changes compiled with the route's, when some backend has its own."""
+    if not split.backend_headers:
+        return None
+    own = {cluster: (request, response) for cluster, request, response in split.backend_headers}
+    out = {}
+    for b in split.backends:
+        request, response = own.get(b.cluster, (None, None))
+        out[b.cluster] = (*_compiled(then(split.request_headers, request)), *_response_changes(split, response))
+    return out
 
 
 def _auth(auth: ExternalAuth) -> AuthPolicy:
@@ -290,7 +317,8 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
                      max_body=_max_body(split, config.router.limits.max_body_bytes),
                      direct=_direct(split.direct) if split.direct else None, fault=split.fault,
-                     path_regex=compile_pattern(split.path_regex) if split.path_regex else None)
+                     path_regex=compile_pattern(split.path_regex) if split.path_regex else None,
+                     per_backend=_per_backend(split))
 
     exact: dict[str, list[Route]] = {}
     wildcard: dict[str, list[Route]] = {}

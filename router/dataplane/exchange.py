@@ -224,22 +224,26 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
                                   ctx.via, upgrade, ctx.scheme, client.client_cert,
                                   b"2" if client.http2 else req.version.encode())
 
-    def changed_request_lines(self) -> list[bytes]:
-        """The request line and headers under the route's changes (header set/add/remove, URL
-        rewrite) and the router's own X-Request-Id; without any, the request's own lines (_attach
-        tests the route's flags first and builds those inline: one call less per request)."""
+    def changed_request_lines(self, own: bool = True) -> list[bytes]:
+        """The request line and headers under the route's changes (header set/add/remove, then the chosen
+        cluster's own unless `own` is False, URL rewrite) and the router's own X-Request-Id; without any,
+        the request's own lines (_attach tests the route's flags first and builds those inline: one call
+        less per request)."""
         req, route = self.req, self.route
         named = req.facts["named"]
-        if route.request_drop is not None:  # the route's set/remove names go
-            named = (named or frozenset()) | route.request_drop
+        drop, add = route.request_drop, route.request_add
+        if own and route.per_backend is not None:
+            drop, add = route.per_backend.get(self.backend.cluster, (drop, add))[:2]  # (a pinned cluster: the route's)
+        if drop is not None:  # the route's set/remove names go
+            named = (named or frozenset()) | drop
         if req.request_id_made and req.facts["request_id"] is not None:  # the router's id replaces the client's
             named = (named or frozenset()) | REQUEST_ID
         if route.rewrite is None:
             parts = request_lines(req.method, req.url, req.headers, named)
         else:
             parts = request_lines(req.method, *rewritten(req.url, req.headers, route), named)
-        if route.request_add:  # ... and its set/add lines come after
-            parts.append(route.request_add)
+        if add:  # ... and its set/add lines come after
+            parts.append(add)
         if req.request_id_made:
             parts.append(req.request_id_line)
         return parts

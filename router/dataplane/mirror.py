@@ -34,7 +34,7 @@ def mirror_request(ex) -> None:
         ctx.metrics.mirrored.labels(backend.cluster, "skipped").inc()
         return
     body = b"".join(ex.kept)
-    parts = ex.changed_request_lines()
+    parts = ex.changed_request_lines(own=False)  # the route's changes, not those of the cluster it chose
     parts.append(ex.forwarding_lines())
     if body or req.facts["content_length"] is not None or req.facts["chunked"]:
         parts.append(b"Content-Length: %d\r\n" % len(body))

@@ -61,8 +61,11 @@ class ResponseRelay:
         plan = compression_plan(compression, status, headers, req.headers) \
             if compression and (not no_body or head and status != 101) else None
         if route.response_changes or req.request_id or plan is not None:
-            if route.response_add:
-                tail = route.response_add + tail
+            drop, add = route.response_drop, route.response_add
+            if route.per_backend is not None:  # the route's changes, then the cluster's own
+                drop, add = route.per_backend.get(self.backend.cluster, (None, None, drop, add))[2:]
+            if add:
+                tail = add + tail
             if route.cors is not None:
                 tail = route.cors.response_lines(field(req.headers, b"origin")) + tail
             if route.session is not None and self.backend.cluster != self.session:  # a new or moved session
@@ -70,7 +73,6 @@ class ResponseRelay:
                                     ctx.scheme == b"https") + tail
             if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
                 tail = req.request_id_line + tail
-            drop = route.response_drop
             if plan is not None:  # Vary and ETag are written below
                 tail = plan.head_lines() + tail
                 drop = _PLANNED if drop is None else drop | _PLANNED

@@ -266,6 +266,64 @@ def test_header_changes_from_trafficsplit_and_httproute_filters(tmp_path):
     assert route.response_headers == HeaderOps((("Cache-Control", "no-store"),), (), ())
 
 
+def test_header_changes_of_one_cluster(tmp_path):
+    """A backendRef's header filters and a TrafficSplit entry's requestHeaders/responseHeaders belong to
+    that entry's clusters; two entries giving one cluster different changes are refused."""
+    from router.core.snapshot import build_snapshot, then
+    text = httproute("""\
+          rules:
+          - filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {set: [{name: X-Env, value: prod}], add: [{name: X-Tag, value: r}]}
+            backendRefs:
+            - name: eu-central
+              filters:
+              - type: RequestHeaderModifier
+                requestHeaderModifier: {set: [{name: X-Env, value: eu}], remove: [X-Tag]}
+              - type: ResponseHeaderModifier
+                responseHeaderModifier: {add: [{name: X-Region, value: eu}]}
+            - name: us-west
+        """) + native_split("""\
+          hosts: [a.example.com]
+          clusters:
+          - {selector: region=us-west, weight: 1, responseHeaders: {remove: [Server]}}
+          - {name: ap-east, weight: 1}
+        """, "native")
+    config = load_config(write(tmp_path, text))
+    route, native = config.splits
+    assert route.backend_headers == (("eu-central", HeaderOps((("X-Env", "eu"),), (), ("X-Tag",)),
+                                      HeaderOps((), (("X-Region", "eu"),), ())),)
+    assert native.backend_headers == (("us-west", None, HeaderOps((), (), ("Server",))),)
+    compiled = build_snapshot(config, 1).route_for("x", "/")
+    assert compiled.per_backend["eu-central"][:2] == (frozenset({b"x-env", b"x-tag"}), b"X-Env: eu\r\n")
+    assert compiled.per_backend["us-west"][:2] == (frozenset({b"x-env"}), b"X-Env: prod\r\nX-Tag: r\r\n")
+    # `then`: the second's set or remove of a name replaces what the first did with it; its adds come after.
+    first = HeaderOps((("A", "1"),), (("B", "1"), ("C", "1")), ("D",))
+    assert then(first, HeaderOps((), (("B", "2"),), ("C", "A"))) == \
+        HeaderOps((), (("B", "1"), ("B", "2")), ("D", "C", "A"))
+    assert then(first, None) is first and then(None, first) is first
+
+    bad = httproute("""\
+          rules:
+          - backendRefs:
+            - name: eu-central
+              filters:
+              - type: RequestHeaderModifier
+                requestHeaderModifier: {set: [{name: Host, value: x}]}
+              - type: URLRewrite
+                urlRewrite: {hostname: x}
+        """) + native_split("""\
+          clusters:
+          - {selector: region=us-west, weight: 1, requestHeaders: {add: [{name: X-A, value: "1"}]}}
+          - {name: us-west, weight: 1}
+        """, "native")
+    path = write(tmp_path, bad, "bad.yaml")
+    assert_errors(path, [(25, "spec.rules[0].backendRefs[0].filters[0].requestHeaderModifier.set[0].name: header "
+                              "Host is written by the router"),
+                         (26, "spec.rules[0].backendRefs[0].filters[1]: filter URLRewrite is not supported"),
+                         (35, "spec.clusters[1]: Cluster 'us-west' is given other header changes")])
+
+
 def test_httproute_url_rewrite_filter(tmp_path):
     text = httproute("""\
           rules:

@@ -310,7 +310,8 @@ class RouterApp:
                            "pathPrefix": split.path_prefix, "pathRegex": split.path_regex, "maxRTT_s": split.max_rtt_s,
                            "source": split.source, "timeouts": asdict(split.timeouts) if split.timeouts else None,
                            "rate_limit": self._rate_limit_state(split),
-                           "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts}
+                           "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts,
+                                     "backoff_s": split.retry.backoff_s}
                            if split.retry else None,
                            "mirror": asdict(split.mirror) if split.mirror else None,
                            "source_ranges": {"allow": [str(n) for n in split.source_ranges.allow],

@@ -57,7 +57,8 @@ TRAFFIC_SPLIT_SPEC = {
             "cluster": {"type": "string", "minLength": 1}, "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
         "retry": {"type": "object", "required": ["codes"], "properties": {
             "codes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 400, "maximum": 599}},
-            "attempts": {"type": "integer", "minimum": 1}}},
+            "attempts": {"type": "integer", "minimum": 1},
+            "backoff": {"type": "string", "pattern": DURATION}}},
         "sourceRanges": {"type": "object", "properties": {
             "allow": {"type": "array", "items": {"type": "string", "minLength": 1}},
             "deny": {"type": "array", "items": {"type": "string", "minLength": 1}}}},

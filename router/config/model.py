@@ -193,9 +193,10 @@ class Mirror:
 class RetryOn:
     """A route's retry on response status (Envoy's retriable_status_codes, Gateway API's HTTPRoute
     `retry`): a response head with one of `codes` is dropped and the request sent to the next choice,
-    at most `attempts` times, when it may be retried at all (idempotent, its body kept)."""
+    at most `attempts` times, when it may be retried at all (idempotent, its body kept), after `backoff_s`."""
     codes: frozenset[int]
     attempts: int = 1
+    backoff_s: float | None = None  # the wait before the first retry, doubling for each next (None: at once)
 
 
 @dataclass(frozen=True)

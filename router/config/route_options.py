@@ -33,12 +33,10 @@ def non_negative_int(v: Any) -> int:
 
 
 def read_retry(doc: Doc, node: Node | None, gateway: bool = False) -> RetryOn | None:
-    """retry: {codes: [503], attempts: 1}: status codes 400..599; an HTTPRoute rule's `backoff` is
-    refused (a retry goes to another cluster at once)."""
-    if not doc.fields(node, {"codes", "attempts", "backoff"} if gateway else {"codes", "attempts"}, {"codes"}):
+    """retry: {codes: [503], attempts: 1, backoff: 100ms}: status codes 400..599; `backoff` (the Gateway
+    API's minimum wait between tries) before the first retry, doubling for each next, at most 10 times it."""
+    if not doc.fields(node, {"codes", "attempts", "backoff"}, {"codes"}):
         return None
-    if node.get("backoff") is not None:
-        doc.error(node.get("backoff"), "backoff is not supported: a retry goes to the next cluster at once")
     codes = set()
     for item in doc.seq(node, "codes"):
         if isinstance(item.value, bool) or not isinstance(item.value, int) or not 400 <= item.value <= 599:
@@ -46,7 +44,8 @@ def read_retry(doc: Doc, node: Node | None, gateway: bool = False) -> RetryOn | 
         else:
             codes.add(item.value)
     attempts = doc.value(node, "attempts", positive_int, 1)
-    return RetryOn(frozenset(codes), attempts) if codes else None
+    backoff = doc.value(node, "backoff", positive_duration)
+    return RetryOn(frozenset(codes), attempts, backoff) if codes else None
 
 
 def read_source_ranges(doc: Doc, node: Node | None) -> SourceRanges | None:

@@ -94,6 +94,7 @@ class Route:
     direct: tuple | None = None
     fault: Fault | None = None  # delays and errors injected into its requests
     path_regex: object = None  # a compiled RE2 pattern the whole path matches (then path_prefix is "/")
+    retry_backoff_s: float | None = None  # the wait before a retry on status (doubling for each next); None: at once
     # Clusters with header changes of their own, compiled with the route's: cluster -> (request_drop,
     # request_add, response_drop, response_add) for every backend of the route; None when none has any.
     per_backend: dict | None = None
@@ -317,6 +318,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      auth=(backend(split.auth.cluster, 0.0), _auth(split.auth)) if split.auth is not None else None,
                      max_body=_max_body(split, config.router.limits.max_body_bytes),
                      direct=_direct(split.direct) if split.direct else None, fault=split.fault,
+                     retry_backoff_s=split.retry.backoff_s if split.retry else None,
                      path_regex=compile_pattern(split.path_regex) if split.path_regex else None,
                      per_backend=_per_backend(split))
 

@@ -387,9 +387,10 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         return (not self.resp_started and self.kept is not None and req.method in IDEMPOTENT
                 and not req.upgrade and not self.finished)
 
-    def _retry_elsewhere(self, reason: str, status: int = 502) -> bool:
+    def _retry_elsewhere(self, reason: str, status: int = 502, delay_s: float = 0.0) -> bool:
         """Reset, timeout or a retried status before any response byte: try the next choice, within
-        the budget. `status`: what the failed try counts as for outlier detection. Reason "hedge" (a
+        the budget (after `delay_s`: a route's retry backoff). `status`: what the failed try counts as
+        for outlier detection. Reason "hedge" (a
         route's perTry ran out, the route hedges): the try is kept running beside the next one (parked,
         see hedge.py) rather than dropped; it needs the request sent whole, and never waits on a cold start."""
         hedge = reason == "hedge"
@@ -418,5 +419,22 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
             self._abort_upstream()
         self.retrying = True
         self.streaming = False
+        if delay_s > 0:  # the choice is made again once the wait is over (health may change meanwhile)
+            if self.counted is not None:
+                self._uncount()
+            deadline = self.request_deadline()
+            if deadline is not None:  # the wait ends no later than the route's request timeout
+                delay_s = min(delay_s, max(deadline - ctx.clock(), 0.0))
+            self.conn.upstream_timer.set(delay_s, self._after_backoff)
+            return True
         self._choose(decision)
         return True
+
+    def _after_backoff(self) -> None:
+        if self.finished:
+            return
+        deadline = self.request_deadline()
+        if deadline is not None and deadline - self.ctx.clock() <= 0.001:
+            self._on_header_timeout()  # the route's request timeout ran out during the wait: 504
+        else:
+            self._choose()

@@ -37,7 +37,7 @@ class ResponseRelay:
         route = self.route
         if route.retry_codes is not None and status in route.retry_codes \
                 and self.status_retries < route.retry_attempts \
-                and (self.fall_back(status) or self._retry_elsewhere("status", status)):
+                and (self.fall_back(status) or self._retry_elsewhere("status", status, self._backoff_s())):
             self.status_retries += 1  # this answer is dropped (its connection closed) for the next choice's
             return
         if self.parked is not None:  # a hedged request: this try answered first
@@ -273,6 +273,11 @@ class ResponseRelay:
         self._record(cluster, status, self.ctx.clock(), reason)
         self._end()
         self.conn.abort()
+
+    def _backoff_s(self) -> float:
+        """The route's retry backoff before this retry: doubling with each, at most 10 times the first."""
+        first = self.route.retry_backoff_s
+        return min(first * 2 ** self.status_retries, 10 * first) if first else 0.0
 
     def _pass_hints(self, headers: list) -> None:
         """A cluster's 103 Early Hints (RFC 8297) on to the client, its end-to-end fields only: with earlyHints

@@ -313,7 +313,7 @@ class RouterApp:
                            "retry": {"codes": sorted(split.retry.codes), "attempts": split.retry.attempts,
                                      "backoff_s": split.retry.backoff_s}
                            if split.retry else None,
-                           "mirror": asdict(split.mirror) if split.mirror else None,
+                           "mirrors": [asdict(m) for m in split.mirrors],
                            "source_ranges": {"allow": [str(n) for n in split.source_ranges.allow],
                                              "deny": [str(n) for n in split.source_ranges.deny]}
                            if split.source_ranges else None,

@@ -21,6 +21,8 @@ MATCH_PAIRS = {"type": "array", "maxItems": 16, "items": {
     "type": "object", "required": ["name", "value"],
     "properties": {"name": HEADER_NAME, "value": {"type": "string", "maxLength": 4096},
                    "type": {"type": "string", "enum": ["Exact", "RegularExpression"]}}}}
+MIRROR = {"type": "object", "required": ["cluster"], "properties": {
+    "cluster": {"type": "string", "minLength": 1}, "percent": {"type": "number", "minimum": 0, "maximum": 100}}}
 TRAFFIC_SPLIT_SPEC = {
     "type": "object",
     "anyOf": [{"required": ["clusters"]}, {"required": ["redirect"]}],
@@ -53,8 +55,8 @@ TRAFFIC_SPLIT_SPEC = {
             "headers": MATCH_PAIRS, "queryParams": MATCH_PAIRS,
             "method": {"type": "string", "enum": ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
                                                   "TRACE", "PATCH"]}}},
-        "mirror": {"type": "object", "required": ["cluster"], "properties": {
-            "cluster": {"type": "string", "minLength": 1}, "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
+        "mirror": MIRROR,
+        "mirrors": {"type": "array", "maxItems": 8, "items": MIRROR},
         "retry": {"type": "object", "required": ["codes"], "properties": {
             "codes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 400, "maximum": 599}},
             "attempts": {"type": "integer", "minimum": 1},

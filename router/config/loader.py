@@ -185,14 +185,15 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
             problems.add(at.file, at.line, at.path, "all weights are zero")
         elif not p.declared and p.redirect is None and p.direct is None:
             problems.add(at.file, at.line, at.path or "spec", "no backends")
-        for ref in (p.mirror, p.auth):  # (option, the node naming its Cluster)
+        for ref in (*p.mirrors, p.auth):  # (option, the node naming its Cluster)
             if ref is not None and ref[0].cluster not in by_name:
                 problems.add(ref[1].file, ref[1].line, ref[1].path, f"no Cluster named {ref[0].cluster!r}")
-        mirror, auth = (ref[0] if ref is not None else None for ref in (p.mirror, p.auth))
+        mirrors = tuple(m for m, _node in p.mirrors)
+        auth = p.auth[0] if p.auth is not None else None
         out.append(SplitConfig(p.name, p.kind, p.hosts, p.path_prefix,
                                tuple(Backend(n, w) for n, w in weights.items()), p.algorithm, p.max_rtt_s,
                                f"{p.node.file}:{p.node.line}", p.affinity, p.request_headers, p.response_headers,
-                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirror,
+                               p.rewrite, p.redirect, p.path_exact, p.timeouts, p.rate_limit, p.retry, mirrors,
                                p.match, p.source_ranges, p.session, p.cors, auth, p.max_body,
                                p.direct, p.fault, p.path_regex,
                                tuple((n, *ops) for n, ops in own_headers.items() if ops != (None, None))))

@@ -266,7 +266,7 @@ class SplitConfig:
     timeouts: RouteTimeouts | None = None  # the route's own; None: the Router's
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
-    mirror: Mirror | None = None
+    mirrors: tuple[Mirror, ...] = ()  # each a copy of the route's requests to another Cluster
     match: RouteMatch | None = None  # header, query and method conditions; None: host and path alone
     source_ranges: SourceRanges | None = None  # which client addresses may use the route
     session: SessionPersistence | None = None  # requests of one session go to the cluster it began on

@@ -17,6 +17,31 @@ from .values import normalise_host, parse_duration
 from .yamlsrc import Node
 
 
+MAX_MIRRORS = 8  # copies of one request at most (each is a request of its own to a cluster)
+
+
+def read_mirrors(doc: Doc, spec: Node) -> tuple[tuple[Mirror, Node], ...]:
+    """A TrafficSplit's `mirror` (one) or `mirrors` (a list), not both."""
+    one, many = spec.get("mirror"), spec.get("mirrors")
+    if one is not None and many is not None:
+        doc.error(many, "mirror and mirrors cannot go together (list the first in mirrors)")
+    items = [one] if one is not None else doc.seq(spec, "mirrors")
+    found = [read_mirror(doc, item) for item in items]
+    return checked_mirrors(doc, [m for m in found if m is not None], many)
+
+
+def checked_mirrors(doc: Doc, mirrors: list, at: Node | None) -> tuple[tuple[Mirror, Node], ...]:
+    """At most MAX_MIRRORS, each to another Cluster."""
+    if len(mirrors) > MAX_MIRRORS:
+        doc.error(at, f"at most {MAX_MIRRORS} mirrors, got {len(mirrors)}")
+    seen = set()
+    for mirror, node in mirrors:
+        if mirror.cluster in seen:
+            doc.error(node, f"Cluster {mirror.cluster!r} is mirrored to twice")
+        seen.add(mirror.cluster)
+    return tuple(mirrors)
+
+
 def read_mirror(doc: Doc, node: Node | None) -> tuple[Mirror, Node] | None:
     """mirror: {cluster: NAME, percent: 0..100} (percent defaults to 100)."""
     if not doc.fields(node, {"cluster", "percent"}, {"cluster"}):

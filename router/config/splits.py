@@ -16,10 +16,10 @@ from .cors import read_route_cors
 from .doc import Doc, one_of, parse_path, parse_percent, positive_duration, positive_int, read_hosts
 from .model import (Cors, DirectResponse, ExternalAuth, Fault, HeaderOps, Mirror, RateLimit, Redirect, RetryOn, Rewrite,
                     RouteMatch, RouteTimeouts, SessionPersistence, SourceRanges)
-from .route_options import (non_negative_int, parse_pattern, path_modifier, read_affinity, read_conditions,
-                            read_direct_response, read_fault, read_header_ops, read_mirror, read_rate_limit,
-                            read_redirect, read_retry, read_rewrite, read_route_timeouts, read_session_persistence,
-                            read_source_ranges, rewrite_host)
+from .route_options import (checked_mirrors, non_negative_int, parse_pattern, path_modifier, read_affinity,
+                            read_conditions, read_direct_response, read_fault, read_header_ops, read_mirrors,
+                            read_rate_limit, read_redirect, read_retry, read_rewrite, read_route_timeouts,
+                            read_session_persistence, read_source_ranges, rewrite_host)
 from .values import normalise_host, parse_positive_size, parse_quantity, parse_selector, parse_weight
 from .yamlsrc import Node
 
@@ -58,7 +58,7 @@ class PendingSplit:
     timeouts: RouteTimeouts | None = None
     rate_limit: RateLimit | None = None
     retry: RetryOn | None = None
-    mirror: tuple[Mirror, Node] | None = None  # the Cluster it names is checked by the loader, at the node
+    mirrors: tuple[tuple[Mirror, Node], ...] = ()  # the Clusters they name are checked by the loader, at the node
     match: RouteMatch | None = None
     source_ranges: SourceRanges | None = None
     session: SessionPersistence | None = None
@@ -78,6 +78,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                 if spec is not None and spec.kind == "map" and spec.get(key) is not None]
     if not doc.fields(spec, {"clusters", "strategy", "hosts", "service", "pathPrefix", "affinity", "requestHeaders",
                              "responseHeaders", "rewrite", "redirect", "timeouts", "rateLimit", "retry", "mirror",
+                             "mirrors",
                              "match", "sourceRanges", "sessionPersistence", "cors", "externalAuth", "maxBody",
                              "directResponse", "fault"},
                        set() if answered else {"clusters"}):
@@ -114,7 +115,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
     direct = read_direct_response(doc, spec.get("directResponse"))
     if answered:
         what = "a redirect" if answered[0] == "redirect" else "a direct response"
-        for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "affinity", "requestHeaders",
+        for key in ("clusters", "rewrite", "timeouts", "retry", "mirror", "mirrors", "affinity", "requestHeaders",
                     "responseHeaders", "sessionPersistence", "cors", "externalAuth", "maxBody", "fault",
                     *answered[1:]):
             if spec.get(key) is not None:  # each would be accepted and do nothing
@@ -126,7 +127,7 @@ def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
                         read_rewrite(doc, spec.get("rewrite")),
                         redirect, timeouts=read_route_timeouts(doc, spec.get("timeouts")),
                         rate_limit=read_rate_limit(doc, spec.get("rateLimit")),
-                        retry=read_retry(doc, spec.get("retry")), mirror=read_mirror(doc, spec.get("mirror")),
+                        retry=read_retry(doc, spec.get("retry")), mirrors=read_mirrors(doc, spec),
                         match=read_conditions(doc, spec.get("match"))
                         if doc.fields(spec.get("match"), {"headers", "queryParams", "method"}) else None,
                         source_ranges=read_source_ranges(doc, spec.get("sourceRanges")),
@@ -236,7 +237,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
             match = _path_match(doc, m.get("path")) + (read_conditions(doc, m),)
             if match not in prefixes:
                 prefixes.append(match)
-        request_ops, response_ops, rewrite, redirect, mirror, cors, auth = _rule_filters(doc, rule)
+        request_ops, response_ops, rewrite, redirect, mirrors, cors, auth = _rule_filters(doc, rule)
         replaces_prefix = rewrite and rewrite.path_prefix or redirect and redirect.path_prefix
         if replaces_prefix and any(exact or regex for _, exact, regex, _ in prefixes):
             doc.error(rule.get("filters"), "ReplacePrefixMatch needs PathPrefix matches (an Exact or "
@@ -261,7 +262,7 @@ def read_httproute(doc: Doc) -> list[PendingSplit]:
                                        None, rule, rule.get("backendRefs"), len(doc.seq(rule, "backendRefs")),
                                        request_headers=request_ops, response_headers=response_ops,
                                        rewrite=rewrite, redirect=redirect, path_exact=exact, timeouts=timeouts,
-                                       retry=retry, mirror=mirror, match=conditions, session=session,
+                                       retry=retry, mirrors=mirrors, match=conditions, session=session,
                                        cors=cors, auth=auth, path_regex=regex))
     return splits
 
@@ -285,11 +286,11 @@ _FILTERS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderMod
 
 
 def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | None, Rewrite | None,
-                                                 Redirect | None, tuple[Mirror, Node] | None, Cors | None,
+                                                 Redirect | None, tuple[tuple[Mirror, Node], ...], Cors | None,
                                                  tuple[ExternalAuth, Node] | None]:
-    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror,
-    CORS and ExternalAuth (each at most once; a redirect with neither a rewrite, CORS, ExternalAuth nor
-    backendRefs); any other filter is refused."""
+    """A rule's RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror
+    (several may go, each to another Cluster), CORS and ExternalAuth (each other at most once; a redirect with
+    neither a rewrite, CORS, ExternalAuth nor backendRefs); any other filter is refused."""
     found: dict[str, Any] = {}
     for item in doc.seq(rule, "filters"):
         kind = _filter_type(item)
@@ -298,14 +299,15 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
             continue
         if not doc.fields(item, {"type", _FILTERS[kind]}, {_FILTERS[kind]}) or item.get(_FILTERS[kind]) is None:
             continue
-        if kind in found:
+        if kind in found and kind != "RequestMirror":  # (mirrors may be several, each to another Cluster)
             doc.error(item, f"filter {kind} is given twice")
             continue
         body = item.get(_FILTERS[kind])
         if kind == "URLRewrite":
             found[kind] = _url_rewrite(doc, body)
         elif kind == "RequestMirror":
-            found[kind] = _gateway_mirror(doc, body)
+            mirror = _gateway_mirror(doc, body)
+            found[kind] = found.get(kind, []) + ([mirror] if mirror is not None else [])
         elif kind == "RequestRedirect":
             found[kind] = read_redirect(doc, body, gateway=True)
             if doc.seq(rule, "backendRefs"):
@@ -324,8 +326,9 @@ def _rule_filters(doc: Doc, rule: Node) -> tuple[HeaderOps | None, HeaderOps | N
     cors = None
     if "CORS" in found:
         cors = read_route_cors(doc, found["CORS"], response_ops, rule.get("filters"))
+    mirrors = checked_mirrors(doc, found.get("RequestMirror", []), rule.get("filters"))
     return (found.get("RequestHeaderModifier"), response_ops, found.get("URLRewrite"),
-            found.get("RequestRedirect"), found.get("RequestMirror"), cors, found.get("ExternalAuth"))
+            found.get("RequestRedirect"), mirrors, cors, found.get("ExternalAuth"))
 
 
 def _url_rewrite(doc: Doc, node: Node) -> Rewrite | None:

@@ -79,7 +79,7 @@ class Route:
     rate_limit: RateLimit | None = None  # the route's local rate limit (buckets kept by the ProxyContext)
     retry_codes: frozenset | None = None  # response statuses retried on the next choice ...
     retry_attempts: int = 0  # ... at most this many times per request
-    mirror: tuple[RouteBackend, float] | None = None  # (the mirror cluster, percent of requests copied)
+    mirrors: tuple | None = None  # (a mirror cluster, percent of requests copied) each; None: no mirror
     # Header, query and method conditions, compiled: ((lowercase name, value) bytes pairs, (name, value)
     # str pairs, method bytes or None, (lowercase name bytes, RE2 pattern) pairs, (name, RE2 pattern)
     # pairs); None when host and path alone decide.
@@ -303,7 +303,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
 
     def route(split: SplitConfig) -> Route:
         backends = tuple(backend(b.cluster, b.weight) for b in split.backends)
-        mirror = (backend(split.mirror.cluster, 0.0), split.mirror.percent) if split.mirror else None
+        mirrors = tuple((backend(m.cluster, 0.0), m.percent) for m in split.mirrors) or None
         live = tuple(b for b in backends if b.weight > 0)
         return Route(split.name, split.path_prefix, backends, split.max_rtt_s, split.algorithm, live,
                      sum(b.weight for b in live), split.affinity, tuple(Forward(b) for b in live),
@@ -311,7 +311,7 @@ def build_snapshot(config: Config, version: int) -> RoutingSnapshot:
                      *_response_changes(split), _rewrite(split.rewrite), _redirect(split.redirect),
                      split.path_exact, *_timeouts(split.timeouts, config.router.timeouts.per_try_s),
                      split.rate_limit,
-                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirror,
+                     *((split.retry.codes, split.retry.attempts) if split.retry else (None, 0)), mirrors,
                      _match(split.match), split.source_ranges,
                      hedge=split.timeouts is not None and split.timeouts.hedge, session=split.session,
                      cors=CorsPolicy(split.cors) if split.cors is not None else None,

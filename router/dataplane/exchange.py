@@ -75,7 +75,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         self.released_to: str | None = None
         self.deadline_handle = None  # the route's request timeout, once the response head went out
         self.status_retries = 0  # responses dropped for the route's retry codes
-        self.mirrored = False  # a copy went to the route's mirror cluster (once, whatever the retries)
+        self.mirrored = False  # copies went to the route's mirror clusters (once, whatever the retries)
         self.gzip = None  # the response's GzipStream, when the router compresses it
         self.parked = None  # earlier tries still running beside this one (hedging: a list of ParkedTry)
         self.resumed = False  # (hedging) the current try is an earlier one, taken up again
@@ -282,7 +282,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
             self.on_request_end()
         self.sent_at = ctx.clock()
         timeouts, route = ctx.settings.timeouts, self.route
-        if route.mirror is not None and req.complete and not self.mirrored:
+        if route.mirrors is not None and req.complete and not self.mirrored:
             self.mirrored = True
             mirror_request(self)
         if route.request_timeout_s is None:
@@ -317,7 +317,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         if self.upstream is not None and self.req.facts["chunked"] and not self.finished:
             self.upstream.write(b"0\r\n\r\n")
         route = self.route
-        if route is not None and route.mirror is not None and self.streaming and not self.mirrored:
+        if route is not None and route.mirrors is not None and self.streaming and not self.mirrored:
             self.mirrored = True  # the body has gone to the cluster as it came: now the copy
             mirror_request(self)
 

@@ -1,5 +1,5 @@
-"""Request mirroring (a route's `mirror`, HTTPRoute's RequestMirror filter): once a request has been read
-whole and sent to its cluster, a copy goes to the mirror cluster and its answer is read and dropped.
+"""Request mirroring (a route's `mirror` or `mirrors`, HTTPRoute's RequestMirror filters): once a request has
+been read whole and sent to its cluster, a copy goes to each mirror cluster and its answer is read and dropped.
 
 The copy never delays, changes or fails the client's exchange: it has its own upstream connection (from
 the same pool), and a copy that cannot connect, breaks, or is not answered within `upstreamHeader` is
@@ -23,21 +23,24 @@ class MirrorCopy(SideRequest):
 
 
 def mirror_request(ex) -> None:
-    """Copy the request of exchange `ex` (read whole, and sent to its cluster) to its route's mirror
-    cluster, for the route's percent of requests: the head as the cluster got it, the body re-framed
-    with a Content-Length."""
-    backend, percent = ex.route.mirror
+    """Copy the request of exchange `ex` (read whole, and sent to its cluster) to each of its route's
+    mirror clusters, for that mirror's percent of requests (a draw each): the head as the cluster got it
+    with the route's changes, the body re-framed with a Content-Length."""
     ctx, req = ex.ctx, ex.req
-    if percent < 100.0 and ctx.rng.random() * 100.0 >= percent:
-        return
-    if ex.kept is None or len(ctx.mirrors) >= MAX_IN_FLIGHT:  # the body was not kept whole; too many out
-        ctx.metrics.mirrored.labels(backend.cluster, "skipped").inc()
-        return
-    body = b"".join(ex.kept)
-    parts = ex.changed_request_lines(own=False)  # the route's changes, not those of the cluster it chose
-    parts.append(ex.forwarding_lines())
-    if body or req.facts["content_length"] is not None or req.facts["chunked"]:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
-    parts += (b"\r\n", body)
-    copy = MirrorCopy(ctx, backend.cluster, req.method == b"HEAD", ctx.mirrors)
-    copy.send(backend, b"".join(parts), ctx.settings.timeouts.upstream_header_s)
+    copy_bytes = None
+    for backend, percent in ex.route.mirrors:
+        if percent < 100.0 and ctx.rng.random() * 100.0 >= percent:
+            continue
+        if ex.kept is None or len(ctx.mirrors) >= MAX_IN_FLIGHT:  # the body was not kept whole; too many out
+            ctx.metrics.mirrored.labels(backend.cluster, "skipped").inc()
+            continue
+        if copy_bytes is None:  # made once for all the mirrors
+            body = b"".join(ex.kept)
+            parts = ex.changed_request_lines(own=False)  # the route's changes, not those of the cluster it chose
+            parts.append(ex.forwarding_lines())
+            if body or req.facts["content_length"] is not None or req.facts["chunked"]:
+                parts.append(b"Content-Length: %d\r\n" % len(body))
+            parts += (b"\r\n", body)
+            copy_bytes = b"".join(parts)
+        copy = MirrorCopy(ctx, backend.cluster, req.method == b"HEAD", ctx.mirrors)
+        copy.send(backend, copy_bytes, ctx.settings.timeouts.upstream_header_s)

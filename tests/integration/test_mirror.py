@@ -39,7 +39,7 @@ async def test_copies_reach_the_mirror_and_the_client_gets_the_primary_answer(ba
     first = copies["/one?x=1"][0].headers
     assert first["X-Trace"] == "t1" and first["X-Forwarded-For"] == "127.0.0.1" and first["Host"] == "h"
     assert app.ctx.mirrors == set()
-    assert app.state()["routes"][0]["mirror"] == {"cluster": "m", "percent": 100.0}
+    assert app.state()["routes"][0]["mirrors"] == [{"cluster": "m", "percent": 100.0}]
 
 
 async def test_a_failing_or_slow_mirror_changes_nothing_for_the_client(backends, router):
@@ -98,3 +98,22 @@ async def test_httproute_request_mirror(backends, router):
     raw = await raw_request(app.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200") and b"x-router-cluster: a" in raw
     await wait_for(lambda: [r.path for r in m.seen] == ["/x"], what="the copy")
+
+
+async def test_each_of_several_mirrors_gets_its_own_copy(backends, router):
+    """`mirrors` (HTTPRoute: RequestMirror more than once): a copy to each, each drawn at its own percent."""
+    a, m1, m2, m3 = await backends("a", "m1", "m2", "m3")
+    app = await router(cluster_docs({"a": a.port, "m1": m1.port, "m2": m2.port, "m3": m3.port}) + split_doc({"a": 1})
+                       + "  mirrors: [{cluster: m3, percent: 0}, {cluster: m1}, {cluster: m2, percent: 100}]\n")
+    for i in range(5):
+        raw = await raw_request(app.port, f"POST /p{i} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+                                          f"Connection: close\r\n\r\nhi".encode())
+        assert response_of(raw)[0] == 200
+    await wait_for(lambda: mirrored(app, "m1", "answered") == mirrored(app, "m2", "answered") == 5,
+                   what="five copies to each mirror")
+    for m in (m1, m2):
+        assert sorted(r.path for r in m.seen) == [f"/p{i}" for i in range(5)] and m.bodies == [b"hi"] * 5
+    assert not m3.seen and len(a.seen) == 5
+    assert app.state()["routes"][0]["mirrors"] == [{"cluster": "m3", "percent": 0.0},
+                                                    {"cluster": "m1", "percent": 100.0},
+                                                    {"cluster": "m2", "percent": 100.0}]

@@ -406,11 +406,22 @@ def test_mirror(tmp_path):
           clusters: [{name: us-west, weight: 1}]
           mirror: {cluster: ap-east}
         """, "s")
+    text += native_split("""\
+          hosts: [t.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          mirrors: [{cluster: ap-east, percent: 50}, {cluster: eu-central}]
+        """, "t")
+    line = next(x for x in text.splitlines(keepends=True) if "percent: 30" in x)
+    text = text.replace(line, line + line.replace("{name: ap-east}, percent: 30", "{name: eu-central}"))
     cfg = load_config(write(tmp_path, text))
-    assert [s.mirror for s in cfg.splits] == [Mirror("eu-central", 12.5), Mirror("ap-east", 30.0),
-                                               Mirror("ap-east", 100.0)]
+    assert [s.mirrors for s in cfg.splits] == [
+        (Mirror("eu-central", 12.5),), (Mirror("ap-east", 30.0), Mirror("eu-central", 100.0)),
+        (Mirror("ap-east", 100.0),), (Mirror("ap-east", 50.0), Mirror("eu-central", 100.0))]
     route = build_snapshot(cfg, 1).route_for("s.example.com", "/")
-    assert route.mirror[0].cluster == "ap-east" and route.mirror[0].pool_key == ("https", "ap.example.com", 8443)
+    (backend, percent), = route.mirrors
+    assert backend.cluster == "ap-east" and backend.pool_key == ("https", "ap.example.com", 8443) and percent == 100
+    assert [(b.cluster, p) for b, p in build_snapshot(cfg, 1).route_for("t.example.com", "/").mirrors] == [
+        ("ap-east", 50.0), ("eu-central", 100.0)]
     bad = httproute("""\
           rules:
           - filters:
@@ -418,9 +429,24 @@ def test_mirror(tmp_path):
             - {type: RequestMirror, requestMirror: {backendRef: {name: ap-east}, percent: 5, fraction: {numerator: 1}}}
             backendRefs: [{name: us-west}]
         """)
+    bad += native_split("""\
+          hosts: [t.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          mirror: {cluster: ap-east}
+          mirrors: [{cluster: eu-central}]
+        """, "t") + native_split("""\
+          hosts: [u.example.com]
+          clusters: [{name: us-west, weight: 1}]
+          mirrors: [CLUSTERS]
+        """.replace("CLUSTERS", ", ".join(["{cluster: ap-east}"] * 9)), "u")
     path = write(tmp_path, bad, "bad.yaml")
     assert_errors(path, [(22, "spec.rules[0].filters[0].requestMirror.fraction: numerator (3) is above denominator (2)"),
-                         (23, "spec.rules[0].filters[1]: filter RequestMirror is given twice")])
+                         (23, "spec.rules[0].filters[1].requestMirror.fraction: requestMirror takes percent or "
+                              "fraction, not both"),
+                         (23, "spec.rules[0].filters[1].requestMirror.backendRef.name: Cluster 'ap-east' is mirrored "
+                              "to twice"),
+                         (33, "spec.mirrors: mirror and mirrors cannot go together"),
+                         (41, "spec.mirrors: at most 8 mirrors, got 9")])
 
 
 def test_retry_on_status(tmp_path):

@@ -52,13 +52,15 @@ async def scripted_cluster(script: dict, answers: dict = ANSWERS):
         server.close()
 
 
-@pytest.fixture
-async def hedged(router):
+@pytest.fixture(params=["", ", backoff: 30ms"], ids=["at-once", "backoff"])
+async def hedged(router, request):
+    """Three scripted clusters behind a hedged route retrying 503s (at once, or after a backoff)."""
     scripts = {name: {"now": (0.0, "answer")} for name in "abc"}
     async with scripted_cluster(scripts["a"]) as a, scripted_cluster(scripts["b"]) as b, \
             scripted_cluster(scripts["c"]) as c:
         split = (split_doc({"a": 1, "b": 1, "c": 1}, "s", ["h"])
-                 + "  timeouts: {perTry: 50ms, request: 1s, hedge: true}\n  retry: {codes: [503]}\n")
+                 + "  timeouts: {perTry: 50ms, request: 1s, hedge: true}\n"
+                 + f"  retry: {{codes: [503], attempts: 2{request.param}}}\n")
         app = await router(cluster_docs({"a": a, "b": b, "c": c}) + split
                            + router_doc(timeouts={"upstreamHeader": "600ms", "bodyIdle": "400ms"}))
         app.scripts = scripts

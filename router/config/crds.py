@@ -72,6 +72,7 @@ TRAFFIC_SPLIT_SPEC = {
             "sessionName": {"type": "string", "minLength": 1, "maxLength": 128},
             "type": {"type": "string", "enum": ["Cookie", "Header"]},
             "absoluteTimeout": {"type": "string", "pattern": DURATION},
+            "idleTimeout": {"type": "string", "pattern": DURATION},
             "cookieConfig": {"type": "object", "properties": {
                 "lifetimeType": {"type": "string", "enum": ["Session", "Permanent"]}}}}},
         "timeouts": {"type": "object", "properties": {

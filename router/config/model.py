@@ -167,6 +167,7 @@ class SessionPersistence:
     header: bool = False  # the token travels in a header named `name` instead of a cookie
     absolute_s: float | None = None
     permanent: bool = False
+    idle_s: float | None = None  # a session unused this long ends (its token is renewed with every answer)
 
 
 @dataclass(frozen=True)

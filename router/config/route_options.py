@@ -131,16 +131,14 @@ def read_route_timeouts(doc: Doc, node: Node | None, gateway: bool = False) -> R
 
 def read_session_persistence(doc: Doc, node: Node | None) -> SessionPersistence | None:
     """sessionPersistence: {sessionName, type: Cookie | Header, absoluteTimeout, cookieConfig: {lifetimeType:
-    Session | Permanent}}, the Gateway API's fields (a TrafficSplit takes the same). idleTimeout would need
-    the router to keep each session's last use: refused rather than ignored."""
+    Session | Permanent}, idleTimeout}, the Gateway API's fields (a TrafficSplit takes the same)."""
     if not doc.fields(node, {"sessionName", "type", "absoluteTimeout", "idleTimeout", "cookieConfig"}):
         return None
     d = SessionPersistence()
     name = doc.value(node, "sessionName", _session_name, d.name)
     header = doc.value(node, "type", one_of(None, "Cookie", "Header"), "Cookie") == "Header"
     absolute = doc.value(node, "absoluteTimeout", positive_duration)
-    if node.get("idleTimeout") is not None:
-        doc.error(node.get("idleTimeout"), "idleTimeout is not supported (absoluteTimeout is)")
+    idle = doc.value(node, "idleTimeout", positive_duration)
     lifetime = "Session"
     config = node.get("cookieConfig")
     if doc.fields(config, {"lifetimeType"}):
@@ -149,7 +147,7 @@ def read_session_persistence(doc: Doc, node: Node | None) -> SessionPersistence 
             doc.error(config, "cookieConfig is for type Cookie")
     if lifetime == "Permanent" and absolute is None:
         doc.error(config, "a Permanent cookie needs absoluteTimeout (its Max-Age)")
-    return SessionPersistence(name, header, absolute, lifetime == "Permanent")
+    return SessionPersistence(name, header, absolute, lifetime == "Permanent", idle)
 
 
 def _session_name(v: Any) -> str:

@@ -68,9 +68,10 @@ class ResponseRelay:
                 tail = add + tail
             if route.cors is not None:
                 tail = route.cors.response_lines(field(req.headers, b"origin")) + tail
-            if route.session is not None and self.backend.cluster != self.session:  # a new or moved session
-                tail = session_line(route.session, self.backend.cluster, time.time(), route.path_prefix,
-                                    ctx.scheme == b"https") + tail
+            session = route.session  # a new or moved session, or one that is renewed with each use
+            if session is not None and (self.backend.cluster != self.session or session.idle_s is not None):
+                tail = session_line(session, self.backend.cluster, time.time(), route.path_prefix,
+                                    ctx.scheme == b"https", req.headers) + tail
             if req.request_id:  # the client learns the id its request went by (the cluster's echo is replaced)
                 tail = req.request_id_line + tail
             if plan is not None:  # Vary and ETag are written below

@@ -2,7 +2,9 @@
 answered (a cookie, or a header), later requests carrying it go there, and when that cluster cannot
 take them the session moves with a new token."""
 from chaos.relay import DelayRelay
-from router.core.session import make_token
+import time
+
+from router.core.session import make_token, read_session
 from tests.conftest import cluster_docs, keepalive_answers, split_doc
 
 
@@ -28,7 +30,8 @@ async def test_a_cookie_session_keeps_its_cluster(backends, router):
     stray = await exchange(app.port, 1, "Cookie: sid=bWFycw\r\n")  # a cluster the route does not have
     assert "set-cookie" in stray[0][1]
     (state,) = [r for r in app.state()["routes"] if r["name"] == "shop"]
-    assert state["session_persistence"] == {"name": "sid", "header": False, "absolute_s": None, "permanent": False}
+    assert state["session_persistence"] == {"name": "sid", "header": False, "absolute_s": None, "permanent": False,
+                                            "idle_s": None}
 
 
 async def test_the_session_moves_when_its_cluster_is_down(backends, router):
@@ -64,3 +67,17 @@ async def test_a_header_session_and_a_timed_cookie(backends, router):
     assert {c for c, _ in await exchange(timed.port, 10, f"Cookie: {token}\r\n")} == {first}
     expired = await exchange(timed.port, 1, f"Cookie: sid={make_token(first, 1.0)}\r\n")
     assert "set-cookie" in expired[0][1]  # past its time: a new session, whichever cluster it lands on
+
+
+async def test_an_idle_timeout_ends_an_unused_session_and_renews_a_used_one(backends, router):
+    a, b = await backends("a", "b")
+    app = await router(sticky({"a": a.port, "b": b.port}, "{sessionName: sid, idleTimeout: 10m}"))
+    now = time.time()
+    used = await exchange(app.port, 10, f"Cookie: sid={make_token('a', None, now - 60)}\r\n")
+    assert {c for c, _ in used} == {"a"}  # used a minute ago: honoured
+    for _, head in used:  # ... and renewed with every answer: its last use is now
+        token = head["set-cookie"].split(";")[0].removeprefix("sid=")
+        assert read_session(token, now + 599, False, 600.0) == ("a", None)
+    stale = await exchange(app.port, 40, f"Cookie: sid={make_token('a', None, now - 601)}\r\n")
+    assert {c for c, _ in stale} == {"a", "b"}  # unused for over 10 minutes: routed by the weights
+    assert all(h["set-cookie"].startswith(f"sid={make_token(c, None)}.") for c, h in stale)  # new sessions

@@ -947,7 +947,7 @@ def test_session_persistence(tmp_path):
     bad = native_split("""\
           clusters: [{name: us-west, weight: 1}]
           affinity: {cookie: sid}
-          sessionPersistence: {idleTimeout: 10m, cookieConfig: {lifetimeType: Permanent}}
+          sessionPersistence: {idleTimeout: 0s, cookieConfig: {lifetimeType: Permanent}}
         """, "s") + native_split("""\
           clusters: [{name: us-west, weight: 1}]
           hosts: [b]
@@ -955,7 +955,7 @@ def test_session_persistence(tmp_path):
         """, "t")
     path = write(tmp_path, CLUSTERS + bad, "bad.yaml")
     assert_errors(path, [(22, "spec.sessionPersistence: sessionPersistence and affinity cannot go together"),
-                         (22, "spec.sessionPersistence.idleTimeout: idleTimeout is not supported"),
+                         (22, "spec.sessionPersistence.idleTimeout: duration must be positive"),
                          (22, "spec.sessionPersistence.cookieConfig: a Permanent cookie needs absoluteTimeout"),
                          (30, "spec.sessionPersistence.sessionName: expected a cookie or header name"),
                          (30, "spec.sessionPersistence.cookieConfig: cookieConfig is for type Cookie")])

@@ -26,9 +26,33 @@ def test_tokens_round_trip_and_expire():
     assert read_token(timed, 999.0, timed=True) == "eu-central"
     assert read_token(timed, 1000.0, timed=True) is None  # past its absoluteTimeout
     assert read_token(make_token("eu-central", None), 0.0, timed=True) is None  # the route now times sessions
-    for junk in ("", "!!!", "ZXU.zz", "ZXU.1.2", "//8", "_w", "ZXU" + "A" * 300):
+    for junk in ("", "!!!", "ZXU.zz", "ZXU.1.2.3", "ZXU.", "ZXU..zz", "//8", "_w", "ZXU" + "A" * 300):
         assert read_token(junk, 0.0, timed=False) is None, junk  # empty, not base64url, bad expiry, not UTF-8, long
     assert read_token("ZXU", 0.0, timed=False) == "eu"
+
+
+def test_an_idle_timeout_ends_a_session_unused_that_long():
+    token = make_token("eu-central", None, used_at=100.0)
+    assert token == make_token("eu-central", None) + "..64"
+    assert read_token(token, 129.0, timed=False, idle_s=30.0) == "eu-central"
+    assert read_token(token, 130.0, timed=False, idle_s=30.0) is None  # unused for 30 s
+    assert read_token(make_token("eu-central", None), 0.0, timed=False, idle_s=30.0) is None  # no last use
+    assert read_token(make_token("eu-central", 1000.0, 100.0), 1000.0, timed=True, idle_s=1e6) is None  # expired
+    assert read_token(make_token("eu-central", None, 99.2), 129.9, False, 30.0) == "eu-central"  # rounded up
+    assert read_token(token, 10_000.0, timed=False) == "eu-central"  # a route without idleTimeout ignores it
+
+
+def test_a_used_session_is_renewed_with_its_expiry_kept():
+    idle = SessionPersistence("sid", absolute_s=3600.0, permanent=True, idle_s=60.0)
+    first = session_line(idle, "us-west", 100.0, "/", secure=False)  # a new session: expires 3700
+    token = first.split(b"sid=")[1].split(b";")[0]
+    assert first.endswith(b"; Max-Age=3600\r\n") and read_token(token.decode(), 159.0, True, 60.0) == "us-west"
+    again = session_line(idle, "us-west", 150.0, "/", False, [(b"cookie", b"sid=" + token)])
+    renewed = again.split(b"sid=")[1].split(b";")[0].decode()
+    assert renewed == make_token("us-west", 3700.0, 150.0) and again.endswith(b"; Max-Age=3550\r\n")
+    assert read_token(renewed, 209.0, True, 60.0) == "us-west"  # 59 s after its last use
+    moved = session_line(idle, "eu-central", 150.0, "/", False, [(b"cookie", b"sid=" + token)])
+    assert make_token("eu-central", 3750.0, 150.0).encode() in moved  # another cluster: a new session
 
 
 def test_the_token_is_read_from_the_cookie_or_the_header():

@@ -83,8 +83,7 @@ class RouterApp:
         loop = asyncio.get_running_loop()
         self.version = 1
         self.ctx = ProxyContext(loop, build_snapshot(self.config, self.version), self.metrics)
-        for name, table in self.shared.items():  # before the listener opens: every connection is counted
-            setattr(self.ctx, name, table)
+        self.ctx.use_shared(self.shared)  # before the listener opens: every connection and request is counted
         self.metrics.config_version.set(self.version)
         self._note_client_certificates(self.config)
         if self.config.router.access_log is not None:
@@ -301,6 +300,10 @@ class RouterApp:
                              "max_connection_age_s": c.max_connection_age_s,
                              "last_probe": self.prober.last.get(c.name) if self.prober else None}
                     for c in snap.config.clusters}
+        shared = ctx.shared_inflight
+        if shared is not None:  # with serve --workers: the other workers' requests to limited clusters
+            for name in ctx.limited_clusters:
+                clusters[name]["inflight_other_workers"] = shared.get(name)
         routes = []
         for split in snap.config.splits:
             route = snap.named.get(split.name)

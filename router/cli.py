@@ -21,9 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log-level", default="info")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     s.add_argument("--debug-socket", help=argparse.SUPPRESS)  # a worker's read-only admin endpoints
-    s.add_argument("--rate-limit-fd", type=int, help=argparse.SUPPRESS)  # the workers' shared rate-limit table
-    s.add_argument("--clients-fd", type=int, help=argparse.SUPPRESS)  # connections per client, every worker's
-    s.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)  # its region in that table
+    # the tables workers share (rate-limit buckets, connections per client, requests in flight), and the
+    # worker's own region in the last two
+    s.add_argument("--shared-fds", type=_fds, help=argparse.SUPPRESS)
+    s.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
     v.add_argument("paths", nargs="+")
     d = sub.add_parser("demo", help="the local multi-region lab behind the seed split, with a live view and a report")
@@ -67,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _fds(v: str) -> tuple[int, int, int]:
+    """--shared-fds A,B,C: three descriptors (from the supervisor)."""
+    fds = tuple(int(x) for x in v.split(","))
+    if len(fds) != 3:
+        raise argparse.ArgumentTypeError("expected three descriptors")
+    return fds
+
+
 def worker_count(text: str) -> int:
     """`--workers N` (1..1024) or `--workers auto`: one per CPU this process may run on (its affinity mask,
     which is what a container's cpuset or taskset leaves it), like nginx's `worker_processes auto`."""
@@ -101,8 +110,8 @@ def serve(args) -> int:
         if args.worker:
             import uvloop
             from .workers import run_worker
-            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket, args.rate_limit_fd,
-                                         args.clients_fd, args.worker_slot))
+            return uvloop.run(run_worker(args.config, args.listen, args.debug_socket, args.shared_fds,
+                                         args.worker_slot))
         if args.workers > 1:
             from .workers import run_workers
             return run_workers(args.config, args.listen, args.admin, args.workers)

@@ -51,6 +51,7 @@ class Supervisor:
         from .config.values import parse_hostport
         from .control.reload import ConfigSource, Reloader, cli_overrides
         from .dataplane.sharedclients import create_table as create_clients_table
+        from .dataplane.sharedinflight import create_table as create_inflight_table
         from .dataplane.sharedlimit import create_table
         from .obs.metrics import Metrics
 
@@ -74,6 +75,7 @@ class Supervisor:
         self.spawned = 0
         self.rate_limit_fd = create_table()  # the routes' rate-limit buckets, shared by every worker
         self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
+        self.inflight_fd = create_inflight_table(n)  # each worker's requests in flight per limited cluster
         self.free_slots = set(range(n))  # regions of that table no running worker holds
 
     def _bind_port(self) -> None:
@@ -100,11 +102,11 @@ class Supervisor:
             debug_socket = None
         slot = min(self.free_slots)  # its region of the client-connection table, taken before any await
         self.free_slots.discard(slot)
-        cmd += ["--rate-limit-fd", str(self.rate_limit_fd), "--clients-fd", str(self.clients_fd),
-                "--worker-slot", str(slot)]
+        shared = (self.rate_limit_fd, self.clients_fd, self.inflight_fd)
+        cmd += ["--shared-fds", ",".join(map(str, shared)), "--worker-slot", str(slot)]
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
-                                                        stderr=None, pass_fds=(self.rate_limit_fd, self.clients_fd))
+                                                        stderr=None, pass_fds=shared)
         except BaseException:
             self.free_slots.add(slot)
             raise
@@ -122,9 +124,10 @@ class Supervisor:
         rc = await proc.wait()
         from prometheus_client import multiprocess
 
-        from .dataplane.sharedclients import clear_region
+        from .dataplane import sharedclients, sharedinflight
         multiprocess.mark_process_dead(proc.pid, self.mp_dir)
-        clear_region(self.clients_fd, proc.slot)  # its connections died with it
+        sharedclients.clear_region(self.clients_fd, proc.slot)  # its connections and requests died with it
+        sharedinflight.clear_region(self.inflight_fd, proc.slot)
         self.free_slots.add(proc.slot)
         self.workers.pop(proc.pid, None)
         if self.stopping:
@@ -233,8 +236,8 @@ class Supervisor:
         await admin.stop()
         if self.placeholder:
             self.placeholder.close()
-        os.close(self.rate_limit_fd)
-        os.close(self.clients_fd)
+        for fd in (self.rate_limit_fd, self.clients_fd, self.inflight_fd):
+            os.close(fd)
         return 0
 
 
@@ -243,16 +246,20 @@ def subprocess_out():
 
 
 async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None,
-                     rate_limit_fd: int | None = None, clients_fd: int | None = None, slot: int = 0) -> int:
+                     shared_fds: tuple[int, int, int] | None = None, slot: int = 0) -> int:
     """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
-    `debug_socket` for the supervisor, no admin port of its own; its routes' rate limits counted in the
-    table all workers share (`rate_limit_fd`), its open connections per client address published in its slot
-    of another (`clients_fd`)."""
+    `debug_socket` for the supervisor, no admin port of its own. `shared_fds`: the tables it shares with
+    the other workers: rate-limit buckets it counts in, and (in its `slot`'s region) its open connections
+    per client address and its requests in flight per limited cluster, which it publishes."""
     from .app import RouterApp
     from .dataplane.sharedclients import SharedClientCounts
+    from .dataplane.sharedinflight import SharedInflight
     from .dataplane.sharedlimit import SharedBuckets
-    shared = {"shared_buckets": SharedBuckets(rate_limit_fd) if rate_limit_fd is not None else None,
-              "shared_clients": SharedClientCounts(clients_fd, slot) if clients_fd is not None else None}
+    shared = {}
+    if shared_fds is not None:
+        buckets, clients, inflight = shared_fds
+        shared = {"shared_buckets": SharedBuckets(buckets), "shared_clients": SharedClientCounts(clients, slot),
+                  "shared_inflight": SharedInflight(inflight, slot)}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0, shared=shared)
     await app.start()

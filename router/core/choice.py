@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from .affinity import pick_by_key
 from .decisions import Forward, Reject
@@ -38,6 +39,9 @@ class PolicyInputs:
     warmth: WarmthState = field(default_factory=WarmthState)
     inflight: dict[str, int] = field(default_factory=dict)  # cluster -> requests in flight
     inflight_service: dict[tuple[str, str], int] = field(default_factory=dict)  # (service, cluster) -> same
+    # With `serve --workers`: the other workers' requests in flight per cluster (read with .get), so that
+    # maxRequests holds over all of them; None: this process alone.
+    elsewhere: Any = None
 
     def start(self, service: str, cluster: str) -> None:
         self.inflight[cluster] = self.inflight.get(cluster, 0) + 1
@@ -95,6 +99,12 @@ def _draw(candidates, health: HealthState, now: float, rng: random.Random):
     return candidates[_weighted(candidates, rng)]
 
 
+def _in_flight(inputs: PolicyInputs, cluster: str) -> int:
+    """Requests in flight to `cluster` from this process, and from the other workers when they share counts."""
+    here = inputs.inflight.get(cluster, 0)
+    return here if inputs.elsewhere is None else here + inputs.elsewhere.get(cluster, 0)
+
+
 def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
                    tried: frozenset[str] = frozenset(), service: str = "",
                    affinity: str | None = None, session: str | None = None) -> Forward | Reject:
@@ -123,7 +133,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
         return Reject(502, f"no healthy cluster for route {route.name}")
     reason = "panic" if panic else "failover" if tried else "weighted"
     if route.limited:  # a cluster at its request limit is passed over; all of them: 503 (Envoy's overflow)
-        room = [b for b in pool if b.max_requests is None or inputs.inflight.get(b.cluster, 0) < b.max_requests]
+        room = [b for b in pool if b.max_requests is None or _in_flight(inputs, b.cluster) < b.max_requests]
         if not room:
             return Reject(503, f"every cluster of route {route.name} is at its request limit")
         if len(room) < len(pool):

@@ -35,6 +35,11 @@ def connection_limit(settings: RouterSettings) -> int:
     return max(1, (open_files_limit() - RESERVED_FILES) // 2)
 
 
+def _limited(snapshot: RoutingSnapshot) -> frozenset[str]:
+    """Clusters with a request limit (maxRequests): their counts are what other workers need to see."""
+    return frozenset(c.name for c in snapshot.config.clusters if c.max_requests is not None)
+
+
 class ProxyContext:
     def __init__(self, loop: asyncio.AbstractEventLoop, snapshot: RoutingSnapshot, metrics: Metrics,
                  health: HealthState | None = None, rng: random.Random | None = None):
@@ -81,6 +86,11 @@ class ProxyContext:
         self.openings: set = set()  # accepted, not yet HTTP: reading a PROXY header, in a TLS handshake (Opening)
         self.per_client: dict[str, int] = {}  # client address -> its open connections, with maxConnectionsPerClient
         self.shared_clients = None  # set by a worker of `serve --workers`: every worker's per_client, published
+        self.shared_inflight = None  # set by a worker of `serve --workers`: requests in flight, published
+        # A request's place in its cluster's requests in flight, taken and given back (bound to the policy's
+        # own methods; with shared counts, to ones that also publish the count of a cluster with a limit).
+        self.count_start, self.count_finish = self.policy.start, self.policy.finish
+        self.limited_clusters = _limited(snapshot)
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""
@@ -108,6 +118,27 @@ class ProxyContext:
             tail = self._tails[cluster] = b"Via: 1.1 %s\r\nx-router-cluster: %s\r\n" % (self.via, cluster.encode())
         return tail
 
+    def use_shared(self, tables: dict) -> None:
+        """A worker's tables shared with the other workers (ProxyContext attributes by name); shared
+        requests-in-flight counts also feed the choice and are published as requests start and finish."""
+        for name, table in tables.items():
+            setattr(self, name, table)
+        shared = self.shared_inflight
+        if shared is not None:
+            policy = self.policy
+            policy.elsewhere = shared
+
+            def count_start(service: str, cluster: str) -> None:
+                policy.start(service, cluster)
+                if cluster in self.limited_clusters:
+                    shared.publish(cluster, policy.inflight[cluster])
+
+            def count_finish(service: str, cluster: str) -> None:
+                policy.finish(service, cluster)
+                if cluster in self.limited_clusters:
+                    shared.publish(cluster, policy.inflight[cluster])
+            self.count_start, self.count_finish = count_start, count_finish
+
     @staticmethod
     def _keep_warm_services(snapshot: RoutingSnapshot) -> frozenset[str]:
         return frozenset(svc.name for svc in snapshot.config.services if svc.keep_warm)
@@ -125,6 +156,7 @@ class ProxyContext:
                 self.health.on_joined(cluster.name, self.clock())
         self.snapshot = snapshot
         self.keep_warm_services = self._keep_warm_services(snapshot)
+        self.limited_clusters = _limited(snapshot)
         self.settings = snapshot.config.router
         self.compression = self.settings.compression
         self.pin = _pin(self.settings.pin_header)

@@ -147,7 +147,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         if decision.wake:
             ctx.hint_wake(self.service, decision.wake)
         self.counted = decision.backend.cluster
-        ctx.policy.start(self.service, self.counted)
+        ctx.count_start(self.service, self.counted)
         if ctx.keep_warm_services and self.service in ctx.keep_warm_services:
             ctx.keep_warm_seen(self.service, self.counted)
         conn = ctx.pool.take_idle(self.backend.pool_key)
@@ -332,7 +332,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
     # --- bookkeeping --------------------------------------------------------------------
     def _uncount(self) -> None:
         if self.counted is not None:
-            self.ctx.policy.finish(self.service, self.counted)
+            self.ctx.count_finish(self.service, self.counted)
             self.counted = None
 
     # --- holding (scale from zero) -------------------------------------------------------

@@ -89,7 +89,7 @@ class Hedging:
         up.exchange = None
         up.abort()
         if parked.counted is not None:
-            ctx.policy.finish(self.service, parked.counted)
+            ctx.count_finish(self.service, parked.counted)
         if parked.retrying:
             ctx.retry_budget.end_retry()
         if status is not None:

@@ -226,3 +226,40 @@ async def test_workers_hold_a_client_to_its_connection_limit_together(backends, 
                 writer.close()
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0
+
+
+async def test_workers_hold_a_cluster_to_its_request_limit_together(backends, tmp_path):
+    """Cluster maxRequests counts the requests in flight at every worker: past it, the choice overflows."""
+    a, b = await backends("a", "b")
+    a.delay_s = 3  # a's answers take long: its requests stay in flight
+    clusters = cluster_docs({"a": a.port, "b": b.port}).replace(
+        f"endpoint: http://127.0.0.1:{a.port}\n", f"endpoint: http://127.0.0.1:{a.port}\n  maxRequests: 2\n")
+    (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 1000, "b": 1}))
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            async def state():
+                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
+                    return await r.json()
+
+            async def ready():
+                return (await state())["ready"]
+            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            tasks = []
+            for i in range(8):  # one at a time, each on its own connection (spread over both workers)
+                tasks.append(asyncio.create_task(get(rp.port, "h")))
+                await wait_for(lambda: len(a.seen) + len(b.seen) == i + 1, what=f"request {i} at a cluster")
+            assert len(a.seen) == 2 and len(b.seen) == 6  # the limit over both workers, not 2 per worker
+            views = (await state())["worker_state"].values()
+            assert sorted(v["clusters"]["a"]["inflight"] + v["clusters"]["a"]["inflight_other_workers"]
+                          for v in views) == [2, 2]
+            answers = await asyncio.gather(*tasks)
+            assert sorted(h["x-router-cluster"] for _, h, _ in answers) == ["a"] * 2 + ["b"] * 6
+            async def given_back():  # as the requests ended, each worker published its count again
+                return all(v["clusters"]["a"]["inflight"] + v["clusters"]["a"]["inflight_other_workers"] == 0
+                           for v in (await state())["worker_state"].values())
+            await wait_for(given_back, timeout_s=5, interval_s=0.05, what="a's places given back at every worker")
+            a.delay_s = 0  # a takes requests again
+            later = [(await get(rp.port, "h"))[1]["x-router-cluster"] for _ in range(6)]
+            assert later.count("a") >= 5, later
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0

@@ -14,10 +14,9 @@ until a place frees: the limit then holds per worker for it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import mmap
-import os
 import struct
+
+from . import sharedmem
 
 GROUP_SLOTS = 8
 REGION_GROUPS = 4096  # 32,768 addresses with open connections per worker, 512 KiB
@@ -28,14 +27,12 @@ REGION_BYTES = REGION_GROUPS * GROUP.size
 
 def create_table(regions: int) -> int:
     """A new, zeroed table of `regions` worker regions: its descriptor, to be passed to the workers."""
-    fd = os.memfd_create("edge-router-client-connections", 0)
-    os.ftruncate(fd, regions * REGION_BYTES)
-    return fd
+    return sharedmem.create_table("client-connections", regions * REGION_BYTES)
 
 
 def clear_region(fd: int, region: int) -> None:
     """Forget what a worker that is gone published (the supervisor, once it has exited)."""
-    os.pwrite(fd, bytes(REGION_BYTES), region * REGION_BYTES)
+    sharedmem.clear_region(fd, region, REGION_BYTES)
 
 
 class SharedClientCounts:
@@ -43,17 +40,14 @@ class SharedClientCounts:
     __slots__ = ("fd", "map", "region", "regions")
 
     def __init__(self, fd: int, region: int):
-        size = os.fstat(fd).st_size
-        if size == 0 or size % REGION_BYTES or not 0 <= region < size // REGION_BYTES:
-            raise ValueError(f"client-connection table descriptor {fd} has no region {region}")
-        self.fd, self.region, self.regions = fd, region, size // REGION_BYTES
-        self.map = mmap.mmap(fd, size)
+        self.map, self.regions = sharedmem.map_regions(fd, region, REGION_BYTES, "client-connection")
+        self.fd, self.region = fd, region
 
     def publish(self, address: str, held: int, limit: int | None) -> bool:
         """The worker's count for `address` becomes `held` (it holds `held - 1` before a new connection);
         with `limit`, only if the address's total over every worker stays within it: False (nothing
         changed) when the others' connections and `held` would pass it."""
-        h = int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "little") or 1
+        h = sharedmem.hash64(address)
         group = h % REGION_GROUPS
         fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, group)
         try:

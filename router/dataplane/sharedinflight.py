@@ -12,10 +12,9 @@ supervisor clears its region (its requests died with it).
 """
 from __future__ import annotations
 
-import hashlib
-import mmap
-import os
 import struct
+
+from . import sharedmem
 
 SLOTS = 1024  # clusters a worker publishes for (16 KiB a region); more are counted by the worker alone
 SLOT = struct.Struct("<Qq")  # cluster hash (0: free), requests in flight
@@ -24,18 +23,12 @@ REGION_BYTES = SLOTS * SLOT.size
 
 def create_table(regions: int) -> int:
     """A new, zeroed table of `regions` worker regions: its descriptor, to be passed to the workers."""
-    fd = os.memfd_create("edge-router-inflight", 0)
-    os.ftruncate(fd, regions * REGION_BYTES)
-    return fd
+    return sharedmem.create_table("inflight", regions * REGION_BYTES)
 
 
 def clear_region(fd: int, region: int) -> None:
     """Forget what a worker that is gone published (the supervisor, once it has exited)."""
-    os.pwrite(fd, bytes(REGION_BYTES), region * REGION_BYTES)
-
-
-def _hash64(cluster: str) -> int:
-    return int.from_bytes(hashlib.blake2b(cluster.encode(), digest_size=8).digest(), "little") or 1
+    sharedmem.clear_region(fd, region, REGION_BYTES)
 
 
 class SharedInflight:
@@ -43,18 +36,15 @@ class SharedInflight:
     __slots__ = ("map", "region", "regions", "hashes", "own")
 
     def __init__(self, fd: int, region: int):
-        size = os.fstat(fd).st_size
-        if size == 0 or size % REGION_BYTES or not 0 <= region < size // REGION_BYTES:
-            raise ValueError(f"in-flight table descriptor {fd} has no region {region}")
-        self.region, self.regions = region, size // REGION_BYTES
-        self.map = mmap.mmap(fd, size)
+        self.map, self.regions = sharedmem.map_regions(fd, region, REGION_BYTES, "in-flight")
+        self.region = region
         self.hashes: dict[str, int] = {}
         self.own: dict[str, int | None] = {}  # cluster -> offset of its slot in this worker's region
 
     def _hash(self, cluster: str) -> int:
         h = self.hashes.get(cluster)
         if h is None:
-            h = self.hashes[cluster] = _hash64(cluster)
+            h = self.hashes[cluster] = sharedmem.hash64(cluster)
         return h
 
     def _find(self, region: int, h: int, claim: bool) -> int | None:

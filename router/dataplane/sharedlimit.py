@@ -14,12 +14,12 @@ The bucket arithmetic is the same pure `draw` as a single process's RateLimiter.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
 import struct
 
 from ..core.ratelimit import draw
+from . import sharedmem
 
 GROUP_SLOTS = 8
 GROUPS = 16384  # 131,072 buckets in all, 4 MiB
@@ -30,13 +30,7 @@ TABLE_BYTES = GROUPS * GROUP.size
 
 def create_table() -> int:
     """A new, zeroed table: its descriptor, to be passed to the workers."""
-    fd = os.memfd_create("edge-router-rate-limits", 0)
-    os.ftruncate(fd, TABLE_BYTES)
-    return fd
-
-
-def _hash64(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    return sharedmem.create_table("rate-limits", TABLE_BYTES)
 
 
 class SharedBuckets:
@@ -68,13 +62,13 @@ class SharedRateLimiter:
 
     def __init__(self, table: SharedBuckets, route_name: str, rate: float, burst: int, kind: str):
         self.table, self.rate, self.burst = table, rate, burst
-        self.prefix = f"{route_name}\0{rate!r}\0{burst}\0{kind}\0".encode()
-        self.tag = _hash64(self.prefix) or 1
+        self.prefix = f"{route_name}\0{rate!r}\0{burst}\0{kind}\0"
+        self.tag = sharedmem.hash64(self.prefix)
 
     def take(self, key: str, now: float) -> float:
         """0.0 when a token was taken (the request may go), else the seconds until the next token."""
         table, tag = self.table, self.tag
-        h = _hash64(self.prefix + key.encode("utf-8", "surrogateescape")) or 1
+        h = sharedmem.hash64(self.prefix + key)
         group = h % GROUPS
         base = group * GROUP.size
         fcntl.lockf(table.fd, fcntl.LOCK_EX, 1, group)

@@ -1,5 +1,6 @@
 """`serve --workers 2`: one port shared by two processes, metrics merged, reload fanned out."""
 import asyncio
+import functools
 import os
 import re
 import signal
@@ -10,6 +11,19 @@ import aiohttp
 from tests.conftest import (cluster_docs, keepalive_text, read_response, router_doc, router_process, split_doc,
                             wait_for)
 from tests.integration.test_rate_limit import get
+
+
+async def debug_state(s: aiohttp.ClientSession, rp) -> dict:
+    """The supervisor's /debug/state."""
+    async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
+        return await r.json()
+
+
+def ready_at(s: aiohttp.ClientSession, rp):
+    """A condition for wait_for: every worker of the supervisor `rp` is ready."""
+    async def ready():
+        return (await debug_state(s, rp))["ready"]
+    return ready
 
 
 async def test_two_workers_share_the_port_and_merge_metrics(backends, tmp_path):
@@ -63,13 +77,8 @@ async def test_worker_that_cannot_start_is_retried_with_growing_pauses(backends,
     (tmp_path / "c.yaml").write_text(good)
     async with router_process(tmp_path, "--workers", "2") as rp:
         async with aiohttp.ClientSession() as s:
-            async def state():
-                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
-                    return await r.json()
-
-            async def ready():
-                return (await state())["ready"]
-            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            state = functools.partial(debug_state, s, rp)
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
             (tmp_path / "c.yaml").write_text("kind: [broken")  # a new worker cannot start with this
             worker = subprocess.run(["pgrep", "-P", str(rp.pid)], capture_output=True, text=True).stdout.split()[0]
             os.kill(int(worker), signal.SIGKILL)
@@ -84,7 +93,7 @@ async def test_worker_that_cannot_start_is_retried_with_growing_pauses(backends,
             # The supervisor's own series are merged too: it refused the broken file once.
             assert 'router_config_reloads_total{result="error"} 1.0' in text
             (tmp_path / "c.yaml").write_text(good)  # fixed: the next try starts and serves
-            await wait_for(ready, timeout_s=15, interval_s=0.1, what="worker back")
+            await wait_for(ready_at(s, rp), timeout_s=15, interval_s=0.1, what="worker back")
             assert await keepalive_text(rp.port, 1) == ["a"]
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0
@@ -99,9 +108,7 @@ async def test_debug_endpoints_answer_from_the_workers_own_state(backends, tmp_p
                 async with s.get(f"http://127.0.0.1:{rp.admin_port}{endpoint}", params=params) as r:
                     return r.status, await r.json()
 
-            async def ready():
-                return (await get("/debug/state"))[1]["ready"]
-            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
             status, state = await get("/debug/state")
             pids = [str(pid) for pid in state["workers"]]
             assert status == 200 and sorted(state["worker_state"]) == sorted(pids) and len(pids) == 2
@@ -141,13 +148,8 @@ async def test_workers_count_a_rate_limit_in_one_table(backends, tmp_path):
     (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port}) + split)
     async with router_process(tmp_path, "--workers", "2") as rp:
         async with aiohttp.ClientSession() as s:
-            async def state():
-                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
-                    return await r.json()
-
-            async def ready():
-                return (await state())["ready"]
-            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            state = functools.partial(debug_state, s, rp)
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
             # 40 connections of one request each: SO_REUSEPORT spreads them over both workers.
             got = await asyncio.gather(*[get(rp.port, "limited") for _ in range(40)])
             statuses = sorted(status for status, _, _ in got)
@@ -180,13 +182,8 @@ async def test_workers_hold_a_client_to_its_connection_limit_together(backends, 
                                      + router_doc(limits={"maxConnectionsPerClient": 3}))
     async with router_process(tmp_path, "--workers", "2") as rp:
         async with aiohttp.ClientSession() as s:
-            async def state():
-                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
-                    return await r.json()
-
-            async def ready():
-                return (await state())["ready"]
-            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            state = functools.partial(debug_state, s, rp)
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
 
             async def connect_many(n: int) -> list:
                 """n connections, one request each: those answered 200 are kept open."""
@@ -237,13 +234,8 @@ async def test_workers_hold_a_cluster_to_its_request_limit_together(backends, tm
     (tmp_path / "c.yaml").write_text(clusters + split_doc({"a": 1000, "b": 1}))
     async with router_process(tmp_path, "--workers", "2") as rp:
         async with aiohttp.ClientSession() as s:
-            async def state():
-                async with s.get(f"http://127.0.0.1:{rp.admin_port}/debug/state") as r:
-                    return await r.json()
-
-            async def ready():
-                return (await state())["ready"]
-            await wait_for(ready, timeout_s=10, interval_s=0.05, what="workers ready")
+            state = functools.partial(debug_state, s, rp)
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
             tasks = []
             for i in range(8):  # one at a time, each on its own connection (spread over both workers)
                 tasks.append(asyncio.create_task(get(rp.port, "h")))

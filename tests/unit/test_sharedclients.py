@@ -1,6 +1,7 @@
 """The table in which the workers of `serve --workers` publish their open connections per client address:
 a new connection is admitted against the address's total over every worker; a dead worker's region is
 cleared; a full group leaves the address to the worker alone."""
+import contextlib
 import os
 
 import pytest
@@ -9,14 +10,23 @@ from router.dataplane import sharedclients
 from router.dataplane.sharedclients import SharedClientCounts, clear_region, create_table
 
 
+@contextlib.contextmanager
+def worker_views(create, view, n: int = 3):
+    """A table of `n` worker regions (`create`) and each worker's `view` of it: (descriptor, views)."""
+    fd = create(n)
+    views = [view(fd, region) for region in range(n)]
+    try:
+        yield fd, views
+    finally:
+        for v in views:
+            v.close()
+        os.close(fd)
+
+
 @pytest.fixture
 def workers():
-    fd = create_table(3)
-    views = [SharedClientCounts(fd, region) for region in range(3)]
-    yield fd, views
-    for view in views:
-        view.close()
-    os.close(fd)
+    with worker_views(create_table, SharedClientCounts) as table:
+        yield table
 
 
 def test_an_address_is_limited_over_every_worker(workers):

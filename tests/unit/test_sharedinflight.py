@@ -12,16 +12,13 @@ from router.core.decisions import Reject
 from router.core.snapshot import build_snapshot
 from router.dataplane import sharedinflight
 from router.dataplane.sharedinflight import SharedInflight, clear_region, create_table
+from tests.unit.test_sharedclients import worker_views
 
 
 @pytest.fixture
 def workers():
-    fd = create_table(3)
-    views = [SharedInflight(fd, region) for region in range(3)]
-    yield fd, views
-    for view in views:
-        view.close()
-    os.close(fd)
+    with worker_views(create_table, SharedInflight) as table:
+        yield table
 
 
 def test_each_worker_reads_what_the_others_have_in_flight(workers):

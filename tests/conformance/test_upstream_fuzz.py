@@ -12,7 +12,8 @@ from tests.conftest import (cluster_docs, cut, fuzz_settings, loop_errors, raw_r
 
 _STATUS = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 N",
                            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 103 Early\r\nLink: x\r\n\r\n"
-                           b"HTTP/1.1 200 OK", b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 999 X",
+                           b"HTTP/1.1 200 OK", b"HTTP/1.1 103 E\r\nConnection: x\r\nX: 1\r\nContent-Length: 5\r\n\r\n"
+                           b"HTTP/1.1 103 E\r\n\r\nHTTP/1.1 503 Busy", b"HTTP/1.1 103 E\r\nLink: \x01\r\n\r\nHTTP/1.1 200 OK", b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.1 999 X",
                            b"HTTP/1.1 2000 OK", b"HTTP/2 200", b"HTTP/1.1 200", b"HTTP/1.1 503 Busy", b"garbage", b""])
 _NAME = st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection", b"Upgrade",
                          b"Keep-Alive", b"X-Router-Cluster", b"Trailer", b"X-App", b"Content-Length ", b"X\x01",
@@ -53,12 +54,13 @@ async def fuzz_upstream(router):
     async with raw_upstream(handle) as port:
         # Host t has a route request timeout, shorter than the Router's: its deadline fires before a head,
         # mid-body, or never, whatever the upstream does; and a 503 is retried on b (the same upstream),
-        # whatever follows the dropped head; and a copy of each request goes to b, whose answer is dropped.
+        # after a backoff, whatever follows the dropped head; and a copy of each request goes to b, whose
+        # answer is dropped. Early Hints are passed on.
         timed = split_doc({"a": 1, "b": 1}, "timed", ["t"]) + "  timeouts: {request: 250ms}\n" + \
-            "  retry: {codes: [503]}\n  mirror: {cluster: b}\n"
+            "  retry: {codes: [503], backoff: 20ms}\n  mirror: {cluster: b}\n"
         app = await router(cluster_docs({"a": port, "b": port}) + split_doc({"a": 1}) + timed +
                            router_doc(timeouts={"upstreamHeader": "400ms", "bodyIdle": "400ms"},
-                                      compression={"minLength": 1}))
+                                      compression={"minLength": 1}, earlyHints=True))
         app.current = current
         yield app
 

@@ -9,9 +9,10 @@ within RESTART_STABLE_S of their start, so a worker that cannot start does not b
 
 Each worker serves its read-only admin endpoints (/debug/state, /debug/route) on a Unix socket in the
 supervisor's private directory (mode 0700); the supervisor's /debug/route asks one worker and its
-/debug/state gathers every worker's, since health and load are each worker's own. Rate limits are not:
-the supervisor holds one table of buckets in shared memory that every worker counts in
-(dataplane/sharedlimit.py), so a route admits its rate in total whatever the number of workers.
+/debug/state gathers every worker's, since health and load are each worker's own. Limits are not: the
+supervisor holds three tables in shared memory (dataplane/sharedmem.py) that the workers count in together,
+so a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total
+whatever the number of workers; it clears a dead worker's part of them.
 """
 from __future__ import annotations
 

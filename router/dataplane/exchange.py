@@ -390,9 +390,9 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
     def _retry_elsewhere(self, reason: str, status: int = 502, delay_s: float = 0.0) -> bool:
         """Reset, timeout or a retried status before any response byte: try the next choice, within
         the budget (after `delay_s`: a route's retry backoff). `status`: what the failed try counts as
-        for outlier detection. Reason "hedge" (a
-        route's perTry ran out, the route hedges): the try is kept running beside the next one (parked,
-        see hedge.py) rather than dropped; it needs the request sent whole, and never waits on a cold start."""
+        for outlier detection. Reason "hedge" (a route's perTry ran out, the route hedges): the try is
+        kept running beside the next one (parked, see hedge.py) rather than dropped; it needs the request
+        sent whole, and never waits on a cold start."""
         hedge = reason == "hedge"
         if not self._may_retry() or hedge and (self.upstream is None or not self.req.complete):
             return False

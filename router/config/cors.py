@@ -35,11 +35,18 @@ def read_route_cors(doc: Doc, node: Node | None, response_ops: HeaderOps | None,
     """A route's cors; the route's response header changes may not touch the Access-Control-* fields the
     policy writes (`ops_node`: where those changes are, for the error's line)."""
     cors = read_cors(doc, node)
-    if cors is not None and response_ops is not None:
-        for name in (*(n for n, _ in response_ops.set), *(n for n, _ in response_ops.add), *response_ops.remove):
-            if name.lower().encode() in OWNED:
-                doc.error(ops_node, f"header {name} is written by the route's CORS policy")
+    name = owned_by_cors(response_ops) if cors is not None else None
+    if name is not None:
+        doc.error(ops_node, f"header {name} is written by the route's CORS policy")
     return cors
+
+
+def owned_by_cors(ops: HeaderOps | None) -> str | None:
+    """The first header `ops` touch that a CORS policy writes itself, if any."""
+    if ops is None:
+        return None
+    return next((name for name in (*(n for n, _ in ops.set), *(n for n, _ in ops.add), *ops.remove)
+                 if name.lower().encode() in OWNED), None)
 
 
 def _list(doc: Doc, node: Node, key: str, parse) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ collected; `load_config` raises one ConfigError listing them all.
 """
 from __future__ import annotations
 
+from .cors import owned_by_cors
 from .doc import Doc
 from .errors import ConfigError, Problems
 from .kinds import read_cluster, read_router, read_service
@@ -174,6 +175,10 @@ def _resolve(pending: list[PendingSplit], clusters: list[ClusterConfig], service
                     field = "name" if e.node.get("name") is not None else "service"
                     node = e.node.get(field) or e.node
                     problems.add(e.node.file, node.line, node.path, f"no Cluster named {e.cluster_name!r}")
+            clash = owned_by_cors(e.response_headers) if p.cors is not None else None
+            if clash is not None:
+                problems.add(e.node.file, e.node.line, e.node.path,
+                             f"header {clash} is written by the route's CORS policy")
             for c in matched:  # an entry's weight is shared by the clusters it selects
                 weights[c.name] = weights.get(c.name, 0.0) + e.weight / len(matched)
                 ops = (e.request_headers, e.response_headers)

@@ -316,12 +316,15 @@ def test_header_changes_of_one_cluster(tmp_path):
           clusters:
           - {selector: region=us-west, weight: 1, requestHeaders: {add: [{name: X-A, value: "1"}]}}
           - {name: us-west, weight: 1}
+          - {name: ap-east, weight: 1, responseHeaders: {set: [{name: Access-Control-Allow-Origin, value: "*"}]}}
+          cors: {allowOrigins: ["https://a.example.com"]}
         """, "native")
     path = write(tmp_path, bad, "bad.yaml")
     assert_errors(path, [(25, "spec.rules[0].backendRefs[0].filters[0].requestHeaderModifier.set[0].name: header "
                               "Host is written by the router"),
                          (26, "spec.rules[0].backendRefs[0].filters[1]: filter URLRewrite is not supported"),
-                         (35, "spec.clusters[1]: Cluster 'us-west' is given other header changes")])
+                         (35, "spec.clusters[1]: Cluster 'us-west' is given other header changes"),
+                         (36, "spec.clusters[2]: header Access-Control-Allow-Origin is written by the route's CORS")])
 
 
 def test_httproute_url_rewrite_filter(tmp_path):

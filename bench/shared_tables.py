@@ -1,12 +1,15 @@
-"""What a rate-limited request's bucket costs: one process's buckets (a dict) against the table the
-workers of `serve --workers` share (shared memory, a lock per group), alone and with a second process
-taking from the same table at the same time.
+"""What the tables the workers of `serve --workers` share cost a worker (shared memory, dataplane/shared*.py):
 
-    python bench/ratelimit.py [--takes 200000]
+- a rate-limited request's bucket: one process's buckets (a dict) against the shared table (a POSIX record
+  lock per group: two fcntl calls a take), alone and with a second process pinned to the other core taking
+  from the same route-wide bucket at the same time;
+- a connection under maxConnectionsPerClient: its admission and release in the shared table, with 2 and 8
+  worker regions;
+- a request to a cluster with maxRequests: publishing this worker's count, and reading the other workers'.
 
-Prints microseconds per take (best of 5 rounds) for a route-wide bucket and for 10,000 client keys, and
-the ratio shared/one-process. The lock is a POSIX record lock (two fcntl calls a take); contention is
-the second process pinned to the other core hammering the same route-wide bucket.
+    python bench/shared_tables.py [--takes 200000]
+
+Prints microseconds per operation (best of 5 rounds), and for rate limits the ratio shared/one-process.
 """
 from __future__ import annotations
 
@@ -20,9 +23,44 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from router.config.model import RateLimit  # noqa: E402
 from router.core.ratelimit import RateLimiter  # noqa: E402
+from router.dataplane import sharedclients, sharedinflight  # noqa: E402
 from router.dataplane.sharedlimit import SharedBuckets, create_table  # noqa: E402
 
 LIMIT = RateLimit(1e9, 1_000_000, "route")  # never refuses: every take does the whole count
+
+
+def best_us(op, n: int) -> float:
+    """Microseconds per call of `op` (best of 5 rounds of `n`)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(n):
+            op()
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e6
+
+
+def worker_tables(takes: int) -> list[tuple[str, float]]:
+    """The per-client connection table and the requests-in-flight table, with 2 and 8 worker regions."""
+    rows = []
+    for regions in (2, 8):
+        fd = sharedclients.create_table(regions)
+        view = sharedclients.SharedClientCounts(fd, 0)
+
+        def connection():
+            view.publish("203.0.113.7", 1, 10)
+            view.publish("203.0.113.7", 0, None)
+        rows.append((f"a connection admitted and closed, {regions} workers", best_us(connection, takes // 4)))
+        view.close()
+        os.close(fd)
+        fd = sharedinflight.create_table(regions)
+        counts = sharedinflight.SharedInflight(fd, 0)
+        rows.append((f"a request's count published, {regions} workers", best_us(lambda: counts.publish("a", 3),
+                                                                               takes)))
+        rows.append((f"the other workers' count read, {regions} workers", best_us(lambda: counts.get("a"), takes)))
+        counts.close()
+        os.close(fd)
+    return rows
 
 
 def per_take_us(limiter, keys: list[str], takes: int) -> float:
@@ -76,6 +114,9 @@ def main() -> None:
           f"{contended / alone:>6.1f}")
     table.close()
     os.close(fd)
+    print()
+    for name, us in worker_tables(args.takes):
+        print(f"{name:<50} {us:>6.2f} us")
 
 
 if __name__ == "__main__":

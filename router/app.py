@@ -17,6 +17,7 @@ from .config.model import ClusterConfig, Config, UpstreamTls
 from .config.values import parse_hostport
 from .control.activator import Activator
 from .control.discovery import StaticDiscovery
+from .control.ejections import EjectionSharing
 from .control.keepwarm import KeepWarmer
 from .control.preconnect import Preconnector
 from .control.kube_wake import CompositeWake, KnativeMinScaleWake, KubernetesScaleWake
@@ -71,6 +72,7 @@ class RouterApp:
         self.prober: Prober | None = None
         self.keepwarm: KeepWarmer | None = None
         self.preconnector: Preconnector | None = None
+        self.ejection_sharing: EjectionSharing | None = None  # with serve --workers
         self.kube: KubernetesDiscovery | None = None
         self.resources: ResourceWatcher | None = None
         self.discovery = []
@@ -153,6 +155,9 @@ class RouterApp:
         self.keepwarm.start(asyncio.get_running_loop())
         self.preconnector = Preconnector(ctx)
         self.preconnector.start(asyncio.get_running_loop())
+        if ctx.shared_ejections is not None:
+            self.ejection_sharing = EjectionSharing(ctx, ctx.shared_ejections)
+            self.ejection_sharing.start(asyncio.get_running_loop())
         self._spawn(self._reconcile())
 
     async def _reconcile(self, interval_s: float = 1.0) -> None:
@@ -218,8 +223,9 @@ class RouterApp:
             self.prober.stop()
         if self.ctx.activator is not None:
             self.ctx.activator.stop()
-        if self.keepwarm is not None:
-            self.keepwarm.stop()
+        for loop_ in (self.keepwarm, self.ejection_sharing):
+            if loop_ is not None:
+                loop_.stop()
         if self.resources is not None:
             self.resources.stop()
         if self.kube is not None:

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log-level", default="info")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --workers
     s.add_argument("--debug-socket", help=argparse.SUPPRESS)  # a worker's read-only admin endpoints
-    # the tables workers share (rate-limit buckets, connections per client, requests in flight), and the
-    # worker's own region in the last two
+    # the tables workers share (rate-limit buckets, connections per client, requests in flight, ejections),
+    # and the worker's own region in the last three
     s.add_argument("--shared-fds", type=_fds, help=argparse.SUPPRESS)
     s.add_argument("--worker-slot", type=int, default=0, help=argparse.SUPPRESS)
     v = sub.add_parser("validate", help="check config files; exit 2 on errors")
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _fds(v: str) -> tuple[int, int, int]:
-    """--shared-fds A,B,C: three descriptors (from the supervisor)."""
+def _fds(v: str) -> tuple[int, ...]:
+    """--shared-fds A,B,C,D: the four tables' descriptors (from the supervisor)."""
     fds = tuple(int(x) for x in v.split(","))
-    if len(fds) != 3:
-        raise argparse.ArgumentTypeError("expected three descriptors")
+    if len(fds) != 4:
+        raise argparse.ArgumentTypeError("expected four descriptors")
     return fds
 
 

@@ -10,9 +10,9 @@ within RESTART_STABLE_S of their start, so a worker that cannot start does not b
 Each worker serves its read-only admin endpoints (/debug/state, /debug/route) on a Unix socket in the
 supervisor's private directory (mode 0700); the supervisor's /debug/route asks one worker and its
 /debug/state gathers every worker's, since health and load are each worker's own. Limits are not: the
-supervisor holds three tables in shared memory (dataplane/sharedmem.py) that the workers count in together,
-so a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total
-whatever the number of workers; it clears a dead worker's part of them.
+supervisor holds tables in shared memory (dataplane/sharedmem.py) that the workers count in together, so
+a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total whatever
+the number of workers, and a cluster one worker ejects is out at all of them; it clears a dead worker's part.
 """
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ class Supervisor:
         self.rate_limit_fd = create_table()  # the routes' rate-limit buckets, shared by every worker
         self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
         self.inflight_fd = create_inflight_table(n)  # each worker's requests in flight per limited cluster
+        self.ejections_fd = create_inflight_table(n)  # each worker's ejections (until when, ms) per cluster
         self.free_slots = set(range(n))  # regions of that table no running worker holds
 
     def _bind_port(self) -> None:
@@ -103,7 +104,7 @@ class Supervisor:
             debug_socket = None
         slot = min(self.free_slots)  # its region of the client-connection table, taken before any await
         self.free_slots.discard(slot)
-        shared = (self.rate_limit_fd, self.clients_fd, self.inflight_fd)
+        shared = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd)
         cmd += ["--shared-fds", ",".join(map(str, shared)), "--worker-slot", str(slot)]
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
@@ -129,6 +130,7 @@ class Supervisor:
         multiprocess.mark_process_dead(proc.pid, self.mp_dir)
         sharedclients.clear_region(self.clients_fd, proc.slot)  # its connections and requests died with it
         sharedinflight.clear_region(self.inflight_fd, proc.slot)
+        sharedinflight.clear_region(self.ejections_fd, proc.slot)
         self.free_slots.add(proc.slot)
         self.workers.pop(proc.pid, None)
         if self.stopping:
@@ -237,7 +239,7 @@ class Supervisor:
         await admin.stop()
         if self.placeholder:
             self.placeholder.close()
-        for fd in (self.rate_limit_fd, self.clients_fd, self.inflight_fd):
+        for fd in (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd):
             os.close(fd)
         return 0
 
@@ -247,20 +249,22 @@ def subprocess_out():
 
 
 async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None,
-                     shared_fds: tuple[int, int, int] | None = None, slot: int = 0) -> int:
+                     shared_fds: tuple[int, int, int, int] | None = None, slot: int = 0) -> int:
     """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
     `debug_socket` for the supervisor, no admin port of its own. `shared_fds`: the tables it shares with
     the other workers: rate-limit buckets it counts in, and (in its `slot`'s region) its open connections
-    per client address and its requests in flight per limited cluster, which it publishes."""
+    per client address, its requests in flight per limited cluster and its outlier ejections, which it
+    publishes."""
     from .app import RouterApp
     from .dataplane.sharedclients import SharedClientCounts
     from .dataplane.sharedinflight import SharedInflight
     from .dataplane.sharedlimit import SharedBuckets
     shared = {}
     if shared_fds is not None:
-        buckets, clients, inflight = shared_fds
+        buckets, clients, inflight, ejections = shared_fds
         shared = {"shared_buckets": SharedBuckets(buckets), "shared_clients": SharedClientCounts(clients, slot),
-                  "shared_inflight": SharedInflight(inflight, slot)}
+                  "shared_inflight": SharedInflight(inflight, slot),
+                  "shared_ejections": SharedInflight(ejections, slot)}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0, shared=shared)
     await app.start()

@@ -51,6 +51,7 @@ class ClusterHealthState:
     probe_down: bool = False
     probe_saw: bool = False  # a probe failed during the current ejection
     back_at: float = float("-inf")  # when it was healthy again last (or joined): where a slow start begins
+    own_until: float = 0.0  # the end of an ejection this process decided (what other workers are told)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class HealthState:
                 was_down, st.probe_down = st.probe_down, False
                 if st.probe_saw and st.ejected_until > now:
                     st.ejected_until = st.back_at = now
+                    st.own_until = min(st.own_until, now)
                     st.last_reason += f"; ended by {st.probe_oks} passing probes"
                 elif was_down:  # healthy from now, or when a running ejection ends
                     st.back_at = max(st.ejected_until, now)
@@ -152,8 +154,23 @@ class HealthState:
         st.consecutive_5xx = 0
         st.probe_saw = st.probe_fails > 0
         st.last_reason = reason
-        st.ejected_until = st.back_at = now + min(self.policy.base_ejection_s * st.ejections,
-                                                  self.policy.max_ejection_s)
+        st.ejected_until = st.back_at = st.own_until = now + min(self.policy.base_ejection_s * st.ejections,
+                                                                 self.policy.max_ejection_s)
+
+    def on_ejected_elsewhere(self, cluster: str, until: float, now: float) -> None:
+        """Another worker process ejected `cluster` until `until` (`serve --workers`): it is out here too for
+        as long, without counting as an ejection of this process's own (nor being told on to others)."""
+        st = self._get(cluster)
+        if until <= max(st.ejected_until, now):
+            return
+        st.ejected_until = st.back_at = until
+        st.consecutive_5xx = 0
+        st.probe_saw = st.probe_fails > 0
+        st.last_reason = "ejected by another worker"
+
+    def own_ejections(self, now: float) -> dict[str, float]:
+        """The clusters this process has ejected and until when (what other workers are told)."""
+        return {cluster: st.own_until for cluster, st in self.clusters.items() if st.own_until > now}
 
     def describe(self, cluster: str, now: float) -> dict:
         st = self.clusters.get(cluster) or ClusterHealthState()

@@ -80,5 +80,15 @@ class SharedInflight:
                     total += SLOT.unpack_from(self.map, off)[1]
         return total
 
+    def most(self, cluster: str) -> int:
+        """The largest value the other workers publish for `cluster` (0: none)."""
+        h, most = self._hash(cluster), 0
+        for region in range(self.regions):
+            if region != self.region:
+                off = self._find(region, h, claim=False)
+                if off is not None:
+                    most = max(most, SLOT.unpack_from(self.map, off)[1])
+        return most
+
     def close(self) -> None:
         self.map.close()

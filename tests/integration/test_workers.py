@@ -255,3 +255,32 @@ async def test_workers_hold_a_cluster_to_its_request_limit_together(backends, tm
             assert later.count("a") >= 5, later
         rp.send_signal(signal.SIGTERM)
         assert await rp.wait(30) == 0
+
+
+async def test_a_cluster_one_worker_ejects_is_out_at_every_worker(backends, tmp_path):
+    a, b = await backends("a", "b")
+    a.status = 500
+    (tmp_path / "c.yaml").write_text(cluster_docs({"a": a.port, "b": b.port}) + split_doc({"a": 1000, "b": 1}))
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
+
+            async def ejected() -> dict:
+                views = (await debug_state(s, rp))["worker_state"]
+                return {pid: v["clusters"]["a"]["health"] for pid, v in views.items()
+                        if v["clusters"]["a"]["health"]["ejected"]}
+            for _ in range(20):  # one request a connection until a worker has seen 5 in a row fail
+                await get(rp.port, "h")
+                if await ejected():
+                    break
+            both = await wait_for(lambda: ejected_by_both(ejected), timeout_s=3, what="a out at both workers")
+            reasons = sorted(h["last_reason"] for h in both.values())  # the other worker saw fewer than 5 of them
+            assert reasons == ["5 consecutive 5xx", "ejected by another worker"], reasons
+            assert all(h["x-router-cluster"] == "b" for _, h, _ in [await get(rp.port, "h") for _ in range(10)])
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0
+
+
+async def ejected_by_both(ejected) -> dict | None:
+    found = await ejected()
+    return found if len(found) == 2 else None

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from router.config.model import RateLimit  # noqa: E402
 from router.core.ratelimit import RateLimiter  # noqa: E402
-from router.dataplane import sharedclients, sharedinflight  # noqa: E402
+from router.dataplane import sharedclients, sharedvalues  # noqa: E402
 from router.dataplane.sharedlimit import SharedBuckets, create_table  # noqa: E402
 
 LIMIT = RateLimit(1e9, 1_000_000, "route")  # never refuses: every take does the whole count
@@ -53,8 +53,8 @@ def worker_tables(takes: int) -> list[tuple[str, float]]:
         rows.append((f"a connection admitted and closed, {regions} workers", best_us(connection, takes // 4)))
         view.close()
         os.close(fd)
-        fd = sharedinflight.create_table(regions)
-        counts = sharedinflight.SharedInflight(fd, 0)
+        fd = sharedvalues.create_table(regions)
+        counts = sharedvalues.SharedValues(fd, 0)
         rows.append((f"a request's count published, {regions} workers", best_us(lambda: counts.publish("a", 3),
                                                                                takes)))
         rows.append((f"the other workers' count read, {regions} workers", best_us(lambda: counts.get("a"), takes)))

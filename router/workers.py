@@ -52,7 +52,7 @@ class Supervisor:
         from .config.values import parse_hostport
         from .control.reload import ConfigSource, Reloader, cli_overrides
         from .dataplane.sharedclients import create_table as create_clients_table
-        from .dataplane.sharedinflight import create_table as create_inflight_table
+        from .dataplane.sharedvalues import create_table as create_values_table
         from .dataplane.sharedlimit import create_table
         from .obs.metrics import Metrics
 
@@ -76,8 +76,8 @@ class Supervisor:
         self.spawned = 0
         self.rate_limit_fd = create_table()  # the routes' rate-limit buckets, shared by every worker
         self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
-        self.inflight_fd = create_inflight_table(n)  # each worker's requests in flight per limited cluster
-        self.ejections_fd = create_inflight_table(n)  # each worker's ejections (until when, ms) per cluster
+        self.inflight_fd = create_values_table(n)  # each worker's requests in flight per limited cluster
+        self.ejections_fd = create_values_table(n)  # each worker's ejections (until when, ms) per cluster
         self.free_slots = set(range(n))  # regions of that table no running worker holds
 
     def _bind_port(self) -> None:
@@ -126,11 +126,11 @@ class Supervisor:
         rc = await proc.wait()
         from prometheus_client import multiprocess
 
-        from .dataplane import sharedclients, sharedinflight
+        from .dataplane import sharedclients, sharedvalues
         multiprocess.mark_process_dead(proc.pid, self.mp_dir)
         sharedclients.clear_region(self.clients_fd, proc.slot)  # its connections and requests died with it
-        sharedinflight.clear_region(self.inflight_fd, proc.slot)
-        sharedinflight.clear_region(self.ejections_fd, proc.slot)
+        sharedvalues.clear_region(self.inflight_fd, proc.slot)
+        sharedvalues.clear_region(self.ejections_fd, proc.slot)
         self.free_slots.add(proc.slot)
         self.workers.pop(proc.pid, None)
         if self.stopping:
@@ -257,14 +257,14 @@ async def run_worker(paths: list[str], listen: str, debug_socket: str | None = N
     publishes."""
     from .app import RouterApp
     from .dataplane.sharedclients import SharedClientCounts
-    from .dataplane.sharedinflight import SharedInflight
+    from .dataplane.sharedvalues import SharedValues
     from .dataplane.sharedlimit import SharedBuckets
     shared = {}
     if shared_fds is not None:
         buckets, clients, inflight, ejections = shared_fds
         shared = {"shared_buckets": SharedBuckets(buckets), "shared_clients": SharedClientCounts(clients, slot),
-                  "shared_inflight": SharedInflight(inflight, slot),
-                  "shared_ejections": SharedInflight(ejections, slot)}
+                  "shared_inflight": SharedValues(inflight, slot),
+                  "shared_ejections": SharedValues(ejections, slot)}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0, shared=shared)
     await app.start()

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from router.config.model import ClusterConfig, Endpoint
 from router.control.ejections import EjectionSharing
 from router.core.health import HealthState
-from router.dataplane.sharedinflight import SharedInflight, create_table
+from router.dataplane.sharedvalues import SharedValues, create_table
 from tests.unit.test_sharedclients import worker_views
 
 CLUSTERS = SimpleNamespace(config=SimpleNamespace(clusters=[ClusterConfig(n, (), Endpoint("http", "10.0.0.1", 80))
@@ -36,7 +36,7 @@ def test_an_ejection_elsewhere_takes_the_cluster_out_here_for_as_long():
 
 def test_workers_publish_their_ejections_and_take_up_the_others():
     now = [100.0]
-    with worker_views(create_table, SharedInflight, 2) as (_, (table1, table2)):
+    with worker_views(create_table, SharedValues, 2) as (_, (table1, table2)):
         (ctx1, share1), (ctx2, share2) = worker(table1, now), worker(table2, now)
         ctx1.health.on_connect_failure("a", now[0])  # worker 1 ejects a for 30 s
         assert share2.tick() == {}  # not published yet

@@ -10,14 +10,14 @@ from router.config.model import Backend, ClusterConfig, Config, Endpoint, Router
 from router.core.choice import PolicyInputs, choose_backend
 from router.core.decisions import Reject
 from router.core.snapshot import build_snapshot
-from router.dataplane import sharedinflight
-from router.dataplane.sharedinflight import SharedInflight, clear_region, create_table
+from router.dataplane import sharedvalues
+from router.dataplane.sharedvalues import SharedValues, clear_region, create_table
 from tests.unit.test_sharedclients import worker_views
 
 
 @pytest.fixture
 def workers():
-    with worker_views(create_table, SharedInflight) as table:
+    with worker_views(create_table, SharedValues) as table:
         yield table
 
 
@@ -35,7 +35,7 @@ def test_each_worker_reads_what_the_others_have_in_flight(workers):
 
 
 def test_slots_are_claimed_past_a_collision_and_a_full_region_counts_alone(workers, monkeypatch):
-    monkeypatch.setattr(sharedinflight, "SLOTS", 2)  # two slots a region: clusters share their start
+    monkeypatch.setattr(sharedvalues, "SLOTS", 2)  # two slots a region: clusters share their start
     _, (one, two, _) = workers
     one.publish("a", 1)
     one.publish("b", 2)
@@ -69,6 +69,6 @@ def test_a_descriptor_without_that_region_is_refused():
     fd = create_table(1)
     try:
         with pytest.raises(ValueError, match="no region 1"):
-            SharedInflight(fd, 1)
+            SharedValues(fd, 1)
     finally:
         os.close(fd)

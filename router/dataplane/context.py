@@ -124,6 +124,7 @@ class ProxyContext:
         requests-in-flight counts also feed the choice and are published as requests start and finish."""
         for name, table in tables.items():
             setattr(self, name, table)
+            table.on_full = self.metrics.shared_table_full.labels(name.removeprefix("shared_")).inc
         shared = self.shared_inflight
         if shared is not None:
             policy = self.policy

@@ -37,11 +37,12 @@ def clear_region(fd: int, region: int) -> None:
 
 class SharedClientCounts:
     """One worker's view: its own region to publish in, the others' to read."""
-    __slots__ = ("fd", "map", "region", "regions")
+    __slots__ = ("fd", "map", "region", "regions", "on_full")
 
     def __init__(self, fd: int, region: int):
         self.map, self.regions = sharedmem.map_regions(fd, region, REGION_BYTES, "client-connection")
         self.fd, self.region = fd, region
+        self.on_full = lambda: None  # an address found its group of this worker's region full
 
     def publish(self, address: str, held: int, limit: int | None) -> bool:
         """The worker's count for `address` becomes `held` (it holds `held - 1` before a new connection);
@@ -67,6 +68,8 @@ class SharedClientCounts:
                 return False
             if mine is None:
                 mine = free  # none free: this worker counts the address alone
+                if mine is None and held > 0:
+                    self.on_full()
             if mine is not None:
                 SLOT.pack_into(self.map, mine, h if held > 0 else 0, held if held > 0 else 0)
             return True

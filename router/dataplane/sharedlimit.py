@@ -35,7 +35,7 @@ def create_table() -> int:
 
 class SharedBuckets:
     """One worker's view of the shared table."""
-    __slots__ = ("fd", "map", "words")
+    __slots__ = ("fd", "map", "words", "on_full")
 
     def __init__(self, fd: int):
         if os.fstat(fd).st_size != TABLE_BYTES:
@@ -43,6 +43,7 @@ class SharedBuckets:
         self.fd = fd
         self.map = mmap.mmap(fd, TABLE_BYTES)
         self.words = memoryview(self.map).cast("Q")
+        self.on_full = lambda: None  # a live bucket was evicted for a new key (its group was full)
 
     def limiter(self, route_name: str, limit) -> SharedRateLimiter:
         return SharedRateLimiter(self, route_name, limit.rate, limit.burst, limit.key)
@@ -92,6 +93,8 @@ class SharedRateLimiter:
                     now = when
             else:  # new to the table (or evicted since): a full bucket
                 slot = free if free >= 0 else oldest
+                if free < 0:
+                    table.on_full()
                 tokens, elapsed = float(self.burst), 0.0
             tokens, wait = draw(tokens, elapsed, self.rate, self.burst)
             SLOT.pack_into(table.map, base + slot * 8, h, tag, tokens, now)

@@ -34,13 +34,14 @@ def clear_region(fd: int, region: int) -> None:
 
 class SharedValues:
     """One worker's view: its own region to publish in, the others' to read (`get`, as a mapping's)."""
-    __slots__ = ("map", "region", "regions", "hashes", "own")
+    __slots__ = ("map", "region", "regions", "hashes", "own", "on_full")
 
     def __init__(self, fd: int, region: int):
         self.map, self.regions = sharedmem.map_regions(fd, region, REGION_BYTES, "shared-values")
         self.region = region
         self.hashes: dict[str, int] = {}
         self.own: dict[str, int | None] = {}  # key -> offset of its slot in this worker's region
+        self.on_full = lambda: None  # a key found no slot left in this worker's region
 
     def _hash(self, key: str) -> int:
         h = self.hashes.get(key)
@@ -68,6 +69,8 @@ class SharedValues:
         off = self.own.get(key, -1)
         if off == -1:
             off = self.own[key] = self._find(self.region, self._hash(key), claim=True)
+            if off is None:
+                self.on_full()
         if off is not None:
             SLOT.pack_into(self.map, off, self._hash(key), value)
 

@@ -56,8 +56,10 @@ def test_a_closed_address_frees_its_place_in_the_group(workers, monkeypatch):
     addresses = [f"10.0.0.{i}" for i in range(sharedclients.GROUP_SLOTS)]
     for address in addresses:
         assert one.publish(address, 1, 1)
+    full = []
+    one.on_full = lambda: full.append(1)
     # The group of the first worker's region is full: a ninth address is counted by that worker alone ...
-    assert one.publish("10.0.1.1", 1, 1)
+    assert one.publish("10.0.1.1", 1, 1) and full == [1]
     assert two.publish("10.0.1.1", 1, 1)  # ... so the other worker does not see it
     assert not two.publish(addresses[3], 1, 1)  # published ones it does see
     one.publish(addresses[3], 0, None)  # closed: its slot is free again

@@ -58,7 +58,9 @@ def test_a_full_group_gives_up_the_bucket_used_longest_ago(views, monkeypatch):
     others = [k for k in keys if k != keys[1]]
     assert all(lim.take(key, 10.0 + i) > 0 for i, key in enumerate(others))  # keys[1] now used longest ago
     assert lim.count() == sharedlimit.GROUP_SLOTS
-    assert lim.take("10.0.1.1", 20.0) == 0.0  # a new key takes keys[1]'s slot ...
+    evicted = []
+    one.on_full = lambda: evicted.append(1)
+    assert lim.take("10.0.1.1", 20.0) == 0.0 and evicted == [1]  # a new key takes keys[1]'s slot ...
     assert lim.take("10.0.1.1", 20.0) > 0
     assert all(two.limiter("r", RateLimit(0.001, 1, "client")).take(key, 21.0) > 0 for key in others)
     assert lim.take(keys[1], 21.0) == 0.0  # ... which starts again full

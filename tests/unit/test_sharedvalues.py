@@ -37,9 +37,13 @@ def test_each_worker_reads_what_the_others_have_in_flight(workers):
 def test_slots_are_claimed_past_a_collision_and_a_full_region_counts_alone(workers, monkeypatch):
     monkeypatch.setattr(sharedvalues, "SLOTS", 2)  # two slots a region: clusters share their start
     _, (one, two, _) = workers
+    full = []
+    one.on_full = lambda: full.append(1)
     one.publish("a", 1)
     one.publish("b", 2)
+    assert full == []
     one.publish("c", 4)  # no slot left: counted by this worker alone
+    assert full == [1]
     assert [two.get(name) for name in "abc"] == [1, 2, 0]
     two.publish("c", 5)
     assert one.get("c") == 5 and one.get("a") == 0
@@ -72,3 +76,14 @@ def test_a_descriptor_without_that_region_is_refused():
             SharedValues(fd, 1)
     finally:
         os.close(fd)
+
+
+async def test_a_key_left_out_of_a_full_table_is_counted(backends, router):
+    """A worker's tables report a key that found no place to router_shared_table_full_total{table}."""
+    from tests.conftest import cluster_docs, split_doc
+    (a,) = await backends("a")
+    app = await router(cluster_docs({"a": a.port}) + split_doc({"a": 1}))
+    with worker_views(create_table, SharedValues, 2) as (_, (mine, _)):
+        app.ctx.use_shared({"shared_inflight": mine})
+        mine.on_full()
+        assert app.metrics.registry.get_sample_value("router_shared_table_full_total", {"table": "inflight"}) == 1

@@ -78,7 +78,8 @@ class Supervisor:
         self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
         self.inflight_fd = create_values_table(n)  # each worker's requests in flight per limited cluster
         self.ejections_fd = create_values_table(n)  # each worker's ejections (until when, ms) per cluster
-        self.free_slots = set(range(n))  # regions of that table no running worker holds
+        self.shared_fds = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd)
+        self.free_slots = set(range(n))  # worker regions of the last three tables no running worker holds
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -102,13 +103,12 @@ class Supervisor:
             cmd += ["--debug-socket", debug_socket]
         else:
             debug_socket = None
-        slot = min(self.free_slots)  # its region of the client-connection table, taken before any await
+        slot = min(self.free_slots)  # its region of the shared tables, taken before any await
         self.free_slots.discard(slot)
-        shared = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd)
-        cmd += ["--shared-fds", ",".join(map(str, shared)), "--worker-slot", str(slot)]
+        cmd += ["--shared-fds", ",".join(map(str, self.shared_fds)), "--worker-slot", str(slot)]
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, env=os.environ.copy(), stdout=subprocess_out(),
-                                                        stderr=None, pass_fds=shared)
+                                                        stderr=None, pass_fds=self.shared_fds)
         except BaseException:
             self.free_slots.add(slot)
             raise
@@ -239,7 +239,7 @@ class Supervisor:
         await admin.stop()
         if self.placeholder:
             self.placeholder.close()
-        for fd in (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd):
+        for fd in self.shared_fds:
             os.close(fd)
         return 0
 

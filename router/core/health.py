@@ -54,6 +54,15 @@ class ClusterHealthState:
     own_until: float = 0.0  # the end of an ejection this process decided (what other workers are told)
 
 
+def _take_out(st: ClusterHealthState, until: float, reason: str) -> None:
+    """An ejection until `until` (this process's own or another worker's): the count of 5xx starts afresh, and
+    whether probes saw the cluster fail is tracked from here (a probe failing now already has)."""
+    st.ejected_until = st.back_at = until
+    st.consecutive_5xx = 0
+    st.probe_saw = st.probe_fails > 0
+    st.last_reason = reason
+
+
 @dataclass
 class HealthState:
     policy: OutlierPolicy = field(default_factory=OutlierPolicy)
@@ -151,22 +160,15 @@ class HealthState:
         if st.ejected_until > now:
             return
         st.ejections += 1
-        st.consecutive_5xx = 0
-        st.probe_saw = st.probe_fails > 0
-        st.last_reason = reason
-        st.ejected_until = st.back_at = st.own_until = now + min(self.policy.base_ejection_s * st.ejections,
-                                                                 self.policy.max_ejection_s)
+        st.own_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
+        _take_out(st, st.own_until, reason)
 
     def on_ejected_elsewhere(self, cluster: str, until: float, now: float) -> None:
         """Another worker process ejected `cluster` until `until` (`serve --workers`): it is out here too for
         as long, without counting as an ejection of this process's own (nor being told on to others)."""
         st = self._get(cluster)
-        if until <= max(st.ejected_until, now):
-            return
-        st.ejected_until = st.back_at = until
-        st.consecutive_5xx = 0
-        st.probe_saw = st.probe_fails > 0
-        st.last_reason = "ejected by another worker"
+        if until > max(st.ejected_until, now):
+            _take_out(st, until, "ejected by another worker")
 
     def own_ejections(self, now: float) -> dict[str, float]:
         """The clusters this process has ejected and until when (what other workers are told)."""

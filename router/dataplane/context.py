@@ -130,16 +130,13 @@ class ProxyContext:
             policy = self.policy
             policy.elsewhere = shared
 
-            def count_start(service: str, cluster: str) -> None:
-                policy.start(service, cluster)
-                if cluster in self.limited_clusters:
-                    shared.publish(cluster, policy.inflight[cluster])
-
-            def count_finish(service: str, cluster: str) -> None:
-                policy.finish(service, cluster)
-                if cluster in self.limited_clusters:
-                    shared.publish(cluster, policy.inflight[cluster])
-            self.count_start, self.count_finish = count_start, count_finish
+            def publishing(count):  # the policy's own step, then the cluster's new count when it has a limit
+                def counted(service: str, cluster: str) -> None:
+                    count(service, cluster)
+                    if cluster in self.limited_clusters:
+                        shared.publish(cluster, policy.inflight[cluster])
+                return counted
+            self.count_start, self.count_finish = publishing(policy.start), publishing(policy.finish)
 
     @staticmethod
     def _keep_warm_services(snapshot: RoutingSnapshot) -> frozenset[str]:

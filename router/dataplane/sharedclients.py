@@ -71,7 +71,7 @@ class SharedClientCounts:
                 if mine is None and held > 0:
                     self.on_full()
             if mine is not None:
-                SLOT.pack_into(self.map, mine, h if held > 0 else 0, held if held > 0 else 0)
+                SLOT.pack_into(self.map, mine, h if held > 0 else 0, held)  # (0 connections: the slot is free)
             return True
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, group)

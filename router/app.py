@@ -137,7 +137,7 @@ class RouterApp:
                 self.metrics.probes.labels(cluster, "ok" if ok else "fail").inc()
             self.prober = Prober(ctx.policy, lambda: ctx.snapshot.config.clusters,
                                  lambda: settings().probes.interval_s, lambda: settings().probes.timeout_s, on_result,
-                                 dns=ctx.pool.dns)
+                                 dns=ctx.pool.dns, shared=ctx.shared_probes)
             self.prober.sync()
         self.kube = KubernetesDiscovery(lambda: ctx.snapshot.config, ctx.policy.warmth, ctx.clock)
         self.kube.start(asyncio.get_running_loop())

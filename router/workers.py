@@ -9,10 +9,11 @@ within RESTART_STABLE_S of their start, so a worker that cannot start does not b
 
 Each worker serves its read-only admin endpoints (/debug/state, /debug/route) on a Unix socket in the
 supervisor's private directory (mode 0700); the supervisor's /debug/route asks one worker and its
-/debug/state gathers every worker's, since health and load are each worker's own. Limits are not: the
-supervisor holds tables in shared memory (dataplane/sharedmem.py) that the workers count in together, so
-a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total whatever
-the number of workers, and a cluster one worker ejects is out at all of them; it clears a dead worker's part.
+/debug/state gathers every worker's, since load and passive health are each worker's own. Limits are not:
+the supervisor holds tables in shared memory (dataplane/sharedmem.py) that the workers count in together,
+so a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total
+whatever the number of workers, a cluster one worker ejects is out at all of them, and the workers take
+turns probing a cluster and share the results; it clears a dead worker's part.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class Supervisor:
         from .dataplane.sharedclients import create_table as create_clients_table
         from .dataplane.sharedvalues import create_table as create_values_table
         from .dataplane.sharedlimit import create_table
+        from .dataplane.sharedprobes import create_table as create_probes_table
         from .obs.metrics import Metrics
 
         self.paths, self.n, self.mp_dir = paths, n, mp_dir
@@ -78,8 +80,9 @@ class Supervisor:
         self.clients_fd = create_clients_table(n)  # each worker's open connections per client address
         self.inflight_fd = create_values_table(n)  # each worker's requests in flight per limited cluster
         self.ejections_fd = create_values_table(n)  # each worker's ejections (until when, ms) per cluster
-        self.shared_fds = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd)
-        self.free_slots = set(range(n))  # worker regions of the last three tables no running worker holds
+        self.probes_fd = create_probes_table()  # whose turn it is to probe a cluster, and the last result
+        self.shared_fds = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd, self.probes_fd)
+        self.free_slots = set(range(n))  # worker regions no running worker holds (tables of regions)
 
     def _bind_port(self) -> None:
         """Resolve port 0 once so every worker binds the same port."""
@@ -249,22 +252,23 @@ def subprocess_out():
 
 
 async def run_worker(paths: list[str], listen: str, debug_socket: str | None = None,
-                     shared_fds: tuple[int, int, int, int] | None = None, slot: int = 0) -> int:
+                     shared_fds: tuple[int, ...] | None = None, slot: int = 0) -> int:
     """One worker: the data path on a SO_REUSEPORT socket; its read-only admin endpoints on
     `debug_socket` for the supervisor, no admin port of its own. `shared_fds`: the tables it shares with
     the other workers: rate-limit buckets it counts in, and (in its `slot`'s region) its open connections
     per client address, its requests in flight per limited cluster and its outlier ejections, which it
-    publishes."""
+    publishes; and the clusters' probe turns and results."""
     from .app import RouterApp
     from .dataplane.sharedclients import SharedClientCounts
     from .dataplane.sharedvalues import SharedValues
     from .dataplane.sharedlimit import SharedBuckets
+    from .dataplane.sharedprobes import SharedProbes
     shared = {}
     if shared_fds is not None:
-        buckets, clients, inflight, ejections = shared_fds
+        buckets, clients, inflight, ejections, probes = shared_fds
         shared = {"shared_buckets": SharedBuckets(buckets), "shared_clients": SharedClientCounts(clients, slot),
                   "shared_inflight": SharedValues(inflight, slot),
-                  "shared_ejections": SharedValues(ejections, slot)}
+                  "shared_ejections": SharedValues(ejections, slot), "shared_probes": SharedProbes(probes)}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0, shared=shared)
     await app.start()

@@ -15,9 +15,11 @@ from ..config.model import ClusterConfig
 from ..core.choice import PolicyInputs
 from ..core.health import is_local_exhaustion
 from ..dataplane.dns import DnsCache
+from ..dataplane.sharedprobes import probe_key
 
 log = logging.getLogger("router.probes")
 RETRY_AFTER_FAILURE = 0.25  # fraction of the interval before re-probing a failing cluster
+TURN_SPREAD_S = 0.01  # workers look at a due probe within this of each other, not all at one instant
 
 
 async def probe_once(cluster: ClusterConfig, timeout_s: float, dns: DnsCache | None = None) -> tuple[float, float]:
@@ -47,14 +49,21 @@ async def probe_once(cluster: ClusterConfig, timeout_s: float, dns: DnsCache | N
 
 
 class Prober:
+    """Probes every cluster of the config. With `shared` (a worker of `serve --workers N`: a SharedProbes
+    table) the workers take turns: a cluster is probed by one worker an interval, and the others apply
+    the result it publishes as if they had probed (health and RTT), so each cluster sees one probe an
+    interval from the router and every worker judges it alike."""
+
     def __init__(self, policy: PolicyInputs, clusters: Callable[[], tuple[ClusterConfig, ...]],
                  interval_s: Callable[[], float], timeout_s: Callable[[], float], on_result=None,
-                 rng: random.Random | None = None, dns: DnsCache | None = None):
+                 rng: random.Random | None = None, dns: DnsCache | None = None, shared=None):
         self.policy, self.clusters = policy, clusters
         self.dns = dns  # the data path's names and addresses
         self.interval_s, self.timeout_s = interval_s, timeout_s
-        self.on_result = on_result  # (cluster, ok, connect_s, http_s) -> None, for metrics
+        self.on_result = on_result  # (cluster, ok, connect_s, http_s) -> None, for metrics: own probes only
         self.rng = rng or random.Random()
+        self.shared = shared
+        self.seen: dict[str, int] = {}  # cluster -> the shared result applied last (its sequence number)
         self.tasks: dict[str, asyncio.Task] = {}
         self.last: dict[str, dict] = {}
 
@@ -84,32 +93,84 @@ class Prober:
             cluster = self._cluster(name)
             if cluster is None:
                 return
-            ok = await self.probe(cluster)
-            delay = self.interval_s() * self.rng.uniform(0.8, 1.2)
-            await asyncio.sleep(delay if ok else delay * RETRY_AFTER_FAILURE)
+            if self.shared is None:
+                delay = self._next_delay(await self.probe(cluster))
+            else:
+                delay = await self._take_turn(cluster)
+            await asyncio.sleep(delay)
+
+    def _next_delay(self, ok: bool) -> float:
+        delay = self.interval_s() * self.rng.uniform(0.8, 1.2)
+        return delay if ok else delay * RETRY_AFTER_FAILURE
 
     async def probe(self, cluster: ClusterConfig) -> bool:
+        """Probe now and apply the result; False when it failed (or could not be sent)."""
+        result = await self._measure(cluster)
+        if result is None:
+            return False
+        self._apply(cluster.name, *result)
+        return result[1]
+
+    async def _take_turn(self, cluster: ClusterConfig) -> float:
+        """One look at the shared record: take another worker's current result, wait while one probes, or
+        probe and publish. Returns how long to sleep before the next look."""
+        key = probe_key(cluster)
+        now = time.monotonic()
+        what, when, record = self.shared.turn(key, now, self.timeout_s())
+        if what == "take":
+            if self.seen.get(cluster.name) != record.seq:
+                self.seen[cluster.name] = record.seq
+                self._apply(cluster.name, record.at, record.ok, record.connect_s, record.http_s, record.reason,
+                            by=record.by)
+            return when - now + self.rng.uniform(0, TURN_SPREAD_S)
+        if what == "wait":
+            return when - now
+        try:
+            result = await self._measure(cluster)
+        except asyncio.CancelledError:  # the cluster left the config, or the worker stops
+            self.shared.release(key)
+            raise
+        if result is None:
+            self.shared.release(key)
+            return self._next_delay(False)
+        self._apply(cluster.name, *result)
+        delay = self._next_delay(result[1])
+        self.seen[cluster.name] = self.shared.publish(key, result[0], time.monotonic() + delay, *result[1:])
+        return delay + self.rng.uniform(0, TURN_SPREAD_S)  # the next turn goes to whoever looks first
+
+    async def _measure(self, cluster: ClusterConfig) -> tuple | None:
+        """(started, ok, connect_s, http_s, reason); None when the router's own limits kept it from probing
+        (that says nothing about the cluster). Counted in on_result."""
         now = time.monotonic()
         try:
             connect_s, http_s = await probe_once(cluster, self.timeout_s(), self.dns)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
-            if is_local_exhaustion(exc):  # the router's own limit: says nothing about the cluster
+            if is_local_exhaustion(exc):
                 self.last[cluster.name] = {"ok": None, "error": f"not probed: {reason}", "at": now}
-                return False
-            self.policy.health.on_probe(cluster.name, False, time.monotonic(), reason)
-            self.last[cluster.name] = {"ok": False, "error": reason, "at": now}
+                return None
             if self.on_result:
                 self.on_result(cluster.name, False, None, None)
-            return False
-        done = time.monotonic()
-        health = self.policy.health
-        was_healthy = health.is_healthy(cluster.name, done)
-        health.on_probe(cluster.name, True, done)
-        if not was_healthy and health.is_healthy(cluster.name, done):
-            self.policy.rtt.forget(cluster.name)  # back from an outage: measure afresh from this probe
-        self.policy.rtt.on_probe(cluster.name, connect_s, http_s, done)
-        self.last[cluster.name] = {"ok": True, "connect_s": round(connect_s, 6), "http_s": round(http_s, 6), "at": now}
+            return now, False, None, None, reason
         if self.on_result:
             self.on_result(cluster.name, True, connect_s, http_s)
-        return True
+        return now, True, connect_s, http_s, ""
+
+    def _apply(self, name: str, started: float, ok: bool, connect_s: float | None, http_s: float | None,
+               reason: str, by: int | None = None) -> None:
+        """A probe result (this worker's, or with `by` another worker's) into health, RTT and `last`."""
+        done = time.monotonic()
+        health = self.policy.health
+        if not ok:
+            health.on_probe(name, False, done, reason)
+            last = {"ok": False, "error": reason, "at": started}
+        else:
+            was_healthy = health.is_healthy(name, done)
+            health.on_probe(name, True, done)
+            if not was_healthy and health.is_healthy(name, done):
+                self.policy.rtt.forget(name)  # back from an outage: measure afresh from this probe
+            self.policy.rtt.on_probe(name, connect_s, http_s, done)
+            last = {"ok": True, "connect_s": round(connect_s, 6), "http_s": round(http_s, 6), "at": started}
+        if by is not None:
+            last["by_worker"] = by
+        self.last[name] = last

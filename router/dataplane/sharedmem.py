@@ -3,7 +3,8 @@ supervisor makes each one (a memfd, zeroed) before it starts the workers and han
 so a worker that replaces one that died finds the table as it was. A table of worker regions has one
 region per worker slot: a worker writes its own, reads the others', and the supervisor clears a dead
 worker's. The tables: rate-limit buckets (sharedlimit.py), open connections per client address
-(sharedclients.py), requests in flight per limited cluster and outlier ejections (sharedvalues.py).
+(sharedclients.py), requests in flight per limited cluster and outlier ejections (sharedvalues.py),
+probe turns and results (sharedprobes.py).
 """
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ class Metrics:
                                     ["route"], registry=r)
         self.shared_table_full = Counter("router_shared_table_full_total",
                                          "A key that found its place in a table the workers share taken: a rate-limit "
-                                         "bucket evicted, or a count kept by one worker alone", ["table"], registry=r)
+                                         "bucket or a cluster's probe record evicted, or a count kept by one worker "
+                                         "alone", ["table"], registry=r)
         self.upstream_recycled = Counter("router_upstream_connections_recycled_total",
                                          "Pooled cluster connections closed at their cluster's maxRequestsPerConnection"
                                          " or maxConnectionAge, by reason", ["reason"], registry=r)

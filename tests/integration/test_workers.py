@@ -284,3 +284,30 @@ async def test_a_cluster_one_worker_ejects_is_out_at_every_worker(backends, tmp_
 async def ejected_by_both(ejected) -> dict | None:
     found = await ejected()
     return found if len(found) == 2 else None
+
+
+async def test_workers_take_turns_probing_a_cluster(backends, tmp_path):
+    """One probe an interval for the router, not one per worker, and both workers apply every result."""
+    (a,) = await backends("a")
+    (tmp_path / "c.yaml").write_text(router_doc(probes={"interval": "100ms"}) + cluster_docs({"a": a.port})
+                                     + split_doc({"a": 1}))
+    async with router_process(tmp_path, "--workers", "2") as rp:
+        async with aiohttp.ClientSession() as s:
+            await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
+
+            async def one_probe_at_both() -> dict | None:  # the same probe (its start) is each worker's last
+                views = (await debug_state(s, rp))["worker_state"]
+                last = {int(pid): v["clusters"]["a"]["last_probe"] for pid, v in views.items()}
+                at = {p["at"] for p in last.values() if p}
+                return last if len(last) == 2 and all(last.values()) and len(at) == 1 else None
+            last = await wait_for(one_probe_at_both, timeout_s=10, interval_s=0.02, what="a shared probe result")
+            (taker, prober), = [(pid, p["by_worker"]) for pid, p in last.items() if "by_worker" in p]
+            assert {taker, prober} == set(last), last  # one worker probed, the other took its result
+            loop = asyncio.get_running_loop()
+            start, counted = loop.time(), a.probes
+            await asyncio.sleep(2)  # a window to count the probes sent in
+            sent, window = a.probes - counted, loop.time() - start
+            assert sent <= 1.5 * window / 0.1, (sent, window)  # one worker's rate (each alone: twice that)
+            assert sent >= 0.5 * window / 0.1, (sent, window)
+        rp.send_signal(signal.SIGTERM)
+        assert await rp.wait(30) == 0

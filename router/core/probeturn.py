@@ -1,0 +1,43 @@
+"""Whose turn it is to probe a cluster, for the workers of `serve --workers N` (pure, `now` passed in).
+
+The workers keep one record per cluster in shared memory: the last probe's result, when the next probe
+is due, and a claim while a worker is probing. A worker that finds the result current takes it (once per
+result) instead of probing; one that finds it due and unclaimed probes (and claims it, in the same step);
+one that finds it claimed looks again shortly, until the result comes or the claim lapses (its worker
+died mid-probe), so a cluster is probed once an interval by the router, not once per worker.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLL_S = 0.05  # how often a worker looks again while another is probing
+CLAIM_MARGIN_S = 0.5  # beyond the probe's own deadlines (name lookup, then connect and answer)
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    seq: int  # results published so far (0: none yet)
+    at: float  # when the last probe started (monotonic clock, the same in every process of the host)
+    due: float  # when the next probe is due
+    claimed_until: float  # a worker is probing until then at the latest (0: nobody)
+    by: int  # the pid of the worker that published the last result (or claimed since)
+    ok: bool
+    connect_s: float | None
+    http_s: float | None
+    reason: str  # why it failed
+
+
+def turn(record: ProbeRecord | None, now: float) -> tuple[str, float]:
+    """("take", due): the last result is current: apply it (if not applied yet), look again at `due`;
+    ("wait", when): another worker is probing: look again then; ("probe", now): this worker's turn."""
+    if record is not None:
+        if record.seq and now < record.due:
+            return "take", record.due
+        if now < record.claimed_until:
+            return "wait", min(record.claimed_until, now + POLL_S)
+    return "probe", now
+
+
+def claim_until(now: float, timeout_s: float) -> float:
+    """How long a claim holds: the probe's deadlines (name lookup, then connect and answer) and a margin."""
+    return now + 2 * timeout_s + CLAIM_MARGIN_S

@@ -4,7 +4,8 @@ service starts), send the request with the proxy's own framing, retry what is sa
 It executes core decisions (`choose_backend`) and reports outcomes back into health, RTT and
 the retry budget. The client connection feeds it request events; the upstream connection feeds
 it response events, handled by the ResponseRelay half (relay.py); a route's sourceRanges and rate
-limit are checked by the RouteGuards half (guards.py).
+limit are checked by the RouteGuards half (guards.py); retries are Retrying's (retrying.py), flow
+control and upgrade tunnels Streaming's (tunnel.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from .authz import ExternalAuthorization
 from .guards import RouteGuards
 from .hedge import Hedging
 from .relay import ResponseRelay
-from .request import IDEMPOTENT, REPLAY_LIMIT, Request
+from .retrying import Retrying
+from .request import REPLAY_LIMIT, Request
+from .tunnel import Streaming
 from .upstream import UpstreamConnection, connect_failure
 
 log = logging.getLogger("router.dataplane")
@@ -37,7 +40,7 @@ def _path(url: bytes) -> str:
     return url.partition(b"?")[0].decode("latin-1")
 
 
-class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
+class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRelay, Streaming):
     __slots__ = ("conn", "req", "ctx", "upstream", "backend", "route", "tried", "streaming", "kept", "kept_len",
                  "stale_retried", "resp_started", "finished", "upstream_paused", "resp_chunked",
                  "resp_close_delimited", "status", "keep_alive", "task", "head_mark", "service", "affinity",
@@ -381,60 +384,3 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, ResponseRelay):
         if self.retrying:
             budget.end_retry()
         budget.end_request()
-
-    def _may_retry(self) -> bool:
-        req = self.req
-        return (not self.resp_started and self.kept is not None and req.method in IDEMPOTENT
-                and not req.upgrade and not self.finished)
-
-    def _retry_elsewhere(self, reason: str, status: int = 502, delay_s: float = 0.0) -> bool:
-        """Reset, timeout or a retried status before any response byte: try the next choice, within
-        the budget (after `delay_s`: a route's retry backoff). `status`: what the failed try counts as
-        for outlier detection. Reason "hedge" (a route's perTry ran out, the route hedges): the try is
-        kept running beside the next one (parked, see hedge.py) rather than dropped; it needs the request
-        sent whole, and never waits on a cold start."""
-        hedge = reason == "hedge"
-        if not self._may_retry() or hedge and (self.upstream is None or not self.req.complete):
-            return False
-        ctx = self.ctx
-        cluster = self.backend.cluster
-        decision = choose_backend(self.route, ctx.policy, ctx.clock(), ctx.rng, self.tried | {cluster},
-                                  self.service, self.affinity, self.session)
-        if isinstance(decision, Reject) or hedge and decision.reason == "cold":
-            return False  # nowhere else to go: the caller answers with the failure itself (or waits on)
-        budget = ctx.retry_budget
-        if self.retrying and not hedge:  # (a parked try keeps its share while it runs)
-            budget.end_retry()
-            self.retrying = False
-        if not budget.start_retry():
-            ctx.metrics.retries.labels("budget_exhausted").inc()
-            return False
-        self.tried = self.tried | {cluster}
-        ctx.metrics.retries.labels(reason).inc()
-        if hedge:
-            self.park()
-        else:
-            ctx.health.on_response(cluster, status, ctx.clock())  # a 5xx counts toward outlier ejection
-            self._cancel_header_timer()
-            self._abort_upstream()
-        self.retrying = True
-        self.streaming = False
-        if delay_s > 0:  # the choice is made again once the wait is over (health may change meanwhile)
-            if self.counted is not None:
-                self._uncount()
-            deadline = self.request_deadline()
-            if deadline is not None:  # the wait ends no later than the route's request timeout
-                delay_s = min(delay_s, max(deadline - ctx.clock(), 0.0))
-            self.conn.upstream_timer.set(delay_s, self._after_backoff)
-            return True
-        self._choose(decision)
-        return True
-
-    def _after_backoff(self) -> None:
-        if self.finished:
-            return
-        deadline = self.request_deadline()
-        if deadline is not None and deadline - self.ctx.clock() <= 0.001:
-            self._on_header_timeout()  # the route's request timeout ran out during the wait: 504
-        else:
-            self._choose()

@@ -1,5 +1,5 @@
-"""The response half of an exchange: relaying the upstream's answer to the client, failures
-on the way, flow control between the two sockets, and the tunnel after an upgrade.
+"""The response half of an exchange: relaying the upstream's answer to the client, and failures on
+the way (flow control and the tunnel after an upgrade are in tunnel.py).
 
 A mixin of Exchange (which owns the state, see exchange.py): kept apart so each module stays
 readable on its own. Response framing toward the client is the proxy's own: Content-Length
@@ -13,10 +13,7 @@ from ..core.cors import field
 from ..core.session import session_line
 from .compress import GzipStream, plan as compression_plan
 from .headers import CONTINUE, response_head, simple_response
-from .pause import PAUSE_UPSTREAM
 from .request import IDEMPOTENT
-
-
 
 _PLANNED = frozenset((b"vary", b"etag"))  # response headers a compression plan writes itself
 MAX_HINTS = 4  # 103 Early Hints passed on per request (more from a cluster are dropped)
@@ -275,11 +272,6 @@ class ResponseRelay:
         self._end()
         self.conn.abort()
 
-    def _backoff_s(self) -> float:
-        """The route's retry backoff before this retry: doubling with each, at most 10 times the first."""
-        first = self.route.retry_backoff_s
-        return min(first * 2 ** self.status_retries, 10 * first) if first else 0.0
-
     def _pass_hints(self, headers: list) -> None:
         """A cluster's 103 Early Hints (RFC 8297) on to the client, its end-to-end fields only: with earlyHints
         `http2` to HTTP/2 clients only, never to an HTTP/1.0 client (RFC 9110 15.2), at most MAX_HINTS a
@@ -371,52 +363,3 @@ class ResponseRelay:
         timer = self.conn.upstream_timer  # only exchanges set it, with their _on_header_timeout
         if timer.deadline and timer.callback.__self__ is self:
             timer.deadline = 0.0
-
-    # --- flow control -------------------------------------------------------------------
-    def on_client_pause_writing(self) -> None:
-        if self.upstream is not None and not self.upstream_paused:
-            self.upstream_paused = True
-            self.upstream.transport.pause_reading()
-
-    def on_client_resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream_paused:
-            self.upstream_paused = False
-            self.upstream.transport.resume_reading()
-
-    def on_upstream_pause_writing(self) -> None:
-        self.conn.pause(PAUSE_UPSTREAM)
-
-    def on_upstream_resume_writing(self) -> None:
-        self.conn.resume(PAUSE_UPSTREAM)
-
-    # --- upgrade tunnel -----------------------------------------------------------------
-    def on_upgraded(self, rest: bytes) -> None:
-        if self.finished or self.status != 101:
-            return
-        if rest:
-            self.conn.write(rest)
-        self.conn.start_tunnel(self)
-        if self.req.tunnel_bytes:
-            self.upstream.write(self.req.tunnel_bytes)
-            self.req.tunnel_bytes = b""
-        self._record(self.backend.cluster, 101, self.ctx.clock())
-
-    def on_client_tunnel_data(self, data: bytes) -> None:
-        if self.upstream is not None:
-            self.upstream.write(data)
-            self.conn.timer.set(self.ctx.settings.timeouts.tunnel_idle_s, self.on_tunnel_idle)
-
-    def on_tunnel_data(self, data: bytes) -> None:
-        self.conn.write(data)
-        self.conn.timer.set(self.ctx.settings.timeouts.tunnel_idle_s, self.on_tunnel_idle)
-
-    def on_tunnel_idle(self) -> None:
-        """No bytes either way for tunnelIdle (Envoy's stream idle timeout): both sides are closed."""
-        if self.conn.tunnel is not self:
-            return
-        self.finished = True
-        up, self.upstream = self.upstream, None
-        if up is not None:
-            up.exchange = None
-            up.close()
-        self.conn.close()

@@ -217,9 +217,11 @@ def _read_slow_start(doc: Doc, node: Node | None) -> SlowStart | None:
 
 
 def _read_outlier_detection(doc: Doc, node: Node | None) -> OutlierDetection:
-    """outlierDetection: {consecutive5xx: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, panicThreshold: 50}"""
+    """outlierDetection: {consecutive5xx: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, panicThreshold: 50,
+    maxEjectionPercent: 10}"""
     d = OutlierDetection()
-    if not doc.fields(node, {"consecutive5xx", "baseEjectionTime", "maxEjectionTime", "panicThreshold"}):
+    if not doc.fields(node, {"consecutive5xx", "baseEjectionTime", "maxEjectionTime", "panicThreshold",
+                             "maxEjectionPercent"}):
         return d
     base = doc.value(node, "baseEjectionTime", positive_duration, d.base_ejection_s)
     most = doc.value(node, "maxEjectionTime", positive_duration)
@@ -228,7 +230,8 @@ def _read_outlier_detection(doc: Doc, node: Node | None) -> OutlierDetection:
                                                f"({base:g}s)")
     panic = doc.value(node, "panicThreshold", parse_percent, d.panic_below * 100)
     return OutlierDetection(doc.value(node, "consecutive5xx", positive_int, d.consecutive_5xx), base,
-                            most if most is not None else max(d.max_ejection_s, base), panic / 100)
+                            most if most is not None else max(d.max_ejection_s, base), panic / 100,
+                            doc.value(node, "maxEjectionPercent", parse_percent, d.max_ejection_percent))
 
 
 def _aggression(v) -> float:

@@ -398,12 +398,14 @@ class Probes:
 class OutlierDetection:
     """Passive health (Router `outlierDetection`, Envoy's outlier_detection): a cluster is ejected after
     `consecutive_5xx` 5xx answers, resets or timeouts in a row (a refused connect at once), for
-    base_ejection_s × n (n: times ejected), at most max_ejection_s. Below `panic_below` of a split's
-    clusters healthy, health is ignored for it (0: never)."""
+    base_ejection_s × n (n: times ejected), at most max_ejection_s. An ejection for answers is made only
+    while under max_ejection_percent of the Clusters are out (always when none is). Below `panic_below` of a
+    split's clusters healthy, health is ignored for it (0: never)."""
     consecutive_5xx: int = 5
     base_ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     panic_below: float = 0.5
+    max_ejection_percent: float = 10.0
 
 
 @dataclass(frozen=True)

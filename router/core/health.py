@@ -2,8 +2,9 @@
 
 Passive outlier detection: a connect failure ejects a cluster at once (nothing was sent,
 the next request must not pay for it again); 5xx answers, resets and timeouts eject after
-`consecutive_5xx` in a row. Ejection lasts base × n (n = times ejected, decaying while
-healthy), capped at max_s. An ejection the probes saw too (a probe failed while it lasted)
+`consecutive_5xx` in a row, while fewer than max_ejection_percent of the Clusters are out (or
+none is: Envoy's max_ejection_percent), so a fault the clusters share does not empty the
+rotation. Ejection lasts base × n (n = times ejected, decaying while healthy), capped at max_s. An ejection the probes saw too (a probe failed while it lasted)
 ends early once `probe_healthy` probes pass in a row: the outage was seen to end (Envoy's
 successful_active_health_check_uneject_host). One the probes did not see (5xx behind a
 passing probe path) lasts its full time.
@@ -38,6 +39,7 @@ class OutlierPolicy:
     probe_unhealthy: int = 3
     probe_healthy: int = 2
     panic_below: float = 0.5  # fraction of a split's clusters that must be healthy
+    max_ejection_percent: float = 10.0  # of the Clusters out at once, beyond which answers eject no more
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ClusterHealthState:
     probe_saw: bool = False  # a probe failed during the current ejection
     back_at: float = float("-inf")  # when it was healthy again last (or joined): where a slow start begins
     own_until: float = 0.0  # the end of an ejection this process decided (what other workers are told)
+    ejections_skipped: int = 0  # ejections for answers not made: maxEjectionPercent of the Clusters were out
 
 
 def _take_out(st: ClusterHealthState, until: float, reason: str) -> None:
@@ -68,6 +71,7 @@ class HealthState:
     policy: OutlierPolicy = field(default_factory=OutlierPolicy)
     clusters: dict[str, ClusterHealthState] = field(default_factory=dict)
     slow_start: SlowStart | None = None  # the Router's slowStart, set with each config
+    cluster_count: int = 0  # Clusters in the config, set with each config: what maxEjectionPercent is of
 
     def _get(self, cluster: str) -> ClusterHealthState:
         st = self.clusters.get(cluster)
@@ -146,8 +150,15 @@ class HealthState:
             st = self.clusters[cluster] = ClusterHealthState()
         if status >= 500:
             st.consecutive_5xx += 1
-            if st.consecutive_5xx >= self.policy.consecutive_5xx:
-                self._eject(st, now, f"{st.consecutive_5xx} consecutive 5xx")
+            if st.consecutive_5xx >= self.policy.consecutive_5xx and st.ejected_until <= now:
+                out = sum(1 for other in self.clusters.values() if other.ejected_until > now)
+                if out == 0 or out * 100 < self.policy.max_ejection_percent * self.cluster_count:
+                    self._eject(st, now, f"{st.consecutive_5xx} consecutive 5xx")
+                else:  # too many out already: the fault is likelier shared than this cluster's (Envoy's overflow)
+                    st.ejections_skipped += 1
+                    st.last_reason = (f"{st.consecutive_5xx} consecutive 5xx, not ejected: {out} of "
+                                      f"{self.cluster_count} Clusters out (maxEjectionPercent "
+                                      f"{self.policy.max_ejection_percent:g})")
         else:
             st.consecutive_5xx = 0
             # A long healthy stretch forgives one past ejection (Envoy's decay of n).
@@ -178,6 +189,6 @@ class HealthState:
         st = self.clusters.get(cluster) or ClusterHealthState()
         healthy = st.ejected_until <= now
         return {"healthy": healthy and not st.probe_down, "ejected": not healthy, "probe_down": st.probe_down,
-                "ejections": st.ejections,
+                "ejections": st.ejections, "ejections_skipped": st.ejections_skipped,
                 "ejected_for_s": 0.0 if healthy else round(st.ejected_until - now, 3),
                 "last_reason": st.last_reason, "slow_start_share": round(self.ramp(cluster, now), 3)}

@@ -48,7 +48,7 @@ class ProxyContext:
         self.metrics = metrics
         self.policy = PolicyInputs(health=health or HealthState(), rtt=RttState(snapshot.config.router.rtt_decay_s))
         self.health = self.policy.health
-        self._health_settings(snapshot.config.router)
+        self._health_settings(snapshot.config)
         self.inflight = self.policy.inflight  # cluster -> requests in flight there
         self.retry_budget = RetryBudget()
         self.activator = None  # set by the app: holds requests while a service starts
@@ -150,7 +150,7 @@ class ProxyContext:
 
     def swap(self, snapshot: RoutingSnapshot) -> None:
         old = {c.name for c in self.snapshot.config.clusters}
-        self._health_settings(snapshot.config.router)
+        self._health_settings(snapshot.config)
         for cluster in snapshot.config.clusters:
             if cluster.name not in old:  # new to the config: its traffic ramps up like a returning one's
                 self.health.on_joined(cluster.name, self.clock())
@@ -169,12 +169,14 @@ class ProxyContext:
         self.rate_limiters = {k: v for k, v in self.rate_limiters.items() if k in kept}
         self.metrics.config_version.set(snapshot.version)
 
-    def _health_settings(self, settings: RouterSettings) -> None:
+    def _health_settings(self, config) -> None:
         """The Router's thresholds for health (what the state remembers carries over a reload)."""
-        o, probes = settings.outlier_detection, settings.probes
+        o, probes = config.router.outlier_detection, config.router.probes
         self.health.policy = OutlierPolicy(o.consecutive_5xx, o.base_ejection_s, o.max_ejection_s,
-                                           probes.unhealthy_threshold, probes.healthy_threshold, o.panic_below)
-        self.health.slow_start = settings.slow_start
+                                           probes.unhealthy_threshold, probes.healthy_threshold, o.panic_below,
+                                           o.max_ejection_percent)
+        self.health.slow_start = config.router.slow_start
+        self.health.cluster_count = len(config.clusters)
 
     def _connection_reuse(self) -> None:
         """How long a client connection is kept: requests and seconds, infinite when unset (one comparison

@@ -615,22 +615,23 @@ def test_router_document(tmp_path):
 def test_router_outlier_detection_and_probe_thresholds(tmp_path):
     from router.config.model import OutlierDetection, Probes
     head = "apiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: edge}\nspec:\n"
-    path = write(tmp_path, head + "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 10s, panicThreshold: 0}\n"
-                                  "  probes: {unhealthyThreshold: 1, healthyThreshold: 4}\n")
+    path = write(tmp_path, head + "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 10s, panicThreshold: 0,"
+                                  " maxEjectionPercent: 50}\n  probes: {unhealthyThreshold: 1, healthyThreshold: 4}\n")
     r = load_config(path).router
-    assert r.outlier_detection == OutlierDetection(2, 10.0, 300.0, 0.0)
+    assert r.outlier_detection == OutlierDetection(2, 10.0, 300.0, 0.0, 50.0)
     assert r.probes == Probes(True, 1.0, 0.5, 1, 4)
     path = write(tmp_path, head + "  outlierDetection: {baseEjectionTime: 10m}\n")
     assert load_config(path).router.outlier_detection == OutlierDetection(5, 600.0, 600.0, 0.5)  # max follows
     assert load_config(write(tmp_path, head + "  via: x\n")).router.outlier_detection == OutlierDetection()
     bad = write(tmp_path, head + "  outlierDetection:\n    consecutive5xx: 0\n    baseEjectionTime: 1m\n"
-                                 "    maxEjectionTime: 30s\n    panicThreshold: 150\n"
+                                 "    maxEjectionTime: 30s\n    panicThreshold: 150\n    maxEjectionPercent: -1\n"
                                  "  probes: {unhealthyThreshold: 0}\n", "bad.yaml")
     assert_errors(bad, [(6, "spec.outlierDetection.consecutive5xx: expected a positive integer, got 0"),
                         (8, "spec.outlierDetection.maxEjectionTime: maxEjectionTime (30s) is shorter than "
                             "baseEjectionTime (60s)"),
                         (9, "spec.outlierDetection.panicThreshold: percent must be a number 0..100, got 150"),
-                        (10, "spec.probes.unhealthyThreshold: expected a positive integer, got 0")])
+                        (10, "spec.outlierDetection.maxEjectionPercent: percent must be a number 0..100, got -1"),
+                        (11, "spec.probes.unhealthyThreshold: expected a positive integer, got 0")])
 
 
 def test_router_slow_start(tmp_path):

@@ -101,6 +101,39 @@ def test_passing_probes_end_an_ejection_only_when_the_probes_saw_the_outage():
     assert not h.is_healthy("b", 13.0) and h.is_healthy("b", 40.1)
 
 
+def test_answers_eject_while_under_max_ejection_percent_and_refused_connects_always():
+    """Envoy's max_ejection_percent: with one of three Clusters out (33%, above the default 10%) a second
+    one's 5xx do not eject it; each further failure tries again, and does once the first is back."""
+    from router.core.health import OutlierPolicy
+    h = HealthState(OutlierPolicy(consecutive_5xx=2))
+    h.cluster_count = 3
+    for cluster in ("a", "b"):
+        for _ in range(2):
+            h.on_response(cluster, 503, 1.0)
+    assert not h.is_healthy("a", 1.0) and h.is_healthy("b", 1.0)
+    b = h.describe("b", 1.0)
+    assert b["ejections_skipped"] == 1 and b["ejections"] == 0
+    assert b["last_reason"] == "2 consecutive 5xx, not ejected: 1 of 3 Clusters out (maxEjectionPercent 10)"
+    h.on_response("b", 503, 2.0)
+    assert h.describe("b", 2.0)["ejections_skipped"] == 2 and h.is_healthy("b", 2.0)
+    h.on_response("b", 503, 31.5)  # a's 30 s are over: the next failure ejects b
+    assert h.is_healthy("a", 31.5) and not h.is_healthy("b", 31.5)
+    assert h.describe("b", 31.5)["last_reason"] == "4 consecutive 5xx"
+    h.on_connect_failure("c", 32.0)  # refused: out at once, however many are out
+    assert not h.is_healthy("c", 32.0)
+
+    wide = HealthState(OutlierPolicy(consecutive_5xx=1, max_ejection_percent=50))
+    wide.cluster_count = 4
+    for cluster in ("a", "b", "c"):
+        wide.on_response(cluster, 500, 1.0)
+    assert [wide.is_healthy(c, 1.0) for c in "abc"] == [False, False, True]  # 1 of 4 < 50%; 2 of 4 is not
+    none = HealthState(OutlierPolicy(consecutive_5xx=1, max_ejection_percent=0))
+    none.cluster_count = 4
+    for cluster in ("a", "b"):
+        none.on_response(cluster, 500, 1.0)
+    assert [none.is_healthy(c, 1.0) for c in "ab"] == [False, True]  # 0%: one at a time (none out: always)
+
+
 def test_unhealthy_cluster_is_skipped():
     p = inputs_with_rtt({n: 0.02 for n in NAMES})
     for _ in range(3):

@@ -72,6 +72,10 @@ class HealthState:
     clusters: dict[str, ClusterHealthState] = field(default_factory=dict)
     slow_start: SlowStart | None = None  # the Router's slowStart, set with each config
     cluster_count: int = 0  # Clusters in the config, set with each config: what maxEjectionPercent is of
+    # The end an ejection had when passing probes ended it early, per cluster: a copy of it that another
+    # worker still publishes (until its next tick) is not taken up again. Apart from `clusters`, which
+    # forgets a recovered cluster at once.
+    ended: dict[str, float] = field(default_factory=dict)
 
     def _get(self, cluster: str) -> ClusterHealthState:
         st = self.clusters.get(cluster)
@@ -95,6 +99,7 @@ class HealthState:
             if st.probe_oks >= self.policy.probe_healthy:
                 was_down, st.probe_down = st.probe_down, False
                 if st.probe_saw and st.ejected_until > now:
+                    self.ended[cluster] = st.ejected_until
                     st.ejected_until = st.back_at = now
                     st.own_until = min(st.own_until, now)
                     st.last_reason += f"; ended by {st.probe_oks} passing probes"
@@ -177,6 +182,12 @@ class HealthState:
     def on_ejected_elsewhere(self, cluster: str, until: float, now: float) -> None:
         """Another worker process ejected `cluster` until `until` (`serve --workers`): it is out here too for
         as long, without counting as an ejection of this process's own (nor being told on to others)."""
+        ended = self.ended.get(cluster)
+        if ended is not None:
+            if ended <= now:
+                del self.ended[cluster]
+            elif abs(until - ended) <= 0.001:  # (published in milliseconds)
+                return
         st = self._get(cluster)
         if until > max(st.ejected_until, now):
             _take_out(st, until, "ejected by another worker")

@@ -48,3 +48,26 @@ def test_workers_publish_their_ejections_and_take_up_the_others():
         share1.tick()
         assert table2.most("a") == 0 and share2.tick() == {}
         assert ctx2.health.is_healthy("a", now[0])
+
+
+def test_an_ejection_probes_ended_is_not_taken_up_again_from_a_stale_copy():
+    """With shared probes every worker sees the passing probes that end an ejection at about the same time;
+    the deciding worker withdraws it only at its next tick, and the others must not copy it back meanwhile."""
+    now = [100.0]
+    with worker_views(create_table, SharedValues, 2) as (_, (table1, table2)):
+        (ctx1, share1), (ctx2, share2) = worker(table1, now), worker(table2, now)
+        ctx1.health.on_connect_failure("a", now[0])
+        share1.tick()
+        assert share2.tick() == {"a": 130.0}
+        for ok in (False, True, True):  # the same probes applied at both
+            for ctx in (ctx1, ctx2):
+                ctx.health.on_probe("a", ok, 105.0)
+        now[0] = 105.1
+        share2.tick()  # worker 1 still publishes 130
+        assert ctx2.health.is_healthy("a", now[0]) and ctx2.health.is_healthy("a", 120.0)
+        share1.tick()
+        assert table2.most("a") == 0
+        ctx1.health.on_connect_failure("a", 200.0)  # a new ejection later is taken up as before
+        now[0] = 200.0
+        share1.tick()
+        assert share2.tick() == {"a": 260.0}  # (its second: 60 s)

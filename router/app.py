@@ -148,7 +148,7 @@ class RouterApp:
                                              asyncio.get_running_loop())
             self.resources.start()
         self.knative_wake = KnativeMinScaleWake(self.kube)
-        kube_wakes = [KubernetesScaleWake(self.kube), self.knative_wake] if self.kube.providers else []
+        kube_wakes = [KubernetesScaleWake(self.kube), self.knative_wake]  # for clusters with a provider
         ctx.activator = Activator(ctx, CompositeWake(kube_wakes, self.wake_trigger or HttpWake()))
         self.keepwarm = KeepWarmer(ctx, ctx.activator)
         ctx.keep_warm = self.keepwarm.policy
@@ -247,6 +247,8 @@ class RouterApp:
         self.ctx.swap(snapshot)
         if self.prober is not None:
             self.prober.sync()
+        if self.kube is not None:
+            self.kube.start(asyncio.get_running_loop())  # providers for Clusters given or losing spec.kubernetes
         self._note_client_certificates(config)
         if self.listener_tls is not None and config.router.tls is not None:  # new handshakes get the files as they are
             self.listener_tls.reload(config.router.tls)

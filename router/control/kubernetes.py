@@ -247,15 +247,42 @@ class KubernetesDiscovery:
         self.providers: dict[str, KubernetesProvider] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        for cluster in self.config().clusters:
-            if cluster.kubernetes is not None and cluster.name not in self.providers:
-                provider = KubernetesProvider(cluster, lambda u: loop.call_soon_threadsafe(self.on_update, u))
-                self.providers[cluster.name] = provider
+        """A provider for each Cluster with spec.kubernetes; after a reload, also the only step: a Cluster
+        given spec.kubernetes gets one, and one whose Cluster left the config, or whose access (kubeconfig,
+        context, in-cluster) changed, is stopped, what it saw forgotten (its services' warm/cold state is
+        UNKNOWN until a new provider lists them)."""
+        wanted = {c.name: c for c in self.config().clusters if c.kubernetes is not None}
+        for name, provider in list(self.providers.items()):
+            cluster = wanted.get(name)
+            if cluster is None or cluster.kubernetes != provider.cluster.kubernetes:
+                provider.stop()
+                del self.providers[name]
+                self._forget(name)
+        for name, cluster in wanted.items():
+            if name not in self.providers:
+                provider = KubernetesProvider(cluster, lambda u: None)
+                provider.post = lambda u, p=provider: loop.call_soon_threadsafe(self._posted, p, u)
+                self.providers[name] = provider
                 provider.start()
 
     def stop(self) -> None:
         for provider in self.providers.values():
             provider.stop()
+
+    def _posted(self, provider: KubernetesProvider, update) -> None:
+        """An update from a provider's thread, unless that provider has been replaced or stopped since
+        (its threads end at their next watch timeout)."""
+        if self.providers.get(provider.cluster.name) is provider:
+            self.on_update(update)
+
+    def _forget(self, cluster: str) -> None:
+        for table in (self.deployments, self.knative, self.revisions):
+            for key in [k for k in table if k[0] == cluster]:
+                del table[key]
+        self.nodes.pop(cluster, None)
+        for key in [k for k in self.errors if k[0] == cluster]:
+            del self.errors[key]
+        self.warmth.forget_cluster(cluster)
 
     def refresh(self, now: float) -> None:
         """Event-driven: nothing to poll (the reconcile tick calls every provider)."""

@@ -76,9 +76,6 @@ def start_only_changes(started: Config, new: Config, overridden: frozenset[str] 
         ("httpsRedirect", a.https_redirect, b.https_redirect),
         ("http2", _http2_listening(a), _http2_listening(b)))
         if old != now and name not in overridden]
-    kube = {c.name: c.kubernetes for c in started.clusters}
-    out += [f"Cluster {c.name} spec.kubernetes" for c in new.clusters
-            if c.kubernetes is not None and kube.get(c.name) != c.kubernetes]
     return out
 
 

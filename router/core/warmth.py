@@ -59,6 +59,12 @@ class WarmthState:
         """The provider for `cluster` is connected and current (a watch event, bookmark or relist)."""
         self.heard[cluster] = now
 
+    def forget_cluster(self, cluster: str) -> None:
+        """What discovery said of a cluster no longer watched (its learned cold-start times are kept)."""
+        for key in [k for k in self.states if k[1] == cluster]:
+            del self.states[key]
+        self.heard.pop(cluster, None)
+
     def get(self, service: str, cluster: str) -> ServiceClusterState | None:
         return self.states.get((service, cluster))
 

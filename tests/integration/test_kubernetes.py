@@ -126,6 +126,46 @@ async def test_burst_on_a_scaled_to_zero_deployment_patches_scale_exactly_once(k
     assert len(b.seen) == 30
 
 
+async def test_a_reload_starts_replaces_and_stops_providers(kube, backends, router, tmp_path):
+    """spec.kubernetes given, changed and taken away by reloads: watched from the reload on, the old
+    provider's view forgotten (and its late updates dropped) when its access changes."""
+    (b,) = await backends("a")
+    kube.set_deployment("shop", "app", replicas=1, ready=1, image=IMAGE)
+    other = KubeApiDouble(bookmark_interval_s=0.2)
+    await other.start()
+    try:
+        other.set_deployment("shop", "app", replicas=0, ready=0, image=IMAGE)
+        other.set_node_images("node-1", [[IMAGE]])
+        first = config(kube.kubeconfig(str(tmp_path)), b.port)
+        unwatched = first.replace(f"  kubernetes: {{kubeconfig: {kube.kubeconfig(str(tmp_path))}}}\n", "")
+        app = await router(unwatched)
+        warmth, clock = app.ctx.policy.warmth, app.ctx.clock
+        assert app.kube.providers == {} and warmth.get("shop", "a") is None
+
+        async def reload(text: str) -> dict:
+            (app.config_dir / "router.yaml").write_text(text)
+            answer = await app.reloader.reload("test")
+            assert answer["ok"] and not answer.get("next_start"), answer
+            return answer
+        await reload(first)
+        await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.WARM, timeout_s=10, what="watched")
+        old = app.kube.providers["a"]
+
+        await reload(config(other.kubeconfig(str(tmp_path)), b.port))  # another API: a new provider
+        assert app.kube.providers["a"] is not old and old.stopping.is_set()
+        assert warmth.warmth("shop", "a", clock()) == Warmth.UNKNOWN  # the old view is forgotten at once
+        await wait_for(lambda: warmth.warmth("shop", "a", clock()) == Warmth.CACHED, timeout_s=10, what="new view")
+        kube.set_deployment("shop", "app", replicas=3, ready=3, image=IMAGE)  # the old API: no longer heard
+        await wait_for(lambda: not any(t.is_alive() for t in old.threads), timeout_s=5,
+                       what="the old provider's watches ended (at their next event: a bookmark every 0.2 s)")
+        assert warmth.warmth("shop", "a", clock()) == Warmth.CACHED and warmth.get("shop", "a").ready_replicas == 0
+
+        await reload(unwatched)
+        assert app.kube.providers == {} and warmth.get("shop", "a") is None
+    finally:
+        await other.stop()
+
+
 def knative_config(kubeconfig: str, backend_port: int, hold: str = "10s") -> str:
     return config(kubeconfig, backend_port).replace(
         "workload: {kind: Deployment, namespace: shop, name: app}",

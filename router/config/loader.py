@@ -11,6 +11,7 @@ from .doc import Doc
 from .errors import ConfigError, Problems
 from .kinds import read_cluster, read_router, read_service
 from .model import Backend, ClusterConfig, Config, RouterSettings, ServiceConfig, SplitConfig
+from .smi import RouteGroup, expand_matches, read_route_group
 from .splits import PendingSplit, read_httproute, read_native_split, read_smi_split
 from .yamlsrc import Node, config_files, parse_documents, read_documents
 
@@ -29,6 +30,7 @@ def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Con
     files: list[str] = []
     cluster_names: list[tuple[str, str]] = []  # Clusters that failed to load
     services: list[ServiceConfig] = []
+    groups: list[RouteGroup] = []  # SMI HTTPRouteGroups, for the SMI splits' matches
     for path in paths:
         for file in config_files(path):
             files.append(file)
@@ -38,7 +40,7 @@ def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Con
                 problems.items.extend(exc.problems)
                 continue
             for root in docs:
-                _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services)
+                _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services, groups)
     for source, text in documents:
         files.append(source)
         try:
@@ -47,7 +49,7 @@ def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Con
             problems.items.extend(exc.problems)
             continue
         for root in docs:
-            _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services)
+            _dispatch(Doc(root, problems), clusters, routers, pending, cluster_names, services, groups)
     if not files:
         problems.add(paths[0] if paths else "-", 0, "", "no .yaml or .yml files found")
     router = _one_router(routers, problems)
@@ -56,7 +58,7 @@ def load_config(*paths: str, documents: tuple[tuple[str, str], ...] = ()) -> Con
                   "Cluster", problems)
     _check_unique([(s.name, s.source) for s in services], "Service", problems)
     _check_services(services, clusters, problems)
-    splits = _resolve(pending, clusters, services, problems)
+    splits = _resolve(expand_matches(pending, groups, problems), clusters, services, problems)
     for split in splits:  # a body the router may not hold whole could never be sent with its check
         if split.auth is not None and split.auth.forward_body > router.limits.max_buffered_bytes:
             problems.add(*split.auth.forward_body_at, f"{split.auth.forward_body} bytes is more than the Router's "
@@ -79,7 +81,7 @@ def _check_services(services: list[ServiceConfig], clusters: list[ClusterConfig]
             owner[host] = svc.name
 
 
-def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services) -> None:
+def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services, groups) -> None:
     root = doc.root
     if root.kind != "map":
         doc.error(root, "a document must be a mapping with apiVersion and kind")
@@ -88,8 +90,9 @@ def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services) -> 
     if not isinstance(api, str) or not isinstance(kind, str):
         doc.error(root, "document needs apiVersion and kind")
         return
-    doc.fields(root, {"apiVersion", "kind", "metadata", "spec", "status"})
     group, _, version = api.rpartition("/")
+    smi_v1alpha1_group = kind == "HTTPRouteGroup" and api == "specs.smi-spec.io/v1alpha1"  # (matches at the top)
+    doc.fields(root, {"apiVersion", "kind", "metadata", "spec", "status"} | ({"matches"} if smi_v1alpha1_group else set()))
     if api == EDGE and kind == "Cluster":
         c = read_cluster(doc)
         if c:
@@ -116,6 +119,10 @@ def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services) -> 
             pending.append(s)
     elif kind == "HTTPRoute" and group == "gateway.networking.k8s.io" and version in GATEWAY_VERSIONS:
         pending.extend(read_httproute(doc))
+    elif kind == "HTTPRouteGroup" and group == "specs.smi-spec.io" and version in SMI_VERSIONS:
+        g = read_route_group(doc, version)
+        if g:
+            groups.append(g)
     else:
         line_node = root.get("kind") or root
         doc.problems.add(root.file, line_node.line, "kind", f"unknown kind {kind!r} in apiVersion {api!r}")

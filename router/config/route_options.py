@@ -348,7 +348,7 @@ def path_modifier(doc: Doc, path: Node) -> tuple[str | None, str | None]:
     return None, None
 
 
-_METHODS = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+METHOD = one_of("method", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
 def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
@@ -373,7 +373,7 @@ def read_conditions(doc: Doc, m: Node) -> RouteMatch | None:
                 continue
             (patterns if kind == "RegularExpression" else pairs)[name] = value
         found[key], found_patterns[key] = tuple(pairs.items()), tuple(patterns.items())
-    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", _METHODS),
+    conditions = RouteMatch(found["headers"], found["queryParams"], doc.value(m, "method", METHOD),
                             found_patterns["headers"], found_patterns["queryParams"])
     return conditions if conditions != RouteMatch() else None
 

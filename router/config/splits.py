@@ -3,7 +3,7 @@ loader); a route's options are read by route_options.py, HTTPRoute's matches and
 
 Accepted kinds:
   edge.router/v1alpha1 TrafficSplit, and networking.knative.dev/v1alpha1 TrafficSplit (the seed format)
-  split.smi-spec.io/v1alpha1..v1alpha4 TrafficSplit
+  split.smi-spec.io/v1alpha1..v1alpha4 TrafficSplit (its matches name HTTPRouteGroups: smi.py)
   gateway.networking.k8s.io/v1, v1beta1 HTTPRoute
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ class PendingSplit:
     path_regex: str | None = None  # an RE2 pattern the whole path matches (path_prefix is then "/")
     direct: DirectResponse | None = None
     fault: Fault | None = None
+    group_refs: tuple[tuple[str, Node], ...] = ()  # SMI spec.matches: HTTPRouteGroup names (expanded by smi.py)
 
 
 def read_native_split(doc: Doc, kind: str) -> PendingSplit | None:
@@ -183,6 +184,12 @@ def _service_refs(doc: Doc, spec: Node) -> tuple:
 _algorithm = one_of("algorithm", "latency-aware", "weighted")
 
 
+def _route_group_kind(v: Any) -> str:
+    if v != "HTTPRouteGroup":
+        raise ValueError(f"the kind a TrafficSplit's matches name is HTTPRouteGroup, got {v!r}")
+    return v
+
+
 def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
     name = doc.name()
     spec = doc.root.get("spec")
@@ -190,9 +197,13 @@ def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
         if spec is None:
             doc.error(doc.root, "missing required field 'spec'")
         return None
-    if doc.seq(spec, "matches"):
-        doc.error(spec.get("matches"), "matches (HTTPRouteGroup references) are not supported (the split would "
-                                       "take every request for its service)")
+    group_refs = []
+    for ref in doc.seq(spec, "matches"):
+        if doc.fields(ref, {"kind", "name", "apiGroup"}, {"kind", "name"}):
+            doc.value(ref, "kind", _route_group_kind)
+            group = doc.string(ref, "name")
+            if group:
+                group_refs.append((group, ref.get("name")))
     parse = parse_quantity if version == "v1alpha1" else parse_weight
     entries = []
     for item in doc.seq(spec, "backends"):
@@ -202,7 +213,8 @@ def read_smi_split(doc: Doc, version: str) -> PendingSplit | None:
         if cluster and weight is not None:
             entries.append(PendingEntry(cluster, weight, None, cluster, item))
     return PendingSplit(name, f"smi/{version}", (), "/", entries, "weighted", None, doc.root,
-                        spec.get("backends"), len(doc.seq(spec, "backends")), _service_refs(doc, spec))
+                        spec.get("backends"), len(doc.seq(spec, "backends")), _service_refs(doc, spec),
+                        group_refs=tuple(group_refs))
 
 
 def _gateway_weight(v: Any) -> float:

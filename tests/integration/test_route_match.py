@@ -96,3 +96,48 @@ async def test_regular_expression_matches_route_in_linear_time(backends, router)
     assert loop.time() - t < 1.0
     (state,) = [r for r in app.state()["routes"] if r["name"] == "web/rule0"]
     assert state["pathRegex"] == "/v[0-9]+/items/[^/]+"
+
+
+async def test_smi_route_group_matches_send_a_segment_to_its_split(backends, router):
+    """An SMI A/B test: Firefox users, and insiders reading under /api, go to b; everyone else to the root
+    split's a (SMI's root service)."""
+    a, b = await backends("a", "b")
+    docs = cluster_docs({"a": a.port, "b": b.port}) + """---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: ab-test}
+spec:
+  matches:
+  - name: firefox-users
+    headers: {user-agent: ".*Firefox.*"}
+  - name: insiders
+    pathRegex: /api
+    methods: [GET]
+    headers: {cookie: "(.*; )?type=insider(;.*)?"}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: ab}
+spec:
+  service: shop
+  matches: [{kind: HTTPRouteGroup, name: ab-test}]
+  backends: [{service: b, weight: 1}]
+""" + split_doc({"a": 1}, "root", ["shop"])
+    app = await router(docs)
+    insider = b"Cookie: lang=en; type=insider\r\n"
+    cases = [(b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n", "a"),
+             (b"GET / HTTP/1.1\r\nHost: shop\r\nUser-Agent: Mozilla/5.0 Firefox/133.0\r\n\r\n", "b"),
+             (b"GET / HTTP/1.1\r\nHost: shop\r\nUser-Agent: Mozilla/5.0 Chrome/131.0\r\n\r\n", "a"),
+             (b"GET /api/cart HTTP/1.1\r\nHost: shop\r\n" + insider + b"\r\n", "b"),  # anchored at the start only
+             (b"GET /api HTTP/1.1\r\nHost: shop\r\n" + insider + b"\r\n", "b"),
+             (b"GET /v2/api HTTP/1.1\r\nHost: shop\r\n" + insider + b"\r\n", "a"),
+             (b"POST /api HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n" + insider + b"\r\n", "a"),
+             (b"GET /api HTTP/1.1\r\nHost: shop\r\nCookie: type=outsider\r\n\r\n", "a")]
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        for request, expected in cases:
+            writer.write(request)
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["x-router-cluster"]) == (200, expected), request
+    finally:
+        writer.close()

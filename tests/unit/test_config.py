@@ -163,7 +163,7 @@ def test_httproute_matches_are_ored_and_what_cannot_be_honoured_is_refused(tmp_p
                          (27, "spec.rules[0].filters[0].requestMirror.backendRef.name: no Cluster named 'x'"),
                          (28, "spec.rules[0].timeouts.backendRequest: backendRequest (2s) is longer than"),
                          (31, "spec.rules[0].backendRefs[0].filters[0]: filter RequestMirror is not supported"),
-                         (38, "spec.matches: matches (HTTPRouteGroup references) are not supported")])
+                         (38, "spec.matches[0].name: no HTTPRouteGroup named 'canary'")])
 
 
 def test_httproute_header_query_and_method_matches(tmp_path):
@@ -988,3 +988,106 @@ def test_httproute_regular_expression_matches_and_their_precedence(tmp_path):
     route = lambda path: snap.route_for("any", path).name  # noqa: E731
     assert route("/api/v1") == "web/rule2"  # Exact, then the pattern, then the prefix
     assert route("/api/v2") == "web/rule1" and route("/api/v2/x") == route("/api/x") == "web/rule0"
+
+
+SMI_AB = """\
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: ab-test}
+spec:
+  matches:
+  - name: firefox-users
+    headers: {user-agent: ".*Firefox.*"}
+  - name: api-reads
+    pathRegex: /api
+    methods: [GET, HEAD]
+    headers: [{Cookie: "(.*;)?type=insider(;.*)?"}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: ab}
+spec:
+  service: web.example.com
+  matches: [{kind: HTTPRouteGroup, name: ab-test}]
+  backends: [{service: eu-central, weight: 100}, {service: us-west, weight: 0}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: root}
+spec:
+  service: web.example.com
+  backends: [{service: us-west, weight: 1}]
+"""
+
+
+def test_smi_trafficsplit_matches_take_the_route_groups_requests(tmp_path):
+    from router.config.model import RouteMatch
+    cfg = load_config(write(tmp_path, CLUSTERS + SMI_AB))
+    splits = {s.name: s for s in cfg.splits}
+    assert sorted(splits) == ["ab/api-reads/GET", "ab/api-reads/HEAD", "ab/firefox-users", "root"]
+    ff = splits["ab/firefox-users"]
+    assert ff.path_regex is None and ff.path_prefix == "/" and ff.hosts == ("web.example.com",)
+    assert ff.match == RouteMatch(header_patterns=(("user-agent", ".*Firefox.*"),))
+    get = splits["ab/api-reads/GET"]
+    assert get.path_regex == "(?:/api)(?s:.*)"  # anchored at the start of the path only
+    assert get.match == RouteMatch(method="GET", header_patterns=(("cookie", "(.*;)?type=insider(;.*)?"),))
+    assert {b.cluster: b.weight for b in get.backends} == {"eu-central": 100, "us-west": 0}
+    assert splits["root"].match is None and splits["root"].path_regex is None
+
+    v1 = """---
+apiVersion: specs.smi-spec.io/v1alpha1
+kind: HTTPRouteGroup
+metadata: {name: g}
+matches:
+- {name: metrics, pathRegex: /metrics, methods: ["*"]}
+---
+apiVersion: split.smi-spec.io/v1alpha3
+kind: TrafficSplit
+metadata: {name: m}
+spec:
+  service: web.example.com
+  matches: [{kind: HTTPRouteGroup, name: g, apiGroup: specs.smi-spec.io}]
+  backends: [{service: ap-east, weight: 1}]
+"""
+    (split,) = load_config(write(tmp_path, CLUSTERS + v1)).splits
+    assert split.name == "m/metrics" and split.path_regex == "(?:/metrics)(?s:.*)" and split.match is None
+
+
+def test_smi_route_group_errors_name_the_line(tmp_path):
+    bad = CLUSTERS + """---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: g}
+spec:
+  matches:
+  - name: a
+    pathRegex: "(?<=x)y"
+  - name: b
+    methods: [FETCH]
+  - name: c
+  - name: a
+    headers: {"bad name": x}
+---
+apiVersion: specs.smi-spec.io/v1alpha1
+kind: HTTPRouteGroup
+metadata: {name: old}
+matches:
+- {name: h, headers: {user-agent: x}}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: s}
+spec:
+  service: web
+  matches: [{kind: TCPRoute, name: g}]
+  backends: [{service: us-west, weight: 1}]
+"""
+    path = write(tmp_path, bad, "bad.yaml")
+    assert_errors(path, [(22, "spec.matches[0].pathRegex: not a regular expression RE2 takes"),
+                         (24, "spec.matches[1].methods[0]: method must be GET, HEAD, POST"),
+                         (25, "spec.matches[2]: a match needs pathRegex, methods or headers"),
+                         (26, "spec.matches[3].name: match 'a' is named twice"),
+                         (27, "spec.matches[3].headers.bad name: header name must be a token"),
+                         (33, "matches[0].headers: unknown field"),
+                         (40, "spec.matches[0].kind: the kind a TrafficSplit's matches name is HTTPRouteGroup")])

@@ -14,6 +14,7 @@ from typing import Callable
 from ..config.model import ClusterConfig
 from ..core.choice import PolicyInputs
 from ..core.health import is_local_exhaustion
+from ..core.probeturn import unseen
 from ..dataplane.dns import DnsCache
 from ..dataplane.sharedprobes import probe_key
 
@@ -112,19 +113,21 @@ class Prober:
         return result[1]
 
     async def _take_turn(self, cluster: ClusterConfig) -> float:
-        """One look at the shared record: take another worker's current result, wait while one probes, or
-        probe and publish. Returns how long to sleep before the next look."""
+        """One look at the shared record: apply a result not applied yet (another worker's), then sleep
+        until the next probe is due, look again soon while another worker probes, or probe and publish.
+        Returns how long to sleep before the next look."""
         key = probe_key(cluster)
         now = time.monotonic()
-        what, when, record = self.shared.turn(key, now, self.timeout_s())
+        interval, timeout = self.interval_s(), self.timeout_s()
+        what, when, record = self.shared.turn(key, now, timeout)
+        if unseen(record, self.seen.get(cluster.name), now, 2 * (interval + timeout)):
+            self.seen[cluster.name] = record.seq
+            self._apply(cluster.name, record.at, record.ok, record.connect_s, record.http_s, record.reason,
+                        by=record.by)
         if what == "take":
-            if self.seen.get(cluster.name) != record.seq:
-                self.seen[cluster.name] = record.seq
-                self._apply(cluster.name, record.at, record.ok, record.connect_s, record.http_s, record.reason,
-                            by=record.by)
             return when - now + self.rng.uniform(0, TURN_SPREAD_S)
-        if what == "wait":
-            return when - now
+        if what == "wait":  # (looked at again well within the interval: the result comes before the next is due)
+            return min(when - now, RETRY_AFTER_FAILURE * interval)
         try:
             result = await self._measure(cluster)
         except asyncio.CancelledError:  # the cluster left the config, or the worker stops

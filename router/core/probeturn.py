@@ -38,6 +38,13 @@ def turn(record: ProbeRecord | None, now: float) -> tuple[str, float]:
     return "probe", now
 
 
+def unseen(record: ProbeRecord | None, seen: int | None, now: float, max_age_s: float) -> bool:
+    """Whether a worker applies the record's result at this look: one it has not applied yet (nor sent),
+    started within `max_age_s` (an interval or two: not what a cluster said long ago). Applied whatever
+    whose turn it is, so a worker that looks once the next probe is due misses no result."""
+    return record is not None and record.seq > 0 and record.seq != seen and now - record.at <= max_age_s
+
+
 def claim_until(now: float, timeout_s: float) -> float:
     """How long a claim holds: the probe's deadlines (name lookup, then connect and answer) and a margin."""
     return now + 2 * timeout_s + CLAIM_MARGIN_S

@@ -10,7 +10,7 @@ import pytest
 from router.control import probes
 from router.core import probeturn
 from router.core.choice import PolicyInputs
-from router.core.probeturn import ProbeRecord, turn
+from router.core.probeturn import ProbeRecord, turn, unseen
 from router.dataplane import sharedprobes
 from router.dataplane.sharedprobes import SharedProbes, create_table
 from tests.conftest import wait_for
@@ -31,6 +31,13 @@ def test_whose_turn():
     assert turn(record(claimed_until=11.0), 11.0) == ("probe", 11.0)  # the claim lapsed: its worker is gone
     assert turn(record(seq=0, due=0.0, claimed_until=3.0), 2.0)[0] == "wait"  # the first probe is out
     assert probeturn.claim_until(10.0, 0.5) == 10.0 + 1.0 + probeturn.CLAIM_MARGIN_S
+
+
+def test_a_result_is_applied_once_and_only_while_recent():
+    assert unseen(record(seq=3), 2, 10.5, 3.0)  # new to this worker: applied, even once due (10.0)
+    assert not unseen(record(seq=3), 3, 10.5, 3.0)  # applied already, or sent by this worker
+    assert not unseen(record(seq=3, at=5.0), None, 10.5, 3.0)  # said long ago (the cluster was out of the config)
+    assert not unseen(record(seq=0), None, 9.5, 3.0) and not unseen(None, None, 9.5, 3.0)
 
 
 @pytest.fixture
@@ -121,7 +128,8 @@ async def test_probers_sharing_a_table_send_one_probe_an_interval(views, backend
             prober.stop()
     assert sum(own.values()) == backend.probes  # every probe sent was counted by the worker that sent it
     # One sequence of probes an interval apart (the next is due 0.8-1.2 intervals after the last result),
-    # not two interleaved ones. (A worker may miss a result the other replaced before it looked: fine.)
+    # not two interleaved ones, and every result applied by both (but one out when they stopped).
+    assert all(len(got) >= backend.probes - 1 for got in applied.values()), (backend.probes, applied)
     gaps = [later - earlier for earlier, later in zip(sent, sent[1:])]
     assert min(gaps) >= 0.8 * 0.05 - 0.002, sorted(gaps)[:3]
     for pid, got in applied.items():  # each applied its own results and took the others'

@@ -11,6 +11,9 @@ Test and lab hooks: `set_deployment`, `set_node_images`, `outage` (answers 503 t
 `forbid` (answers 403 for a resource), `compact()` (drops history, so old watches get 410),
 `patches` (every PATCH and pod deletion received), `scale_hooks` (called after a scale PATCH),
 `pod_delete_hooks` (deleting pods by label: the lab restarts them). Nodes take merge-patch (cordon).
+Custom resources (`set_custom`): edge.router/v1alpha1 TrafficSplits and Clusters (with a status
+subresource), and read-only SMI TrafficSplits (served at v1alpha2 only), HTTPRouteGroups and Gateway API
+HTTPRoutes.
 """
 from __future__ import annotations
 
@@ -29,6 +32,12 @@ BOOKMARK_KINDS = {"trafficsplits": ("TrafficSplit", "edge.router/v1alpha1"),
                   "clusters": ("Cluster", "edge.router/v1alpha1"),
                   "deployments": ("Deployment", "apps/v1"), "nodes": ("Node", "v1"),
                   "services": ("Service", "serving.knative.dev/v1"), "revisions": ("Revision", "serving.knative.dev/v1")}
+# Other projects' custom resources the double serves, read-only, each at one version (as a cluster whose
+# CRD serves only that one): resource name (plural.group) -> (kind, apiVersion)
+FOREIGN = {"trafficsplits.split.smi-spec.io": ("TrafficSplit", "split.smi-spec.io/v1alpha2"),
+           "httproutegroups.specs.smi-spec.io": ("HTTPRouteGroup", "specs.smi-spec.io/v1alpha4"),
+           "httproutes.gateway.networking.k8s.io": ("HTTPRoute", "gateway.networking.k8s.io/v1")}
+BOOKMARK_KINDS.update(FOREIGN)
 
 
 class KubeApiDouble:
@@ -91,10 +100,11 @@ class KubeApiDouble:
         return self._put("revisions", namespace, name, obj)
 
     def set_custom(self, obj: dict) -> dict:
-        """Create or replace a TrafficSplit or Cluster (edge.router/v1alpha1) resource."""
+        """Create or replace a TrafficSplit or Cluster (edge.router/v1alpha1) resource, or one of FOREIGN."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
-        plural = obj["kind"].lower() + "s"
+        group = obj["apiVersion"].rpartition("/")[0]
+        plural = obj["kind"].lower() + "s" + ("" if group == "edge.router" else f".{group}")
         old = self.objects.get((plural, meta["namespace"], meta["name"]))
         if old is not None and "status" in old:
             obj["status"] = old["status"]
@@ -146,6 +156,10 @@ class KubeApiDouble:
                                self.list_or_watch(plural, kind, "edge.router/v1alpha1"))
             app.router.add_patch(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}/{{name}}/status",
                                  self.patch_status(plural))
+        for resource, (kind, api_version) in FOREIGN.items():
+            plural = resource.partition(".")[0]
+            app.router.add_get(f"/apis/{api_version}/namespaces/{{ns}}/{plural}",
+                               self.list_or_watch(resource, f"{kind}List", api_version))
         self.runner, self.port = await start_site(app, "127.0.0.1", 0)
         return self.port
 

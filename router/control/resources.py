@@ -1,10 +1,13 @@
-"""TrafficSplit and Cluster custom resources, read from a namespace of the router's own cluster
-and validated and swapped exactly like files.
+"""TrafficSplit and Cluster custom resources (and SMI TrafficSplits and HTTPRouteGroups, Gateway API
+HTTPRoutes), read from a namespace of the router's own cluster and validated and swapped exactly like files.
 
 A thread per resource type lists and watches (the official client is synchronous); every change
 re-renders the current set as YAML documents named `k8s:NAMESPACE/KIND/NAME` and asks for a
-reload. The reload's outcome is written back to each resource's status: condition Ready=True,
-or Ready=False with the FILE:LINE messages of its problems (the last good config keeps serving).
+reload. The reload's outcome is written back to the status of each of the router's own kinds: condition
+Ready=True, or Ready=False with the FILE:LINE messages of its problems (the last good config keeps
+serving). Other projects' kinds keep their status as their schemas have it: their problems are logged and
+shown in /debug/state. A type the API does not serve (its CRD not installed) is not watched; for SMI kinds
+the newest version served is used.
 """
 from __future__ import annotations
 
@@ -20,8 +23,14 @@ import yaml
 from ..config.model import ResourceWatch
 
 log = logging.getLogger("router.resources")
-KINDS = (("edge.router", "v1alpha1", "trafficsplits"), ("edge.router", "v1alpha1", "clusters"),
-         ("networking.knative.dev", "v1alpha1", "trafficsplits"))
+SMI_VERSIONS = ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1")
+# (group, versions to try, newest first, plural, whether the router writes its status)
+KINDS = (("edge.router", ("v1alpha1",), "trafficsplits", True), ("edge.router", ("v1alpha1",), "clusters", True),
+         ("networking.knative.dev", ("v1alpha1",), "trafficsplits", True),
+         ("split.smi-spec.io", SMI_VERSIONS, "trafficsplits", False),
+         ("specs.smi-spec.io", SMI_VERSIONS, "httproutegroups", False),
+         ("gateway.networking.k8s.io", ("v1", "v1beta1"), "httproutes", False))
+STATUS_WRITTEN = {(group, plural) for group, _, plural, written in KINDS if written}
 
 
 def _config_of(obj: dict | None):
@@ -63,8 +72,8 @@ class ResourceWatcher:
         return client.CustomObjectsApi(self.client)
 
     def start(self) -> None:
-        for group, version, plural in KINDS:
-            threading.Thread(target=self._run, args=(group, version, plural), daemon=True,
+        for group, versions, plural, _ in KINDS:
+            threading.Thread(target=self._run, args=(group, versions, plural), daemon=True,
                              name=f"resources-{group}-{plural}").start()
 
     def stop(self) -> None:
@@ -77,10 +86,11 @@ class ResourceWatcher:
     def _changed(self) -> None:
         self.loop.call_soon_threadsafe(self.on_change, {})
 
-    def _run(self, group: str, version: str, plural: str) -> None:
+    def _run(self, group: str, versions: tuple[str, ...], plural: str) -> None:
         from kubernetes import watch
         from kubernetes.client.rest import ApiException
         failures = 0
+        version, *older = versions
         while not self.stopping.is_set():
             try:
                 api = self.api()
@@ -113,6 +123,9 @@ class ResourceWatcher:
             except ApiException as exc:
                 if exc.status == 410:
                     continue
+                if exc.status == 404 and older:  # not served in this version: the next older one
+                    version, *older = older
+                    continue
                 if exc.status == 404:
                     log.info("%s/%s: resource type not installed; not watching it", group, plural)
                     return
@@ -133,6 +146,8 @@ class ResourceWatcher:
         with self.lock:
             objects = list(self.objects.items())
         for (group, plural, name), obj in objects:
+            if (group, plural) not in STATUS_WRITTEN:
+                continue
             source = source_name(obj)
             errors = by_source.get(source)
             status, message = ("False", "\n".join(errors)) if errors else ("True", "accepted")

@@ -239,3 +239,35 @@ async def test_trafficsplit_resources_are_swapped_like_files_and_get_a_status(ku
 
 async def _eq(coro, want):
     return (await coro) == want
+
+
+async def test_smi_and_gateway_api_resources_are_read_too(kube, backends, router, tmp_path):
+    """An HTTPRoute and an SMI A/B split with its HTTPRouteGroup, read from the API like files: the SMI
+    TrafficSplit found at the version its CRD serves (v1alpha2 here), and no status written to kinds whose
+    schema is not the router's."""
+    from tests.conftest import keepalive_answers
+    a, b = await backends("a", "b")
+    kube.set_custom({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                     "metadata": {"name": "web", "namespace": "edge"},
+                     "spec": {"hostnames": ["shop"], "rules": [{"backendRefs": [{"name": "a"}]}]}})
+    kube.set_custom({"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+                     "metadata": {"name": "beta", "namespace": "edge"},
+                     "spec": {"matches": [{"name": "testers", "headers": {"x-beta": "yes"}}]}})
+    kube.set_custom({"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+                     "metadata": {"name": "ab", "namespace": "edge"},
+                     "spec": {"service": "shop", "matches": [{"kind": "HTTPRouteGroup", "name": "beta"}],
+                              "backends": [{"service": "b", "weight": 1}]}})
+    app = await router(cluster_docs({"a": a.port, "b": b.port}) +
+                       router_doc(resources={"namespace": "edge", "kubeconfig": kube.kubeconfig(str(tmp_path))}))
+
+    async def routed(extra: str = ""):
+        try:
+            return {cluster for cluster, _ in await keepalive_answers(app.port, 5, host="shop", extra=extra)}
+        except AssertionError:  # 404 until the resources are loaded
+            return set()
+    await wait_for(lambda: _eq(routed("X-Beta: yes\r\n"), {"b"}), timeout_s=10, interval_s=0.1, what="the SMI split")
+    assert await routed() == {"a"}  # everyone else: the HTTPRoute
+    assert kube.lists["trafficsplits.split.smi-spec.io"] >= 1
+    assert sorted(app.config.files)[-3:] == ["k8s:edge/HTTPRoute/web", "k8s:edge/HTTPRouteGroup/beta",
+                                             "k8s:edge/TrafficSplit/ab"]
+    assert not any("status" in o for (r, _, _), o in kube.objects.items() if "." in r)

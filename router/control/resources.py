@@ -46,7 +46,11 @@ def render(obj: dict) -> str:
     """The parts of a resource the config loader reads (status and bookkeeping dropped)."""
     meta = obj.get("metadata", {})
     doc = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-           "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}, "spec": obj.get("spec", {})}
+           "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}}
+    if "matches" in obj and "spec" not in obj:  # an SMI v1alpha1 HTTPRouteGroup keeps them at the top
+        doc["matches"] = obj["matches"]
+    else:
+        doc["spec"] = obj.get("spec", {})
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -1091,3 +1091,17 @@ spec:
                          (27, "spec.matches[3].headers.bad name: header name must be a token"),
                          (33, "matches[0].headers: unknown field"),
                          (40, "spec.matches[0].kind: the kind a TrafficSplit's matches name is HTTPRouteGroup")])
+
+
+def test_a_resource_renders_as_the_document_the_loader_reads(tmp_path):
+    from router.control.resources import render
+    old_group = {"apiVersion": "specs.smi-spec.io/v1alpha1", "kind": "HTTPRouteGroup",
+                 "metadata": {"name": "g", "namespace": "edge", "resourceVersion": "7", "uid": "u"},
+                 "matches": [{"name": "metrics", "pathRegex": "/metrics", "methods": ["GET"]}]}
+    split = {"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+             "metadata": {"name": "s", "namespace": "edge"}, "status": {"x": 1},
+             "spec": {"service": "web", "matches": [{"kind": "HTTPRouteGroup", "name": "g"}],
+                      "backends": [{"service": "us-west", "weight": 1}]}}
+    path = write(tmp_path, CLUSTERS + "---\n" + render(old_group) + "---\n" + render(split))
+    (route,) = load_config(path).splits
+    assert route.name == "s/metrics" and route.match.method == "GET" and route.hosts == ("web",)

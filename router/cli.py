@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fds(v: str) -> tuple[int, ...]:
-    """--shared-fds A,B,C,D,E: the five tables' descriptors (from the supervisor)."""
+    """--shared-fds A,B,C,D,E,F: the six tables' descriptors (from the supervisor)."""
     fds = tuple(int(x) for x in v.split(","))
-    if len(fds) != 5:
-        raise argparse.ArgumentTypeError("expected five descriptors")
+    if len(fds) != 6:
+        raise argparse.ArgumentTypeError("expected six descriptors")
     return fds
 
 

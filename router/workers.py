@@ -81,7 +81,9 @@ class Supervisor:
         self.inflight_fd = create_values_table(n)  # each worker's requests in flight per limited cluster
         self.ejections_fd = create_values_table(n)  # each worker's ejections (until when, ms) per cluster
         self.probes_fd = create_probes_table()  # whose turn it is to probe a cluster, and the last result
-        self.shared_fds = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd, self.probes_fd)
+        self.held_fd = create_values_table(n)  # each worker's requests held per service (and in all)
+        self.shared_fds = (self.rate_limit_fd, self.clients_fd, self.inflight_fd, self.ejections_fd, self.probes_fd,
+                           self.held_fd)
         self.free_slots = set(range(n))  # worker regions no running worker holds (tables of regions)
 
     def _bind_port(self) -> None:
@@ -134,6 +136,7 @@ class Supervisor:
         sharedclients.clear_region(self.clients_fd, proc.slot)  # its connections and requests died with it
         sharedvalues.clear_region(self.inflight_fd, proc.slot)
         sharedvalues.clear_region(self.ejections_fd, proc.slot)
+        sharedvalues.clear_region(self.held_fd, proc.slot)
         self.free_slots.add(proc.slot)
         self.workers.pop(proc.pid, None)
         if self.stopping:
@@ -257,7 +260,7 @@ async def run_worker(paths: list[str], listen: str, debug_socket: str | None = N
     `debug_socket` for the supervisor, no admin port of its own. `shared_fds`: the tables it shares with
     the other workers: rate-limit buckets it counts in, and (in its `slot`'s region) its open connections
     per client address, its requests in flight per limited cluster and its outlier ejections, which it
-    publishes; and the clusters' probe turns and results."""
+    publishes, and its requests held per service; and the clusters' probe turns and results."""
     from .app import RouterApp
     from .dataplane.sharedclients import SharedClientCounts
     from .dataplane.sharedvalues import SharedValues
@@ -265,10 +268,11 @@ async def run_worker(paths: list[str], listen: str, debug_socket: str | None = N
     from .dataplane.sharedprobes import SharedProbes
     shared = {}
     if shared_fds is not None:
-        buckets, clients, inflight, ejections, probes = shared_fds
+        buckets, clients, inflight, ejections, probes, held = shared_fds
         shared = {"shared_buckets": SharedBuckets(buckets), "shared_clients": SharedClientCounts(clients, slot),
                   "shared_inflight": SharedValues(inflight, slot),
-                  "shared_ejections": SharedValues(ejections, slot), "shared_probes": SharedProbes(probes)}
+                  "shared_ejections": SharedValues(ejections, slot), "shared_probes": SharedProbes(probes),
+                  "shared_held": SharedValues(held, slot)}
     app = RouterApp(paths, listen, None, run_admin=False, reuse_port=True, count_reloads=False,
                     watch_interval_s=0, shared=shared)
     await app.start()

@@ -45,6 +45,9 @@ def client_deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
     return None
 
 
+TOTAL_KEY = "\0all"  # the shared held-requests table's key for a worker's total (no service is named so)
+
+
 class Activator:
     def __init__(self, ctx, trigger: WakeTrigger):
         self.ctx = ctx
@@ -122,7 +125,9 @@ class Activator:
         if route_deadline is not None:
             deadline = min(deadline, route_deadline)
         hid = next(self.ids)
-        res = self.buffer.on_hold(hid, svc.name, ex.req.head_size + 512, now, deadline, ready_in)
+        shared = ctx.shared_held  # with serve --workers: what the other workers hold counts too
+        elsewhere = (shared.get(svc.name), shared.get(TOTAL_KEY)) if shared is not None else (0, 0)
+        res = self.buffer.on_hold(hid, svc.name, ex.req.head_size + 512, now, deadline, ready_in, elsewhere)
         if isinstance(res, Refuse):
             spill = self._spillover(ex, svc, now) if res.overflow and svc.spillover else None
             if spill is not None:
@@ -134,7 +139,7 @@ class Activator:
             return
         self.waiting[hid] = ex
         ex.on_held(hid)
-        ctx.metrics.buffered.labels(svc.name).set(self.buffer.held(svc.name))
+        self._held_changed(svc.name)
         for cluster in wake_set:
             if ctx.policy.warmth.warmth(svc.name, cluster.name, now) != Warmth.WARM:
                 ctx.policy.warmth.on_wake(svc.name, cluster.name, now)
@@ -149,7 +154,7 @@ class Activator:
         if self.buffer.on_gone(hid, service):
             self.waiting.pop(hid, None)
             self.ctx.metrics.buffer_outcomes.labels("client_gone").inc()
-            self.ctx.metrics.buffered.labels(service).set(self.buffer.held(service))
+            self._held_changed(service)
 
     def latest_deadline(self) -> float | None:
         deadlines = [h.deadline for q in self.buffer.queues.values() for h in q.values()]
@@ -255,7 +260,7 @@ class Activator:
             metrics.buffer_outcomes.labels("forwarded").inc()
             metrics.buffer_wait.observe(r.waited_s)
             if ex is not None:
-                metrics.buffered.labels(ex.service).set(self.buffer.held(ex.service))
+                self._held_changed(ex.service)
                 ex.release(r.cluster, r.waited_s)
 
     def _arm_deadline(self) -> None:
@@ -274,9 +279,18 @@ class Activator:
             ex = self.waiting.pop(e.id, None)
             self.ctx.metrics.buffer_outcomes.labels("expired").inc()
             if ex is not None:
-                self.ctx.metrics.buffered.labels(e.service).set(self.buffer.held(e.service))
+                self._held_changed(e.service)
                 ex.respond_error(504, f"no copy of {e.service} became ready within {e.waited_s:.1f}s")
         self._arm_deadline()
+
+    def _held_changed(self, service: str) -> None:
+        """The gauge, and with serve --workers this worker's counts for the others' bounds."""
+        held = self.buffer.held(service)
+        self.ctx.metrics.buffered.labels(service).set(held)
+        shared = self.ctx.shared_held
+        if shared is not None:
+            shared.publish(service, held)
+            shared.publish(TOTAL_KEY, self.buffer.total)
 
     def stop(self) -> None:
         self.wakes.stop()

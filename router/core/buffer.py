@@ -73,14 +73,16 @@ class ActivationBuffer:
         return len(q) if q else 0
 
     def on_hold(self, id: int, service: str, size: int, now: float, deadline: float,
-                ready_in_s: float | None) -> Held | Refuse:
+                ready_in_s: float | None, elsewhere: tuple[int, int] = (0, 0)) -> Held | Refuse:
+        """`elsewhere`: requests the other workers of `serve --workers` hold for the service, and in all,
+        counted against per_service and total with this buffer's own (max_bytes is this process's memory)."""
         if ready_in_s is not None and now + ready_in_s > deadline:
             self.outcomes["rejected"] += 1
             return Refuse(503, f"no copy of {service} can be ready before the request's deadline",
                           max(1.0, round(ready_in_s)))
         q = self.queues.get(service)
-        if (q is not None and len(q) >= self.limits.per_service) or self.total >= self.limits.total \
-                or self.bytes + size > self.limits.max_bytes:
+        if (len(q) if q else 0) + elsewhere[0] >= self.limits.per_service \
+                or self.total + elsewhere[1] >= self.limits.total or self.bytes + size > self.limits.max_bytes:
             self.outcomes["rejected"] += 1
             return Refuse(503, f"too many requests waiting for {service} to start", max(1.0, round(ready_in_s or 1)),
                           overflow=True)

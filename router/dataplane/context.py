@@ -89,6 +89,7 @@ class ProxyContext:
         self.shared_inflight = None  # set by a worker of `serve --workers`: requests in flight, published
         self.shared_ejections = None  # set by a worker of `serve --workers`: ejections, published (app.py)
         self.shared_probes = None  # set by a worker of `serve --workers`: probe turns and results (app.py)
+        self.shared_held = None  # set by a worker of `serve --workers`: requests held per service, published
         # A request's place in its cluster's requests in flight, taken and given back (bound to the policy's
         # own methods; with shared counts, to ones that also publish the count of a cluster with a limit).
         self.count_start, self.count_finish = self.policy.start, self.policy.finish

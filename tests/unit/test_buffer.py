@@ -48,6 +48,16 @@ def test_bounds_per_service_total_and_bytes():
     assert isinstance(buf2.on_hold(2, "a", 100, 0, 30, None), Refuse)
 
 
+def test_what_other_workers_hold_counts_toward_the_bounds():
+    buf = ActivationBuffer(limits=BufferLimits(per_service=3, total=5))
+    assert isinstance(buf.on_hold(1, "svc", 100, 0.0, 30.0, None, elsewhere=(1, 1)), Held)
+    refused = buf.on_hold(2, "svc", 100, 0.0, 30.0, None, elsewhere=(2, 2))  # 1 here + 2 elsewhere: full
+    assert isinstance(refused, Refuse) and refused.overflow and refused.status == 503
+    assert isinstance(buf.on_hold(3, "other", 100, 0.0, 30.0, None, elsewhere=(0, 3)), Held)  # 2 + 3 = 5 next
+    assert isinstance(buf.on_hold(4, "third", 100, 0.0, 30.0, None, elsewhere=(0, 3)), Refuse)  # the total
+    assert buf.total == 2
+
+
 def test_client_gone_is_removed_at_once_and_never_released():
     buf = ActivationBuffer()
     hold_many(buf, 3)

@@ -30,6 +30,8 @@ spec:
   rttDecay: 10s
   accessLog: {path: "-"}
   buffer: {perService: 1000, total: 10000, maxBytes: 64Mi}
+  outlierDetection: {consecutive5xx: 5, baseEjectionTime: 30s, maxEjectionTime: 5m, panicThreshold: 50,
+                     maxEjectionPercent: 10}
   proxyProtocol: false
   errorFormat: auto
   pinHeader: {name: X-Edge-Cluster, allow: [10.1.0.0/16]}
@@ -106,6 +108,19 @@ apiVersion: split.smi-spec.io/v1alpha4
 kind: TrafficSplit
 metadata: {name: smi4}
 spec: {service: smi4.example.com, backends: [{service: a, weight: 5}, {service: b, weight: 1}]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: ab}
+spec:
+  matches:
+  - {name: ff, headers: {user-agent: ".*Firefox.*"}}
+  - {name: api, pathRegex: /api, methods: [GET, HEAD]}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: smi4ab}
+spec: {service: smi4.example.com, matches: [{kind: HTTPRouteGroup, name: ab}], backends: [{service: b, weight: 1}]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute

@@ -15,7 +15,7 @@ import itertools
 import logging
 
 from ..config.model import ClusterConfig, ServiceConfig
-from ..core.buffer import ActivationBuffer, BufferLimits, Refuse
+from ..core.buffer import ActivationBuffer, BufferLimits, Refuse, capacity_share
 from ..core.warmth import Warmth
 from .wake import WakeManager, WakeTrigger
 
@@ -251,7 +251,10 @@ class Activator:
         self.wakes.done(svc.name, cluster.name)
         self.background.pop((svc.name, cluster.name), None)
         in_flight = ctx.policy.inflight_service.get((svc.name, cluster.name), 0)
-        self._release(self.buffer.on_ready(svc.name, cluster.name, svc.container_concurrency, in_flight, now))
+        shared = ctx.shared_held  # with serve --workers: the other workers holding requests for it share the copy
+        holders = sum(1 for held in shared.values_elsewhere(svc.name) if held > 0) if shared is not None else 0
+        capacity = capacity_share(svc.container_concurrency, holders)
+        self._release(self.buffer.on_ready(svc.name, cluster.name, capacity, in_flight, now))
 
     def _release(self, releases) -> None:
         metrics = self.ctx.metrics

@@ -19,6 +19,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
+def capacity_share(capacity: int | None, other_holders: int) -> int | None:
+    """The share of a ready copy's capacity one worker of `serve --workers` releases into when
+    `other_holders` other workers hold requests for the same service (as Knative splits a revision's
+    capacity among its activators): together they start at about the copy's capacity, not N times it.
+    None (unknown): release all."""
+    if capacity is None:
+        return None
+    return max(1, -(-capacity // (other_holders + 1)))
+
+
 @dataclass(frozen=True)
 class BufferLimits:
     per_service: int = 1000

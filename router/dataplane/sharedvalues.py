@@ -94,6 +94,10 @@ class SharedValues:
                     total += SLOT.unpack_from(self.map, off)[1]
         return total
 
+    def values_elsewhere(self, key: str) -> list[int]:
+        """Each other worker's value for `key` (those that published one)."""
+        return list(self._others(key))
+
     def most(self, key: str) -> int:
         """The largest value the other workers publish for `key` (0: none)."""
         return max(self._others(key), default=0)

@@ -30,8 +30,8 @@ class ZeroScaledCluster:
                 self.starting = True
                 asyncio.get_running_loop().call_later(self.cold_start_s, self._up)
             return web.Response(status=202, text="waking")
-        if request.path == "/healthz":
-            return web.Response(status=200 if self.ready else 503)
+        if request.path == "/healthz" or request.headers.get("User-Agent") == "edge-router-probe":
+            return web.Response(status=200 if self.ready else 503)  # (probes are not traffic)
         if not self.ready:
             return web.Response(status=503, text="no endpoints")
         if request.path == "/ws":

@@ -353,3 +353,25 @@ async def test_workers_hold_a_service_to_its_buffer_bound_together(tmp_path):
 
 async def _sum_is(counts, n: int) -> bool:
     return sum((await counts).values()) == n
+
+
+async def test_workers_share_a_woken_copys_capacity_in_the_first_wave(tmp_path):
+    """containerConcurrency 4, twelve requests held over two workers: the first wave onto the new copy is
+    about 4 in all (each worker releasing into its share, as Knative's activators do), not 4 per worker."""
+    from tests.conftest import raw_request
+    from tests.integration.test_hold import ZeroScaledCluster, service_config
+    cluster = await ZeroScaledCluster(cold_start_s=0.3, handler_s=0.5).start()
+    config = service_config(cluster.port, hold="20s").replace("containerConcurrency: 10", "containerConcurrency: 4")
+    (tmp_path / "c.yaml").write_text(config)
+    try:
+        async with router_process(tmp_path, "--workers", "2") as rp:
+            async with aiohttp.ClientSession() as s:
+                await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
+                request = b"GET /w HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n"
+                answers = await asyncio.gather(*[raw_request(rp.port, request, timeout_s=20) for _ in range(12)])
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+        first = min(cluster.arrivals)
+        first_wave = sum(1 for t in cluster.arrivals if t < first + cluster.handler_s * 0.8)
+        assert first_wave <= 4, sorted(round(t - first, 3) for t in cluster.arrivals)
+    finally:
+        await cluster.stop()

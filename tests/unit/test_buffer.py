@@ -1,5 +1,5 @@
 """The activation buffer state machine with a fake clock: every outcome and every bound."""
-from router.core.buffer import ActivationBuffer, BufferLimits, Expire, Held, Refuse
+from router.core.buffer import ActivationBuffer, BufferLimits, Expire, Held, Refuse, capacity_share
 
 
 def hold_many(buf, n, service="svc", now=0.0, deadline=30.0, start=0):
@@ -56,6 +56,13 @@ def test_what_other_workers_hold_counts_toward_the_bounds():
     assert isinstance(buf.on_hold(3, "other", 100, 0.0, 30.0, None, elsewhere=(0, 3)), Held)  # 2 + 3 = 5 next
     assert isinstance(buf.on_hold(4, "third", 100, 0.0, 30.0, None, elsewhere=(0, 3)), Refuse)  # the total
     assert buf.total == 2
+
+
+def test_workers_holding_for_one_service_share_a_copys_capacity():
+    assert capacity_share(10, 0) == 10  # alone
+    assert capacity_share(10, 1) == 5 and capacity_share(10, 2) == 4  # rounded up: together about the capacity
+    assert capacity_share(2, 7) == 1  # never nothing: each worker may send one
+    assert capacity_share(None, 3) is None  # unknown capacity: release all, as alone
 
 
 def test_client_gone_is_removed_at_once_and_never_released():

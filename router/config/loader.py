@@ -92,7 +92,8 @@ def _dispatch(doc: Doc, clusters, routers, pending, cluster_names, services, gro
         return
     group, _, version = api.rpartition("/")
     smi_v1alpha1_group = kind == "HTTPRouteGroup" and api == "specs.smi-spec.io/v1alpha1"  # (matches at the top)
-    doc.fields(root, {"apiVersion", "kind", "metadata", "spec", "status"} | ({"matches"} if smi_v1alpha1_group else set()))
+    top = {"apiVersion", "kind", "metadata", "spec", "status"}
+    doc.fields(root, top | {"matches"} if smi_v1alpha1_group else top)
     if api == EDGE and kind == "Cluster":
         c = read_cluster(doc)
         if c:

@@ -4,10 +4,10 @@ Passive outlier detection: a connect failure ejects a cluster at once (nothing w
 the next request must not pay for it again); 5xx answers, resets and timeouts eject after
 `consecutive_5xx` in a row, while fewer than max_ejection_percent of the Clusters are out (or
 none is: Envoy's max_ejection_percent), so a fault the clusters share does not empty the
-rotation. Ejection lasts base × n (n = times ejected, decaying while healthy), capped at max_s. An ejection the probes saw too (a probe failed while it lasted)
-ends early once `probe_healthy` probes pass in a row: the outage was seen to end (Envoy's
-successful_active_health_check_uneject_host). One the probes did not see (5xx behind a
-passing probe path) lasts its full time.
+rotation. Ejection lasts base × n (n = times ejected, decaying while healthy), capped at max_s.
+An ejection the probes saw too (a probe failed while it lasted) ends early once `probe_healthy`
+probes pass in a row: the outage was seen to end (Envoy's successful_active_health_check_uneject_host).
+One the probes did not see (5xx behind a passing probe path) lasts its full time.
 Active probes: unhealthy after `probe_unhealthy` failures in a row, healthy again after
 `probe_healthy` successes. A cluster is healthy when neither input says otherwise.
 Slow start (when configured): a cluster that comes back, or joins on a reload, has its weight

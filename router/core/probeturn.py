@@ -1,10 +1,11 @@
 """Whose turn it is to probe a cluster, for the workers of `serve --workers N` (pure, `now` passed in).
 
 The workers keep one record per cluster in shared memory: the last probe's result, when the next probe
-is due, and a claim while a worker is probing. A worker that finds the result current takes it (once per
-result) instead of probing; one that finds it due and unclaimed probes (and claims it, in the same step);
-one that finds it claimed looks again shortly, until the result comes or the claim lapses (its worker
-died mid-probe), so a cluster is probed once an interval by the router, not once per worker.
+is due, and a claim while a worker is probing. At every look a worker applies a result it has not applied
+yet (`unseen`); then (`turn`) one that finds the result current sleeps until the next is due, one that
+finds it due and unclaimed probes (and claims it, in the same step), one that finds it claimed looks again
+shortly, until the result comes or the claim lapses (its worker died mid-probe). So a cluster is probed
+once an interval by the router, not once per worker, and every worker sees every result.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class ProbeRecord:
 
 
 def turn(record: ProbeRecord | None, now: float) -> tuple[str, float]:
-    """("take", due): the last result is current: apply it (if not applied yet), look again at `due`;
+    """("take", due): the last result is current: look again when the next is due;
     ("wait", when): another worker is probing: look again then; ("probe", now): this worker's turn."""
     if record is not None:
         if record.seq and now < record.due:

@@ -362,6 +362,7 @@ class RouterApp:
                 "clusters": clusters, "routes": routes, "services": services,
                 "held": ({svc.name: ctx.activator.buffer.held(svc.name) for svc in snap.config.services}
                          if ctx.activator is not None else {}),
+                "released_in_flight": dict(ctx.activator.out) if ctx.activator is not None else {},
                 "retry_budget": {"active_requests": ctx.retry_budget.active_requests,
                                  "active_retries": ctx.retry_budget.active_retries}}
 

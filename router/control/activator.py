@@ -46,6 +46,7 @@ def client_deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
 
 
 TOTAL_KEY = "\0all"  # the shared held-requests table's key for a worker's total (no service is named so)
+ACTIVE_KEY = "\0active\0"  # + service: held, or released and not finished (sharing a copy's capacity)
 
 
 class Activator:
@@ -59,6 +60,7 @@ class Activator:
         self.pollers: dict[tuple[str, str], asyncio.Task] = {}
         self.background: dict[tuple[str, str], float] = {}  # background wakes: (service, cluster) -> give up at
         self.deadline_handle: asyncio.TimerHandle | None = None
+        self.out: dict[str, int] = {}  # service -> requests this worker released that have not finished
 
     # --- used by the exchange -----------------------------------------------------------
     def service(self, name: str) -> ServiceConfig | None:
@@ -149,6 +151,15 @@ class Activator:
 
     def finished(self, service: str, cluster: str) -> None:
         self._release(self.buffer.on_finished(service, cluster, self.ctx.clock()))
+
+    def released_ended(self, service: str) -> None:
+        """A request this worker held and released has ended, however it ended."""
+        left = self.out.get(service, 0) - 1
+        if left > 0:
+            self.out[service] = left
+        else:
+            self.out.pop(service, None)
+        self._held_changed(service)
 
     def gone(self, hid: int, service: str) -> None:
         if self.buffer.on_gone(hid, service):
@@ -251,8 +262,10 @@ class Activator:
         self.wakes.done(svc.name, cluster.name)
         self.background.pop((svc.name, cluster.name), None)
         in_flight = ctx.policy.inflight_service.get((svc.name, cluster.name), 0)
-        shared = ctx.shared_held  # with serve --workers: the other workers holding requests for it share the copy
-        holders = sum(1 for held in shared.values_elsewhere(svc.name) if held > 0) if shared is not None else 0
+        shared = ctx.shared_held  # with serve --workers: the other workers holding (or releasing) requests for
+        # it share the copy
+        holders = (sum(1 for n in shared.values_elsewhere(ACTIVE_KEY + svc.name) if n > 0) if shared is not None
+                   else 0)
         capacity = capacity_share(svc.container_concurrency, holders)
         self._release(self.buffer.on_ready(svc.name, cluster.name, capacity, in_flight, now))
 
@@ -263,6 +276,8 @@ class Activator:
             metrics.buffer_outcomes.labels("forwarded").inc()
             metrics.buffer_wait.observe(r.waited_s)
             if ex is not None:
+                if ex.released_to is None:  # (its first release: counted out once, as it ends once)
+                    self.out[ex.service] = self.out.get(ex.service, 0) + 1
                 self._held_changed(ex.service)
                 ex.release(r.cluster, r.waited_s)
 
@@ -287,13 +302,15 @@ class Activator:
         self._arm_deadline()
 
     def _held_changed(self, service: str) -> None:
-        """The gauge, and with serve --workers this worker's counts for the others' bounds."""
+        """The gauge, and with serve --workers this worker's counts for the others: held (their bounds) and
+        held or released and not finished (their share of a copy's capacity)."""
         held = self.buffer.held(service)
         self.ctx.metrics.buffered.labels(service).set(held)
         shared = self.ctx.shared_held
         if shared is not None:
             shared.publish(service, held)
             shared.publish(TOTAL_KEY, self.buffer.total)
+            shared.publish(ACTIVE_KEY + service, held + self.out.get(service, 0))
 
     def stop(self) -> None:
         self.wakes.stop()

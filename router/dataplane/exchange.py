@@ -371,6 +371,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
         if self.parked:
             self.drop_all_parked()
         activator = self.ctx.activator
+        if self.released_to is not None and activator is not None:
+            activator.released_ended(self.service)
         # A request ending frees a slot that held requests may be waiting for: released ones, and
         # direct ones that found a warm copy saturated and so made later requests wait.
         if self.counted is not None and activator is not None and (self.released_to is not None

@@ -369,6 +369,8 @@ async def test_workers_share_a_woken_copys_capacity_in_the_first_wave(tmp_path):
                 await wait_for(ready_at(s, rp), timeout_s=10, interval_s=0.05, what="workers ready")
                 request = b"GET /w HTTP/1.1\r\nHost: svc.example.com\r\nConnection: close\r\n\r\n"
                 answers = await asyncio.gather(*[raw_request(rp.port, request, timeout_s=20) for _ in range(12)])
+                views = (await debug_state(s, rp))["worker_state"].values()
+                assert [v["released_in_flight"] for v in views] == [{}, {}]  # every release counted back
         assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
         first = min(cluster.arrivals)
         first_wave = sum(1 for t in cluster.arrivals if t < first + cluster.handler_s * 0.8)

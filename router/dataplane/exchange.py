@@ -47,7 +47,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
                  "decision", "counted", "retrying", "sent_at", "ended", "hold_id", "held_s", "released_to",
                  "deadline_handle", "status_retries", "mirrored", "gzip", "parked",
                  "session", "tries", "resumed", "body_sent", "head_at", "auth_waiting", "sent_continue",
-                 "hints")
+                 "hints", "mirror_body", "mirror_len")
 
     def __init__(self, conn, req: Request):
         self.conn, self.req, self.ctx = conn, req, conn.ctx
@@ -88,6 +88,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
         self.auth_waiting = False  # an authorization check waits for the whole body to be sent with it
         self.sent_continue = False  # the router answered the client's Expect: 100-continue itself
         self.hints = 0  # 103 Early Hints passed on to the client (Router earlyHints)
+        self.mirror_body: list[bytes] | None = None  # on a mirrored route, the body as it came (to maxBuffered)
+        self.mirror_len = 0
         conn.ctx.retry_budget.start_request()
 
     # --- start: route, choose, connect ----------------------------------------------------
@@ -104,6 +106,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
                 return
         route, self.service = hit
         self.route = route
+        if route.mirrors is not None:
+            self.mirror_body = []
         if route.max_body != req.max_body and self._body_over(route):
             return
         if route.guarded and self._guard(route):
@@ -275,7 +279,10 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
             parts += [b"Content-Length: ", str(facts["content_length"]).encode(), b"\r\n"]
         parts.append(b"\r\n")
         if self.kept or req.body:  # what arrived before the connection: one chunk upstream
-            body = b"".join((self.kept or []) + (client.take_buffered(req) if req.body else []))
+            new = client.take_buffered(req) if req.body else []
+            if self.mirror_body is not None and new:
+                self._keep_for_mirrors(new)
+            body = b"".join((self.kept or []) + new)
             self.kept, self.kept_len = [], 0
             if body:
                 parts += self._framed(body)
@@ -299,7 +306,19 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
 
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
+        if self.mirror_body is not None:
+            self._keep_for_mirrors((data,))
         self.upstream.write(b"".join(self._framed(data)))
+
+    def _keep_for_mirrors(self, chunks) -> None:
+        """Body bytes as they first arrive (a retry's replay is not new), kept for the route's mirror copies
+        up to limits.maxBuffered: a larger body is not copied."""
+        for data in chunks:
+            self.mirror_len += len(data)
+        if self.mirror_len > self.ctx.settings.limits.max_buffered_bytes:
+            self.mirror_body = None
+        else:
+            self.mirror_body.extend(chunks)
 
     def _framed(self, data: bytes) -> list[bytes]:
         """Keep the chunk for a possible retry and frame it for the upstream."""

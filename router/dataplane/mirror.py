@@ -4,8 +4,8 @@ been read whole and sent to its cluster, a copy goes to each mirror cluster and 
 The copy never delays, changes or fails the client's exchange: it has its own upstream connection (from
 the same pool), and a copy that cannot connect, breaks, or is not answered within `upstreamHeader` is
 dropped. What happened to each is counted in router_mirrored_requests_total{cluster,result}: `answered`,
-`failed`, or `skipped` (its body was over the 64 KiB the router keeps of a request, or MAX_IN_FLIGHT
-copies were already out). The mirror cluster's health and RTT are not fed by copies.
+`failed`, or `skipped` (its body was over limits.maxBuffered, what the router keeps of a mirrored request's
+body, or MAX_IN_FLIGHT copies were already out). The mirror cluster's health and RTT are not fed by copies.
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def mirror_request(ex) -> None:
     for backend, percent in ex.route.mirrors:
         if percent < 100.0 and ctx.rng.random() * 100.0 >= percent:
             continue
-        if ex.kept is None or len(ctx.mirrors) >= MAX_IN_FLIGHT:  # the body was not kept whole; too many out
+        if ex.mirror_body is None or len(ctx.mirrors) >= MAX_IN_FLIGHT:  # the body was too big; too many out
             ctx.metrics.mirrored.labels(backend.cluster, "skipped").inc()
             continue
         if copy_bytes is None:  # made once for all the mirrors
-            body = b"".join(ex.kept)
+            body = b"".join(ex.mirror_body)
             parts = ex.changed_request_lines(own=False)  # the route's changes, not those of the cluster it chose
             parts.append(ex.forwarding_lines())
             if body or req.facts["content_length"] is not None or req.facts["chunked"]:

@@ -3,7 +3,8 @@ dropped; the client's exchange is the primary cluster's alone, whatever the mirr
 import asyncio
 import textwrap
 
-from tests.conftest import cluster_docs, httproute_doc, raw_request, response_of, split_doc, wait_for
+from tests.conftest import (cluster_docs, httproute_doc, raw_request, read_until_close, response_of, router_doc,
+                            split_doc, wait_for)
 
 
 def mirrored_split(weights: dict, mirror: str) -> str:
@@ -78,12 +79,26 @@ async def test_percent_and_big_bodies(backends, router):
     for _ in range(5):
         await raw_request(app.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     assert len(a.seen) == 5 and m.seen == []
-    app = await router(cluster_docs({"a": a.port, "m": m.port}) + mirrored_split({"a": 1}, "{cluster: m}"))
-    big = b"x" * (100 * 1024)  # over the 64 KiB the router keeps of a request body
+    docs = cluster_docs({"a": a.port, "m": m.port}) + mirrored_split({"a": 1}, "{cluster: m}")
+    app = await router(docs + router_doc(limits={"maxBuffered": "256Ki"}))
+    body = bytes(range(256)) * 400  # 100 KiB: past what a retry replays (64 KiB), within maxBuffered
+    for chunks in ([body], [body[:1000], body[1000:70000], body[70000:]]):  # whole, and as it streams in
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+            assert (await read_until_close(reader, 5)).startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+    await wait_for(lambda: len(m.bodies) == 2, what="two copies")
+    assert m.bodies == [body, body] and a.bodies[-2:] == [body, body]
+    over = b"x" * (300 * 1024)  # over maxBuffered: not copied
     raw = await raw_request(app.port, b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
-                                      b"Content-Length: %d\r\n\r\n%s" % (len(big), big))
-    assert raw.startswith(b"HTTP/1.1 200")
-    assert mirrored(app, "m", "skipped") == 1 and m.seen == []
+                                      b"Content-Length: %d\r\n\r\n%s" % (len(over), over))
+    assert raw.startswith(b"HTTP/1.1 200") and a.bodies[-1] == over
+    assert mirrored(app, "m", "skipped") == 1 and len(m.seen) == 2
 
 
 async def test_httproute_request_mirror(backends, router):

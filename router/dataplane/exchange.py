@@ -19,7 +19,7 @@ from ..core.choice import Forward, Reject, choose_backend
 from ..core.health import is_local_exhaustion
 from ..core.session import session_cluster
 from .headers import REQUEST_ID, HttpReject, forwarding_headers, redirect_location, request_lines
-from .mirror import mirror_request
+from .mirror import keep_for_mirrors, mirror_request
 from .paths import rewritten
 from .pause import PAUSE_HELD
 from .authz import ExternalAuthorization
@@ -281,7 +281,7 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
         if self.kept or req.body:  # what arrived before the connection: one chunk upstream
             new = client.take_buffered(req) if req.body else []
             if self.mirror_body is not None and new:
-                self._keep_for_mirrors(new)
+                keep_for_mirrors(self, new)
             body = b"".join((self.kept or []) + new)
             self.kept, self.kept_len = [], 0
             if body:
@@ -307,18 +307,8 @@ class Exchange(RouteGuards, ExternalAuthorization, Hedging, Retrying, ResponseRe
     # --- request body -------------------------------------------------------------------
     def send_body(self, data: bytes) -> None:
         if self.mirror_body is not None:
-            self._keep_for_mirrors((data,))
+            keep_for_mirrors(self, (data,))
         self.upstream.write(b"".join(self._framed(data)))
-
-    def _keep_for_mirrors(self, chunks) -> None:
-        """Body bytes as they first arrive (a retry's replay is not new), kept for the route's mirror copies
-        up to limits.maxBuffered: a larger body is not copied."""
-        for data in chunks:
-            self.mirror_len += len(data)
-        if self.mirror_len > self.ctx.settings.limits.max_buffered_bytes:
-            self.mirror_body = None
-        else:
-            self.mirror_body.extend(chunks)
 
     def _framed(self, data: bytes) -> list[bytes]:
         """Keep the chunk for a possible retry and frame it for the upstream."""

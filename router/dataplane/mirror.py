@@ -22,6 +22,17 @@ class MirrorCopy(SideRequest):
         self.ctx.metrics.mirrored.labels(self.cluster, result).inc()
 
 
+def keep_for_mirrors(ex, chunks) -> None:
+    """Body bytes of exchange `ex` as they first arrive (a retry's replay is not new), kept for its route's
+    mirror copies up to limits.maxBuffered: a larger body is not copied."""
+    for data in chunks:
+        ex.mirror_len += len(data)
+    if ex.mirror_len > ex.ctx.settings.limits.max_buffered_bytes:
+        ex.mirror_body = None
+    else:
+        ex.mirror_body.extend(chunks)
+
+
 def mirror_request(ex) -> None:
     """Copy the request of exchange `ex` (read whole, and sent to its cluster) to each of its route's
     mirror clusters, for that mirror's percent of requests (a draw each): the head as the cluster got it

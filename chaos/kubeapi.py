@@ -38,6 +38,13 @@ FOREIGN = {"trafficsplits.split.smi-spec.io": ("TrafficSplit", "split.smi-spec.i
            "httproutegroups.specs.smi-spec.io": ("HTTPRouteGroup", "specs.smi-spec.io/v1alpha4"),
            "httproutes.gateway.networking.k8s.io": ("HTTPRoute", "gateway.networking.k8s.io/v1")}
 BOOKMARK_KINDS.update(FOREIGN)
+BOOKMARK_KINDS["services.edge.router"] = ("Service", "edge.router/v1alpha1")
+
+
+def _resource(group: str, plural: str) -> str:
+    """The double's name for a custom resource: the plural alone for the router's TrafficSplits and Clusters,
+    else plural.group (so the router's Services are not Knative's)."""
+    return plural if group == "edge.router" and plural != "services" else f"{plural}.{group}"
 
 
 class KubeApiDouble:
@@ -104,7 +111,7 @@ class KubeApiDouble:
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         group = obj["apiVersion"].rpartition("/")[0]
-        plural = obj["kind"].lower() + "s" + ("" if group == "edge.router" else f".{group}")
+        plural = _resource(group, obj["kind"].lower() + "s")
         old = self.objects.get((plural, meta["namespace"], meta["name"]))
         if old is not None and "status" in old:
             obj["status"] = old["status"]
@@ -151,11 +158,13 @@ class KubeApiDouble:
             app.router.add_get(f"/apis/serving.knative.dev/v1/{plural}", handler)
             app.router.add_get(f"/apis/serving.knative.dev/v1/namespaces/{{ns}}/{plural}", handler)
         app.router.add_patch("/apis/serving.knative.dev/v1/namespaces/{ns}/services/{name}", self.patch_knative)
-        for plural, kind in (("trafficsplits", "TrafficSplitList"), ("clusters", "ClusterList")):
+        for plural, kind in (("trafficsplits", "TrafficSplitList"), ("clusters", "ClusterList"),
+                             ("services", "ServiceList")):
+            resource = _resource("edge.router", plural)
             app.router.add_get(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}",
-                               self.list_or_watch(plural, kind, "edge.router/v1alpha1"))
+                               self.list_or_watch(resource, kind, "edge.router/v1alpha1"))
             app.router.add_patch(f"/apis/edge.router/v1alpha1/namespaces/{{ns}}/{plural}/{{name}}/status",
-                                 self.patch_status(plural))
+                                 self.patch_status(resource))
         for resource, (kind, api_version) in FOREIGN.items():
             plural = resource.partition(".")[0]
             app.router.add_get(f"/apis/{api_version}/namespaces/{{ns}}/{plural}",

@@ -124,6 +124,29 @@ CLUSTER_SPEC = {
     },
 }
 
+SERVICE_SPEC = {
+    "type": "object",
+    "required": ["hosts"],
+    "properties": {
+        "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+        "workload": {"type": "object", "required": ["kind", "name"], "properties": {
+            "kind": {"type": "string", "enum": ["Deployment", "KnativeService"]},
+            "namespace": {"type": "string", "minLength": 1}, "name": {"type": "string", "minLength": 1},
+            "image": {"type": "string", "minLength": 1}}},
+        "containerConcurrency": {"type": "integer", "minimum": 1},
+        "state": {"type": "object", "additionalProperties": {"type": "string", "enum": ["warm", "cached", "cold"]}},
+        "holdLimit": {"type": "string", "pattern": DURATION},
+        "wake": {"type": "object", "properties": {"http": {"type": "object", "properties": {
+            "path": {"type": "string", "pattern": "^/"},
+            "method": {"type": "string", "enum": ["GET", "POST", "HEAD", "PUT"]}}}}},
+        "readinessPath": {"type": "string", "pattern": "^/"},
+        "wakeParallelism": {"type": "integer", "minimum": 1, "maximum": 2},
+        "spillover": {"type": "boolean"},
+        "wakeSkipped": {"type": "boolean"},
+        "keepWarm": {"type": "boolean"},
+    },
+}
+
 STATUS = {"type": "object", "properties": {"conditions": {"type": "array", "items": {
     "type": "object", "required": ["type", "status"],
     "properties": {"type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
@@ -148,6 +171,7 @@ def all_crds() -> dict[str, dict]:
     return {
         "trafficsplits.yaml": crd("edge.router", "TrafficSplit", "trafficsplits", TRAFFIC_SPLIT_SPEC, ["ts"]),
         "clusters.yaml": crd("edge.router", "Cluster", "clusters", CLUSTER_SPEC, ["erc"]),
+        "services.yaml": crd("edge.router", "Service", "services", SERVICE_SPEC, ["ers"]),
         "knative-trafficsplits.yaml": crd("networking.knative.dev", "TrafficSplit", "trafficsplits",
                                           TRAFFIC_SPLIT_SPEC, []),
     }

@@ -1,4 +1,4 @@
-"""TrafficSplit and Cluster custom resources (and SMI TrafficSplits and HTTPRouteGroups, Gateway API
+"""TrafficSplit, Cluster and Service custom resources (and SMI TrafficSplits and HTTPRouteGroups, Gateway API
 HTTPRoutes), read from a namespace of the router's own cluster and validated and swapped exactly like files.
 
 A thread per resource type lists and watches (the official client is synchronous); every change
@@ -26,6 +26,7 @@ log = logging.getLogger("router.resources")
 SMI_VERSIONS = ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1")
 # (group, versions to try, newest first, plural, whether the router writes its status)
 KINDS = (("edge.router", ("v1alpha1",), "trafficsplits", True), ("edge.router", ("v1alpha1",), "clusters", True),
+         ("edge.router", ("v1alpha1",), "services", True),
          ("networking.knative.dev", ("v1alpha1",), "trafficsplits", True),
          ("split.smi-spec.io", SMI_VERSIONS, "trafficsplits", False),
          ("specs.smi-spec.io", SMI_VERSIONS, "httproutegroups", False),

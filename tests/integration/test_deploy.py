@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import tempfile
 
 import jsonschema
 import kubernetes_validate
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from router.config import crds
+from router.config.loader import load_config
 from router.obs.metrics import Metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,6 +73,16 @@ def test_crd_schemas_accept_the_shipped_config():
     assert {d["kind"] for d in docs} == {"TrafficSplit", "Cluster"}
     for doc in docs:
         jsonschema.validate(doc, _schema(doc["kind"], doc["apiVersion"].split("/")[0]))
+    service = {"apiVersion": "edge.router/v1alpha1", "kind": "Service", "metadata": {"name": "shop"},
+               "spec": {"hosts": ["shop.example.com"], "containerConcurrency": 10, "holdLimit": "30s",
+                        "workload": {"kind": "KnativeService", "namespace": "shop", "name": "frontend"},
+                        "state": {"us-west": "warm", "eu-central": "cached"}, "wake": {"http": {"path": "/wake"}},
+                        "readinessPath": "/healthz", "wakeParallelism": 2, "spillover": True, "keepWarm": True}}
+    jsonschema.validate(service, _schema("Service"))
+    with tempfile.TemporaryDirectory() as tmp:  # and the loader takes what the schema takes
+        with open(os.path.join(tmp, "s.yaml"), "w") as fh:
+            fh.write(open(os.path.join(ROOT, "config", "clusters.yaml")).read() + "\n---\n" + yaml.safe_dump(service))
+        assert load_config(tmp).services[0].hosts == ("shop.example.com",)
 
 
 @pytest.mark.parametrize("kind,spec", [
@@ -83,6 +95,10 @@ def test_crd_schemas_accept_the_shipped_config():
     ("Cluster", {"endpoint": "ftp://x"}),
     ("Cluster", {"endpoint": "http://x/path"}),
     ("Cluster", {}),
+    ("Service", {}),
+    ("Service", {"hosts": ["shop"], "state": {"a": "lukewarm"}}),
+    ("Service", {"hosts": ["shop"], "workload": {"kind": "StatefulSet", "name": "x"}}),
+    ("Service", {"hosts": ["shop"], "holdLimit": "30 s"}),
 ])
 def test_crd_schemas_reject_broken_documents(kind, spec):
     doc = {"apiVersion": "edge.router/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}

@@ -271,3 +271,29 @@ async def test_smi_and_gateway_api_resources_are_read_too(kube, backends, router
     assert sorted(app.config.files)[-3:] == ["k8s:edge/HTTPRoute/web", "k8s:edge/HTTPRouteGroup/beta",
                                              "k8s:edge/TrafficSplit/ab"]
     assert not any("status" in o for (r, _, _), o in kube.objects.items() if "." in r)
+
+
+async def test_service_resources_name_a_splits_hosts(kube, backends, router, tmp_path):
+    """A Service resource (edge.router/v1alpha1) beside a TrafficSplit resource naming it: its hosts route
+    there, and it gets a Ready status like the router's other kinds (the API's Knative Services apart)."""
+    from tests.conftest import keepalive_answers
+    (a,) = await backends("a")
+    kube.set_custom({"apiVersion": "edge.router/v1alpha1", "kind": "Service",
+                     "metadata": {"name": "shop", "namespace": "edge"},
+                     "spec": {"hosts": ["shop.example.com"], "containerConcurrency": 10}})
+    kube.set_custom({"apiVersion": "edge.router/v1alpha1", "kind": "TrafficSplit",
+                     "metadata": {"name": "shop", "namespace": "edge"},
+                     "spec": {"service": "shop", "clusters": [{"name": "a", "weight": 1}]}})
+    app = await router(cluster_docs({"a": a.port}) +
+                       router_doc(resources={"namespace": "edge", "kubeconfig": kube.kubeconfig(str(tmp_path))}))
+
+    async def routed():
+        try:
+            return {cluster for cluster, _ in await keepalive_answers(app.port, 3, host="shop.example.com")}
+        except AssertionError:
+            return set()
+    await wait_for(lambda: _eq(routed(), {"a"}), timeout_s=10, interval_s=0.1, what="the Service's host routed")
+    assert [s.name for s in app.config.services] == ["shop"]
+    await wait_for(lambda: kube.objects[("services.edge.router", "edge", "shop")].get("status"), timeout_s=5,
+                   what="the Service's status")
+    assert kube.objects[("services.edge.router", "edge", "shop")]["status"]["conditions"][0]["status"] == "True"

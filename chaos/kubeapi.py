@@ -11,7 +11,7 @@ Test and lab hooks: `set_deployment`, `set_node_images`, `outage` (answers 503 t
 `forbid` (answers 403 for a resource), `compact()` (drops history, so old watches get 410),
 `patches` (every PATCH and pod deletion received), `scale_hooks` (called after a scale PATCH),
 `pod_delete_hooks` (deleting pods by label: the lab restarts them). Nodes take merge-patch (cordon).
-Custom resources (`set_custom`): edge.router/v1alpha1 TrafficSplits and Clusters (with a status
+Custom resources (`set_custom`): edge.router/v1alpha1 TrafficSplits, Clusters and Services (with a status
 subresource), and read-only SMI TrafficSplits (served at v1alpha2 only), HTTPRouteGroups and Gateway API
 HTTPRoutes.
 """

@@ -154,7 +154,12 @@ STATUS = {"type": "object", "properties": {"conditions": {"type": "array", "item
                    "lastTransitionTime": {"type": "string", "format": "date-time"}}}}}}
 
 
-def crd(group: str, kind: str, plural: str, spec_schema: dict, short: list[str]) -> dict:
+READY_COLUMN = {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'}
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def crd(group: str, kind: str, plural: str, spec_schema: dict, short: list[str], columns: list[dict]) -> dict:
+    """A CRD; `kubectl get` shows `columns`, then whether the router accepted the resource and its age."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{group}"},
@@ -163,17 +168,27 @@ def crd(group: str, kind: str, plural: str, spec_schema: dict, short: list[str])
                            "shortNames": short},
                  "versions": [{"name": "v1alpha1", "served": True, "storage": True,
                                "subresources": {"status": {}},
+                               "additionalPrinterColumns": [*columns, READY_COLUMN, AGE_COLUMN],
                                "schema": {"openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": {
                                    "spec": spec_schema, "status": STATUS}}}}]}}
 
 
+SPLIT_COLUMNS = [{"name": "Service", "type": "string", "jsonPath": ".spec.service"},
+                 {"name": "Hosts", "type": "string", "jsonPath": ".spec.hosts"},
+                 {"name": "Algorithm", "type": "string", "jsonPath": ".spec.strategy.algorithm"}]
+
+
 def all_crds() -> dict[str, dict]:
     return {
-        "trafficsplits.yaml": crd("edge.router", "TrafficSplit", "trafficsplits", TRAFFIC_SPLIT_SPEC, ["ts"]),
-        "clusters.yaml": crd("edge.router", "Cluster", "clusters", CLUSTER_SPEC, ["erc"]),
-        "services.yaml": crd("edge.router", "Service", "services", SERVICE_SPEC, ["ers"]),
+        "trafficsplits.yaml": crd("edge.router", "TrafficSplit", "trafficsplits", TRAFFIC_SPLIT_SPEC, ["ts"],
+                                  SPLIT_COLUMNS),
+        "clusters.yaml": crd("edge.router", "Cluster", "clusters", CLUSTER_SPEC, ["erc"],
+                             [{"name": "Endpoint", "type": "string", "jsonPath": ".spec.endpoint"}]),
+        "services.yaml": crd("edge.router", "Service", "services", SERVICE_SPEC, ["ers"],
+                             [{"name": "Hosts", "type": "string", "jsonPath": ".spec.hosts"},
+                              {"name": "Workload", "type": "string", "jsonPath": ".spec.workload.name"}]),
         "knative-trafficsplits.yaml": crd("networking.knative.dev", "TrafficSplit", "trafficsplits",
-                                          TRAFFIC_SPLIT_SPEC, []),
+                                          TRAFFIC_SPLIT_SPEC, [], SPLIT_COLUMNS),
     }
 
 

@@ -49,6 +49,13 @@ def test_crds_are_generated_from_the_schema_module():
             assert fh.read() == crds.render(doc), f"deploy/crds/{name} is stale: run python -m router.config.crds"
 
 
+def test_kubectl_shows_whether_the_router_accepted_each_resource():
+    for doc in crds.all_crds().values():
+        columns = {c["name"]: c["jsonPath"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+        assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status', doc["metadata"]["name"]
+        assert set(columns) - {"Ready", "Age"}  # and something of the spec
+
+
 def _schema(kind: str, group: str = "edge.router") -> dict:
     for doc in crds.all_crds().values():
         if doc["spec"]["names"]["kind"] == kind and doc["spec"]["group"] == group:

@@ -12,8 +12,9 @@ supervisor's private directory (mode 0700); the supervisor's /debug/route asks o
 /debug/state gathers every worker's, since load and passive health are each worker's own. Limits are not:
 the supervisor holds tables in shared memory (dataplane/sharedmem.py) that the workers count in together,
 so a route's rate limit, an address's maxConnectionsPerClient and a cluster's maxRequests hold in total
-whatever the number of workers, a cluster one worker ejects is out at all of them, and the workers take
-turns probing a cluster and share the results; it clears a dead worker's part.
+whatever the number of workers, a cluster one worker ejects is out at all of them, the hold queues' bounds
+count every worker's held requests, and the workers take turns probing a cluster and share the results;
+it clears a dead worker's part.
 """
 from __future__ import annotations
 

@@ -215,6 +215,8 @@ class RouterApp:
         if self.preconnector is not None:  # before the pool closes: no connection is handed to it after
             self.preconnector.stop()
         self.ctx.pool.close_all()
+        if self.ctx.fast is not None:
+            self.ctx.fast.close()
         for side in (*self.ctx.mirrors, *self.ctx.auth_checks):
             side.abort()
         for opening in list(self.ctx.openings):
@@ -352,6 +354,8 @@ class RouterApp:
                 "https_redirect_port": self.redirect_port or None,
                 "proxy_protocol": self.config.router.proxy_protocol,
                 "max_connections": ctx.max_connections,
+                "fast_lane": ctx.fast.describe() if ctx.fast is not None else {"enabled": False,
+                                                                              "off_reason": "not compiled"},
                 "compression": ({"level": ctx.compression.level, "min_length": ctx.compression.min_length,
                                  "types": sorted(ctx.compression.types)} if ctx.compression else None),
                 "slow_start": asdict(ctx.health.slow_start) if ctx.health.slow_start else None,

@@ -74,7 +74,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                              "serverTiming", "via", "probes", "rttDecay", "decisionHeader", "buffer",
                              "resources", "accessLog", "normalizePath", "underscoreHeaders", "errorFormat", "pinHeader",
                              "tls", "requestId", "escapedSlashes", "httpsRedirect", "proxyProtocol", "compression",
-                             "slowStart", "outlierDetection", "http2", "earlyHints"}):
+                             "slowStart", "outlierDetection", "http2", "earlyHints", "fastPath"}):
         return RouterSettings()
     d = RouterSettings()
     hostport = lambda v: (parse_hostport(v), v)[1]  # noqa: E731 - validate, keep the text
@@ -123,6 +123,7 @@ def read_router(doc: Doc) -> RouterSettings | None:
                           admin_token_env=token_env, admin_token_file=token_file,
                           trusted_proxies=proxies, limits=limits, timeouts=timeouts,
                           server_timing=doc.value(spec, "serverTiming", parse_bool, False),
+                          fast_path=doc.value(spec, "fastPath", parse_bool, d.fast_path),
                           via=doc.string(spec, "via", d.via), probes=probes,
                           rtt_decay_s=doc.value(spec, "rttDecay", positive_duration, d.rtt_decay_s),
                           decision_header=doc.value(spec, "decisionHeader", parse_bool, False),

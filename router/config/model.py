@@ -467,6 +467,7 @@ class RouterSettings:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     server_timing: bool = False
+    fast_path: bool = True  # plain requests served by the compiled fast lane (fastlane.pyx), when it is built
     via: str = "edge-router"
     probes: Probes = field(default_factory=Probes)
     rtt_decay_s: float = 10.0

@@ -201,3 +201,39 @@ def effective_weights(route: Route, health: HealthState, now: float) -> dict[str
             if b.weight > 0 and health.is_healthy(b.cluster, now)}
     total = sum(live.values())
     return {b.cluster: (live.get(b.cluster, 0.0) / total * 100 if total else 0.0) for b in route.backends}
+
+
+def draw_plan(route: Route, inputs: PolicyInputs, now: float,
+              service: str = "") -> tuple[list[RouteBackend], str] | None:
+    """The weighted draw choose_backend makes at `now` for a request with no affinity key, no session and
+    no earlier try, as (the backends drawn from, the decision's reason), when that draw depends on nothing
+    but the state at `now`: what the fast lane draws from until the state changes. None when it depends on
+    the request or on counts that move with each one (request limits, keys, sessions, a cold or
+    saturated copy, a cluster in its slow start), or when no cluster can be chosen: such requests take
+    the Python path, which decides them one by one."""
+    if route.limited or route.affinity is not None or route.session is not None or not route.live:
+        return None
+    health, warmth = inputs.health, inputs.warmth
+    live = route.live
+    panic = health.in_panic([b.cluster for b in live], now)
+    pool = list(live) if panic else [b for b in live if health.is_healthy(b.cluster, now)]
+    if not pool or health.slow_start is not None and any(health.ramp(b.cluster, now) < 1.0 for b in pool):
+        return None
+    reason = "panic" if panic else "weighted"
+    if route.algorithm == "weighted":
+        return pool, reason
+    if route.max_rtt_s is not None:
+        rtts = {b.cluster: inputs.rtt.rtt(b.cluster) for b in pool}
+        eligible = [b for b in pool if rtts[b.cluster] is None or rtts[b.cluster] <= route.max_rtt_s]
+        if not eligible:
+            nearest = min(rtts.values())
+            eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
+            reason = reason if reason != "weighted" else "spillover"
+        pool = eligible
+    if warmth.states:
+        for b in pool:
+            st = warmth.get(service, b.cluster)
+            if st is not None and st.capacity or warmth.warmth(service, b.cluster, now) not in (Warmth.WARM,
+                                                                                               Warmth.UNKNOWN):
+                return None
+    return pool, reason

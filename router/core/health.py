@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config.model import SlowStart
 
@@ -76,6 +77,13 @@ class HealthState:
     # worker still publishes (until its next tick) is not taken up again. Apart from `clusters`, which
     # forgets a recovered cluster at once.
     ended: dict[str, float] = field(default_factory=dict)
+    # Called when a cluster's health may have changed (an ejection began or was ended, probes changed
+    # their verdict): the fast lane sets its draws again. None: nobody listens.
+    on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _get(self, cluster: str) -> ClusterHealthState:
         st = self.clusters.get(cluster)
@@ -103,8 +111,10 @@ class HealthState:
                     st.ejected_until = st.back_at = now
                     st.own_until = min(st.own_until, now)
                     st.last_reason += f"; ended by {st.probe_oks} passing probes"
+                    self._changed()
                 elif was_down:  # healthy from now, or when a running ejection ends
                     st.back_at = max(st.ejected_until, now)
+                    self._changed()
                 st.probe_saw = False
             self._forget_if_clean(cluster, st, now)
         else:
@@ -115,6 +125,7 @@ class HealthState:
             if st.probe_fails >= self.policy.probe_unhealthy and not st.probe_down:
                 st.probe_down = True
                 st.last_reason = f"{st.probe_fails} failed probes: {reason}"
+                self._changed()
 
     def in_panic(self, clusters: list[str], now: float) -> bool:
         """Too few healthy to trust health: spread over all rather than pile onto a survivor."""
@@ -178,6 +189,7 @@ class HealthState:
         st.ejections += 1
         st.own_until = now + min(self.policy.base_ejection_s * st.ejections, self.policy.max_ejection_s)
         _take_out(st, st.own_until, reason)
+        self._changed()
 
     def on_ejected_elsewhere(self, cluster: str, until: float, now: float) -> None:
         """Another worker process ejected `cluster` until `until` (`serve --workers`): it is out here too for
@@ -191,6 +203,7 @@ class HealthState:
         st = self._get(cluster)
         if until > max(st.ejected_until, now):
             _take_out(st, until, "ejected by another worker")
+            self._changed()
 
     def own_ejections(self, now: float) -> dict[str, float]:
         """The clusters this process has ejected and until when (what other workers are told)."""

@@ -19,6 +19,7 @@ from ..core.rtt import RttState
 from ..core.snapshot import RoutingSnapshot
 from ..obs.metrics import Metrics
 from ..openfiles import open_files_limit
+from .fastpath import FastPath, fastlane
 from .headers import is_trusted, wants_json
 from .upstream import UpstreamPool
 
@@ -94,6 +95,8 @@ class ProxyContext:
         # own methods; with shared counts, to ones that also publish the count of a cluster with a limit).
         self.count_start, self.count_finish = self.policy.start, self.policy.finish
         self.limited_clusters = _limited(snapshot)
+        # The compiled fast lane for plain requests (fastpath.py); None when it is not built.
+        self.fast = FastPath(self) if fastlane is not None else None
 
     def rate_limiter(self, route) -> RateLimiter:
         """The buckets of a route's rate limit: kept across reloads while the route keeps its name and limit."""
@@ -169,6 +172,8 @@ class ProxyContext:
         kept = {(s.name, s.rate_limit) for s in snapshot.config.splits if s.rate_limit is not None}
         self.rate_limiters = {k: v for k, v in self.rate_limiters.items() if k in kept}
         self.metrics.config_version.set(snapshot.version)
+        if self.fast is not None:
+            self.fast.configure()
 
     def _health_settings(self, config) -> None:
         """The Router's thresholds for health (what the state remembers carries over a reload)."""

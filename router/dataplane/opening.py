@@ -152,8 +152,8 @@ class Opening(asyncio.BufferedProtocol):
         transport.set_protocol(conn)
         self._finish()
         conn.accept(transport, self.address)
-        if first:
-            conn.data_received(first)
+        if first:  # (to the fast lane, when accept handed the connection to it)
+            transport.get_protocol().data_received(first)
         transport.resume_reading()
 
     def _preface_read(self, data: bytes) -> None:

@@ -120,8 +120,9 @@ class ResponseRelay:
         self.resp_started = True
         if route.request_timeout_s is not None and status != 101:  # the deadline covers the body too
             self.deadline_handle = ctx.loop.call_later(self.request_deadline() - now, self._on_request_deadline)
-        if head and status != 101:
-            # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete.
+        if head and status not in (101, 204, 304):
+            # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete (a reset
+            # here would leave that completion to land on the next request's exchange, pipelined behind).
             self.upstream.reset_parser()
             self.on_response_end()
 

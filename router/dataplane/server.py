@@ -39,7 +39,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                  "req", "queue", "active", "tunnel", "timer", "upstream_timer", "head_bytes", "buffered", "paused",
                  "stopped", "closed", "timer_kind", "lingering", "corked", "discarded", "last_special",
                  "last_facts", "fwd_cache", "body_out", "served", "born", "retiring", "client_cert", "wire_req",
-                 "wire_bytes", "client_counted")
+                 "wire_bytes", "client_counted", "fast")
     exchange_class = Exchange  # what answers each request (the HTTPS redirect listener has its own)
     counted_per_client = True  # holds a place under maxConnectionsPerClient (an HTTP/2 stream does not)
     http2 = False  # an HTTP/2 stream's request, as the access log shows
@@ -79,6 +79,7 @@ class ClientConnection(RequestReader, asyncio.Protocol):
         self.wire_req: Request | None = None  # the chunked request whose body bytes on the wire are counted
         self.wire_bytes = 0
         self.client_counted = False  # holds a place in ctx.per_client (maxConnectionsPerClient), maybe an Opening's
+        self.fast = None  # the fast lane's FastClient while it serves this connection (fastpath.py)
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
@@ -126,6 +127,9 @@ class ClientConnection(RequestReader, asyncio.Protocol):
                 return
             self.client_counted = bool(counted)
         self._set_timer(self.ctx.settings.timeouts.header_read_s, self._on_header_deadline)
+        fast = self.ctx.fast
+        if fast is not None and type(self) is ClientConnection:  # plain requests go the compiled way
+            fast.take(self, transport)
 
     def connection_lost(self, exc):
         if self.transport is None:  # never accepted (its opening ended before it was handed on)
@@ -325,6 +329,9 @@ class ClientConnection(RequestReader, asyncio.Protocol):
             self.transport.abort()
 
     def on_drain(self) -> None:
+        if self.fast is not None and not self.fast.handed:
+            self.fast.drain()
+            return
         if self.active is None and self.tunnel is None and not self.queue and (self.req is None or self.req.complete):
             self.close()
 

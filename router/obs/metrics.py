@@ -110,6 +110,7 @@ class Metrics:
                                          ["stage"], registry=r)
         self._bounds = tuple(LATENCY_BUCKETS) + (float("inf"),)
         self._decisions: dict[str, int] = {}
+        self.before_flush: list = []  # callables that add what they counted (the fast lane's fold)
         # (cluster, route) -> (status code -> requests, per-bucket latency counts + [sum])
         self._answered: dict[tuple[str, str], tuple[dict, list]] = {}
 
@@ -124,12 +125,27 @@ class Metrics:
         lat[bisect_left(self._bounds, duration_s)] += 1
         lat[-1] += duration_s
 
-    def count_decision(self, reason: str) -> None:
-        self._decisions[reason] = self._decisions.get(reason, 0) + 1
+    def count_decision(self, reason: str, n: int = 1) -> None:
+        self._decisions[reason] = self._decisions.get(reason, 0) + n
+
+    def add_answered(self, cluster: str, route: str, codes: dict, lat: list) -> None:
+        """Counts gathered elsewhere (the fast lane's) in count_request's form: status -> requests, and
+        the per-bucket latency counts with their sum last."""
+        seen = self._answered.get((cluster, route))
+        if seen is None:
+            self._answered[(cluster, route)] = (codes, lat)
+            return
+        mine, mine_lat = seen
+        for code, n in codes.items():
+            mine[code] = mine.get(code, 0) + n
+        for i, n in enumerate(lat):
+            mine_lat[i] += n
 
     def flush(self) -> None:
         """Move what count_request gathered into the prometheus series (before each scrape,
         and every second in worker processes, whose series are merged from files)."""
+        for source in self.before_flush:
+            source()
         answered, self._answered = self._answered, {}
         decisions, self._decisions = self._decisions, {}
         for reason, n in decisions.items():

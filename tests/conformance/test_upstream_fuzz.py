@@ -96,10 +96,11 @@ async def test_any_upstream_answer_ends_promptly_and_cleanly(fuzz_upstream, resp
 
 @pytest.fixture
 async def silent_upstream(router):
-    """An upstream that reads requests and never answers: the test hands the router its answer."""
+    """An upstream that reads requests and never answers: the test hands the router's Python path (the fast
+    lane off) its answer."""
     async with silent_cluster() as port:
         app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) +
-                           router_doc(timeouts={"upstreamHeader": "2s", "bodyIdle": "2s"}))
+                           router_doc(timeouts={"upstreamHeader": "2s", "bodyIdle": "2s"}, fastPath=False))
         yield app
 
 

@@ -690,8 +690,8 @@ async def test_response_end_without_a_head_is_a_502_not_silence(router, monkeypa
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
         await writer.drain()
         await reader.read()
-    async with raw_upstream(handle) as port:
-        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}))
+    async with raw_upstream(handle) as port:  # (the Python path's parser: the fast lane off)
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(fastPath=False))
         (s1, _, _), (s2, _, b2) = await asyncio.wait_for(keepalive_get(app.port, 2), 5)
         assert s1 == 204 and s2 == 502 and b"ended before its head" in b2
 
@@ -777,7 +777,7 @@ async def test_absolute_form_target_is_sent_as_path_and_query_and_its_authority_
 async def test_internal_fault_is_500_and_logged_not_blamed_on_the_client(backends, router, monkeypatch, caplog):
     from router.dataplane import exchange
     (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(fastPath=False))
 
     def broken(*args, **kwargs):
         raise RuntimeError("policy fault")
@@ -792,7 +792,7 @@ async def test_internal_fault_is_500_and_logged_not_blamed_on_the_client(backend
 
 async def test_fault_while_connecting_is_a_prompt_502(backends, router, monkeypatch):
     (b,) = await backends("a")
-    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}))
+    app = await router(cluster_docs({"a": b.port}) + split_doc({"a": 1}) + router_doc(fastPath=False))
 
     async def broken(*args, **kwargs):
         raise ValueError("pool fault")

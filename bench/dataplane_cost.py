@@ -6,7 +6,8 @@ the same work against nginx on real sockets.
     python bench/dataplane_cost.py [--requests 300000] [--http2]
 
 Prints the best of 15 rounds in microseconds per request (a GET with a Host header answered
-with 64 bytes, on a keep-alive connection, one cluster), for the router and, on the same
+with 64 bytes, on a keep-alive connection, one cluster), for the router's Python path, its compiled
+fast lane (router/dataplane/fastlane.pyx, when built) and, on the same
 transports, for bench/minimal_proxy.py (parse and forward, nothing else): the difference is
 the router's own work. With --http2, also the same request as one stream of an HTTP/2
 connection (prior knowledge), a new stream per request as a client sends them.
@@ -31,6 +32,7 @@ from router.config.loader import load_config  # noqa: E402
 from router.core.choice import choose_backend  # noqa: E402
 from router.core.snapshot import build_snapshot  # noqa: E402
 from router.dataplane.context import ProxyContext  # noqa: E402
+from router.dataplane.fastpath import fastlane  # noqa: E402
 from router.dataplane.server import ClientConnection  # noqa: E402
 from router.dataplane.upstream import UpstreamConnection  # noqa: E402
 from router.obs.metrics import Metrics  # noqa: E402
@@ -59,6 +61,13 @@ class MemoryTransport:
     def __init__(self):
         self.out: list[bytes] = []
         self.closing = False
+        self.protocol = None
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
 
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 50000) if name == "peername" else default
@@ -124,9 +133,13 @@ async def measure_floor(requests: int) -> float:
     return best_of(ROUNDS, max(requests // ROUNDS, 1), relay_step(client, client_t, upstream, upstream_t))
 
 
-async def measure(requests: int) -> float:
+FAST_OFF = "---\napiVersion: edge.router/v1alpha1\nkind: Router\nmetadata: {name: e}\nspec: {fastPath: false}\n"
+
+
+async def measure(requests: int, fast: bool = False) -> float:
+    """The router's Python path, or (`fast`) its compiled fast lane, per request."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
-        fh.write(CONFIG)
+        fh.write(CONFIG if fast else CONFIG + FAST_OFF)
         fh.flush()
         config = load_config(fh.name)
     loop = asyncio.get_running_loop()
@@ -135,9 +148,19 @@ async def measure(requests: int) -> float:
     client.connection_made(client_t)
     route = ctx.snapshot.route_for("127.0.0.1", "/small")
     decision = choose_backend(route, ctx.policy, ctx.clock(), ctx.rng)
-    upstream, upstream_t = UpstreamConnection(decision.backend.pool_key), MemoryTransport()
-    upstream.connection_made(upstream_t)
-    ctx.pool.release(upstream)  # one pooled connection, reused by every request
+    upstream_t = MemoryTransport()
+    if fast:  # the connection is the lane's now, and so is the pooled upstream connection
+        if client_t.protocol is None:
+            raise SystemExit("the fast lane did not take the connection (is it compiled?)")
+        client = client_t.protocol
+        pool = ctx.fast._pool(decision.backend.pool_key)
+        upstream = fastlane.FastUpstream(pool)
+        upstream.connection_made(upstream_t)
+        pool.idle.append(upstream)
+    else:
+        upstream = UpstreamConnection(decision.backend.pool_key)
+        upstream.connection_made(upstream_t)
+        ctx.pool.release(upstream)  # one pooled connection, reused by every request
     client.data_received(REQUEST)  # one checked round trip first
     upstream.data_received(RESPONSE)
     answer = b"".join(client_t.out)
@@ -146,8 +169,9 @@ async def measure(requests: int) -> float:
     client_t.out.clear()
     upstream_t.out.clear()
     best = best_of(ROUNDS, max(requests // ROUNDS, 1), relay_step(client, client_t, upstream, upstream_t))
-    if client.active is not None or client.closed:
-        raise SystemExit("the exchange did not complete: the measurement is not valid")
+    if client.closed or (ctx.fast.lane.requests != 1 + ROUNDS * max(requests // ROUNDS, 1) if fast
+                         else client.active is not None):
+        raise SystemExit("the exchanges did not complete: the measurement is not valid")
     return best
 
 
@@ -216,9 +240,12 @@ def main() -> int:
         h2_best = uvloop.run(measure_http2(args.requests // 10))
         print(f"router work per proxied HTTP/2 stream: {h2_best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")
     best = uvloop.run(measure(args.requests))
+    fast = uvloop.run(measure(args.requests, fast=True)) if fastlane is not None else None
     floor = uvloop.run(measure_floor(args.requests))
-    print(f"router work per proxied request: {best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")
-    print(f"python floor (parse and forward): {floor * 1e6:.1f} us; the router's own work: "
+    print(f"router work per proxied request, Python path: {best * 1e6:.1f} us (best of {ROUNDS} rounds, no sockets)")
+    if fast is not None:
+        print(f"router work per proxied request, fast lane: {fast * 1e6:.1f} us ({fast / floor:.2f}x the floor)")
+    print(f"python floor (parse and forward): {floor * 1e6:.1f} us; the Python path's own work: "
           f"{(best - floor) * 1e6:.1f} us ({best / floor:.1f}x the floor)")
     return 0
 

@@ -379,5 +379,10 @@ async def run(paths: list[str], listen: str | None, admin: str | None) -> int:
              (" (TLS)" if app.listener_tls else "") + (" (PROXY protocol)" if app.config.router.proxy_protocol else ""),
              f", redirecting to https on port {app.redirect_port}" if app.redirect_server else "",
              app.admin_addr[0], app.admin_port, open_files_limit())
+    fast = app.ctx.fast
+    if fast is None:
+        log.warning("the fast lane is not compiled (no C compiler at install?): every request takes the Python path")
+    elif fast.off_reason is not None:
+        log.info("fast lane off: %s (every request takes the Python path)", fast.off_reason)
     await app.stopped.wait()
     return 0

@@ -120,9 +120,11 @@ class ResponseRelay:
         self.resp_started = True
         if route.request_timeout_s is not None and status != 101:  # the deadline covers the body too
             self.deadline_handle = ctx.loop.call_later(self.request_deadline() - now, self._on_request_deadline)
-        if head and status not in (101, 204, 304):
-            # llhttp cannot know a HEAD response has no body; 204/304 end through on_message_complete (a reset
-            # here would leave that completion to land on the next request's exchange, pipelined behind).
+        if head and status not in (101, 204, 304) and not (cl is not None and cl.strip(b" \t").isdigit()
+                                                              and int(cl) == 0):
+            # llhttp cannot know a HEAD response has no body; 204/304 and Content-Length: 0 end through
+            # on_message_complete (a reset here would leave that completion to land on the next request's
+            # exchange, pipelined behind).
             self.upstream.reset_parser()
             self.on_response_end()
 

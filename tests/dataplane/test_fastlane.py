@@ -1,6 +1,7 @@
 """The compiled fast lane (fastlane.pyx, fastpath.py): it serves plain requests exactly as the Python path
 would, hands everything else to it on the same connection, and keeps the router's counts and timeouts."""
 import asyncio
+import os
 
 import aiohttp
 import pytest
@@ -8,9 +9,10 @@ from hypothesis import given, strategies as st
 
 from router.dataplane import fastpath
 from tests.conftest import (cluster_docs, fuzz_settings, keepalive_get, loop_errors, raw_request, raw_upstream,
-                            read_response, read_until_close, router_doc, split_doc, statuses_of, wait_for)
+                            read_response, read_until_close, router_doc, split_doc, wait_for)
 
-pytestmark = pytest.mark.skipif(fastpath.fastlane is None, reason="the fast lane is not compiled")
+pytestmark = pytest.mark.skipif(fastpath.fastlane is None and not os.environ.get("ROUTER_REQUIRE_FAST_LANE"),
+                                reason="the fast lane is not compiled")
 
 
 def served_fast(app) -> int:
@@ -84,12 +86,14 @@ def _well_framed(status: bytes, headers: list[bytes], body: bytes, request: byte
         status = status.rsplit(b"\r\n", 1)[1]
     lengths = [h for h in headers if h.startswith(b"Content-Length")]
     chunked = b"Transfer-Encoding: chunked" in headers
+    if len(lengths) > 1 or lengths and chunked:
+        return False
     if request.startswith(b"HEAD") or b" 204 " in status or b" 304 " in status:
         return body == b"" and not chunked
     if chunked:
-        return not lengths and body.endswith(b"\r\n\r\n")
+        return body.endswith(b"\r\n\r\n")
     if lengths:
-        return len(lengths) == 1 and body == (b"hello" if lengths[0].endswith(b"5") else b"")
+        return body == (b"hello" if lengths[0].endswith(b"5") else b"")
     return True  # close-delimited
 
 
@@ -124,6 +128,12 @@ async def test_any_upstream_answer_reaches_the_client_as_the_python_path_gives_i
                                                                                    request, caplog):
     fast, slow, current = twin_routers
     caplog.clear()
+    for app in (fast, slow):  # no pooled connection from an earlier example (whose bytes may still come)
+        for conns in app.ctx.pool.idle.values():
+            while conns:
+                conns.pop().close()
+        for pool in app.ctx.fast.pools.values():
+            pool.close_all()
     current["response"] = status + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
     two = request + request.replace(b"/ ", b"/again ")  # a second request on the same connection
     got = [await raw_request(app.port, two, timeout_s=1.5) for app in (fast, slow)]

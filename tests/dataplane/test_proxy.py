@@ -873,3 +873,21 @@ async def test_an_h2c_upgrade_is_served_as_http11_without_it(backends, router):
     seen = b.seen[-1].headers
     assert "Upgrade" not in seen and "HTTP2-Settings" not in seen and "upgrade" not in seen.get("Connection", "")
     assert app.metrics.registry.get_sample_value("router_dropped_headers_total", {"reason": "h2c upgrade"}) == 1
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+async def test_pipelined_heads_answered_without_a_body_each_get_their_own_answer(router, answer):
+    """A HEAD answered by a response the parser ends by itself (204, 304, Content-Length: 0) must not end the
+    request pipelined behind it, which the same upstream connection carries next."""
+    async def handle(reader, writer):
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+    async with raw_upstream(handle) as port:
+        app = await router(cluster_docs({"a": port}) + split_doc({"a": 1}) + router_doc(fastPath=False))
+        head = b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"
+        raw = await raw_request(app.port, head + head + head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert raw.count(b"HTTP/1.1 ") == 3 and raw.count(answer.split(b"\r\n")[0][:12]) == 3, raw

@@ -90,6 +90,8 @@ class RouterApp:
         self._note_client_certificates(self.config)
         if self.config.router.access_log is not None:
             self.ctx.access_log = AccessLog(loop, self.config.router.access_log, self.metrics.access_log_dropped.inc)
+            if self.ctx.fast is not None:
+                self.ctx.fast.configure()  # (every request is logged: the fast lane is off)
         if self.run_admin:
             token = read_token(self.config.router.admin_token_env, self.config.router.admin_token_file)
             self.admin = self.admin_server({"reload": lambda: self.reloader.reload("admin"), "drain": self.drain},

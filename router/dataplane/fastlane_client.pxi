@@ -439,7 +439,7 @@ cdef class FastClient:
             if not self.buf and now - self.last_io >= (lane.idle_s if self.served else lane.header_read_s):
                 self._close()
         elif self.state == WAITING:
-            if up is not None and not up.head_started and now - self.sent_at >= lane.upstream_header_s:
+            if up is not None and now - self.sent_at >= lane.upstream_header_s:  # (a head begun but not whole too)
                 self.upstream = None
                 up.client = None
                 up._abort()

@@ -101,8 +101,6 @@ class FastPath:
     def take(self, conn, transport) -> bool:
         """Serve an accepted client connection (ClientConnection `conn`, accounted for) in the lane."""
         lane = self.lane
-        if lane.enabled and self.ctx.access_log is not None:  # (the app sets its access log after the context)
-            self.configure()
         if not lane.enabled or conn.closed or conn.stopped or conn.transport is not transport:
             return False
         fast = fastlane.FastClient(self.lane, conn, transport, conn.client_ip_bytes, conn.forwarded_node,

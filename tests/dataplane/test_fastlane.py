@@ -191,6 +191,8 @@ async def test_no_response_head_in_time_is_504_and_a_stalled_body_aborts(router)
             line = await reader.readuntil(b"\r\n\r\n")
             if line.startswith(b"GET /stall"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+            elif line.startswith(b"GET /partial"):
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Begun: ")
             await reader.read()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -204,10 +206,13 @@ async def test_no_response_head_in_time_is_504_and_a_stalled_body_aborts(router)
         raw = await raw_request(app.port, b"GET /silent HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 504") and b"x-router-cluster: a" in raw and loop.time() - t < 1.5, raw
         t = loop.time()
+        raw = await raw_request(app.port, b"GET /partial HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 504") and 0.25 < loop.time() - t < 1.5, raw  # a head begun, never whole
+        t = loop.time()
         raw = await raw_request(app.port, b"GET /stall HTTP/1.1\r\nHost: h\r\n\r\n")
         assert raw.endswith(b"half") and b"Content-Length: 10" in raw and loop.time() - t < 1.5, raw
-        assert served_fast(app) == 2
-        assert app.ctx.health.clusters["a"].consecutive_5xx == 2  # 504 and the cut-short answer
+        assert served_fast(app) == 3
+        assert app.ctx.health.clusters["a"].consecutive_5xx == 3  # two 504s and the cut-short answer
 
 
 async def test_idle_and_silent_connections_close_at_their_timeouts(backends, router):

@@ -105,6 +105,20 @@ def _in_flight(inputs: PolicyInputs, cluster: str) -> int:
     return here if inputs.elsewhere is None else here + inputs.elsewhere.get(cluster, 0)
 
 
+def _within_rtt(route: Route, pool: list, inputs: PolicyInputs, reason: str) -> tuple[list, str]:
+    """The clusters of `pool` whose RTT estimate is within the route's maxRTT (unknown counts as within);
+    if none is, the nearest ones (a spillover)."""
+    if route.max_rtt_s is None:
+        return pool, reason
+    rtts = {b.cluster: inputs.rtt.rtt(b.cluster) for b in pool}
+    eligible = [b for b in pool if rtts[b.cluster] is None or rtts[b.cluster] <= route.max_rtt_s]
+    if not eligible:
+        nearest = min(rtts.values())
+        eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
+        reason = reason if reason != "weighted" else "spillover"
+    return eligible, reason
+
+
 def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float, rng: random.Random,
                    tried: frozenset[str] = frozenset(), service: str = "",
                    affinity: str | None = None, session: str | None = None) -> Forward | Reject:
@@ -148,14 +162,7 @@ def choose_backend(route: Route, inputs: PolicyInputs | HealthState, now: float,
             return Forward(pick_by_key(pool, affinity, inputs.inflight), "affinity" if reason == "weighted" else reason)
         return Forward(_draw(pool, health, now, rng), reason)
 
-    eligible = pool
-    if route.max_rtt_s is not None:
-        rtts = {b.cluster: inputs.rtt.rtt(b.cluster) for b in pool}
-        eligible = [b for b in pool if rtts[b.cluster] is None or rtts[b.cluster] <= route.max_rtt_s]
-        if not eligible:
-            nearest = min(rtts.values())
-            eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
-            reason = reason if reason != "weighted" else "spillover"
+    eligible, reason = _within_rtt(route, pool, inputs, reason)
 
     # Warm: a ready replica with room (or unknown state). A saturated copy counts as cold: the
     # request would wait for a new replica to start.
@@ -215,6 +222,10 @@ def draw_plan(route: Route, inputs: PolicyInputs, now: float,
         return None
     health, warmth = inputs.health, inputs.warmth
     live = route.live
+    if len(live) == 1 and not warmth.states:  # as choose_backend: one cluster, nothing to choose
+        only = live[0]
+        healthy = not health.clusters or health.is_healthy(only.cluster, now)
+        return [only], "weighted" if healthy else "panic"
     panic = health.in_panic([b.cluster for b in live], now)
     pool = list(live) if panic else [b for b in live if health.is_healthy(b.cluster, now)]
     if not pool or health.slow_start is not None and any(health.ramp(b.cluster, now) < 1.0 for b in pool):
@@ -222,14 +233,7 @@ def draw_plan(route: Route, inputs: PolicyInputs, now: float,
     reason = "panic" if panic else "weighted"
     if route.algorithm == "weighted":
         return pool, reason
-    if route.max_rtt_s is not None:
-        rtts = {b.cluster: inputs.rtt.rtt(b.cluster) for b in pool}
-        eligible = [b for b in pool if rtts[b.cluster] is None or rtts[b.cluster] <= route.max_rtt_s]
-        if not eligible:
-            nearest = min(rtts.values())
-            eligible = [b for b in pool if rtts[b.cluster] <= nearest * NEAREST_SLACK + 1e-4]
-            reason = reason if reason != "weighted" else "spillover"
-        pool = eligible
+    pool, reason = _within_rtt(route, pool, inputs, reason)
     if warmth.states:
         for b in pool:
             st = warmth.get(service, b.cluster)

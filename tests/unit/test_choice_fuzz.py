@@ -6,7 +6,7 @@ import random
 from hypothesis import given, strategies as st
 
 from router.config.model import Backend, ClusterConfig, Config, Endpoint, RouterSettings, SlowStart, SplitConfig
-from router.core.choice import PolicyInputs, Reject, choose_backend
+from router.core.choice import PolicyInputs, Reject, choose_backend, draw_plan
 from router.core.snapshot import build_snapshot
 from tests.conftest import fuzz_settings
 
@@ -83,3 +83,31 @@ def test_the_choice_keeps_its_promises(clusters, algorithm, max_rtt, slow, tried
     if affinity is not None or d.reason == "cold":  # no draw was made: the rng has no say
         again = choose_backend(route, p, NOW, random.Random(seed + 1), frozenset(tried), "svc", affinity, session)
         assert again.backend.cluster == chosen, (d, again)
+
+
+@fuzz_settings
+@given(clusters=st.lists(cluster_case, min_size=3, max_size=3).filter(lambda cs: any(c["weight"] for c in cs)),
+       algorithm=st.sampled_from(["weighted", "latency-aware"]), max_rtt=st.none() | st.floats(0.01, 0.3),
+       slow=st.booleans(), seed=st.integers(0, 1000))
+def test_the_fast_lanes_draw_is_the_choice_made_ahead(clusters, algorithm, max_rtt, slow, seed):
+    """draw_plan (what the fast lane draws from) gives the clusters choose_backend draws from, with their
+    weights and reason, whenever it gives a draw at all; and it gives none when the choice depends on the
+    request or on counts each request moves."""
+    route, p = build(clusters, algorithm, max_rtt, slow)
+    plan = draw_plan(route, p, NOW, "svc")
+    if plan is None:
+        return
+    assert not route.limited  # request limits read in-flight counts: never drawn ahead
+    backends, reason = plan
+    assert len(backends) == 1 or all(p.health.ramp(b.cluster, NOW) == 1.0 for b in backends)  # (weights as set)
+    rng = random.Random(seed)
+    seen = {}
+    for _ in range(300):
+        d = choose_backend(route, p, NOW, rng, service="svc")
+        assert not isinstance(d, Reject) and d.reason == reason, (d, reason)
+        seen[d.backend.cluster] = seen.get(d.backend.cluster, 0) + 1
+    drawn = {b.cluster for b in backends}
+    assert set(seen) <= drawn, (seen, drawn)
+    total = sum(b.weight for b in backends)
+    for b in backends:  # each cluster's share is its weight's (300 draws: within 0.2)
+        assert abs(seen.get(b.cluster, 0) / 300 - b.weight / total) < 0.2, (seen, [(x.cluster, x.weight) for x in backends])

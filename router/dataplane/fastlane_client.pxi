@@ -150,7 +150,8 @@ cdef class FastClient:
             p = <const unsigned char*>PyBytes_AS_STRING(buf)
             end = _find_crlfcrlf(p, 0, n)
             if end < 0 or end > lane.max_header_bytes:
-                return self._handoff(False)  # a head in pieces, or too large: the Python path has the deadline and limits
+                # a head in pieces, or too large: the Python path has the header deadline and the limits
+                return self._handoff(False)
             # request line: GET or HEAD, an origin-form target, HTTP/1.1
             if n >= 4 and memcmp(p, b"GET ", 4) == 0:
                 url0 = 4

@@ -213,7 +213,8 @@ cdef class FastUpstream:
                     conn_keep = True
                 else:
                     named = True
-            elif (_name_is(p + i, name_end - i, b"keep-alive", 10) or _name_is(p + i, name_end - i, b"proxy-connection", 16)
+            elif (_name_is(p + i, name_end - i, b"keep-alive", 10)
+                  or _name_is(p + i, name_end - i, b"proxy-connection", 16)
                   or _name_is(p + i, name_end - i, b"te", 2) or _name_is(p + i, name_end - i, b"trailer", 7)
                   or _name_is(p + i, name_end - i, b"upgrade", 7)
                   or _name_is(p + i, name_end - i, b"x-router-cluster", 16)):

@@ -244,14 +244,6 @@ cdef class Lane:
         for c in list(self.clients):
             c._tick(now)
 
-    def close_idle(self):
-        """Draining: idle connections close now, busy ones after their response."""
-        cdef FastClient c
-        self.draining = True
-        for c in list(self.clients):
-            if c.state == IDLE and not c.buf:
-                c._close()
-
 
 cdef class FastPool:
     """Idle keep-alive connections to one endpoint, LIFO (the oldest at the front, swept by expire())."""
@@ -349,6 +341,7 @@ cdef class FastRoute:
     cdef public long drawn  # draws since the last fold
     cdef public object reason  # the decision reason the draw stands for
     cdef public bint stale  # the state may have changed since the draw was set: fastpath.py sets it again first
+    cdef public object source  # the snapshot's Route it serves
 
     def __init__(self, name, service, backends):
         self.name = name

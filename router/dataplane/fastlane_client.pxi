@@ -73,14 +73,10 @@ cdef class FastClient:
     cdef int _internal_error(self, exc) except -1:
         """A fault of the lane's own while reading a request: logged, answered 500 (as the Python path
         answers its own faults) and closed; never blamed on the client, never left unanswered."""
-        cdef FastUpstream up = self.upstream
         self.lane.owner.internal_error(exc)
         if self.handed:
             return 0
-        if up is not None:
-            self.upstream = None
-            up.client = None
-            up._abort()
+        self._drop_upstream(True)
         if self.state != IDLE:
             if self.state == RELAYING:  # the answer has begun: it must not look complete
                 self.state = IDLE
@@ -99,15 +95,11 @@ cdef class FastClient:
         return None  # the transport closes, as on the Python path (a request in flight is counted 499)
 
     def connection_lost(self, exc):
-        cdef FastUpstream up = self.upstream
         cdef FastBackend be = self.backend
         self.closed = True
         self.lane.clients.discard(self)
         if not self.handed:
-            if up is not None:
-                self.upstream = None
-                up.client = None
-                up._abort()
+            self._drop_upstream(True)
             if self.state != IDLE and be is not None:
                 be.inflight -= 1
                 be.count(self.lane, 499, _now() - self.t0)  # the client left before its answer was whole
@@ -329,7 +321,6 @@ cdef class FastClient:
         """X-Forwarded-For, -Proto, -Host, Forwarded and Via for this client and Host (kept while the
         client repeats its Host)."""
         cdef bytes raw
-        cdef Out o
         if self.fwd_host is not None and PyBytes_GET_SIZE(self.fwd_host) == n and \
                 memcmp(PyBytes_AS_STRING(self.fwd_host), host, n) == 0:
             return self.fwd_lines
@@ -337,6 +328,17 @@ cdef class FastClient:
         self.fwd_host = raw
         self.fwd_lines = self.fwd_prefix + raw + self.fwd_node + raw.replace(b'"', b"") + self.fwd_via
         return self.fwd_lines
+
+    cdef void _drop_upstream(self, bint abort):
+        """Let go of the upstream connection of the request in flight (a reset with `abort`), if any."""
+        cdef FastUpstream up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.client = None
+            if abort:
+                up._abort()
+            else:
+                up._close()
 
     cdef int _send(self, FastUpstream up, bytes request) except -1:
         self.upstream = up
@@ -363,16 +365,9 @@ cdef class FastClient:
     # --- responses ----------------------------------------------------------------------
     cdef int _response_done(self, int status, bint keep) except -1:
         """The response is whole (or answered by the lane): counts, then the next request or the close."""
-        cdef FastBackend be = self.backend
-        cdef double now = _now()
-        cdef Lane lane = self.lane
         self.state = IDLE
         self.upstream = None
-        be.inflight -= 1
-        be.count(lane, status, now - self.t0)
-        if status >= 500 or be.report_health:
-            lane.owner.health_response(be, status)
-        self.last_io = now
+        self.last_io = self._counted(status)
         if self.closed:
             return 0
         if not keep:
@@ -383,6 +378,16 @@ cdef class FastClient:
         if self.buf:
             self._next()
         return 0
+
+    cdef double _counted(self, int status) except -1.0:
+        """The request's answer counted (its status and time) and told to health when it matters; returns now."""
+        cdef FastBackend be = self.backend
+        cdef double now = _now()
+        be.inflight -= 1
+        be.count(self.lane, status, now - self.t0)
+        if status >= 500 or be.report_health:
+            self.lane.owner.health_response(be, status)
+        return now
 
     cdef int _fail(self, int status, str reason) except -1:
         """Answer an upstream failure that cannot be retried (no response head went out yet)."""
@@ -404,7 +409,6 @@ cdef class FastClient:
         """The Python path takes the connection for good, with what is not yet answered (the request in
         flight too, when `with_request`: nothing of its response has gone out)."""
         cdef bytes data = self.buf
-        cdef FastUpstream up = self.upstream
         if self.handed:
             return 0
         self.handed = True
@@ -415,10 +419,7 @@ cdef class FastClient:
             self.served -= 1
             if self.backend is not None:
                 self.backend.inflight -= 1
-        if up is not None:
-            self.upstream = None
-            up.client = None
-            up._close()
+        self._drop_upstream(False)
         self.state = IDLE
         self.buf = b""
         py = self.py
@@ -441,9 +442,7 @@ cdef class FastClient:
                 self._close()
         elif self.state == WAITING:
             if up is not None and now - self.sent_at >= lane.upstream_header_s:  # (a head begun but not whole too)
-                self.upstream = None
-                up.client = None
-                up._abort()
+                self._drop_upstream(True)
                 self._fail(504, "upstream did not answer within %gs" % lane.upstream_header_s)
         elif self.state == RELAYING and up is not None and now - up.last_read >= lane.body_idle_s:
             if up.paused:  # the client stopped reading
@@ -454,16 +453,10 @@ cdef class FastClient:
 
     cdef int _truncated(self, str reason) except -1:
         """A response cut short after its head went out: never let it look complete."""
-        cdef FastUpstream up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.client = None
-            up._abort()
+        self._drop_upstream(True)
         self.keep_alive = False
         self.state = IDLE
-        self.backend.inflight -= 1
-        self.backend.count(self.lane, 502, _now() - self.t0)
-        self.lane.owner.health_response(self.backend, 502)
+        self._counted(502)
         self.closed = True
         self.transport.abort()
         return 0

@@ -142,6 +142,7 @@ class FastPath:
             fast = None
             if route_qualifies(self.ctx, route, service):
                 fast = fastlane.FastRoute(route.name, service, [])
+                fast.source = route
                 fast.backends = [fastlane.FastBackend(b.cluster, self._pool(b.pool_key),
                                                       self.ctx.response_tail(b.cluster), fast)
                                  for b in route.backends]
@@ -157,11 +158,7 @@ class FastPath:
         return pool
 
     def replan(self, fast) -> None:
-        for route, f in self.routes.values():
-            if f is fast:
-                self._plan(route, f)
-                return
-        fast.set_plan(None, "weighted")  # (a route of an earlier config)
+        self._plan(fast.source, fast)
 
     def _plan(self, route, fast) -> None:
         if fast.drawn:
@@ -205,16 +202,9 @@ class FastPath:
 
     async def _open(self, pool):
         _, host, port = pool.key
-        loop = self.ctx.loop
-        error: OSError | None = None
-        for address in await self.ctx.pool.dns.resolve(host, port):
-            try:
-                _, upstream = await loop.create_connection(lambda: fastlane.FastUpstream(pool), address, port)
-                upstream.transport.set_write_buffer_limits(high=256 * 1024)
-                return upstream
-            except OSError as exc:  # the next address
-                error = exc
-        raise error
+        _, upstream = await self.ctx.pool.open(lambda: fastlane.FastUpstream(pool), host, port)
+        upstream.transport.set_write_buffer_limits(high=256 * 1024)
+        return upstream
 
     def health_response(self, backend, status: int) -> None:
         health = self.ctx.health
@@ -222,7 +212,8 @@ class FastPath:
         backend.report_health = backend.cluster in health.clusters
 
     def health_changed(self) -> None:
-        """An ejection began or ended, or probes changed their verdict: every draw is set again before use."""
+        """An ejection began or ended, or probes changed their verdict (and on each tick): every draw is set
+        again before its next use."""
         for _, fast in self.routes.values():
             if fast is not None:
                 fast.stale = True
@@ -264,12 +255,7 @@ class FastPath:
         lane = self.lane
         lane.tick(fastlane.now())
         self.fold()
-        for route, fast in self.routes.values():  # draws in use are set again; the others when next used
-            if fast is not None:
-                if fast.drawn:
-                    self._plan(route, fast)
-                else:
-                    fast.stale = True
+        self.health_changed()  # (not only health: RTT and warm state move too) every draw is set again when next used
         self.ticks += 1
         if self.ticks % EXPIRE_EVERY_TICKS == 0:
             cutoff = fastlane.now() - self.ctx.settings.timeouts.upstream_idle_s

@@ -245,11 +245,16 @@ class UpstreamPool:
             if reuse is not None:
                 conn.reuse = (reuse[0], self.loop.time() + reuse[1])
             return conn
+        return await self.open(protocol, endpoint.host, endpoint.port, kwargs)
+
+    async def open(self, protocol, host: str, port: int, kwargs: dict | None = None):
+        """A connection to host:port with `protocol()` (the name through the DNS cache), as
+        (transport, protocol); each address of the name in turn, as create_connection does."""
         error: OSError | None = None
-        for address in await self.dns.resolve(endpoint.host, endpoint.port):
+        for address in await self.dns.resolve(host, port):
             try:
-                return await self.loop.create_connection(protocol, address, endpoint.port, **kwargs)
-            except OSError as exc:  # the next address, as create_connection does over a name's addresses
+                return await self.loop.create_connection(protocol, address, port, **(kwargs or {}))
+            except OSError as exc:  # the next address
                 error = exc
         raise error
 
